@@ -1,0 +1,23 @@
+# The paper build. Targets are derived from config.yaml and paper/outline.yaml; rules live in
+# workflow/rules. `snakemake --cores 4 paper` builds results/<model>/paper/paper.pdf.
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/prompts.smk"
+include: "workflow/rules/analyses.smk"
+include: "workflow/rules/figures.smk"
+include: "workflow/rules/paper.smk"
+
+
+rule paper:
+    input:
+        PAPER_PDF,
+    default_target: True
+
+
+rule figures:
+    input:
+        [item.path(R) for item in OUTLINE.items()],

@@ -1,0 +1,13 @@
+"""Wiring shared by the scripts: logging to snakemake.log and reading the config."""
+
+import logging
+import sys
+
+
+def setup_logging(snakemake) -> logging.Logger:
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if snakemake.log:
+        handlers.append(logging.FileHandler(snakemake.log[0], mode="w"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)
+    return logging.getLogger(snakemake.rule)

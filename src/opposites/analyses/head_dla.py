@@ -1,0 +1,28 @@
+"""Direct logit attribution of every attention head at the final position onto the
+answer-minus-wrong direction, through the final LayerNorm scale of the run."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from opposites.core import batches, end_state, read_out
+
+
+def per_prompt(model, rows: list[dict], batch_size: int) -> torch.Tensor:
+    """(layer, head, prompt) attributions."""
+    parts = []
+    for batch in batches(model, rows, batch_size, desc="head DLA"):
+        state = end_state(model, batch)
+        parts.append(read_out(model, state, state.heads))  # (layer, head, batch)
+    return torch.cat(parts, dim=-1)
+
+
+def run(model, rows: list[dict], batch_size: int) -> pd.DataFrame:
+    dla = per_prompt(model, rows, batch_size).double()  # (layer, head, prompt)
+    L, H, n = dla.shape
+    std = dla.std(-1) if n > 1 else torch.zeros(L, H)
+    return pd.DataFrame({"layer": [l for l in range(L) for _ in range(H)],
+                         "head": [h for _ in range(L) for h in range(H)],
+                         "value": dla.mean(-1).flatten().tolist(),
+                         "std": std.flatten().tolist()})

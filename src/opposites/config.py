@@ -1,0 +1,84 @@
+"""Load and validate config.yaml; name result folders after the model."""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+RANDOM_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+class ConfigError(ValueError):
+    """A bad config value, with one sentence that names the key and the fix."""
+
+
+def schema() -> dict[str, Any]:
+    text = resources.files("opposites").joinpath("config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _explain(error: jsonschema.ValidationError, sch: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    if error.validator == "additionalProperties":
+        unknown = sorted(set(error.instance) - set(sch["properties"]))
+        return (f"config key(s) {', '.join(map(repr, unknown))} not recognised; "
+                f"allowed keys are {', '.join(sch['properties'])}. Fix config.yaml or --config.")
+    if error.validator == "required":
+        return f"config is missing {error.message.split()[0]}; add it to config.yaml."
+    if error.validator == "enum":
+        return (f"config key '{key}' has value {error.instance!r}; allowed values are "
+                f"{', '.join(map(str, error.validator_value))}.")
+    allowed = error.schema.get("description", "")
+    return f"config key '{key}' is invalid: {error.message}. {allowed}".strip()
+
+
+def validate(config: dict[str, Any]) -> dict[str, Any]:
+    """Return config unchanged, or raise ConfigError naming the bad key."""
+    sch = schema()
+    errors = sorted(jsonschema.Draft202012Validator(sch).iter_errors(config),
+                    key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError(_explain(errors[0], sch))
+    model_kind(config["model"])  # raises on a malformed random:<size>
+    return config
+
+
+def load(path: str | Path = "config.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    with open(path) as f:
+        config = yaml.safe_load(f) or {}
+    config.update(overrides or {})
+    return validate(config)
+
+
+def model_kind(model: str) -> str:
+    """One of 'toy', 'random', 'local', 'hub'."""
+    if model == "toy":
+        return "toy"
+    if model.startswith("random:"):
+        size = model.split(":", 1)[1]
+        if size not in RANDOM_SIZES:
+            raise ConfigError(f"config key 'model' has value {model!r}; random models are "
+                              f"{', '.join('random:' + s for s in RANDOM_SIZES)}.")
+        return "random"
+    if os.path.isdir(model):
+        return "local"
+    if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", model):
+        return "hub"
+    raise ConfigError(f"config key 'model' has value {model!r}, which is neither an existing "
+                      "directory, a hub id, 'toy' nor 'random:<gpt2 size>'.")
+
+
+def model_slug(model: str) -> str:
+    """Folder name under results/ for a model spec; distinct models never share one."""
+    kind = model_kind(model)
+    if kind == "random":
+        return "random-" + model.split(":", 1)[1]
+    if kind == "local":
+        return Path(model).resolve().name
+    return model.replace("/", "--")

@@ -1,0 +1,93 @@
+"""The paper outline (paper/outline.yaml): sections and, in each, figures and tables with the
+analyses and tasks they draw on. The Snakefile derives its targets from it; the template iterates it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class OutlineError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    kind: str  # figure | table
+    section: str
+    analyses: tuple[str, ...]
+    tasks: tuple[str, ...]
+    caption: str
+    width: str = "\\linewidth"
+
+    @property
+    def folder(self) -> str:
+        return "figures" if self.kind == "figure" else "tables"
+
+    @property
+    def ext(self) -> str:
+        return "pdf" if self.kind == "figure" else "tex"
+
+    def path(self, results: str) -> str:
+        from opposites import paths
+
+        return paths.fill(paths.ITEM, results, folder=self.folder, item=self.id, ext=self.ext)
+
+
+@dataclass(frozen=True)
+class Section:
+    id: str
+    title: str
+    items: tuple[Item, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Outline:
+    title: str
+    abstract: str
+    sections: tuple[Section, ...]
+
+    def items(self, kind: str | None = None) -> list[Item]:
+        return [i for s in self.sections for i in s.items if kind in (None, i.kind)]
+
+    def item(self, item_id: str) -> Item:
+        return {i.id: i for i in self.items()}[item_id]
+
+    def analyses(self) -> set[str]:
+        return {a for i in self.items() for a in i.analyses}
+
+
+def load(path: str | Path, tasks: list[str]) -> Outline:
+    """Read and check the outline; `tasks` are the configured tasks (an item's `tasks` default to all
+    of them, and tasks not configured are left out)."""
+    from opposites.analyses import SOURCES
+    from opposites.figures import FIGURES
+    from opposites.tables import TABLES
+
+    raw = yaml.safe_load(Path(path).read_text())
+    registries = {"figure": FIGURES, "table": TABLES}
+    sections, seen = [], set()
+    for s in raw["sections"]:
+        items = []
+        for it in s.get("items", []):
+            kind, iid = it.get("kind"), it.get("id")
+            if kind not in registries:
+                raise OutlineError(f"outline item {iid!r}: kind must be figure or table, not {kind!r}.")
+            if iid not in registries[kind]:
+                raise OutlineError(f"outline item {iid!r}: no {kind} function of that name; add one to "
+                                   f"src/opposites/{kind}s.py (known: {', '.join(registries[kind])}).")
+            if iid in seen:
+                raise OutlineError(f"outline item id {iid!r} is used twice; ids name output files.")
+            seen.add(iid)
+            unknown = set(it.get("analyses", [])) - set(SOURCES)
+            if unknown:
+                raise OutlineError(f"outline item {iid!r}: unknown analyses {sorted(unknown)}; "
+                                   f"known: {', '.join(SOURCES)}.")
+            item_tasks = [t for t in it.get("tasks", tasks) if t in tasks]
+            items.append(Item(iid, kind, s["id"], tuple(it.get("analyses", [])), tuple(item_tasks),
+                              it.get("caption", ""), it.get("width", "\\linewidth")))
+        sections.append(Section(s["id"], s["title"], tuple(items)))
+    return Outline(raw["title"], raw.get("abstract", ""), tuple(sections))

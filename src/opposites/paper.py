@@ -1,0 +1,112 @@
+"""Fill the LaTeX template from the outline and result files, and compile it with latexmk."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+from pathlib import Path
+
+import jinja2
+
+from opposites import paths
+from opposites.analyses import load_all
+from opposites.config import model_kind
+from opposites.outline import Item, Outline
+from opposites.provenance import versions
+from opposites.summary import summarize
+from opposites.texutil import fmt, tex_escape
+
+
+class LatexError(RuntimeError):
+    pass
+
+
+def environment(template_dir: str | Path) -> jinja2.Environment:
+    """Jinja2 with LaTeX-safe delimiters: <% block %>, << variable >>, <# comment #>."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir)), block_start_string="<%",
+        block_end_string="%>", variable_start_string="<<", variable_end_string=">>",
+        comment_start_string="<#", comment_end_string="#>", trim_blocks=True, lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    env.filters |= {"fmt": fmt, "tex": tex_escape}
+    return env
+
+
+def read_benchmark(path: str | Path) -> dict | None:
+    if not Path(path).exists():
+        return None
+    with open(path) as f:
+        row = next(csv.DictReader(f, delimiter="\t"))
+    return {"seconds": float(row["s"]), "max_rss_mb": float(row["max_rss"]) if row.get("max_rss", "NA") != "NA" else None}
+
+
+def item_jobs(item: Item, results: str, model: str) -> list[dict]:
+    """The rule runs behind one figure/table, with their wall time and peak memory."""
+    jobs = []
+    if model_kind(model) in ("toy", "random"):
+        jobs.append(("build_model", "build model", {}))
+    for task in item.tasks:
+        jobs.append(("prompts", f"prompts {task}", {"task": task}))
+        jobs += [("analyze", f"{a} {task}", {"task": task, "analysis": a}) for a in item.analyses if a != "prompts"]
+    jobs.append((item.kind, f"{item.kind} {item.id}", {"item": item.id}))
+    out = []
+    for rule, label, fields in jobs:
+        bench = read_benchmark(paths.fill(paths.BENCH[rule], results, **fields))
+        out.append({"label": label, **(bench or {"seconds": None, "max_rss_mb": None})})
+    return out
+
+
+def context(outline: Outline, config: dict, results: str, bib: str) -> dict:
+    tasks = list(config["tasks"])
+    names = sorted(outline.analyses() | {"baseline", "logit_lens", "head_dla", "prompts"})
+    data = load_all(results, names, tasks)
+    figure_rel = Path("..")  # paper.tex lives in <results>/paper/
+    items = {}
+    for item in outline.items():
+        jobs = item_jobs(item, results, config["model"])
+        items[item.id] = {
+            "file": str(figure_rel / item.folder / f"{item.id}.{item.ext}"),
+            "command": f"snakemake --cores 1 {item.path(results)} --config model={config['model']}",
+            "jobs": jobs,
+            "seconds": sum(j["seconds"] or 0.0 for j in jobs),
+        }
+    return {"outline": outline, "config": config, "model": config["model"], "tasks": tasks,
+            "S": summarize(data, tasks), "data": data, "items": items, "versions": versions(),
+            "bib": Path(bib).stem}
+
+
+def render(template_dir: str | Path, outline: Outline, config: dict, results: str, bib: str, out: str | Path) -> None:
+    from opposites.io import atomic_write_text
+
+    env = environment(template_dir)
+    ctx = context(outline, config, results, bib)
+    # Captions and section prose are templates too, rendered with the same context.
+    ctx["caption"] = lambda item: env.from_string(item.caption).render(ctx)
+    ctx["section_text"] = lambda sid: env.get_template(f"sections/{sid}.tex").render(ctx) \
+        if Path(template_dir, "sections", f"{sid}.tex").exists() else ""
+    atomic_write_text(out, env.get_template("paper.tex").render(ctx))
+    shutil.copy(bib, Path(out).parent / Path(bib).name)
+
+
+def latex_errors(log_text: str, context_lines: int = 4) -> str:
+    """The '!' error lines of a LaTeX log with the lines after each (what TeX says went wrong)."""
+    lines = log_text.splitlines()
+    picked = []
+    for i, line in enumerate(lines):
+        if line.startswith("!") or "Undefined control sequence" in line or line.startswith("l."):
+            picked.append("\n".join(lines[i:i + context_lines]))
+    return "\n---\n".join(dict.fromkeys(picked)) or "\n".join(lines[-30:])
+
+
+def compile_pdf(tex: str | Path, out_pdf: str | Path) -> None:
+    tex = Path(tex)
+    cmd = ["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "-file-line-error", tex.name]
+    proc = subprocess.run(cmd, cwd=tex.parent, capture_output=True, text=True)
+    log = tex.with_suffix(".log")
+    if proc.returncode != 0:
+        text = log.read_text(errors="replace") if log.exists() else proc.stdout + proc.stderr
+        raise LatexError(f"latexmk failed on {tex} (exit {proc.returncode}). From {log.name}:\n{latex_errors(text)}")
+    built = tex.with_suffix(".pdf")
+    if Path(out_pdf).resolve() != built.resolve():
+        shutil.copy(built, out_pdf)

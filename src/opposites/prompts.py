@@ -1,0 +1,186 @@
+"""Generate clean/corrupted prompt pairs from a task's templates and word lists (tasks/<task>.yaml).
+
+A task file names a *family*; each family is one small sampling function returning the words for
+the clean and corrupted prompt. Everything else (filling templates, token checks, role positions,
+dropping bad rows) is shared.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+log = logging.getLogger(__name__)
+PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+class TaskError(ValueError):
+    """A task that cannot be built: unknown name, bad word list, or too few valid prompts."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    clean: dict[str, str]
+    corrupted: dict[str, str]
+    answer: str  # with its leading space
+    wrong: str
+
+
+# ---- families: (spec, rng) -> Sample -------------------------------------------------------------
+
+def sample_ioi(spec: dict, rng: random.Random) -> Sample:
+    io, s, c = rng.sample(spec["names"], 3)
+    clean = {"IO": io, "S1": s, "S2": s, "PLACE": rng.choice(spec["places"]),
+             "OBJECT": rng.choice(spec["objects"])}
+    return Sample(clean, {**clean, "S2": c}, " " + io, " " + s)
+
+
+def sample_opposite(spec: dict, rng: random.Random) -> Sample:
+    n1, n2 = rng.sample(spec["names"], 2)
+    adj, opposite = rng.sample(rng.choice(spec["pairs"]), 2)  # random orientation of the pair
+    clean = {"NAME1": n1, "ADJ1": adj, "NAME2": n2}
+    return Sample(clean, {**clean, "ADJ1": opposite}, " " + opposite, " " + adj)
+
+
+def sample_category(spec: dict, rng: random.Random) -> Sample:
+    cat, other = rng.sample(sorted(spec["categories"]), 2)
+    entity, swapped = rng.choice(spec["categories"][cat]), rng.choice(spec["categories"][other])
+    return Sample({"ENTITY": entity}, {"ENTITY": swapped}, " " + cat, " " + other)
+
+
+FAMILIES: dict[str, tuple[Callable[[dict, random.Random], Sample], tuple[str, ...]]] = {
+    # family: (sampler, keys its word lists need besides templates and roles)
+    "ioi": (sample_ioi, ("names", "places", "objects")),
+    "opposite": (sample_opposite, ("names", "pairs")),
+    "category": (sample_category, ("categories",)),
+}
+
+
+# ---- task specs ---------------------------------------------------------------------------------
+
+def task_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("opposites").joinpath("tasks").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def task_file(task: str) -> Path:
+    return Path(str(resources.files("opposites").joinpath("tasks", f"{task}.yaml")))
+
+
+def load_spec(task: str) -> dict[str, Any]:
+    if task not in task_names():
+        raise TaskError(f"unknown task {task!r}; known tasks are {', '.join(task_names())} "
+                        "(add one as src/opposites/tasks/<task>.yaml).")
+    spec = yaml.safe_load(task_file(task).read_text())
+    validate_spec(task, spec)
+    return spec
+
+
+def validate_spec(task: str, spec: dict[str, Any]) -> None:
+    """Reject malformed word lists with a sentence that names the problem and the fix."""
+    where = f"task {task!r} (src/opposites/tasks/{task}.yaml)"
+    family = spec.get("family")
+    if family not in FAMILIES:
+        raise TaskError(f"{where}: family {family!r} is unknown; use one of {', '.join(FAMILIES)}.")
+    for key in ("templates", "roles") + FAMILIES[family][1]:
+        if not spec.get(key):
+            raise TaskError(f"{where}: key '{key}' is missing or empty; the {family} family needs it.")
+    for template in spec["templates"]:
+        missing = set(spec["roles"]) - set(PLACEHOLDER.findall(template))
+        if missing:
+            raise TaskError(f"{where}: template {template!r} lacks role(s) {sorted(missing)}.")
+    for pair in spec.get("pairs", []):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(w, str) and w.strip() for w in pair)
+                and pair[0] != pair[1]):
+            raise TaskError(f"{where}: pair {pair!r} must be two different words, like [tall, short].")
+    seen: dict[str, str] = {}
+    for cat, words in spec.get("categories", {}).items():
+        for w in words:
+            if w in seen:
+                raise TaskError(f"{where}: {w!r} is listed under both {seen[w]!r} and {cat!r}; "
+                                "an entity must belong to one category.")
+            seen[w] = cat
+    for key in ("names",):
+        if key in spec and len(set(spec[key])) != len(spec[key]):
+            raise TaskError(f"{where}: '{key}' has duplicates; list each word once.")
+
+
+# ---- filling and checking -----------------------------------------------------------------------
+
+def fill(template: str, values: dict[str, str], tokenizer, roles: list[str]) -> tuple[str, dict[str, int]] | None:
+    """Fill the template; return (text, role -> token position counting a prepended BOS), or None
+    when a role word is not exactly one token at its place."""
+    text = PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+    ids = tokenizer(text)["input_ids"]
+    positions = {}
+    for m in PLACEHOLDER.finditer(template):
+        role = m.group(1)
+        if role not in roles:
+            continue
+        prefix = PLACEHOLDER.sub(lambda n: values[n.group(1)], template[: m.start()])
+        spaced = prefix.endswith(" ")
+        word_ids = tokenizer((" " if spaced else "") + values[role])["input_ids"]
+        pos = len(tokenizer(prefix.rstrip(" "))["input_ids"]) if prefix.strip() else 0
+        if len(word_ids) != 1 or pos >= len(ids) or ids[pos] != word_ids[0]:
+            return None
+        positions[role] = pos + 1  # +1 for the prepended <|endoftext|>
+    positions["END"] = len(ids)  # last token, counting BOS
+    return text, positions
+
+
+def n_tokens(tokenizer, word: str) -> int:
+    return len(tokenizer(word)["input_ids"])
+
+
+def make_prompts(task: str, tokenizer, n_prompts: int, seed: int, min_prompts: int) -> tuple[list[dict], Counter]:
+    """Rows for `task`; returns (rows, counts of dropped candidates by reason)."""
+    spec = load_spec(task)
+    sampler = FAMILIES[spec["family"]][0]
+    rng = random.Random(f"{task}-{seed}")
+    rows, seen, dropped = [], set(), Counter()
+    for _ in range(20 * n_prompts):
+        if len(rows) == n_prompts:
+            break
+        template = rng.choice(spec["templates"])
+        s = sampler(spec, rng)
+        clean = fill(template, s.clean, tokenizer, spec["roles"])
+        corrupted = fill(template, s.corrupted, tokenizer, spec["roles"])
+        if clean is None or corrupted is None:
+            dropped["role word not a single token"] += 1
+        elif n_tokens(tokenizer, s.answer) != 1 or n_tokens(tokenizer, s.wrong) != 1:
+            dropped["answer or wrong not a single token"] += 1
+        elif clean[1] != corrupted[1]:
+            dropped["clean and corrupted differ in token length"] += 1
+        elif clean[0] in seen:
+            dropped["duplicate"] += 1
+        else:
+            seen.add(clean[0])
+            rows.append({"id": len(rows), "template": spec["templates"].index(template),
+                         "clean": clean[0], "corrupted": corrupted[0], "answer": s.answer,
+                         "wrong": s.wrong, "positions": clean[1]})
+    if len(rows) < min_prompts:
+        reasons = "; ".join(f"{k}: {v}" for k, v in dropped.items()) or "word lists too small"
+        raise TaskError(f"task {task!r} yields only {len(rows)} valid prompts (< min_prompts={min_prompts}); "
+                        f"dropped candidates — {reasons}. Fix src/opposites/tasks/{task}.yaml "
+                        "(single-token words) or lower n_prompts/min_prompts.")
+    return rows, dropped
+
+
+def write_jsonl(rows: list[dict], path: str | Path) -> None:
+    from opposites.io import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

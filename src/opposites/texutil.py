@@ -1,0 +1,23 @@
+"""LaTeX escaping and number formatting for text filled from results."""
+
+from __future__ import annotations
+
+import math
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex_escape(text: object) -> str:
+    return "".join(_TEX.get(c, c) for c in str(text))
+
+
+def fmt(x: float, digits: int = 2) -> str:
+    """A number for the text: `digits` decimals, or two significant digits when that would print
+    0.00 for a non-zero value; a real minus sign; 'n/a' for NaN."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    s = f"{x:.{digits}f}"
+    if x != 0 and float(s) == 0 and digits > 0:
+        s = f"{x:.2g}"
+    return s.replace("-", "$-$", 1) if s.startswith("-") else s

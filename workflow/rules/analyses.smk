@@ -1,0 +1,22 @@
+# One rule per registered analysis (src/opposites/analyses), each run per task.
+for _name, _analysis in ANALYSES.items():
+
+    rule:
+        name:
+            f"analyze_{_name}"
+        input:
+            prompts=paths.fill(paths.PROMPTS, R),
+            model=model_input,
+            code=_analysis.module,
+        output:
+            result=paths.fill(paths.RESULT, R, analysis=_name, ext=_analysis.ext),
+            meta=paths.fill(paths.META, R, analysis=_name),
+        params:
+            analysis=_name,
+            model_dir=MODEL_DIR if OFFLINE else None,
+        log:
+            log("analyze", analysis=_name),
+        benchmark:
+            bench("analyze", analysis=_name)
+        script:
+            "../../scripts/analyze.py"

@@ -1,0 +1,40 @@
+# Validate the config, check the model is reachable, and derive every target from the outline.
+from opposites import config as cfg
+from opposites import models, paths
+from opposites.analyses import ANALYSES, result_path
+from opposites.outline import load as load_outline
+from opposites.prompts import task_file
+
+cfg.validate(config)
+models.check_available(config["model"])
+
+MODEL = config["model"]
+R = "results/" + cfg.model_slug(MODEL)
+OFFLINE = cfg.model_kind(MODEL) in ("toy", "random")
+MODEL_DIR = paths.fill(paths.MODEL_DIR, R)
+TASKS = list(config["tasks"])
+OUTLINE = load_outline("paper/outline.yaml", TASKS)
+PAPER_TEX = paths.fill(paths.PAPER_TEX, R)
+PAPER_PDF = paths.fill(paths.PAPER_PDF, R)
+
+
+wildcard_constraints:
+    task="|".join(TASKS),
+
+
+def model_input(wildcards=None):
+    """The built model directory for toy/random models; nothing for hub ids and local dirs."""
+    return [MODEL_DIR] if OFFLINE else []
+
+
+def log(rule, **fields):
+    return paths.fill(paths.LOG[rule], R, **fields)
+
+
+def bench(rule, **fields):
+    return paths.fill(paths.BENCH[rule], R, **fields)
+
+
+def item_inputs(item):
+    """Result files an outline item reads."""
+    return [result_path(R, t, a) for a in item.analyses for t in item.tasks]

@@ -1,0 +1,41 @@
+import opposites.figures
+import opposites.tables
+
+FIGURE_IDS = [i.id for i in OUTLINE.items("figure")]
+TABLE_IDS = [i.id for i in OUTLINE.items("table")]
+
+
+rule figure:
+    input:
+        data=lambda wc: item_inputs(OUTLINE.item(wc.item)),
+        code=opposites.figures.__file__,
+    output:
+        paths.fill(paths.ITEM, R, folder="figures", ext="pdf"),
+    params:
+        tasks=lambda wc: list(OUTLINE.item(wc.item).tasks),
+    wildcard_constraints:
+        item="|".join(FIGURE_IDS) or "^$",
+    log:
+        log("figure"),
+    benchmark:
+        bench("figure")
+    script:
+        "../../scripts/render_item.py"
+
+
+rule table:
+    input:
+        data=lambda wc: item_inputs(OUTLINE.item(wc.item)),
+        code=opposites.tables.__file__,
+    output:
+        paths.fill(paths.ITEM, R, folder="tables", ext="tex"),
+    params:
+        tasks=lambda wc: list(OUTLINE.item(wc.item).tasks),
+    wildcard_constraints:
+        item="|".join(TABLE_IDS) or "^$",
+    log:
+        log("table"),
+    benchmark:
+        bench("table")
+    script:
+        "../../scripts/render_item.py"

@@ -1,0 +1,11 @@
+rule build_model:
+    output:
+        directory(MODEL_DIR),
+    params:
+        seed=config["seed"],
+    log:
+        log("build_model"),
+    benchmark:
+        bench("build_model")
+    script:
+        "../../scripts/build_model.py"
