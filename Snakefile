@@ -14,7 +14,9 @@ include: "workflow/rules/paper.smk"
 
 rule paper:
     input:
+        # the figures and tables too, so that deleting one rebuilds it (and then the PDF)
         PAPER_PDF,
+        [item.path(R) for item in OUTLINE.items()],
     default_target: True
 
 

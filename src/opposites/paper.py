@@ -15,7 +15,7 @@ from opposites.config import model_kind
 from opposites.outline import Item, Outline
 from opposites.provenance import versions
 from opposites.summary import summarize
-from opposites.texutil import fmt, tex_escape
+from opposites.texutil import code, fmt, tex_escape
 
 
 class LatexError(RuntimeError):
@@ -29,7 +29,7 @@ def environment(template_dir: str | Path) -> jinja2.Environment:
         block_end_string="%>", variable_start_string="<<", variable_end_string=">>",
         comment_start_string="<#", comment_end_string="#>", trim_blocks=True, lstrip_blocks=True,
         undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
-    env.filters |= {"fmt": fmt, "tex": tex_escape}
+    env.filters |= {"fmt": fmt, "tex": tex_escape, "code": code}
     return env
 
 

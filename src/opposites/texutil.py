@@ -12,6 +12,11 @@ def tex_escape(text: object) -> str:
     return "".join(_TEX.get(c, c) for c in str(text))
 
 
+def code(text: object) -> str:
+    """Escape for \\texttt, keeping '--' as two hyphens (T1 fonts would make it a dash)."""
+    return tex_escape(text).replace("-", "-{}")
+
+
 def fmt(x: float, digits: int = 2) -> str:
     """A number for the text: `digits` decimals, or two significant digits when that would print
     0.00 for a non-zero value; a real minus sign; 'n/a' for NaN."""

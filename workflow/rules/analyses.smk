@@ -14,6 +14,8 @@ for _name, _analysis in ANALYSES.items():
         params:
             analysis=_name,
             model_dir=MODEL_DIR if OFFLINE else None,
+        conda:
+            ENV
         log:
             log("analyze", analysis=_name),
         benchmark:

@@ -9,13 +9,14 @@ cfg.validate(config)
 models.check_available(config["model"])
 
 MODEL = config["model"]
-R = "results/" + cfg.model_slug(MODEL)
+R = f"results/{cfg.model_slug(MODEL)}"
 OFFLINE = cfg.model_kind(MODEL) in ("toy", "random")
 MODEL_DIR = paths.fill(paths.MODEL_DIR, R)
 TASKS = list(config["tasks"])
 OUTLINE = load_outline("paper/outline.yaml", TASKS)
 PAPER_TEX = paths.fill(paths.PAPER_TEX, R)
 PAPER_PDF = paths.fill(paths.PAPER_PDF, R)
+ENV = "../../environment.yml"  # conda directive paths are relative to the rule file
 
 
 wildcard_constraints:

@@ -15,6 +15,8 @@ rule figure:
         tasks=lambda wc: list(OUTLINE.item(wc.item).tasks),
     wildcard_constraints:
         item="|".join(FIGURE_IDS) or "^$",
+    conda:
+        ENV
     log:
         log("figure"),
     benchmark:
@@ -33,6 +35,8 @@ rule table:
         tasks=lambda wc: list(OUTLINE.item(wc.item).tasks),
     wildcard_constraints:
         item="|".join(TABLE_IDS) or "^$",
+    conda:
+        ENV
     log:
         log("table"),
     benchmark:

@@ -3,6 +3,8 @@ rule build_model:
         directory(MODEL_DIR),
     params:
         seed=config["seed"],
+    conda:
+        ENV
     log:
         log("build_model"),
     benchmark:

@@ -14,6 +14,8 @@ rule paper_tex:
         code=opposites.paper.__file__,
     output:
         PAPER_TEX,
+    conda:
+        ENV
     log:
         log("paper_tex"),
     benchmark:
@@ -27,6 +29,8 @@ rule paper_pdf:
         PAPER_TEX,
     output:
         PAPER_PDF,
+    conda:
+        ENV
     log:
         log("paper_pdf"),
     benchmark:

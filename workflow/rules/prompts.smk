@@ -9,6 +9,8 @@ rule prompts:
         min_prompts=config["min_prompts"],
         seed=config["seed"],
         tokenizer_source=MODEL_DIR if OFFLINE else MODEL,
+    conda:
+        ENV
     log:
         log("prompts"),
     benchmark:

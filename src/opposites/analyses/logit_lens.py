@@ -1,9 +1,10 @@
 """Logit lens: the mean logit difference read from the residual stream at every layer.
 
 kinds:
-  accumulated              final LayerNorm recomputed on each layer's residual (the logit lens)
-  accumulated_final_scale  final LayerNorm with the run's final scale (TransformerLens's
-                           `accumulated_resid(apply_ln=True)` convention; linear)
+  accumulated              final LayerNorm recomputed on each layer's residual (the logit lens;
+                           TransformerLens 4's `accumulated_resid(apply_ln=True)`)
+  accumulated_final_scale  final LayerNorm with the run's final scale (linear; the same residuals
+                           through `apply_ln_to_stack(layer=-1)`), without the constant bias terms
   decomposed               what each layer's attention (incl. b_O) and MLP write, plus the
                            embeddings and the constant bias terms; these sum to the logit difference
 """

@@ -1,0 +1,64 @@
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from opposites import models
+from opposites.prompts import make_prompts
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return models.gpt2_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def toy_dir(tmp_path_factory):
+    return models.build_offline_model("toy", tmp_path_factory.mktemp("toy") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def toy(toy_dir):
+    return models.load("toy", toy_dir, "cpu")
+
+
+@pytest.fixture(scope="session")
+def hf_toy(toy_dir):
+    from transformers import GPT2LMHeadModel
+
+    return GPT2LMHeadModel.from_pretrained(toy_dir).eval()
+
+
+@pytest.fixture(scope="session")
+def rows(tokenizer):
+    """A few prompts of every task, several template lengths mixed."""
+    return {t: make_prompts(t, tokenizer, 12, seed=0, min_prompts=4)[0] for t in ("ioi", "size", "antonym", "isa")}
+
+
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "environment.yml", "workflow", "scripts", "paper")
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A copy of the workflow files, so that workflow tests never touch the repo's results/."""
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    return dest
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    return copy_workflow(tmp_path)
+
+
+def snakemake(workdir, *args, check=True, timeout=900):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(["snakemake", *args], cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc

@@ -1,0 +1,51 @@
+import pytest
+
+from opposites import config
+
+
+def base(**kw):
+    return {"model": "toy", "device": "auto", "seed": 0, "n_prompts": 8, "min_prompts": 4,
+            "batch_size": 4, "tasks": ["ioi", "size"], **kw}
+
+
+def test_repo_config_is_valid():
+    assert config.load("config.yaml")["model"] == "gpt2"
+
+
+def test_unknown_key_names_key_and_allowed_keys():
+    with pytest.raises(config.ConfigError) as e:
+        config.validate(base(n_promts=3))
+    msg = str(e.value)
+    assert "'n_promts'" in msg and "n_prompts" in msg and "\n" not in msg
+
+
+def test_unknown_task_lists_allowed_values():
+    with pytest.raises(config.ConfigError, match=r"'tasks.1'.*'colour'.*ioi, size, antonym, isa"):
+        config.validate(base(tasks=["ioi", "colour"]))
+
+
+@pytest.mark.parametrize("bad", [{"seed": -1}, {"n_prompts": "many"}, {"device": "gpu"}, {"model": "random:gpt3"},
+                                 {"model": "not a model!"}])
+def test_bad_values_rejected(bad):
+    with pytest.raises(config.ConfigError, match="config key 'model'|config key '" + next(iter(bad)) + "'"):
+        config.validate(base(**bad))
+
+
+def test_missing_key():
+    cfg = base()
+    del cfg["seed"]
+    with pytest.raises(config.ConfigError, match="seed"):
+        config.validate(cfg)
+
+
+@pytest.mark.parametrize("model,slug", [("gpt2", "gpt2"), ("EleutherAI/pythia-70m", "EleutherAI--pythia-70m"),
+                                        ("toy", "toy"), ("random:gpt2", "random-gpt2"),
+                                        ("random:gpt2-medium", "random-gpt2-medium")])
+def test_model_slug(model, slug):
+    assert config.model_slug(model) == slug
+
+
+def test_local_dir_slug(tmp_path):
+    d = tmp_path / "my-model"
+    d.mkdir()
+    assert config.model_kind(str(d)) == "local" and config.model_slug(str(d)) == "my-model"

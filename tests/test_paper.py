@@ -1,0 +1,59 @@
+import pytest
+
+from opposites import outline, paper
+from opposites.texutil import fmt, tex_escape
+
+
+def test_fmt_and_escape():
+    assert fmt(1.234) == "1.23" and fmt(-0.5) == "$-$0.50" and fmt(0.00123) == "0.0012"
+    assert fmt(float("nan")) == "n/a" and fmt(0.0) == "0.00"
+    assert tex_escape("a_b & 50% {x}") == r"a\_b \& 50\% \{x\}"
+
+
+def test_template_uses_latex_safe_delimiters(tmp_path):
+    (tmp_path / "t.tex").write_text(r"\textbf{<< x | fmt >>} {<% if y %>yes<% endif %>} <# note #>")
+    assert paper.environment(tmp_path).get_template("t.tex").render(x=2.5, y=True) == r"\textbf{2.50} {yes} "
+
+
+def test_latex_errors_are_extracted():
+    log = "This is pdfTeX\n(./paper.tex\n! Undefined control sequence.\nl.12 \\foo\n           bar\n)\n"
+    assert "! Undefined control sequence." in paper.latex_errors(log) and "l.12 \\foo" in paper.latex_errors(log)
+
+
+def test_repo_outline_is_valid_and_drives_targets():
+    o = outline.load("paper/outline.yaml", ["ioi", "size"])
+    ids = [i.id for i in o.items()]
+    assert len(ids) == len(set(ids)) and "head_dla" in ids
+    assert o.item("head_dla").tasks == ("ioi", "size")
+    assert o.item("head_dla").path("results/toy") == "results/toy/figures/head_dla.pdf"
+
+
+@pytest.mark.parametrize("item,match", [
+    ({"id": "no_such_plot", "kind": "figure"}, "no figure function"),
+    ({"id": "head_dla", "kind": "movie"}, "kind must be figure or table"),
+    ({"id": "head_dla", "kind": "figure", "analyses": ["magic"]}, "unknown analyses"),
+])
+def test_bad_outline_rejected(tmp_path, item, match):
+    import yaml
+
+    p = tmp_path / "outline.yaml"
+    p.write_text(yaml.safe_dump({"title": "t", "sections": [{"id": "s", "title": "S", "items": [item]}]}))
+    with pytest.raises(outline.OutlineError, match=match):
+        outline.load(p, ["ioi"])
+
+
+def test_compile_error_shows_log_lines(tmp_path):
+    import shutil
+
+    if shutil.which("latexmk") is None:
+        pytest.fail("latexmk is not installed; install texlive and latexmk (see .ci/run)")
+    tex = tmp_path / "bad.tex"
+    tex.write_text("\\documentclass{article}\\begin{document}\n\\nosuchmacro\n\\end{document}\n")
+    with pytest.raises(paper.LatexError, match="Undefined control sequence"):
+        paper.compile_pdf(tex, tmp_path / "bad.pdf")
+
+
+def test_code_keeps_double_hyphens():
+    from opposites.texutil import code
+
+    assert code("snakemake --cores 1 a_b") == r"snakemake -{}-{}cores 1 a\_b"

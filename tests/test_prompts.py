@@ -1,0 +1,82 @@
+import pytest
+import yaml
+
+from opposites import prompts
+from opposites.prompts import TaskError, make_prompts
+
+TASKS = ("ioi", "size", "antonym", "isa")
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_rows_are_valid(task, tokenizer):
+    rows, _ = make_prompts(task, tokenizer, 48, seed=1, min_prompts=8)
+    assert len(rows) == 48
+    for r in rows:
+        clean, corrupted = tokenizer(r["clean"])["input_ids"], tokenizer(r["corrupted"])["input_ids"]
+        assert len(clean) == len(corrupted) == r["positions"]["END"]  # END counts the BOS
+        assert len(tokenizer(r["answer"])["input_ids"]) == 1 and len(tokenizer(r["wrong"])["input_ids"]) == 1
+        assert r["answer"].startswith(" ") and r["answer"] != r["wrong"]
+        for role, pos in r["positions"].items():
+            if role != "END":  # role positions point at the role's word (BOS shifts by one)
+                word = tokenizer.decode([clean[pos - 1]]).strip()
+                assert word in r["clean"] and word[0].isalpha()
+
+
+def test_roles_hold_the_expected_words(tokenizer):
+    ioi, _ = make_prompts("ioi", tokenizer, 20, seed=0, min_prompts=8)
+    for r in ioi:
+        ids = tokenizer(r["clean"])["input_ids"]
+        name = lambda role: tokenizer.decode([ids[r["positions"][role] - 1]])  # noqa: E731
+        assert name("IO") == r["answer"] and name("S1") == name("S2") == r["wrong"]
+        corrupted = tokenizer(r["corrupted"])["input_ids"]
+        assert tokenizer.decode([corrupted[r["positions"]["S2"] - 1]]) not in (r["answer"], r["wrong"])  # ABC
+    size, _ = make_prompts("size", tokenizer, 20, seed=0, min_prompts=8)
+    for r in size:  # corrupted swaps ADJ1 for its opposite: the answer flips
+        assert r["corrupted"].replace(r["answer"].strip(), r["wrong"].strip()) == r["clean"] or \
+            r["answer"].strip() in r["corrupted"]
+
+
+def test_same_seed_same_rows(tokenizer):
+    assert make_prompts("size", tokenizer, 30, 7, 8) == make_prompts("size", tokenizer, 30, 7, 8)
+    assert make_prompts("size", tokenizer, 30, 7, 8)[0] != make_prompts("size", tokenizer, 30, 8, 8)[0]
+
+
+def test_unknown_task(tokenizer):
+    with pytest.raises(TaskError, match="unknown task 'colour'.*antonym, ioi, isa, size"):
+        make_prompts("colour", tokenizer, 8, 0, 4)
+
+
+def _spec_with(monkeypatch, tmp_path, **changes):
+    spec = yaml.safe_load(prompts.task_file("size").read_text()) | changes
+    path = tmp_path / "size.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    monkeypatch.setattr(prompts, "task_file", lambda task: path)
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"pairs": [[True, False]]}, "two different words"),  # YAML booleans, the classic trap
+    ({"pairs": [["tall", "tall"]]}, "two different words"),
+    ({"names": ["John", "John", "Mary"]}, "duplicates"),
+    ({"family": "colours"}, "family 'colours' is unknown"),
+    ({"templates": ["{NAME1} is nice. {NAME2} is"]}, "lacks role"),
+])
+def test_bad_word_lists_rejected(monkeypatch, tmp_path, tokenizer, changes, match):
+    _spec_with(monkeypatch, tmp_path, **changes)
+    with pytest.raises(TaskError, match=match):
+        make_prompts("size", tokenizer, 8, 0, 4)
+
+
+def test_multi_token_words_dropped_then_too_few_is_an_error(monkeypatch, tmp_path, tokenizer):
+    _spec_with(monkeypatch, tmp_path, pairs=[["gargantuan", "minuscule"]])
+    with pytest.raises(TaskError, match=r"only 0 valid prompts.*single token"):
+        make_prompts("size", tokenizer, 8, 0, 4)
+
+
+def test_entity_in_two_categories_rejected(monkeypatch, tmp_path, tokenizer):
+    spec = yaml.safe_load(prompts.task_file("isa").read_text())
+    spec["categories"]["color"].append("apple")
+    path = tmp_path / "isa.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    monkeypatch.setattr(prompts, "task_file", lambda task: path)
+    with pytest.raises(TaskError, match="'apple' is listed under both"):
+        make_prompts("isa", tokenizer, 8, 0, 4)

@@ -1,0 +1,78 @@
+"""End to end: the toy paper builds, its text carries the results' numbers, rebuilds are minimal."""
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from conftest import copy_workflow, snakemake
+from opposites.texutil import fmt
+
+pytestmark = pytest.mark.workflow
+TOY = ["--config", "model=toy", "n_prompts=24"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    work = copy_workflow(tmp_path_factory.mktemp("build"))
+    snakemake(work, "--cores", "2", "paper", *TOY)
+    return work
+
+
+def jobs(proc) -> dict[str, int]:
+    """Job counts from a dry run's 'Job stats' table."""
+    table = proc.stdout.split("Job stats:")[1].split("Reasons")[0] if "Job stats:" in proc.stdout else ""
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+
+
+def test_lint_is_clean(workdir):
+    out = snakemake(workdir, "--lint", *TOY)
+    assert "Congratulations" in out.stdout + out.stderr
+
+
+def test_dry_run_plans_every_stage(workdir):
+    planned = jobs(snakemake(workdir, "-n", "paper", *TOY))
+    assert planned["prompts"] == 4 and planned["analyze_head_dla"] == 4 and planned["build_model"] == 1
+    assert planned["figure"] == 3 and planned["table"] == 1 and planned["paper_pdf"] == 1
+
+
+def test_pdf_text_has_the_baseline_numbers(built):
+    pdf = built / "results/toy/paper/paper.pdf"
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    text = " ".join(text.replace("\u2212", "-").split())  # one line, real minus signs as '-' 
+    for task in ("ioi", "size", "antonym", "isa"):
+        base = json.loads((built / f"results/toy/{task}/baseline.json").read_text())
+        for key in ("logit_diff_mean", "corrupted_logit_diff_mean"):
+            assert fmt(base[key]).replace("$-$", "-") in text, (task, key)
+    assert "Reproducibility" in text and "snakemake --cores 1 results/toy/figures/head_dla.pdf" in text
+
+
+def test_results_record_provenance(built):
+    meta = json.loads((built / "results/toy/size/head_dla.meta.json").read_text())
+    assert meta["config"]["model"] == "toy" and "torch" in meta["versions"] and meta["seconds"] > 0
+    assert (built / "results/toy/benchmarks/analyze/size/head_dla.tsv").exists()
+    assert (built / "results/toy/logs/analyze/size/head_dla.log").exists()
+
+
+def test_nothing_to_do_after_a_build(built):
+    assert "Nothing to be done" in snakemake(built, "-n", "paper", *TOY).stdout
+
+
+def test_deleting_a_figure_rebuilds_only_it(built):
+    (built / "results/toy/figures/attn_mlp.pdf").unlink()
+    planned = jobs(snakemake(built, "-n", "paper", *TOY))
+    assert planned == {"figure": 1, "paper_tex": 1, "paper_pdf": 1, "paper": 1}
+    snakemake(built, "--cores", "1", "results/toy/figures/attn_mlp.pdf", *TOY)
+    assert (built / "results/toy/figures/attn_mlp.pdf").exists()
+
+
+def test_changing_n_prompts_reruns_prompts_and_analyses_not_the_model(built):
+    planned = jobs(snakemake(built, "-n", "paper", "--config", "model=toy", "n_prompts=20"))
+    assert planned["prompts"] == 4 and planned["analyze_baseline"] == 4 and "build_model" not in planned
+
+
+def test_bad_config_key_stops_with_one_sentence(workdir):
+    proc = snakemake(workdir, "-n", "paper", "--config", "model=toy", "n_promts=3", check=False)
+    assert proc.returncode != 0
+    assert "config key(s) 'n_promts' not recognised; allowed keys are" in proc.stdout + proc.stderr
