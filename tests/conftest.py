@@ -62,3 +62,10 @@ def snakemake(workdir, *args, check=True, timeout=900):
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def toy64(toy_dir):
+    """The toy model in float64: patching metrics divide by (clean - corrupted), which is small on
+    random models, so exactness is checked where rounding cannot hide a convention error."""
+    return models.load("toy", toy_dir, "cpu", dtype=torch.float64)

@@ -100,13 +100,13 @@ def pick_device(device: str) -> str:
     return device
 
 
-def load(model: str, built_dir: str | Path | None = None, device: str = "auto"):
+def load(model: str, built_dir: str | Path | None = None, device: str = "auto", dtype: torch.dtype = torch.float32):
     """A TransformerBridge in compatibility mode (LayerNorm folded, unembedding centred)."""
     from transformer_lens.model_bridge import TransformerBridge
 
     check_available(model)
     torch.set_grad_enabled(False)
-    bridge = TransformerBridge.boot_transformers(source(model, built_dir), device=pick_device(device))
+    bridge = TransformerBridge.boot_transformers(source(model, built_dir), device=pick_device(device), dtype=dtype)
     bridge.enable_compatibility_mode(disable_warnings=True)
     bridge.eval()
     return bridge

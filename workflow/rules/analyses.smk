@@ -8,12 +8,14 @@ for _name, _analysis in ANALYSES.items():
             prompts=paths.fill(paths.PROMPTS, R),
             model=model_input,
             code=_analysis.module,
+            **{dep: paths.fill(paths.RESULT, R, analysis=dep, ext=ANALYSES[dep].ext) for dep in _analysis.requires},
         output:
             result=paths.fill(paths.RESULT, R, analysis=_name, ext=_analysis.ext),
             meta=paths.fill(paths.META, R, analysis=_name),
         params:
             analysis=_name,
             model_dir=MODEL_DIR if OFFLINE else None,
+            settings={key: config[key] for key in _analysis.settings},
         conda:
             ENV
         log:

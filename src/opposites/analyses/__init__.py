@@ -1,33 +1,43 @@
-"""Registry of analyses: name -> (function, file type, source module). Each function takes (model, rows,
-batch_size) and returns a dict (written as JSON) or a DataFrame (written as CSV)."""
+"""Registry of analyses. Each is a function (model, rows, batch_size, **settings, **required) that
+returns a dict (written as JSON) or a DataFrame (CSV), with the config keys it reads (`settings`:
+passed in, and rule params, so changing one reruns it) and the analyses whose results it reads
+(`requires`: passed in by name, and rule inputs)."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from opposites import paths
-from opposites.analyses import baseline, head_dla, logit_lens
+from opposites.analyses import baseline, head_dla, logit_lens, patch_followup, patching
 
 
 @dataclass(frozen=True)
 class Analysis:
     run: Callable[..., Any]
     ext: str  # json (dict result) or csv (DataFrame result); the file is <task>/<name>.<ext>
-    module: str  # source file, so that editing it reruns just this analysis
+    settings: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+
+    @property
+    def module(self) -> str:
+        """Source file, so that editing it reruns just the analyses defined there."""
+        return inspect.getsourcefile(self.run)
 
 
-def _entry(mod, ext: str) -> Analysis:
-    return Analysis(mod.run, ext, mod.__file__)
-
-
+PATCH = ("patch_direction",)
 ANALYSES: dict[str, Analysis] = {
-    "baseline": _entry(baseline, "json"),
-    "logit_lens": _entry(logit_lens, "csv"),
-    "head_dla": _entry(head_dla, "csv"),
+    "baseline": Analysis(baseline.run, "json"),
+    "logit_lens": Analysis(logit_lens.run, "csv"),
+    "head_dla": Analysis(head_dla.run, "csv"),
+    "patch_resid": Analysis(patching.patch_resid, "csv", PATCH),
+    "patch_layers": Analysis(patching.patch_layers, "csv", PATCH),
+    "patch_heads": Analysis(patching.patch_heads, "csv", PATCH),
+    "patch_heads_by_pos": Analysis(patching.patch_heads_by_pos, "csv", PATCH),
+    "patch_attribution": Analysis(patching.patch_attribution, "csv", PATCH),
+    "patch_followup": Analysis(patch_followup.run, "json", PATCH, ("logit_lens", "head_dla")),
 }
-
-
 SOURCES = ("prompts", *ANALYSES)  # what an outline item may draw on
 
 
@@ -53,3 +63,9 @@ def load_result(path: str):
 def load_all(results: str, names, tasks) -> dict:
     """data[name][task] for every source and task."""
     return {n: {t: load_result(result_path(results, t, n)) for t in tasks} for n in names}
+
+
+def run(name: str, model, rows: list[dict], batch_size: int, config: dict, required: dict[str, Any]) -> Any:
+    """Run analysis `name` with its settings from config and its required results."""
+    a = ANALYSES[name]
+    return a.run(model, rows, batch_size, **{k: config[k] for k in a.settings}, **required)

@@ -1,0 +1,1 @@
+"""Exact and attribution activation patching, fast: see engine.py for how."""

@@ -1,0 +1,172 @@
+"""A plain-PyTorch GPT-2 forward over the bridge's processed weights, built for patching.
+
+TransformerLens's reference patching runs one full forward per patched component. This engine
+computes the same numbers with far less work:
+  * it starts at the patched layer from the unpatched run's cached residual stream;
+  * it skips the shared prompt prefix: positions before the first token where clean and corrupted
+    differ are identical in both runs, so their keys/values are taken from the cache;
+  * it batches many patches (variants) into one forward, as a leading variant dimension;
+  * at the last layer it computes only the final position, and instead of the full unembedding
+    only the answer-minus-wrong direction that the metric reads.
+Patches are expressed as a change of the residual stream at (layer, "pre" | "mid") — patching a
+head's output, or its q/k/v/pattern (whose effect on that head's z is computed in closed form),
+reduces to that.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+
+@dataclass
+class Weights:
+    W_E: Tensor
+    W_pos: Tensor
+    W_Q: Tensor  # (layer, head, d_model, d_head)
+    W_K: Tensor
+    W_V: Tensor
+    b_Q: Tensor  # (layer, head, d_head)
+    b_K: Tensor
+    b_V: Tensor
+    W_O: Tensor  # (layer, head, d_head, d_model)
+    b_O: Tensor  # (layer, d_model)
+    W_in: Tensor  # (layer, d_model, d_mlp)
+    b_in: Tensor
+    W_out: Tensor  # (layer, d_mlp, d_model)
+    b_out: Tensor
+    ln1: list[tuple[Tensor, Tensor]]
+    ln2: list[tuple[Tensor, Tensor]]
+    ln_f: tuple[Tensor, Tensor]
+    W_U: Tensor
+    b_U: Tensor
+    eps: float
+    n_layers: int
+    n_heads: int
+    d_head: int
+    flops: list[float] = field(default_factory=lambda: [0.0])  # matmul FLOPs counter
+
+    @classmethod
+    def from_bridge(cls, model) -> "Weights":
+        cfg = model.cfg
+        assert cfg.normalization_type in ("LN", "LNPre") and cfg.act_fn in ("gelu_new", "gelu"), \
+            "the patching engine implements GPT-2-style blocks (LayerNorm, GELU)"
+        det = lambda t: t.detach()  # noqa: E731
+        blocks = model.blocks
+        return cls(
+            det(model.W_E), det(model.W_pos), det(model.W_Q), det(model.W_K), det(model.W_V),
+            det(model.b_Q), det(model.b_K), det(model.b_V), det(model.W_O), det(model.b_O),
+            det(model.W_in), det(model.b_in), det(model.W_out), det(model.b_out),
+            [(det(b.ln1.w), det(b.ln1.b)) for b in blocks], [(det(b.ln2.w), det(b.ln2.b)) for b in blocks],
+            (det(model.ln_final.w), det(model.ln_final.b)), det(model.W_U), det(model.b_U),
+            cfg.eps, cfg.n_layers, cfg.n_heads, cfg.d_head)
+
+
+def layer_norm(x: Tensor, wb: tuple[Tensor, Tensor], eps: float) -> Tensor:
+    x = x - x.mean(-1, keepdim=True)
+    return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt() * wb[0] + wb[1]
+
+
+def gelu_new(x: Tensor) -> Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+def _count(w: Weights, n: float) -> None:
+    w.flops[0] += n
+
+
+def qkv(w: Weights, layer: int, x: Float[Tensor, "... pos d_model"], which: str = "qkv") -> dict[str, Tensor]:
+    """Normalized input -> q/k/v, each (..., pos, head, d_head)."""
+    out = {}
+    for name in which:
+        W, b = {"q": (w.W_Q, w.b_Q), "k": (w.W_K, w.b_K), "v": (w.W_V, w.b_V)}[name]
+        out[name] = torch.einsum("...pm,hmd->...phd", x, W[layer]) + b[layer]
+        _count(w, 2 * x[..., 0].numel() * W[layer].numel())
+    return out
+
+
+def attend(w: Weights, q: Tensor, k: Tensor, v: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
+    """Causal attention. q (..., Q, head, d_head) are the last Q positions of k/v (..., K, head, d_head)
+    shifted by `offset` prefix positions that only k/v hold. Returns (z, pattern (..., head, Q, K))."""
+    scores = torch.einsum("...qhd,...khd->...hqk", q, k) / math.sqrt(w.d_head)
+    Q, K = q.shape[-3], k.shape[-3]
+    q_pos = torch.arange(K - Q, K, device=q.device)[:, None]
+    mask = torch.arange(K, device=q.device)[None, :] > q_pos  # (Q, K)
+    pattern = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
+    z = torch.einsum("...hqk,...khd->...qhd", pattern, v)
+    _count(w, 4 * q.numel() * K)
+    return z, pattern
+
+
+def attn_out(w: Weights, layer: int, z: Float[Tensor, "... pos head d_head"]) -> Tensor:
+    _count(w, 2 * z.numel() * w.W_O.shape[-1])
+    return torch.einsum("...phd,hdm->...pm", z, w.W_O[layer]) + w.b_O[layer]
+
+
+def mlp(w: Weights, layer: int, x: Float[Tensor, "... pos d_model"]) -> Tensor:
+    h = gelu_new(layer_norm(x, w.ln2[layer], w.eps) @ w.W_in[layer] + w.b_in[layer])
+    _count(w, 4 * x[..., 0].numel() * w.W_in[layer].numel())
+    return h @ w.W_out[layer] + w.b_out[layer]
+
+
+def full_forward(w: Weights, tokens: Tensor, keep_grad: bool = False) -> dict[str, Tensor]:
+    """An ordinary forward that caches, per layer, everything patching reads. Keys like
+    'resid_pre.3', 'q.3', 'pattern.3', 'z.3', 'attn_out.3', 'resid_mid.3', 'mlp_out.3', and
+    'resid_final'. Shapes (batch, pos, ...), pattern (batch, head, q, k). keep_grad: build the
+    autograd graph and keep the gradients of q, k, v, pattern and z (attribution patching)."""
+    x = w.W_E[tokens] + w.W_pos[: tokens.shape[1]]  # (batch, pos, d_model)
+    if keep_grad:
+        x = x.detach().requires_grad_()
+    cache = {}
+    for layer in range(w.n_layers):
+        cache[f"resid_pre.{layer}"] = x
+        acts = qkv(w, layer, layer_norm(x, w.ln1[layer], w.eps))
+        z, pattern = attend(w, acts["q"], acts["k"], acts["v"])
+        if keep_grad:
+            for t in (*acts.values(), pattern, z):
+                t.retain_grad()
+        a = attn_out(w, layer, z)
+        x = x + a
+        cache |= {f"q.{layer}": acts["q"], f"k.{layer}": acts["k"], f"v.{layer}": acts["v"],
+                  f"pattern.{layer}": pattern, f"z.{layer}": z, f"attn_out.{layer}": a, f"resid_mid.{layer}": x}
+        m = mlp(w, layer, x)
+        x = x + m
+        cache[f"mlp_out.{layer}"] = m
+    cache["resid_final"] = x
+    return cache
+
+
+def read_logit_diff(w: Weights, x_end: Float[Tensor, "... batch d_model"], direction: Tensor, bias: Tensor) -> Tensor:
+    """Answer-minus-wrong logit from final-position residuals, without the full unembedding."""
+    _count(w, 2 * x_end.numel())
+    return (layer_norm(x_end, w.ln_f, w.eps) * direction).sum(-1) + bias
+
+
+def run_from(w: Weights, layer: int, stage: str, x: Float[Tensor, "variant batch suffix d_model"],
+             base: dict[str, Tensor], prefix: int, direction: Tensor, bias: Tensor) -> Float[Tensor, "variant batch"]:
+    """Run variants of the residual stream at (layer, stage) over the suffix positions (those from
+    `prefix` on) to the end, reusing the base run's keys/values for the prefix; return the logit
+    difference per variant and prompt."""
+    last = w.n_layers - 1
+    for lay in range(layer, w.n_layers):
+        if not (lay == layer and stage == "mid"):
+            h = layer_norm(x, w.ln1[lay], w.eps)
+            end_only = lay == last
+            acts = qkv(w, lay, h, "kv")
+            acts |= qkv(w, lay, h[..., -1:, :] if end_only else h, "q")
+            V = x.shape[0]
+            k = torch.cat([base[f"k.{lay}"][:, :prefix].expand(V, -1, -1, -1, -1), acts["k"]], dim=-3)
+            v = torch.cat([base[f"v.{lay}"][:, :prefix].expand(V, -1, -1, -1, -1), acts["v"]], dim=-3)
+            z, _ = attend(w, acts["q"], k, v)
+            if end_only:
+                x = x[..., -1:, :]
+            x = x + attn_out(w, lay, z)
+        elif lay == last:
+            x = x[..., -1:, :]
+        x = x + mlp(w, lay, x)
+    return read_logit_diff(w, x[..., -1, :], direction, bias)

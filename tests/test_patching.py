@@ -1,0 +1,157 @@
+"""Exact patching against TransformerLens's reference functions, a plain-PyTorch patch, a planted
+head, and attribution patching against TransformerLens 4's attribution_patch."""
+
+import pytest
+import torch
+import transformer_lens.patching as tlp
+
+from opposites import models
+from opposites.analyses.patching import dataset_sweep, layout_group
+from opposites.core import batches, logit_diff
+from opposites.patching import exact
+from opposites.patching.attribution import head_attribution
+from opposites.patching.engine import Weights
+
+SWEEPS = {  # ours (layer-major) -> TransformerLens reference
+    "resid_pre": (exact.resid_pre_by_pos, tlp.get_act_patch_resid_pre),
+    "attn_out": (exact.attn_out_by_pos, tlp.get_act_patch_attn_out),
+    "mlp_out": (exact.mlp_out_by_pos, tlp.get_act_patch_mlp_out),
+    "head_z": (lambda p: exact.head_all_pos(p, "z"), tlp.get_act_patch_attn_head_out_all_pos),
+    "head_q": (lambda p: exact.head_all_pos(p, "q"), tlp.get_act_patch_attn_head_q_all_pos),
+    "head_k": (lambda p: exact.head_all_pos(p, "k"), tlp.get_act_patch_attn_head_k_all_pos),
+    "head_v": (lambda p: exact.head_all_pos(p, "v"), tlp.get_act_patch_attn_head_v_all_pos),
+    "head_pattern": (lambda p: exact.head_all_pos(p, "pattern"), tlp.get_act_patch_attn_head_pattern_all_pos),
+    "head_by_pos": (lambda p: exact.head_by_pos(p).permute(0, 2, 1), tlp.get_act_patch_attn_head_out_by_pos),
+}
+
+
+def one_batch(model, rows):
+    return next(batches(model, layout_group(rows), 64))
+
+
+def reference_setup(model, batch, mode="denoising"):
+    clean_logits, clean_cache = model.run_with_cache(batch.clean)
+    corr_logits, corr_cache = model.run_with_cache(batch.corrupted)
+    c, k = logit_diff(clean_logits, batch).mean().item(), logit_diff(corr_logits, batch).mean().item()
+    metric = lambda logits: (logit_diff(logits, batch).mean() - k) / (c - k)  # noqa: E731
+    base_tokens, src_cache = (batch.corrupted, clean_cache) if mode == "denoising" else (batch.clean, corr_cache)
+    return base_tokens, src_cache, metric, c, k
+
+
+def check_against_reference(model, batch, names, mode="denoising"):
+    base_tokens, src_cache, metric, c, k = reference_setup(model, batch, mode)
+    pair = exact.prepare(model, Weights.from_bridge(model), batch, mode)
+    for name in names:
+        ours_fn, ref_fn = SWEEPS[name]
+        ours = exact.normalise(ours_fn(pair), pair.n, c, k)
+        ref = ref_fn(model, base_tokens, src_cache, metric)
+        torch.testing.assert_close(ours.double(), ref.double(), atol=1e-4, rtol=0, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("task", ["ioi", "size"])
+def test_exact_against_transformer_lens_reference(toy64, rows, task):
+    check_against_reference(toy64, one_batch(toy64, rows[task]), list(SWEEPS))
+
+
+def test_noising_against_transformer_lens_reference(toy64, rows):
+    check_against_reference(toy64, one_batch(toy64, rows["antonym"]), ["resid_pre", "head_z", "head_q"], mode="noising")
+
+
+@pytest.fixture(scope="module")
+def gpt2_shaped(tmp_path_factory):
+    d = models.build_offline_model("random:gpt2", tmp_path_factory.mktemp("rgpt2") / "model", seed=0)
+    return models.load("random:gpt2", d, "cpu", dtype=torch.float64)
+
+
+def test_exact_on_gpt2_shaped_model(gpt2_shaped, rows):
+    batch = next(batches(gpt2_shaped, layout_group(rows["isa"])[:3], 3))
+    check_against_reference(gpt2_shaped, batch, ["resid_pre", "head_z", "head_v"])
+
+
+def test_clean_into_clean_gives_one_everywhere(toy64, rows):
+    batch = one_batch(toy64, rows["ioi"])
+    _, _, _, _, k = reference_setup(toy64, batch)
+    same = exact.prepare(toy64, Weights.from_bridge(toy64), batch, "noising")  # base = clean
+    same.src, same.prefix = same.base, 0  # patch clean into clean; recompute every position
+    c = same.base_ld.mean().item()
+    for name in ("resid_pre", "attn_out", "mlp_out", "head_z", "head_q", "head_pattern", "head_by_pos"):
+        got = exact.normalise(SWEEPS[name][0](same), same.n, c, k)
+        torch.testing.assert_close(got.double(), torch.ones_like(got).double(), atol=1e-6, rtol=0)
+    paths = exact.normalise(exact.path_to_receivers(same, (0, 1)), same.n, c, k)
+    assert torch.allclose(paths[1:].double(), torch.ones(1, dtype=torch.float64), atol=1e-6)
+
+
+def test_plain_pytorch_head_patch(toy64, hf_toy, rows):
+    """Patch head 2.1's z with a forward pre-hook on the HF model's c_proj: the convention check."""
+    layer, head = 2, 1
+    hf = hf_toy.double()
+    batch = one_batch(toy64, rows["size"])
+    d_head = hf.config.n_embd // hf.config.n_head
+    cols = slice(head * d_head, (head + 1) * d_head)
+    proj = hf.transformer.h[layer].attn.c_proj
+    store = {}
+    h = proj.register_forward_pre_hook(lambda m, a: store.__setitem__("z", a[0].clone()))
+    with torch.no_grad():
+        clean = hf(batch.clean).logits
+    h.remove()
+
+    def patch(m, a):
+        z = a[0].clone()
+        z[..., cols] = store["z"][..., cols]
+        return (z,)
+
+    with torch.no_grad():
+        corrupted = hf(batch.corrupted).logits
+        h = proj.register_forward_pre_hook(patch)
+        patched = hf(batch.corrupted).logits
+        h.remove()
+    c, k, p = (logit_diff(x, batch).mean().item() for x in (clean, corrupted, patched))
+    pair = exact.prepare(toy64, Weights.from_bridge(toy64), batch)
+    ours = exact.normalise(exact.head_all_pos(pair, "z"), pair.n, c, k)[layer, head].item()
+    assert ours == pytest.approx((p - k) / (c - k), abs=1e-6)
+
+
+def planted_model(tmp_path, layer=1, head=2):
+    """Toy GPT-2 whose only head that carries information is (layer, head): every other head's value
+    weights are zero, so its output is constant."""
+    from transformers import GPT2LMHeadModel
+
+    d = models.build_offline_model("toy", tmp_path / "planted", seed=1)
+    hf = GPT2LMHeadModel.from_pretrained(d)
+    n = hf.config.n_embd
+    d_head = n // hf.config.n_head
+    with torch.no_grad():
+        for i, blk in enumerate(hf.transformer.h):
+            for h in range(hf.config.n_head):
+                if (i, h) != (layer, head):
+                    blk.attn.c_attn.weight[:, 2 * n + h * d_head: 2 * n + (h + 1) * d_head] = 0
+    hf.save_pretrained(d)
+    return models.load("toy", d, "cpu", dtype=torch.float64)
+
+
+def test_planted_head_is_found(tmp_path, rows):
+    model = planted_model(tmp_path)
+    heads = dataset_sweep(model, rows["ioi"], 8, "denoising", lambda p: exact.head_all_pos(p, "z"))
+    assert heads[1, 2].item() == pytest.approx(1.0, abs=1e-6)
+    others = torch.cat([heads.flatten()[:6], heads.flatten()[7:]])
+    assert others.abs().max().item() < 1e-6
+
+
+def test_attribution_matches_transformer_lens(toy64, rows):
+    """Our batched head-output attribution equals TransformerLens 4's attribution_patch (node
+    granularity, attn_head_out summed over positions), run per prompt and averaged."""
+    from transformer_lens.tools.analysis.attribution_patching import attribution_patch
+
+    batch = one_batch(toy64, rows["ioi"])
+    pair = exact.prepare(toy64, Weights.from_bridge(toy64), batch)
+    ours = (head_attribution(pair)["z"] - pair.base_ld.sum()) / pair.n  # (layer, head) mean estimate
+    ref = torch.zeros_like(ours)
+    for i in range(pair.n):
+        metric = lambda logits, i=i: logits[0, -1, batch.answer[i]] - logits[0, -1, batch.wrong[i]]  # noqa: E731
+        with torch.enable_grad():
+            result = attribution_patch(toy64, batch.clean[i:i + 1], batch.corrupted[i:i + 1], metric)
+        for node, score in result.node_scores.items():
+            if node.kind == "attn_head_out":
+                ref[node.layer, node.head] += score / pair.n
+    assert ref.abs().max() > 0
+    torch.testing.assert_close(ours.double(), ref.double(), atol=1e-6, rtol=1e-5)
