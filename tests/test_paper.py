@@ -8,11 +8,18 @@ def test_fmt_and_escape():
     assert fmt(1.234) == "1.23" and fmt(-0.5) == "$-$0.50" and fmt(0.00123) == "0.0012"
     assert fmt(float("nan")) == "n/a" and fmt(0.0) == "0.00"
     assert tex_escape("a_b & 50% {x}") == r"a\_b \& 50\% \{x\}"
+    assert tex_escape("ab\ufffd\u00e9") == "ab??"
 
 
 def test_template_uses_latex_safe_delimiters(tmp_path):
     (tmp_path / "t.tex").write_text(r"\textbf{<< x | fmt >>} {<% if y %>yes<% endif %>} <# note #>")
     assert paper.environment(tmp_path).get_template("t.tex").render(x=2.5, y=True) == r"\textbf{2.50} {yes} "
+
+
+def test_file_line_errors_show_the_source_line():
+    log = "./paper.tex:2: Missing $ inserted.\n<inserted text>\n$\nl.2 a_b\n"
+    out = paper.latex_errors(log, ["\\begin{document}", "a_b"])
+    assert "Missing $ inserted" in out and "source line 2: a_b" in out
 
 
 def test_latex_errors_are_extracted():

@@ -155,3 +155,33 @@ def test_attribution_matches_transformer_lens(toy64, rows):
                 ref[node.layer, node.head] += score / pair.n
     assert ref.abs().max() > 0
     torch.testing.assert_close(ours.double(), ref.double(), atol=1e-6, rtol=1e-5)
+
+
+def test_flop_counter_matches_the_analytic_minimum(toy64, rows):
+    """Head-output patching over all positions runs exactly the minimal suffix computation."""
+    from opposites.patching import engine
+
+    batch = one_batch(toy64, rows["ioi"])
+    w = Weights.from_bridge(toy64)
+    pair = exact.prepare(toy64, w, batch)
+    w.flops[0] = 0.0
+    exact.head_all_pos(pair, "z")
+    P = batch.clean.shape[1]
+    minimum = pair.n * w.n_heads * sum(engine.suffix_flops(w, l, "mid", P - pair.prefix, P) for l in range(w.n_layers))
+    assert w.flops[0] == pytest.approx(minimum, rel=1e-9)
+
+
+def test_followup_selection_follows_lens_steps_and_dla():
+    import pandas as pd
+
+    from opposites.analyses.patch_followup import lens_steps, select
+
+    lens = pd.DataFrame({"kind": "accumulated", "label": ["resid_pre", "resid_mid", "resid_pre", "resid_mid", "resid_post"],
+                         "layer": [0, 0, 1, 1, 1], "value": [0.0, 0.1, 2.1, 1.0, 1.2]})
+    steps = lens_steps(lens)
+    assert steps.to_dict("list") == {"layer": [0, 0, 1, 1], "component": ["attn", "mlp", "attn", "mlp"],
+                                     "step": pytest.approx([0.1, 2.0, -1.1, 0.2])}
+    dla = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "value": [0.1, -3.0, 2.0, 0.5]})
+    chosen = select(lens, dla, k_layers=2, k_heads=2)
+    assert [(s["component"], s["layer"]) for s in chosen["layers"]] == [("mlp", 0), ("attn", 1)]
+    assert [h["label"] for h in chosen["heads"]] == ["0.1", "1.0"]

@@ -86,7 +86,10 @@ def load(path: str | Path, tasks: list[str]) -> Outline:
             if unknown:
                 raise OutlineError(f"outline item {iid!r}: unknown analyses {sorted(unknown)}; "
                                    f"known: {', '.join(SOURCES)}.")
-            item_tasks = [t for t in it.get("tasks", tasks) if t in tasks]
+            from opposites.analyses import applies
+
+            item_tasks = [t for t in it.get("tasks", tasks) if t in tasks
+                          and all(applies(a, t) for a in it.get("analyses", []))]
             items.append(Item(iid, kind, s["id"], tuple(it.get("analyses", [])), tuple(item_tasks),
                               it.get("caption", ""), it.get("width", "\\linewidth")))
         sections.append(Section(s["id"], s["title"], tuple(items)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import jinja2
 
 from opposites import paths
-from opposites.analyses import load_all
+from opposites.analyses import ANALYSES, SOURCES, load_all
 from opposites.config import model_kind
 from opposites.outline import Item, Outline
 from opposites.provenance import versions
@@ -49,6 +50,8 @@ def item_jobs(item: Item, results: str, model: str) -> list[dict]:
     for task in item.tasks:
         jobs.append(("prompts", f"prompts {task}", {"task": task}))
         jobs += [("analyze", f"{a} {task}", {"task": task, "analysis": a}) for a in item.analyses if a != "prompts"]
+        jobs += [("analyze", f"{dep} {task}", {"task": task, "analysis": dep})
+                 for a in item.analyses if a != "prompts" for dep in ANALYSES[a].requires]
     jobs.append((item.kind, f"{item.kind} {item.id}", {"item": item.id}))
     out = []
     for rule, label, fields in jobs:
@@ -59,8 +62,7 @@ def item_jobs(item: Item, results: str, model: str) -> list[dict]:
 
 def context(outline: Outline, config: dict, results: str, bib: str) -> dict:
     tasks = list(config["tasks"])
-    names = sorted(outline.analyses() | {"baseline", "logit_lens", "head_dla", "prompts"})
-    data = load_all(results, names, tasks)
+    data = load_all(results, SOURCES, tasks)
     figure_rel = Path("..")  # paper.tex lives in <results>/paper/
     items = {}
     for item in outline.items():
@@ -89,13 +91,19 @@ def render(template_dir: str | Path, outline: Outline, config: dict, results: st
     shutil.copy(bib, Path(out).parent / Path(bib).name)
 
 
-def latex_errors(log_text: str, context_lines: int = 4) -> str:
-    """The '!' error lines of a LaTeX log with the lines after each (what TeX says went wrong)."""
+def latex_errors(log_text: str, tex_lines: list[str] | None = None, context_lines: int = 4) -> str:
+    """The errors of a LaTeX log ('!' lines, or 'file:line:' ones with -file-line-error), each with
+    the lines after it and, where the line number is known, the offending source line."""
     lines = log_text.splitlines()
     picked = []
     for i, line in enumerate(lines):
-        if line.startswith("!") or "Undefined control sequence" in line or line.startswith("l."):
-            picked.append("\n".join(lines[i:i + context_lines]))
+        m = re.match(r"^(?:\./)?paper\.tex:(\d+): ", line)
+        other = re.match(r"^\S*\.tex:\d+: ", line)
+        if line.startswith("!") or m or other:
+            block = "\n".join(lines[i:i + context_lines])
+            if m and tex_lines and int(m.group(1)) <= len(tex_lines):
+                block += f"\n  source line {m.group(1)}: {tex_lines[int(m.group(1)) - 1].strip()}"
+            picked.append(block)
     return "\n---\n".join(dict.fromkeys(picked)) or "\n".join(lines[-30:])
 
 
@@ -106,7 +114,8 @@ def compile_pdf(tex: str | Path, out_pdf: str | Path) -> None:
     log = tex.with_suffix(".log")
     if proc.returncode != 0:
         text = log.read_text(errors="replace") if log.exists() else proc.stdout + proc.stderr
-        raise LatexError(f"latexmk failed on {tex} (exit {proc.returncode}). From {log.name}:\n{latex_errors(text)}")
+        errors = latex_errors(text, tex.read_text(errors="replace").splitlines())
+        raise LatexError(f"latexmk failed on {tex} (exit {proc.returncode}). From {log.name}:\n{errors}")
     built = tex.with_suffix(".pdf")
     if Path(out_pdf).resolve() != built.resolve():
         shutil.copy(built, out_pdf)

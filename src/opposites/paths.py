@@ -8,14 +8,12 @@ META = "{R}/{task}/{analysis}.meta.json"
 ITEM = "{R}/{folder}/{item}.{ext}"
 PAPER_TEX = "{R}/paper/paper.tex"
 PAPER_PDF = "{R}/paper/paper.pdf"
-RULES = ("build_model", "prompts", "analyze", "figure", "table", "paper_tex", "paper_pdf")
 BENCH = {
     "build_model": "{R}/benchmarks/build_model.tsv",
     "prompts": "{R}/benchmarks/prompts/{task}.tsv",
     "analyze": "{R}/benchmarks/analyze/{task}/{analysis}.tsv",
     "figure": "{R}/benchmarks/figure/{item}.tsv",
     "table": "{R}/benchmarks/table/{item}.tsv",
-    "paper_tex": "{R}/benchmarks/paper_tex.tsv",
     "paper_pdf": "{R}/benchmarks/paper_pdf.tsv",
 }
 LOG = {rule: p.replace("/benchmarks/", "/logs/").replace(".tsv", ".log") for rule, p in BENCH.items()}

@@ -116,11 +116,16 @@ def validate_spec(task: str, spec: dict[str, Any]) -> None:
 
 # ---- filling and checking -----------------------------------------------------------------------
 
+def token_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of text alone (no BOS, whatever the tokenizer's default)."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def fill(template: str, values: dict[str, str], tokenizer, roles: list[str]) -> tuple[str, dict[str, int]] | None:
     """Fill the template; return (text, role -> token position counting a prepended BOS), or None
     when a role word is not exactly one token at its place."""
     text = PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
-    ids = tokenizer(text)["input_ids"]
+    ids = token_ids(tokenizer, text)
     positions = {}
     for m in PLACEHOLDER.finditer(template):
         role = m.group(1)
@@ -128,8 +133,8 @@ def fill(template: str, values: dict[str, str], tokenizer, roles: list[str]) -> 
             continue
         prefix = PLACEHOLDER.sub(lambda n: values[n.group(1)], template[: m.start()])
         spaced = prefix.endswith(" ")
-        word_ids = tokenizer((" " if spaced else "") + values[role])["input_ids"]
-        pos = len(tokenizer(prefix.rstrip(" "))["input_ids"]) if prefix.strip() else 0
+        word_ids = token_ids(tokenizer, (" " if spaced else "") + values[role])
+        pos = len(token_ids(tokenizer, prefix.rstrip(" "))) if prefix.strip() else 0
         if len(word_ids) != 1 or pos >= len(ids) or ids[pos] != word_ids[0]:
             return None
         positions[role] = pos + 1  # +1 for the prepended <|endoftext|>
@@ -138,7 +143,7 @@ def fill(template: str, values: dict[str, str], tokenizer, roles: list[str]) -> 
 
 
 def n_tokens(tokenizer, word: str) -> int:
-    return len(tokenizer(word)["input_ids"])
+    return len(token_ids(tokenizer, word))
 
 
 def make_prompts(task: str, tokenizer, n_prompts: int, seed: int, min_prompts: int) -> tuple[list[dict], Counter]:
@@ -164,7 +169,7 @@ def make_prompts(task: str, tokenizer, n_prompts: int, seed: int, min_prompts: i
             dropped["duplicate"] += 1
         else:
             seen.add(clean[0])
-            rows.append({"id": len(rows), "template": spec["templates"].index(template),
+            rows.append({"id": len(rows), "task": task, "template": spec["templates"].index(template),
                          "clean": clean[0], "corrupted": corrupted[0], "answer": s.answer,
                          "wrong": s.wrong, "positions": clean[1]})
     if len(rows) < min_prompts:

@@ -44,13 +44,73 @@ def lens_facts(lens: pd.DataFrame) -> dict:
     }
 
 
+def patch_facts(data: dict, task: str) -> dict:
+    """What the patching section names: strongest head, residual position, attribution agreement."""
+    from opposites.figures import attribution_vs_exact
+
+    heads = data["patch_heads"][task]
+    z = heads[heads.activation == "z"]
+    top = z.loc[z.value.abs().idxmax()]
+    resid = data["patch_resid"][task]
+    last = resid[resid.layer == resid.layer.max()]
+    first = resid[resid.layer == 0]
+    peak = lambda df: df.loc[df.value.abs().idxmax()]  # noqa: E731
+    merged = attribution_vs_exact(heads, data["patch_attribution"][task])
+    follow = data["patch_followup"][task]
+    path = pd.DataFrame(follow["path"])
+    best_path = None if path.empty else path.loc[path.value.abs().idxmax()].to_dict()
+    return {
+        "top_head": head_label(top.layer, top["head"]), "top_head_value": float(top.value),
+        "resid_first": peak(first).to_dict(), "resid_last": peak(last).to_dict(),
+        "layout_prompts": int(resid.n_prompts.iloc[0]),
+        "attr_r": float(merged.exact.corr(merged.attribution)), "attr_n": len(merged),
+        "attr_r_z": float(merged[merged.activation == "z"].exact.corr(merged[merged.activation == "z"].attribution)),
+        "selection": follow["selection"], "best_path": best_path,
+    }
+
+
+def head_facts(data: dict, task: str) -> dict:
+    """Attention, copying and neurons: what the 'Attention and copying' and 'Meaning' sections name."""
+    from opposites.prompts import load_spec
+    from opposites.tables import end_attention_to_roles
+
+    dla = data["head_dla"][task]
+    top = dla.loc[dla.value.abs().idxmax()]
+    layer, head = int(top.layer), int(top["head"])
+    att = data["attention"][task]
+    end = att[(att.dest_role == "END") & (att.layer == layer) & (att["head"] == head)]
+    focus = end.loc[end.value.idxmax()]
+    hl = data["head_logit"][task]
+    hl = hl[(hl.layer == layer) & (hl["head"] == head)]
+    copy = data["copy_scores"][task]
+    scores = {}
+    for kind, part in copy.groupby("score_type"):
+        best = part.loc[part.value.idxmax()]
+        scores[kind] = {"head": head_label(best.layer, best["head"]), "value": float(best.value),
+                        "mean": float(part.value.mean()),
+                        "qk": end_attention_to_roles(att, int(best.layer), int(best["head"]), load_spec(task)["roles"])}
+    n = data["neurons"][task].iloc[0]
+    facts = {"head": head_label(layer, head), "focus_role": str(focus.src_role), "focus_value": float(focus.value),
+             "logit_r": float(hl.contribution.corr(hl.answer_logit)), "scores": scores,
+             "neuron": {"label": f"L{int(n.layer)}N{int(n.neuron)}", "value": float(n.value), "act": float(n.act_task),
+                        "control": float(n.act_control), "tokens": [t for t in n.top_tokens.split("|")]}}
+    if task in data.get("similarity", {}):
+        sim = data["similarity"][task]
+        last = sim[sim.space == "resid"].layer.max()
+        facts["similarity"] = {
+            space: sim[(sim.space == space) & ((sim.layer == last) if space == "resid" else True)]
+            .groupby("relation").cosine.mean().to_dict() for space in ("embed", "unembed", "resid")}
+    return facts
+
+
 def summarize(data: dict, tasks: list[str], k: int = 5) -> dict:
     per_task = {}
     for t in tasks:
         dla = data["head_dla"][t]
         per_task[t] = {"baseline": data["baseline"][t], "lens": lens_facts(data["logit_lens"][t]),
                        "top_pos": top_heads(dla), "top_neg": top_heads(dla, sign=-1),
-                       "top_abs": sorted(top_abs(dla, k))}
+                       "top_abs": sorted(top_abs(dla, k)), "patch": patch_facts(data, t),
+                       "heads": head_facts(data, t)}
     sets = {t: set(per_task[t]["top_abs"]) for t in tasks}
     pairs = [{"a": a, "b": b, "shared": sorted(sets[a] & sets[b])} for a, b in combinations(tasks, 2)]
     shared_all = sorted(set.intersection(*sets.values())) if sets else []

@@ -34,3 +34,47 @@ def datasets(data: dict, tasks: list[str]) -> str:
                      fmt(base["accuracy"]), fmt(base["top1"]), fmt(base["corrupted_logit_diff_mean"])])
     return tabular(r"l p{4.2cm} p{4.2cm} r r r r r",
                    ["task", "first template", "example", "$n$", "logit diff", "acc.", "top-1", "corr. diff"], rows)
+
+
+@table
+def followup(data: dict, tasks: list[str]) -> str:
+    rows = []
+    for task in tasks:
+        sel = data["patch_followup"][task]["selection"]
+        layers = ", ".join(f"{s['component']} {s['layer']} ({fmt(s['step'])})" for s in sel["layers"])
+        heads = ", ".join(f"{h['label']} ({fmt(h['dla'])})" for h in sel["heads"])
+        rows.append([tex_escape(task), layers, heads])
+    return tabular(r"l p{5.5cm} p{5.5cm}", ["task", "layers (logit-lens step)", "heads (DLA)"], rows)
+
+
+def end_attention_to_roles(attention, layer: int, head: int, roles: list[str]) -> float:
+    part = attention[(attention.dest_role == "END") & (attention.layer == layer) & (attention["head"] == head)]
+    return float(part[part.src_role.isin(roles)].value.sum())
+
+
+@table
+def copy_top(data: dict, tasks: list[str]) -> str:
+    """Top heads per score, with the QK check: how much END attends to the task's role tokens."""
+    rows = []
+    for task in tasks:
+        df, att = data["copy_scores"][task], data["attention"][task]
+        roles = load_spec(task)["roles"]
+        for kind in ("copy", "negative_copy", "opposite"):
+            part = df[df.score_type == kind].nlargest(3, "value")
+            if part.empty:
+                continue
+            cells = [f"{r.layer}.{r.head}: {fmt(r.value)} ({fmt(end_attention_to_roles(att, r.layer, r.head, roles))})"
+                     for r in part.itertuples()]
+            rows.append([tex_escape(task), tex_escape(kind.replace("_", " ")), fmt(df[df.score_type == kind].value.mean()),
+                         "; ".join(cells)])
+    return tabular(r"l l r p{8cm}", ["task", "score", "mean", "top heads: score (END attention to roles)"], rows)
+
+
+@table
+def neurons(data: dict, tasks: list[str]) -> str:
+    rows = []
+    for task in tasks:
+        for r in data["neurons"][task].head(3).itertuples():
+            rows.append([tex_escape(task), f"L{r.layer}N{r.neuron}", fmt(r.value), fmt(r.act_task), fmt(r.act_control),
+                         r"\texttt{" + tex_escape(", ".join(t.strip() or repr(t) for t in r.top_tokens.split("|"))) + "}"])
+    return tabular(r"l l r r r p{5cm}", ["task", "neuron", "effect", "act.", "control act.", "promotes"], rows)

@@ -9,7 +9,9 @@ _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#
 
 
 def tex_escape(text: object) -> str:
-    return "".join(_TEX.get(c, c) for c in str(text))
+    """Escape LaTeX's special characters; characters outside ASCII (e.g. byte-level token pieces)
+    become '?', so any token string can be printed."""
+    return "".join(_TEX.get(c, c if c.isascii() and (c.isprintable() or c == "\n") else "?") for c in str(text))
 
 
 def code(text: object) -> str:

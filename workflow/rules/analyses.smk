@@ -22,5 +22,7 @@ for _name, _analysis in ANALYSES.items():
             log("analyze", analysis=_name),
         benchmark:
             bench("analyze", analysis=_name)
+        wildcard_constraints:
+            task="|".join(t for t in TASKS if _analysis.applies(t)) or "^$",
         script:
             "../../scripts/analyze.py"

@@ -1,7 +1,7 @@
 # Validate the config, check the model is reachable, and derive every target from the outline.
 from opposites import config as cfg
 from opposites import models, paths
-from opposites.analyses import ANALYSES, result_path
+from opposites.analyses import ANALYSES, SOURCES, applies, result_path
 from opposites.outline import load as load_outline
 from opposites.prompts import task_file
 
@@ -38,4 +38,7 @@ def bench(rule, **fields):
 
 def item_inputs(item):
     """Result files an outline item reads."""
-    return [result_path(R, t, a) for a in item.analyses for t in item.tasks]
+    return [result_path(R, t, a) for a in item.analyses for t in item.tasks if applies(a, t)]
+
+
+ALL_RESULTS = [result_path(R, t, a) for t in TASKS for a in SOURCES if applies(a, t)]

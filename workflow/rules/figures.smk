@@ -1,5 +1,6 @@
 import opposites.figures
 import opposites.tables
+import opposites.texutil
 
 FIGURE_IDS = [i.id for i in OUTLINE.items("figure")]
 TABLE_IDS = [i.id for i in OUTLINE.items("table")]
@@ -28,7 +29,7 @@ rule figure:
 rule table:
     input:
         data=lambda wc: item_inputs(OUTLINE.item(wc.item)),
-        code=opposites.tables.__file__,
+        code=[opposites.tables.__file__, opposites.texutil.__file__],
     output:
         paths.fill(paths.ITEM, R, folder="tables", ext="tex"),
     params:

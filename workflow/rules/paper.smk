@@ -3,32 +3,20 @@ from pathlib import Path
 import opposites.paper
 
 
-rule paper_tex:
+# One rule renders and compiles, so the PDF's inputs are the results themselves: a stale PDF can
+# never survive a missing or failed intermediate.
+rule paper_pdf:
     input:
         outline_items=[item.path(R) for item in OUTLINE.items()],
-        results=[result_path(R, t, a) for t in TASKS for a in ("prompts", "baseline", "logit_lens", "head_dla")],
+        results=ALL_RESULTS,
         outline="paper/outline.yaml",
         template="paper/paper.tex",
         sections=sorted(str(p) for p in Path("paper/sections").glob("*.tex")),
         bib="paper/references.bib",
         code=opposites.paper.__file__,
     output:
-        PAPER_TEX,
-    conda:
-        ENV
-    log:
-        log("paper_tex"),
-    benchmark:
-        bench("paper_tex")
-    script:
-        "../../scripts/paper_tex.py"
-
-
-rule paper_pdf:
-    input:
-        PAPER_TEX,
-    output:
-        PAPER_PDF,
+        tex=PAPER_TEX,
+        pdf=PAPER_PDF,
     conda:
         ENV
     log:
@@ -36,4 +24,4 @@ rule paper_pdf:
     benchmark:
         bench("paper_pdf")
     script:
-        "../../scripts/paper_pdf.py"
+        "../../scripts/paper.py"

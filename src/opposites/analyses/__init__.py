@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from opposites import paths
-from opposites.analyses import baseline, head_dla, logit_lens, patch_followup, patching
+from opposites.analyses import baseline, head_dla, heads, logit_lens, meaning, patch_followup, patching
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,12 @@ class Analysis:
     ext: str  # json (dict result) or csv (DataFrame result); the file is <task>/<name>.<ext>
     settings: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
+    families: tuple[str, ...] | None = None  # task families it applies to (None: all)
+
+    def applies(self, task: str) -> bool:
+        from opposites.prompts import load_spec
+
+        return self.families is None or load_spec(task)["family"] in self.families
 
     @property
     def module(self) -> str:
@@ -37,6 +43,12 @@ ANALYSES: dict[str, Analysis] = {
     "patch_heads_by_pos": Analysis(patching.patch_heads_by_pos, "csv", PATCH),
     "patch_attribution": Analysis(patching.patch_attribution, "csv", PATCH),
     "patch_followup": Analysis(patch_followup.run, "json", PATCH, ("logit_lens", "head_dla")),
+    "attention": Analysis(heads.attention, "csv"),
+    "attention_example": Analysis(heads.attention_example, "json", (), ("head_dla", "patch_heads")),
+    "head_logit": Analysis(heads.head_logit, "csv", (), ("head_dla",)),
+    "copy_scores": Analysis(heads.copy_scores, "csv"),
+    "similarity": Analysis(meaning.similarity, "csv", ("seed",), families=("opposite",)),
+    "neurons": Analysis(meaning.neurons, "csv"),
 }
 SOURCES = ("prompts", *ANALYSES)  # what an outline item may draw on
 
@@ -57,12 +69,20 @@ def load_result(path: str):
 
     if path.endswith(".jsonl"):
         return read_jsonl(path)
-    return read_json(path) if path.endswith(".json") else pd.read_csv(path)
+    if path.endswith(".json"):
+        return read_json(path)
+    df = pd.read_csv(path)
+    text = df.select_dtypes(include=["object", "string"]).columns
+    return df.fillna({c: "" for c in text})  # empty strings (e.g. a position with no role) stay ""
+
+
+def applies(name: str, task: str) -> bool:
+    return name == "prompts" or ANALYSES[name].applies(task)
 
 
 def load_all(results: str, names, tasks) -> dict:
-    """data[name][task] for every source and task."""
-    return {n: {t: load_result(result_path(results, t, n)) for t in tasks} for n in names}
+    """data[name][task] for every source and every task it applies to."""
+    return {n: {t: load_result(result_path(results, t, n)) for t in tasks if applies(n, t)} for n in names}
 
 
 def run(name: str, model, rows: list[dict], batch_size: int, config: dict, required: dict[str, Any]) -> Any:

@@ -147,6 +147,36 @@ def read_logit_diff(w: Weights, x_end: Float[Tensor, "... batch d_model"], direc
     return (layer_norm(x_end, w.ln_f, w.eps) * direction).sum(-1) + bias
 
 
+def layer_flops(w: Weights, queries: int, keys: int, new_kv: int) -> float:
+    """Matmul FLOPs of one block for one sequence: `queries` positions computed (q, attention out,
+    MLP), attending over `keys` positions, of which `new_kv` need fresh keys/values."""
+    d = w.W_O.shape[-1]  # d_model
+    d_mlp = w.W_in.shape[-1]
+    return (2 * queries * d * d + 2 * 2 * new_kv * d * d  # q; k and v
+            + 4 * queries * keys * d  # scores and pattern @ v (all heads)
+            + 2 * queries * d * d  # W_O
+            + 4 * queries * d * d_mlp)  # W_in and W_out
+
+
+def suffix_flops(w: Weights, layer: int, stage: str, suffix: int, length: int) -> float:
+    """FLOPs `run_from` spends per sequence for a suffix of `suffix` positions (of `length`): the
+    minimum for a patch whose first changed position is length - suffix, computing every later
+    position up to the last layer and only the final position there."""
+    total, last = 0.0, w.n_layers - 1
+    for lay in range(layer, w.n_layers):
+        q = 1 if lay == last else suffix
+        if lay == layer and stage == "mid":
+            total += 4 * q * w.W_O.shape[-1] * w.W_in.shape[-1]  # MLP only
+        else:
+            total += layer_flops(w, q, length, suffix)
+    return total + 2 * w.W_O.shape[-1]  # read the answer-minus-wrong direction
+
+
+def full_forward_flops(w: Weights, length: int, vocab: int) -> float:
+    """A plain forward of one sequence with the full unembedding (what the reference runs)."""
+    return w.n_layers * layer_flops(w, length, length, length) + 2 * length * w.W_O.shape[-1] * vocab
+
+
 def run_from(w: Weights, layer: int, stage: str, x: Float[Tensor, "variant batch suffix d_model"],
              base: dict[str, Tensor], prefix: int, direction: Tensor, bias: Tensor) -> Float[Tensor, "variant batch"]:
     """Run variants of the residual stream at (layer, stage) over the suffix positions (those from

@@ -1,0 +1,15 @@
+"""Fill paper/paper.tex from the outline and the result files, then compile it with latexmk (on
+failure the error lines of the LaTeX log are shown)."""
+
+from _common import setup_logging
+
+from opposites import paper
+from opposites.outline import load as load_outline
+
+sm = snakemake  # noqa: F821
+log = setup_logging(sm)
+results = sm.output.tex.rsplit("/", 2)[0]
+outline = load_outline(sm.input.outline, sm.config["tasks"])
+paper.render("paper", outline, dict(sm.config), results, sm.input.bib, sm.output.tex)
+paper.compile_pdf(sm.output.tex, sm.output.pdf)
+log.info("wrote %s and %s", sm.output.tex, sm.output.pdf)

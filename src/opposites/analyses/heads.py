@@ -1,0 +1,132 @@
+"""Heads: where they attend (by template role), what their output does to the answer logit, and
+what their OV circuit copies (IOI copy scores, and the opposite score: does OV map "tall" to "short"?)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from opposites.core import batches, ln_final
+from opposites.summary import head_label
+from opposites.words import copy_words, opposites
+
+TOP = 3  # heads per selection (by |DLA| and by patching)
+
+
+def _roles(row: dict) -> dict[str, int]:
+    return {"BOS": 0, **row["positions"]}
+
+
+def attention(model, rows: list[dict], batch_size: int) -> pd.DataFrame:
+    """Mean attention of every head from each role token (dest) to each role token (src, plus BOS),
+    each prompt at its own role positions; 'other' is the rest of the row."""
+    L = model.cfg.n_layers
+    sums: dict[tuple[str, str], torch.Tensor] = {}
+    counts: dict[tuple[str, str], int] = {}
+    for batch in batches(model, rows, batch_size, desc="attention"):
+        names = {f"blocks.{l}.attn.hook_pattern" for l in range(L)}
+        _, cache = model.run_with_cache(batch.clean, names_filter=lambda n: n in names)
+        pattern = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"] for l in range(L)], 1)  # (b, layer, head, q, k)
+        for i, row in enumerate(batch.rows):
+            roles = _roles(row)
+            for dest, q in roles.items():
+                if dest == "BOS":
+                    continue
+                seen = set()
+                for src, k in roles.items():
+                    if k <= q and k not in seen:
+                        seen.add(k)
+                        key = (dest, src)
+                        sums[key] = sums.get(key, 0) + pattern[i, :, :, q, k]
+                        counts[key] = counts.get(key, 0) + 1
+                key = (dest, "other")
+                sums[key] = sums.get(key, 0) + 1 - pattern[i, :, :, q, sorted(seen)].sum(-1)
+                counts[key] = counts.get(key, 0) + 1
+    out = []
+    for (dest, src), total in sums.items():
+        mean = (total / counts[(dest, src)]).double()  # (layer, head)
+        out += [(l, h, dest, src, mean[l, h].item()) for l in range(L) for h in range(model.cfg.n_heads)]
+    return pd.DataFrame(out, columns=["layer", "head", "dest_role", "src_role", "value"])
+
+
+def top_heads(dla: pd.DataFrame, patch: pd.DataFrame | None = None, k: int = TOP) -> list[dict]:
+    """Heads with the largest |DLA| and the largest |head-output patching| effect."""
+    chosen = [{"layer": int(r.layer), "head": int(r.head), "reason": f"|DLA| rank {i + 1}"}
+              for i, r in enumerate(dla.assign(a=dla.value.abs()).nlargest(k, "a").itertuples())]
+    if patch is not None:
+        z = patch[patch.activation == "z"]
+        for i, r in enumerate(z.assign(a=z.value.abs()).nlargest(k, "a").itertuples()):
+            if not any(c["layer"] == r.layer and c["head"] == r.head for c in chosen):
+                chosen.append({"layer": int(r.layer), "head": int(r.head), "reason": f"|patching| rank {i + 1}"})
+    return chosen
+
+
+def attention_example(model, rows, batch_size, head_dla=None, patch_heads=None) -> dict:
+    """The attention patterns of the top heads on the first prompt."""
+    row = rows[0]
+    tokens = model.to_tokens(row["clean"])
+    _, cache = model.run_with_cache(tokens)
+    heads = top_heads(head_dla, patch_heads)
+    for h in heads:
+        h["label"] = head_label(h["layer"], h["head"])
+        h["pattern"] = cache[f"blocks.{h['layer']}.attn.hook_pattern"][0, h["head"]].double().tolist()
+    return {"prompt": row["clean"], "tokens": model.to_str_tokens(row["clean"]), "roles": _roles(row), "heads": heads}
+
+
+def head_logit(model, rows, batch_size, head_dla=None) -> pd.DataFrame:
+    """Per prompt, each top-|DLA| head's direct contribution to the answer logit (through the run's
+    final LayerNorm scale) against the model's answer logit."""
+    heads = top_heads(head_dla)
+    out = []
+    for batch in batches(model, rows, batch_size, desc="head logit"):
+        names = {f"blocks.{h['layer']}.attn.hook_z" for h in heads} | {"ln_final.hook_scale"}
+        logits, cache = model.run_with_cache(batch.clean, names_filter=lambda n: n in names)
+        answer_logit = logits[:, -1].gather(1, batch.answer[:, None])[:, 0]
+        W_U = model.W_U[:, batch.answer].T  # (batch, d_model)
+        for h in heads:
+            z = cache[f"blocks.{h['layer']}.attn.hook_z"][:, -1, h["head"]]  # (batch, d_head)
+            write = z @ model.W_O[h["layer"], h["head"]]  # (batch, d_model)
+            contrib = (ln_final(model, write, cache["ln_final.hook_scale"][:, -1]) * W_U).sum(-1)
+            out += [(r["id"], h["layer"], h["head"], c, a) for r, c, a in
+                    zip(batch.rows, contrib.tolist(), answer_logit.tolist())]
+    return pd.DataFrame(out, columns=["prompt", "layer", "head", "contribution", "answer_logit"])
+
+
+def ov_writes(model, words: list[str]) -> torch.Tensor:
+    """What each head's OV circuit writes, (layer, head, word, d_model), for each word's residual
+    after the first MLP layer (blocks.0.hook_resid_post of "<|endoftext|> word"), normalised by the
+    head's own layer's LayerNorm before OV, then the final LayerNorm and the unembedding."""
+    ids = torch.tensor([[model.tokenizer.bos_token_id, model.to_single_token(w)] for w in words])
+    _, cache = model.run_with_cache(ids, names_filter=lambda n: n == "blocks.0.hook_resid_post")
+    x = cache["blocks.0.hook_resid_post"][:, 1]  # (word, d_model)
+    out = []
+    for layer in range(model.cfg.n_layers):
+        blk = model.blocks[layer]
+        xc = x - x.mean(-1, keepdim=True)
+        h = xc / (xc.pow(2).mean(-1, keepdim=True) + model.cfg.eps).sqrt() * blk.ln1.w + blk.ln1.b
+        v = torch.einsum("wm,hmd->hwd", h, model.W_V[layer]) + model.b_V[layer][:, None]  # (head, word, d_head)
+        write = torch.einsum("hwd,hdm->hwm", v, model.W_O[layer])  # (head, word, d_model)
+        out.append(write)
+    return torch.stack(out)  # (layer, head, word, d_model); callers unembed one layer at a time
+
+
+def copy_scores(model, rows, batch_size, k: int = 5) -> pd.DataFrame:
+    """Share of the task's words whose own token (copy), or opposite (opposite), is in the top k of
+    the head's OV output; negative_copy uses -OV."""
+    task = rows[0]["task"]
+    words, opp = copy_words(task), opposites(task)
+    ids = torch.tensor([model.to_single_token(w) for w in words])
+    opp_ids = [{model.to_single_token(o) for o in opp.get(w, ())} for w in words]
+    writes = ov_writes(model, words)
+    L, H = writes.shape[:2]
+    out = []
+    for sign, name in ((1, "copy"), (-1, "negative_copy")):
+        for layer in range(L):
+            top = (ln_final(model, sign * writes[layer]) @ model.W_U).topk(k, dim=-1).indices  # (head, word, k)
+            hit = (top == ids[None, :, None]).any(-1).double().mean(-1)  # (head,)
+            out += [(layer, h, name, hit[h].item()) for h in range(H)]
+            if sign == 1 and opp:
+                has = [i for i, o in enumerate(opp_ids) if o]
+                hits = torch.tensor([[bool(set(top[h, i].tolist()) & opp_ids[i]) for i in has] for h in range(H)])
+                out += [(layer, h, "opposite", hits[h].double().mean().item()) for h in range(H)]
+    return pd.DataFrame(out, columns=["layer", "head", "score_type", "value"])
