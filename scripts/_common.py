@@ -4,6 +4,14 @@ import logging
 import sys
 
 
+def setup_threads(snakemake) -> None:
+    """Use the job's own threads (Snakemake's `threads`, 1 by default): parallel jobs then share the
+    cores instead of each starting one torch thread per core."""
+    import torch
+
+    torch.set_num_threads(max(1, snakemake.threads))
+
+
 def setup_logging(snakemake) -> logging.Logger:
     handlers = [logging.StreamHandler(sys.stderr)]
     if snakemake.log:

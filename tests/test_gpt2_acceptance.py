@@ -65,3 +65,32 @@ def test_name_movers_top_dla(gpt2):
     top = {f"{r.layer}.{r.head}" for r in dla.nlargest(2, "value").itertuples()}
     assert top == {"9.6", "9.9"}
     assert dla.set_index(["layer", "head"]).loc[(9, 9), "value"] == pytest.approx(2.99, abs=0.05)
+
+
+@needs_gpt2
+def test_name_mover_copy_scores(gpt2):
+    """IOI paper: name movers copy names (> 95% in the paper, > 0.9 here); negative name movers
+    have high negative copy scores (98% in the paper, > 0.8 here: recipe differences)."""
+    from opposites.analyses import heads
+    from opposites.prompts import make_prompts
+
+    rows, _ = make_prompts("ioi", gpt2.tokenizer, 16, seed=0, min_prompts=8)
+    df = heads.copy_scores(gpt2, rows, 8).set_index(["score_type", "layer", "head"]).value
+    for layer, head in ((9, 9), (9, 6), (10, 0)):
+        assert df[("copy", layer, head)] > 0.9
+    for layer, head in ((10, 7), (11, 10)):
+        assert df[("negative_copy", layer, head)] > 0.8
+    assert df.loc["copy"].mean() < 0.3  # an average head copies little
+
+
+@needs_gpt2
+def test_ioi_circuit_contains_name_movers_and_s_inhibition(gpt2):
+    from opposites.analyses import circuits
+    from opposites.prompts import make_prompts
+
+    rows, _ = make_prompts("ioi", gpt2.tokenizer, 32, seed=0, min_prompts=8)
+    c = circuits.circuit(gpt2, rows, 8, circuit_share=0.8, edges=circuits.edges(gpt2, rows, 8))
+    from opposites.overlap import head_nodes
+
+    heads = head_nodes(c)
+    assert {"9.9", "9.6"} <= heads and heads & {"7.3", "7.9", "8.6", "8.10"}

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import copy_workflow, snakemake
 from opposites import outline
-from opposites.analyses import ANALYSES
+from opposites.analyses import STAGES
 from opposites.texutil import fmt
 
 pytestmark = pytest.mark.workflow
@@ -37,7 +37,7 @@ def test_dry_run_plans_every_stage(workdir):
     planned = jobs(snakemake(workdir, "-n", "paper", *TOY))
     o = outline.load(workdir / "paper/outline.yaml", ["ioi", "size", "antonym", "isa"])
     assert planned["prompts"] == 4 and planned["build_model"] == 1 and planned["paper_pdf"] == 1
-    assert all(planned[f"analyze_{a}"] == 4 for a in ANALYSES)
+    assert all(planned[f"{stage}_{task}"] == 1 for stage in STAGES for task in ("ioi", "size", "antonym", "isa"))
     assert planned["figure"] == len(o.items("figure")) and planned["table"] == len(o.items("table"))
 
 
@@ -55,8 +55,8 @@ def test_pdf_text_has_the_baseline_numbers(built):
 def test_results_record_provenance(built):
     meta = json.loads((built / "results/toy/size/head_dla.meta.json").read_text())
     assert meta["config"]["model"] == "toy" and "torch" in meta["versions"] and meta["seconds"] > 0
-    assert (built / "results/toy/benchmarks/analyze/size/head_dla.tsv").exists()
-    assert (built / "results/toy/logs/analyze/size/head_dla.log").exists()
+    assert (built / "results/toy/benchmarks/analyze/size/lens.tsv").exists()
+    assert (built / "results/toy/logs/analyze/size/lens.log").exists()
 
 
 def test_nothing_to_do_after_a_build(built):
@@ -73,7 +73,7 @@ def test_deleting_a_figure_rebuilds_only_it(built):
 
 def test_changing_n_prompts_reruns_prompts_and_analyses_not_the_model(built):
     planned = jobs(snakemake(built, "-n", "paper", "--config", "model=toy", "n_prompts=20"))
-    assert planned["prompts"] == 4 and planned["analyze_baseline"] == 4 and "build_model" not in planned
+    assert planned["prompts"] == 4 and planned["lens_size"] == 1 and "build_model" not in planned
 
 
 def test_bad_config_key_stops_with_one_sentence(workdir):

@@ -42,10 +42,18 @@ def offline_shape(model: str) -> tuple[int, int, int]:
 
 
 def build_offline_model(model: str, out_dir: str | Path, seed: int) -> Path:
-    """Write a seeded random GPT-2-architecture model plus the real tokenizer to out_dir."""
-    n_layer, n_head, n_embd = offline_shape(model)
+    """Write a seeded random GPT-2-architecture model (toy or random:<size>) plus the real tokenizer."""
+    return build_gpt2(out_dir, *offline_shape(model), seed=seed)
+
+
+def build_gpt2(out_dir: str | Path, n_layer: int, n_head: int, n_embd: int, seed: int, edit=None) -> Path:
+    """A seeded random GPT-2 of any shape with the real tokenizer; `edit(hf_model)` may plant
+    weights before it is saved (tests build circuits with known answers this way)."""
     torch.manual_seed(seed)
     net = GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd))
+    if edit is not None:
+        with torch.no_grad():
+            edit(net)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     net.save_pretrained(out)

@@ -49,9 +49,10 @@ def item_jobs(item: Item, results: str, model: str) -> list[dict]:
         jobs.append(("build_model", "build model", {}))
     for task in item.tasks:
         jobs.append(("prompts", f"prompts {task}", {"task": task}))
-        jobs += [("analyze", f"{a} {task}", {"task": task, "analysis": a}) for a in item.analyses if a != "prompts"]
-        jobs += [("analyze", f"{dep} {task}", {"task": task, "analysis": dep})
-                 for a in item.analyses if a != "prompts" for dep in ANALYSES[a].requires]
+        needed = [a for a in item.analyses if a != "prompts"]
+        needed += [dep for a in needed for dep in ANALYSES[a].requires]
+        stages = dict.fromkeys(ANALYSES[a].stage for a in needed)  # ordered, unique
+        jobs += [("analyze", f"{stage} {task}", {"task": task, "stage": stage}) for stage in stages]
     jobs.append((item.kind, f"{item.kind} {item.id}", {"item": item.id}))
     out = []
     for rule, label, fields in jobs:

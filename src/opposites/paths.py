@@ -11,7 +11,7 @@ PAPER_PDF = "{R}/paper/paper.pdf"
 BENCH = {
     "build_model": "{R}/benchmarks/build_model.tsv",
     "prompts": "{R}/benchmarks/prompts/{task}.tsv",
-    "analyze": "{R}/benchmarks/analyze/{task}/{analysis}.tsv",
+    "analyze": "{R}/benchmarks/analyze/{task}/{stage}.tsv",
     "figure": "{R}/benchmarks/figure/{item}.tsv",
     "table": "{R}/benchmarks/table/{item}.tsv",
     "paper_pdf": "{R}/benchmarks/paper_pdf.tsv",

@@ -115,4 +115,17 @@ def summarize(data: dict, tasks: list[str], k: int = 5) -> dict:
     pairs = [{"a": a, "b": b, "shared": sorted(sets[a] & sets[b])} for a, b in combinations(tasks, 2)]
     shared_all = sorted(set.intersection(*sets.values())) if sets else []
     best = max(tasks, key=lambda t: per_task[t]["baseline"]["logit_diff_mean"])
-    return {"tasks": per_task, "k": k, "pairs": pairs, "shared_all": shared_all, "best_task": best}
+    return {"tasks": per_task, "k": k, "pairs": pairs, "shared_all": shared_all, "best_task": best,
+            "circuits": circuit_facts(data, tasks)}
+
+
+def circuit_facts(data: dict, tasks: list[str]) -> dict:
+    from opposites.overlap import compare, head_nodes
+    from opposites.tables import head_classes, opposite_tasks
+
+    circuits = {t: data["circuit"][t] for t in tasks}
+    cmp = compare(circuits, opposite_tasks(tasks), head_classes())
+    best = max(cmp["pairs"], key=lambda p: p["heads_jaccard"]) if cmp["pairs"] else None
+    per = {t: {"n_edges": c["n_edges"], "total": c["total_edges"], "recovered": c["recovered"],
+               "n_heads": len(head_nodes(c)), "heads": sorted(head_nodes(c))[:8]} for t, c in circuits.items()}
+    return {"per_task": per, "compare": cmp, "closest": best}

@@ -78,3 +78,28 @@ def neurons(data: dict, tasks: list[str]) -> str:
             rows.append([tex_escape(task), f"L{r.layer}N{r.neuron}", fmt(r.value), fmt(r.act_task), fmt(r.act_control),
                          r"\texttt{" + tex_escape(", ".join(t.strip() or repr(t) for t in r.top_tokens.split("|"))) + "}"])
     return tabular(r"l l r r r p{5cm}", ["task", "neuron", "effect", "act.", "control act.", "promotes"], rows)
+
+
+def head_classes() -> dict[str, list[str]]:
+    import yaml
+    from importlib import resources
+
+    return yaml.safe_load(resources.files("opposites").joinpath("data", "gpt2_head_classes.yaml").read_text())
+
+
+def opposite_tasks(tasks: list[str]) -> list[str]:
+    return [t for t in tasks if load_spec(t)["family"] == "opposite"]
+
+
+@table
+def circuit_shared(data: dict, tasks: list[str]) -> str:
+    from opposites.overlap import compare
+
+    cmp = compare({t: data["circuit"][t] for t in tasks}, opposite_tasks(tasks), head_classes())
+    rows = [[tex_escape(f"{p['a']} / {p['b']}"), str(p["heads"]), fmt(p["heads_jaccard"]), str(p["edges"]),
+             fmt(p["edges_jaccard"])] for p in cmp["pairs"]]
+    shared = ", ".join(f"{x}" + (f" ({cmp['shared_classes'][x]})" if cmp["shared_classes"][x] else "")
+                       for x in cmp["shared_by_opposites"]) or "none"
+    rows.append([r"\multicolumn{5}{l}{Shared by all opposite tasks (" + tex_escape(", ".join(cmp["opposite_tasks"]))
+                 + "): " + tex_escape(shared) + "}"])
+    return tabular("l r r r r", ["tasks", "shared heads", "Jaccard", "shared edges", "Jaccard"], rows)

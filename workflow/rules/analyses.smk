@@ -1,28 +1,33 @@
-# One rule per registered analysis (src/opposites/analyses), each run per task.
-for _name, _analysis in ANALYSES.items():
+# One job per stage and task (src/opposites/analyses: ANALYSES, STAGES): the analyses of a stage share
+# one model load; each still writes its own result and provenance file.
+for _stage in STAGES:
+    for _task in TASKS:
+        _names = stage_analyses(_stage, _task)
+        if not _names:
+            continue
 
-    rule:
-        name:
-            f"analyze_{_name}"
-        input:
-            prompts=paths.fill(paths.PROMPTS, R),
-            model=model_input,
-            code=_analysis.module,
-            **{dep: paths.fill(paths.RESULT, R, analysis=dep, ext=ANALYSES[dep].ext) for dep in _analysis.requires},
-        output:
-            result=paths.fill(paths.RESULT, R, analysis=_name, ext=_analysis.ext),
-            meta=paths.fill(paths.META, R, analysis=_name),
-        params:
-            analysis=_name,
-            model_dir=MODEL_DIR if OFFLINE else None,
-            settings={key: config[key] for key in _analysis.settings},
-        conda:
-            ENV
-        log:
-            log("analyze", analysis=_name),
-        benchmark:
-            bench("analyze", analysis=_name)
-        wildcard_constraints:
-            task="|".join(t for t in TASKS if _analysis.applies(t)) or "^$",
-        script:
-            "../../scripts/analyze.py"
+        rule:
+            name:
+                f"{_stage}_{_task}"
+            input:
+                prompts=paths.fill(paths.PROMPTS, R, task=_task),
+                model=model_input,
+                code=sorted({ANALYSES[a].module for a in _names}),
+                **{dep: result_path(R, _task, dep) for a in _names for dep in ANALYSES[a].requires
+                   if ANALYSES[dep].stage != _stage},
+            output:
+                **{a: result_path(R, _task, a) for a in _names},
+                **{f"{a}_meta": paths.fill(paths.META, R, task=_task, analysis=a) for a in _names},
+            params:
+                analyses=_names,
+                task=_task,
+                model_dir=MODEL_DIR if OFFLINE else None,
+                settings={k: config[k] for a in _names for k in ANALYSES[a].settings},
+            conda:
+                ENV
+            log:
+                log("analyze", task=_task, stage=_stage),
+            benchmark:
+                bench("analyze", task=_task, stage=_stage)
+            script:
+                "../../scripts/analyze.py"

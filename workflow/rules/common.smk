@@ -1,7 +1,7 @@
 # Validate the config, check the model is reachable, and derive every target from the outline.
 from opposites import config as cfg
 from opposites import models, paths
-from opposites.analyses import ANALYSES, SOURCES, applies, result_path
+from opposites.analyses import ANALYSES, SOURCES, STAGES, applies, result_path, stage_analyses
 from opposites.outline import load as load_outline
 from opposites.prompts import task_file
 

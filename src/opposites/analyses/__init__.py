@@ -1,22 +1,25 @@
 """Registry of analyses. Each is a function (model, rows, batch_size, **settings, **required) that
-returns a dict (written as JSON) or a DataFrame (CSV), with the config keys it reads (`settings`:
-passed in, and rule params, so changing one reruns it) and the analyses whose results it reads
-(`requires`: passed in by name, and rule inputs)."""
+returns a dict (written as JSON) or a DataFrame (CSV), with its stage (the analyses of a stage run
+in one job per task, sharing one model load), the config keys it reads (`settings`: passed in, and
+rule params, so changing one reruns its stage) and the analyses whose results it reads (`requires`:
+passed in by name, and rule inputs when they belong to another stage)."""
 
 from __future__ import annotations
 
-import inspect
+import importlib
+import importlib.util
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from opposites import paths
-from opposites.analyses import baseline, head_dla, heads, logit_lens, meaning, patch_followup, patching
 
 
 @dataclass(frozen=True)
 class Analysis:
-    run: Callable[..., Any]
+    target: str  # "module:function" under opposites.analyses, imported only when run (figure and
+    #              table jobs read the registry without importing torch)
     ext: str  # json (dict result) or csv (DataFrame result); the file is <task>/<name>.<ext>
+    stage: str  # analyses of one stage run in one job per task (one model load)
     settings: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
     families: tuple[str, ...] | None = None  # task families it applies to (None: all)
@@ -27,29 +30,46 @@ class Analysis:
         return self.families is None or load_spec(task)["family"] in self.families
 
     @property
+    def run(self) -> Callable[..., Any]:
+        module, func = self.target.split(":")
+        return getattr(importlib.import_module(f"opposites.analyses.{module}"), func)
+
+    @property
     def module(self) -> str:
         """Source file, so that editing it reruns just the analyses defined there."""
-        return inspect.getsourcefile(self.run)
+        return importlib.util.find_spec(f"opposites.analyses.{self.target.split(':')[0]}").origin
 
 
 PATCH = ("patch_direction",)
-ANALYSES: dict[str, Analysis] = {
-    "baseline": Analysis(baseline.run, "json"),
-    "logit_lens": Analysis(logit_lens.run, "csv"),
-    "head_dla": Analysis(head_dla.run, "csv"),
-    "patch_resid": Analysis(patching.patch_resid, "csv", PATCH),
-    "patch_layers": Analysis(patching.patch_layers, "csv", PATCH),
-    "patch_heads": Analysis(patching.patch_heads, "csv", PATCH),
-    "patch_heads_by_pos": Analysis(patching.patch_heads_by_pos, "csv", PATCH),
-    "patch_attribution": Analysis(patching.patch_attribution, "csv", PATCH),
-    "patch_followup": Analysis(patch_followup.run, "json", PATCH, ("logit_lens", "head_dla")),
-    "attention": Analysis(heads.attention, "csv"),
-    "attention_example": Analysis(heads.attention_example, "json", (), ("head_dla", "patch_heads")),
-    "head_logit": Analysis(heads.head_logit, "csv", (), ("head_dla",)),
-    "copy_scores": Analysis(heads.copy_scores, "csv"),
-    "similarity": Analysis(meaning.similarity, "csv", ("seed",), families=("opposite",)),
-    "neurons": Analysis(meaning.neurons, "csv"),
+ANALYSES: dict[str, Analysis] = {  # in run order within each stage
+    "baseline": Analysis("baseline:run", "json", "lens"),
+    "logit_lens": Analysis("logit_lens:run", "csv", "lens"),
+    "head_dla": Analysis("head_dla:run", "csv", "lens"),
+    "patch_resid": Analysis("patching:patch_resid", "csv", "patching", PATCH),
+    "patch_layers": Analysis("patching:patch_layers", "csv", "patching", PATCH),
+    "patch_heads": Analysis("patching:patch_heads", "csv", "patching", PATCH),
+    "patch_heads_by_pos": Analysis("patching:patch_heads_by_pos", "csv", "patching", PATCH),
+    "patch_attribution": Analysis("patching:patch_attribution", "csv", "patching", PATCH),
+    "patch_followup": Analysis("patch_followup:run", "json", "patching", PATCH, ("logit_lens", "head_dla")),
+    "attention": Analysis("heads:attention", "csv", "heads"),
+    "attention_example": Analysis("heads:attention_example", "json", "heads", (), ("head_dla", "patch_heads")),
+    "head_logit": Analysis("heads:head_logit", "csv", "heads", (), ("head_dla",)),
+    "copy_scores": Analysis("heads:copy_scores", "csv", "heads"),
+    "similarity": Analysis("meaning:similarity", "csv", "heads", ("seed",), families=("opposite",)),
+    "neurons": Analysis("meaning:neurons", "csv", "heads"),
+    "edges": Analysis("circuits:edges", "csv", "circuits"),
+    "circuit": Analysis("circuits:circuit", "json", "circuits", ("circuit_share",), ("edges",)),
+    "faithfulness": Analysis("circuits:faithfulness", "csv", "circuits", (), ("circuit",)),
 }
+STAGES: dict[str, list[str]] = {}
+for _name, _a in ANALYSES.items():
+    STAGES.setdefault(_a.stage, []).append(_name)
+
+
+def stage_analyses(stage: str, task: str) -> list[str]:
+    return [a for a in STAGES[stage] if ANALYSES[a].applies(task)]
+
+
 SOURCES = ("prompts", *ANALYSES)  # what an outline item may draw on
 
 

@@ -1,0 +1,136 @@
+"""Attention, copy/opposite scores, similarity and neurons: planted circuits with known answers,
+invariants, and ranges."""
+
+import pytest
+import torch
+
+from opposites import models
+from opposites.analyses import head_dla, heads, logit_lens, meaning
+from opposites.words import copy_words, opposites
+
+
+def planted_ov(tmp_path, task: str):
+    """2 layers, 2 heads of width 64, d_model 128. Layer 0 writes nothing and positions embed to 0, so
+    the residual after layer 0 at a word is its token embedding. Layer 1: head 0's OV projects onto
+    the span of the task's words (it copies them); head 1's OV maps each word to its opposite."""
+    tok = models.gpt2_tokenizer()
+    words = copy_words(task)
+    ids = [tok(w)["input_ids"][0] for w in words]
+    opp = opposites(task)
+
+    def edit(net):
+        n = 128
+        blk0, blk1 = net.transformer.h
+        for p in (blk0.attn.c_proj.weight, blk0.attn.c_proj.bias, blk0.mlp.c_proj.weight, blk0.mlp.c_proj.bias):
+            p.zero_()
+        net.transformer.wpe.weight.zero_()
+        E = net.transformer.wte.weight
+        X = E[ids] - E[ids].mean(-1, keepdim=True)
+        X = X / X.pow(2).mean(-1, keepdim=True).sqrt()  # what layer 1's LayerNorm outputs
+        Q, _ = torch.linalg.qr(X.T)  # (d_model, words): orthonormal basis of the words' span
+        W_V, W_O = blk1.attn.c_attn.weight[:, 2 * n:], blk1.attn.c_proj.weight  # (128, 128), rows = head dims
+        W_V.zero_()
+        W_O.zero_()
+        r = Q.shape[1]
+        W_V[:, :r], W_O[:r] = Q, Q.T  # head 0: x -> projection of x (copy)
+        if opp:
+            target = torch.stack([E[tok(sorted(opp[w])[0])["input_ids"][0]] for w in words])
+            M = torch.linalg.pinv(X) @ target  # x_word -> embedding of an opposite
+            U, S, Vh = torch.linalg.svd(M)
+            W_V[:, 64:64 + r], W_O[64:64 + r] = U[:, :r] * S[:r], Vh[:r]  # head 1: opposite map
+        blk1.attn.c_attn.bias.zero_()
+        blk1.attn.c_proj.bias.zero_()
+
+    d = models.build_gpt2(tmp_path / f"planted-{task}", 2, 2, 128, seed=0, edit=edit)
+    return models.load("toy", d, "cpu", dtype=torch.float64)
+
+
+def scores(df, kind):
+    return df[df.score_type == kind].set_index(["layer", "head"]).value
+
+
+def test_planted_copy_head_ranks_first(tmp_path, rows):
+    model = planted_ov(tmp_path, "ioi")
+    df = heads.copy_scores(model, rows["ioi"], 8)
+    copy = scores(df, "copy")
+    assert copy.idxmax() == (1, 0) and copy[(1, 0)] > 0.9
+    assert copy.drop((1, 0)).max() < 0.2  # random heads sit near chance
+    assert df.value.between(0, 1).all()
+
+
+def test_planted_opposite_head_ranks_first(tmp_path, rows):
+    model = planted_ov(tmp_path, "size")
+    df = heads.copy_scores(model, rows["size"], 8)
+    opp, copy = scores(df, "opposite"), scores(df, "copy")
+    assert opp.idxmax() == (1, 1) and opp[(1, 1)] > 0.9
+    assert copy.idxmax() == (1, 0) and opp.drop((1, 1)).max() < 0.3
+
+
+def test_planted_neuron_ranks_first(tmp_path, rows, tokenizer):
+    layer, neuron = 1, 7
+    size = rows["size"]
+    ans = torch.tensor([tokenizer(r["answer"])["input_ids"][0] for r in size])
+    wrong = torch.tensor([tokenizer(r["wrong"])["input_ids"][0] for r in size])
+
+    def edit(net):
+        mlp = net.transformer.h[layer].mlp
+        mlp.c_fc.weight[:, neuron] = 0
+        mlp.c_fc.bias[neuron] = 3.0  # constant activation gelu(3) ~ 3
+        E = net.transformer.wte.weight
+        mlp.c_proj.weight[neuron] = 5.0 * (E[ans] - E[wrong]).mean(0)
+
+    d = models.build_gpt2(tmp_path / "neuron", 4, 4, 64, seed=0, edit=edit)
+    model = models.load("toy", d, "cpu", dtype=torch.float64)
+    df = meaning.neurons(model, size, 8, k=5)
+    assert (df.iloc[0].layer, df.iloc[0].neuron) == (layer, neuron) and df.iloc[0].value > 0
+    assert df.iloc[0].act_task == pytest.approx(df.iloc[0].act_control, rel=1e-6)  # input-independent neuron
+
+
+def test_neuron_effects_sum_to_the_mlp_lens(toy64, rows):
+    """All neurons of a layer plus b_out give that MLP's direct effect in the logit lens."""
+    r = rows["antonym"]
+    effects, _ = meaning.neuron_effects(toy64, r, 6)  # (layer, d_mlp, prompt)
+    lens = logit_lens.run(toy64, r, 6)
+    mlp = lens[(lens.kind == "decomposed") & (lens.label == "mlp")].sort_values("layer").value.to_numpy()
+    from opposites.core import batches, end_state, read_out
+
+    bias = torch.cat([read_out(toy64, s, toy64.b_out[:, None, :].expand(-1, len(b.rows), -1))
+                      for b in batches(toy64, r, 6) for s in [end_state(toy64, b)]], dim=-1)  # (layer, prompt)
+    total = (effects.sum(1) + bias).mean(-1)
+    torch.testing.assert_close(total.double(), torch.tensor(mlp, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_attention_rows_sum_to_one(toy, rows):
+    att = heads.attention(toy, rows["ioi"], 8)
+    total = att.groupby(["layer", "head", "dest_role"]).value.sum()
+    assert total.between(1 - 1e-5, 1 + 1e-5).all()
+    assert set(att.src_role) >= {"BOS", "IO", "S1", "S2", "END", "other"}
+
+
+def test_head_logit_contributions_difference_is_dla(toy64, rows):
+    """A head's contribution to the answer logit minus its contribution to the wrong logit (rows with
+    answer and wrong swapped) is its direct logit attribution, prompt by prompt."""
+    from opposites.core import batches
+
+    r = rows["size"]
+    dla = head_dla.run(toy64, r, 8)
+    swapped = [{**x, "answer": x["wrong"], "wrong": x["answer"]} for x in r]
+    to_answer = heads.head_logit(toy64, r, 8, head_dla=dla).set_index(["prompt", "layer", "head"]).contribution
+    to_wrong = heads.head_logit(toy64, swapped, 8, head_dla=dla).set_index(["prompt", "layer", "head"]).contribution
+    per_prompt = head_dla.per_prompt(toy64, r, 8)  # (layer, head, prompt in batch order)
+    order = [x["id"] for b in batches(toy64, r, 8) for x in b.rows]
+    assert len(to_answer) == 3 * len(r)
+    for (pid, layer, head), value in (to_answer - to_wrong).items():
+        assert value == pytest.approx(per_prompt[layer, head, order.index(pid)].item(), abs=1e-8)
+
+
+def test_similarity_is_symmetric_and_bounded(toy, rows):
+    df = meaning.similarity(toy, rows["size"], 8, seed=0)
+    assert df.cosine.between(-1 - 1e-6, 1 + 1e-6).all()
+    assert set(df.relation) == {"opposite", "synonym", "random"} and set(df.space) == {"embed", "unembed", "resid"}
+    E = toy.W_E
+    a, b = toy.to_single_token(" tall"), toy.to_single_token(" short")
+    assert torch.cosine_similarity(E[a], E[b], dim=0).item() == pytest.approx(
+        torch.cosine_similarity(E[b], E[a], dim=0).item())
+    row = df[(df.space == "embed") & (df.a == "tall") & (df.b == "short")]
+    assert row.cosine.item() == pytest.approx(torch.cosine_similarity(E[a], E[b], dim=0).item(), abs=1e-6)
