@@ -19,7 +19,8 @@ def _roles(row: dict) -> dict[str, int]:
 
 def attention(model, rows: list[dict], batch_size: int) -> pd.DataFrame:
     """Mean attention of every head from each role token (dest) to each role token (src, plus BOS),
-    each prompt at its own role positions; 'other' is the rest of the row."""
+    each prompt at its own role positions (0 where src comes after dest); 'other' is the rest of
+    the row, so each dest role's values sum to 1."""
     L = model.cfg.n_layers
     sums: dict[tuple[str, str], torch.Tensor] = {}
     counts: dict[tuple[str, str], int] = {}
@@ -33,12 +34,13 @@ def attention(model, rows: list[dict], batch_size: int) -> pd.DataFrame:
                 if dest == "BOS":
                     continue
                 seen = set()
-                for src, k in roles.items():
-                    if k <= q and k not in seen:
+                for src, k in roles.items():  # a later (or repeated) position gets 0, as under the causal mask
+                    key = (dest, src)
+                    value = pattern[i, :, :, q, k] if k <= q and k not in seen else torch.zeros_like(pattern[i, :, :, 0, 0])
+                    sums[key] = sums.get(key, 0) + value
+                    counts[key] = counts.get(key, 0) + 1
+                    if k <= q:
                         seen.add(k)
-                        key = (dest, src)
-                        sums[key] = sums.get(key, 0) + pattern[i, :, :, q, k]
-                        counts[key] = counts.get(key, 0) + 1
                 key = (dest, "other")
                 sums[key] = sums.get(key, 0) + 1 - pattern[i, :, :, q, sorted(seen)].sum(-1)
                 counts[key] = counts.get(key, 0) + 1
