@@ -1,7 +1,7 @@
 """Benchmark of exact activation patching: ours against TransformerLens's reference
 (transformer_lens.patching), side by side on the same model and prompts, with equal results.
 
-    python benchmarks/patching.py [--model random:gpt2] [--n-prompts 64] [--memory-prompts 128]
+    python benchmarks/patching.py [--model random:gpt2] [--n-prompts 64] [--memory-prompts 128] [--batch-size 32]
 
 Prints, for residual-stream patching (layer x position) and head-output patching (layer x head):
 both wall times, the speed-up, the largest difference, and the ratio of FLOPs our engine performs
@@ -93,8 +93,8 @@ def compare(model, n_prompts: int) -> None:
               f"reference {ref_flops / 1e9:.0f} G = {ref_flops / minimum:.0f}x")
 
 
-def memory_child(model_spec: str, n_prompts: int) -> None:
-    """Run every issue-3 sweep on n_prompts prompts; print peak RSS as JSON."""
+def memory_child(model_spec: str, n_prompts: int, batch_size: int) -> None:
+    """Run every issue-3 sweep on n_prompts prompts in batches of batch_size; print peak RSS as JSON."""
     from opposites.analyses import patching
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,7 +103,7 @@ def memory_child(model_spec: str, n_prompts: int) -> None:
         start = time.perf_counter()
         for fn in (patching.patch_resid, patching.patch_layers, patching.patch_heads,
                    patching.patch_heads_by_pos, patching.patch_attribution):
-            fn(model, rows, batch_size=n_prompts)
+            fn(model, rows, batch_size=batch_size)
         print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                           "seconds": time.perf_counter() - start}))
 
@@ -113,17 +113,21 @@ def main() -> None:
     ap.add_argument("--model", default="random:gpt2")
     ap.add_argument("--n-prompts", type=int, default=64)
     ap.add_argument("--memory-prompts", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=32, help="prompts per batch in the memory run (config batch_size)")
+    ap.add_argument("--skip-compare", action="store_true")
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
-        return memory_child(args.model, args.memory_prompts)
-    with tempfile.TemporaryDirectory() as tmp:
-        compare(load(args.model, tmp), args.n_prompts)
-    out = subprocess.run([sys.executable, __file__, "--memory-child", "--model", args.model,
-                          "--memory-prompts", str(args.memory_prompts)], capture_output=True, text=True, check=True)
+        return memory_child(args.model, args.memory_prompts, args.batch_size)
+    if not args.skip_compare:
+        with tempfile.TemporaryDirectory() as tmp:
+            compare(load(args.model, tmp), args.n_prompts)
+    out = subprocess.run([sys.executable, __file__, "--memory-child", "--model", args.model, "--memory-prompts",
+                          str(args.memory_prompts), "--batch-size", str(args.batch_size)],
+                         capture_output=True, text=True, check=True)
     mem = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"\nall issue-3 sweeps (resid, attn/MLP by position, heads z/q/k/v/pattern, heads by position, "
-          f"attribution) on {args.memory_prompts} prompts, one batch: {mem['seconds']:.1f} s, "
+          f"attribution) on {args.memory_prompts} prompts in batches of {args.batch_size}: {mem['seconds']:.1f} s, "
           f"peak RSS {mem['peak_rss_mb']:.0f} MB (target < 4096 MB)")
 
 
