@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from opposites.summary import largest_abs  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 
 STYLE = {
@@ -168,7 +170,7 @@ def patch_heads(data: dict, tasks: list[str]):
 
 def top_patched_heads(df, k: int = 3) -> list[tuple[int, int]]:
     z = df[df.activation == "z"]
-    return [(int(r.layer), int(r.head)) for r in z.assign(a=z.value.abs()).nlargest(k, "a").itertuples()]
+    return [(int(r.layer), int(r.head)) for r in largest_abs(z, k).itertuples()]
 
 
 @figure
@@ -198,7 +200,7 @@ def patch_path(data: dict, tasks: list[str]):
         if path.empty:
             ax.set_title(f"{task}: no later heads")
             continue
-        top = path.assign(a=path.value.abs()).nlargest(8, "a")
+        top = largest_abs(path, 8)
         labels = [f"{r.sender}→{r.receiver}.{r.input}" for r in top.itertuples()]
         ax.barh(range(len(top)), top.value, color=color(task))
         ax.set_yticks(range(len(top)), labels)
@@ -234,7 +236,7 @@ def attribution_vs_exact(exact_df, attribution_df):
 # ---- attention and copying -----------------------------------------------------------------------
 
 def top_dla_heads(dla, k: int = 3) -> list[tuple[int, int]]:
-    return [(int(r.layer), int(r.head)) for r in dla.assign(a=dla.value.abs()).nlargest(k, "a").itertuples()]
+    return [(int(r.layer), int(r.head)) for r in largest_abs(dla, k).itertuples()]
 
 
 @figure

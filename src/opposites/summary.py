@@ -11,6 +11,11 @@ def head_label(layer: int, head: int) -> str:
     return f"{int(layer)}.{int(head)}"
 
 
+def largest_abs(df: pd.DataFrame, k: int, column: str = "value") -> pd.DataFrame:
+    """The k rows with the largest |column|, largest first (ties keep their order)."""
+    return df.loc[df[column].abs().sort_values(ascending=False, kind="stable").index[:k]]
+
+
 def top_heads(dla: pd.DataFrame, k: int = 3, sign: int = 1) -> list[dict]:
     """The k heads with the largest (sign=1) or most negative (sign=-1) DLA."""
     rows = dla.assign(s=sign * dla.value).nlargest(k, "s")
@@ -18,7 +23,7 @@ def top_heads(dla: pd.DataFrame, k: int = 3, sign: int = 1) -> list[dict]:
 
 
 def top_abs(dla: pd.DataFrame, k: int) -> set[str]:
-    rows = dla.assign(a=dla.value.abs()).nlargest(k, "a")
+    rows = largest_abs(dla, k)
     return {head_label(r.layer, r.head) for r in rows.itertuples()}
 
 

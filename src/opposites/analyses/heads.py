@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 
 from opposites.core import batches, ln_final
-from opposites.summary import head_label
+from opposites.summary import head_label, largest_abs
 from opposites.words import copy_words, opposites
 
 TOP = 3  # heads per selection (by |DLA| and by patching)
@@ -54,10 +54,10 @@ def attention(model, rows: list[dict], batch_size: int) -> pd.DataFrame:
 def top_heads(dla: pd.DataFrame, patch: pd.DataFrame | None = None, k: int = TOP) -> list[dict]:
     """Heads with the largest |DLA| and the largest |head-output patching| effect."""
     chosen = [{"layer": int(r.layer), "head": int(r.head), "reason": f"|DLA| rank {i + 1}"}
-              for i, r in enumerate(dla.assign(a=dla.value.abs()).nlargest(k, "a").itertuples())]
+              for i, r in enumerate(largest_abs(dla, k).itertuples())]
     if patch is not None:
         z = patch[patch.activation == "z"]
-        for i, r in enumerate(z.assign(a=z.value.abs()).nlargest(k, "a").itertuples()):
+        for i, r in enumerate(largest_abs(z, k).itertuples()):
             if not any(c["layer"] == r.layer and c["head"] == r.head for c in chosen):
                 chosen.append({"layer": int(r.layer), "head": int(r.head), "reason": f"|patching| rank {i + 1}"})
     return chosen

@@ -13,7 +13,7 @@ import pandas as pd
 
 from opposites.analyses.patching import dataset_sweep, layout_group, position_labels
 from opposites.patching import exact
-from opposites.summary import head_label
+from opposites.summary import head_label, largest_abs
 
 
 def lens_steps(lens: pd.DataFrame) -> pd.DataFrame:
@@ -30,8 +30,8 @@ def lens_steps(lens: pd.DataFrame) -> pd.DataFrame:
 
 def select(lens: pd.DataFrame, dla: pd.DataFrame, k_layers: int = 2, k_heads: int = 3) -> dict:
     steps = lens_steps(lens)
-    layers = steps.assign(a=steps.step.abs()).nlargest(k_layers, "a")
-    heads = dla.assign(a=dla.value.abs()).nlargest(k_heads, "a")
+    layers = largest_abs(steps, k_layers, "step")
+    heads = largest_abs(dla, k_heads)
     return {
         "layers": [{"layer": int(r.layer), "component": r.component, "step": r.step} for r in layers.itertuples()],
         "heads": [{"layer": int(r.layer), "head": int(r.head), "label": head_label(r.layer, r.head), "dla": r.value}
