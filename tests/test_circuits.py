@@ -44,7 +44,7 @@ def test_edge_attribution_matches_transformer_lens(toy64, rows):
     w = Weights.from_bridge(toy64)
     g = Graph(w.n_layers, w.n_heads)
     d, bias = direction(toy64, b)
-    ours = edge_attribution(w, b.clean, b.corrupted, d, bias) / len(b.rows)
+    ours = edge_attribution(w, b.clean, b.corrupted, d, bias)[0] / len(b.rows)
     name = lambda node: ("embed" if node.kind == "embed" else f"MLP {node.layer}" if node.kind.startswith("mlp")  # noqa: E731
                          else "logits" if node.kind == "logits" else f"{node.layer}.{node.head}"
                          + ({"q_input": ".q", "k_input": ".k", "v_input": ".v"}.get(node.kind, "")))

@@ -38,9 +38,8 @@ def edges(model, rows, batch_size) -> pd.DataFrame:
     total, n, clean, corr = 0, 0, 0.0, 0.0
     for b in batches(model, rows, batch_size, desc="edge attribution"):
         d, bias = direction(model, b)
-        total = total + edge_attribution(w, b.clean, b.corrupted, d, bias)
-        ld_c, _, _ = edge_forward(w, b.clean, d, bias)
-        ld_k, _, _ = edge_forward(w, b.corrupted, d, bias)
+        scores, ld_c, ld_k = edge_attribution(w, b.clean, b.corrupted, d, bias)
+        total = total + scores
         n, clean, corr = n + len(b.rows), clean + ld_c.sum().item(), corr + ld_k.sum().item()
     scores = total / n / ((clean - corr) / n)
     ws, rs = g.allowed.nonzero(as_tuple=True)

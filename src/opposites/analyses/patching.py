@@ -77,16 +77,17 @@ def patch_resid(model, rows, batch_size, patch_direction="denoising") -> pd.Data
 def patch_layers(model, rows, batch_size, patch_direction="denoising") -> pd.DataFrame:
     group = layout_group(rows)
     labels = position_labels(model, group)
-    parts = [_grid(dataset_sweep(model, group, batch_size, patch_direction, fn), ["layer", "pos"]).assign(component=name)
-             for name, fn in (("attn", exact.attn_out_by_pos), ("mlp", exact.mlp_out_by_pos))]
+    sums = dataset_sweep(model, group, batch_size, patch_direction,
+                         lambda p: {"attn": exact.attn_out_by_pos(p), "mlp": exact.mlp_out_by_pos(p)})
+    parts = [_grid(t, ["layer", "pos"]).assign(component=name) for name, t in sums.items()]
     df = _with_labels(pd.concat(parts), labels, len(group))
     return df[["component", "layer", "pos", "role", "token", "value", "n_prompts"]]
 
 
 def patch_heads(model, rows, batch_size, patch_direction="denoising") -> pd.DataFrame:
-    parts = [_grid(dataset_sweep(model, rows, batch_size, patch_direction,
-                                 lambda p, a=act: exact.head_all_pos(p, a)), ["layer", "head"]).assign(activation=act)
-             for act in ACTIVATIONS]
+    sums = dataset_sweep(model, rows, batch_size, patch_direction,
+                         lambda p: {act: exact.head_all_pos(p, act) for act in ACTIVATIONS})
+    parts = [_grid(t, ["layer", "head"]).assign(activation=act) for act, t in sums.items()]
     return pd.concat(parts)[["layer", "head", "activation", "value"]]
 
 

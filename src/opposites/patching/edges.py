@@ -117,12 +117,14 @@ def edge_forward(w: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, corrupt:
     return ld, torch.stack(outs), leaves
 
 
-def edge_attribution(w: Weights, clean: Tensor, corrupted: Tensor, dir: Tensor, bias: Tensor) -> Tensor:
+def edge_attribution(w: Weights, clean: Tensor, corrupted: Tensor, dir: Tensor,
+                     bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(writer, reader) sums over prompts of the estimated change of the logit difference when the
-    edge alone carries the clean writer output into the corrupted run (0 where no edge)."""
+    edge alone carries the clean writer output into the corrupted run (0 where no edge); and the
+    clean and corrupted logit differences per prompt, which the two runs give anyway."""
     g = Graph(w.n_layers, w.n_heads)
     with torch.no_grad():
-        _, clean_out, _ = edge_forward(w, clean, dir, bias)
+        ld_clean, clean_out, _ = edge_forward(w, clean, dir, bias)
     with torch.enable_grad():
         ld, corr_out, leaves = edge_forward(w, corrupted, dir, bias, grad_leaves=True)
         grads = torch.autograd.grad(ld.sum(), leaves)
@@ -133,4 +135,4 @@ def edge_attribution(w: Weights, clean: Tensor, corrupted: Tensor, dir: Tensor, 
         n = grad.shape[0]
         scores[:, start:start + n] = torch.einsum("wbpm,rbpm->wr", diff, grad)
         start += n
-    return scores * g.allowed
+    return scores * g.allowed, ld_clean, ld.detach()
