@@ -74,7 +74,7 @@ def compare(model, n_prompts: int) -> None:
     for name, ref_fn, ours_fn, _, variants, ref_passes in cases:
         ref, t_ref = timed(lambda: ref_fn(model, batch.corrupted, clean_cache, metric))
         w.flops[0] = 0.0
-        pair, t_prep = timed(lambda: exact.prepare(model, w, batch))
+        pair, t_prep = timed(lambda: exact.prepare(model, w, batch, "denoising"))
         sums, t_sweep = timed(lambda: ours_fn(pair))
         ours = exact.normalise(sums, pair.n, c, k)
         t_ours = t_prep + t_sweep
@@ -103,7 +103,7 @@ def memory_child(model_spec: str, n_prompts: int, batch_size: int) -> None:
         start = time.perf_counter()
         for fn in (patching.patch_resid, patching.patch_layers, patching.patch_heads,
                    patching.patch_heads_by_pos, patching.patch_attribution):
-            fn(model, rows, batch_size=batch_size)
+            fn(model, rows, batch_size=batch_size, patch_direction="denoising")
         print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                           "seconds": time.perf_counter() - start}))
 

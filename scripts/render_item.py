@@ -11,10 +11,9 @@ from opposites.tables import TABLES
 sm = snakemake  # noqa: F821
 log = setup_logging(sm)
 item = load_outline("paper/outline.yaml", sm.config["tasks"]).item(sm.wildcards.item)
-results = sm.output[0].rsplit("/", 2)[0]
-data = load_all(results, item.analyses, item.tasks)
+data = load_all(sm.params.results, item.analyses, item.tasks)
 if item.kind == "figure":
-    render(item.id, data, list(item.tasks), sm.output[0])
+    render(item.section, item.id, data, list(item.tasks), sm.output[0])
 else:
     atomic_write_text(sm.output[0], TABLES[item.id](data, list(item.tasks)))
 log.info("wrote %s %s", item.kind, sm.output[0])

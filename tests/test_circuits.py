@@ -6,6 +6,7 @@ import torch
 
 from opposites import models
 from opposites.analyses import circuits
+from opposites.nodes import Edge, Node
 from opposites.overlap import compare
 from opposites.core import batches, direction
 from opposites.patching.edges import Graph, edge_attribution, edge_forward
@@ -55,7 +56,7 @@ def test_edge_attribution_matches_transformer_lens(toy64, rows):
             res = attribution_patch(toy64, b.clean[i:i + 1], b.corrupted[i:i + 1], metric,
                                     EdgeAttributionConfig(granularity="edge"))
         for (src, dst), score in res.edge_scores.items():
-            ref[g.writers.index(name(src)), g.readers.index(name(dst))] += score / len(b.rows)
+            ref[g.writers.index(Node.parse(name(src))), g.readers.index(Node.parse(name(dst)))] += score / len(b.rows)
     assert ref.abs().max() > 0
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-4)
 
@@ -109,3 +110,26 @@ def test_compare_counts_and_jaccard():
     (p,) = cmp["pairs"]
     assert (p["heads"], p["heads_jaccard"], p["edges"], p["edges_jaccard"]) == (1, pytest.approx(1 / 3), 1, 0.5)
     assert cmp["shared_by_opposites"] == ["9.9", "embed", "logits"] and cmp["shared_classes"]["9.9"] == "name mover"
+
+
+@pytest.mark.parametrize("text", ["embed", "logits", "MLP 3", "9.9", "9.9.q", "11.10.v"])
+def test_node_text_round_trips(text):
+    node = Node.parse(text)
+    assert str(node) == text and Node.parse(str(node)) == node
+
+
+def test_node_parse_reads_the_fields_and_rejects_junk():
+    assert Node.parse("9.6.k") == Node("head", 9, 6, "k") and Node.parse("9.6.k").component == Node("head", 9, 6)
+    assert Node.parse("MLP 11") == Node("mlp", 11)
+    edge = Edge.from_record({"src": "embed", "dst": "0.1.v", "score": 0.5})
+    assert edge.record() == {"src": "embed", "dst": "0.1.v", "score": 0.5}
+    for bad in ("9", "MLP", "head 9.9", "9.9.x", "9.9.q.k", ""):
+        with pytest.raises(ValueError, match="not a circuit node"):
+            Node.parse(bad)
+
+
+def test_graph_nodes_are_typed_in_computation_order():
+    g = Graph(2, 2)
+    assert g.writers[:4] == [Node("embed"), Node("head", 0, 0), Node("head", 0, 1), Node("mlp", 0)]
+    assert g.readers[:3] == [Node("head", 0, 0, "q"), Node("head", 0, 1, "q"), Node("head", 0, 0, "k")]
+    assert g.readers[-1] == Node("logits")

@@ -81,7 +81,7 @@ def test_planted_neuron_ranks_first(tmp_path, rows, tokenizer):
 
     d = models.build_gpt2(tmp_path / "neuron", 4, 4, 64, seed=0, edit=edit)
     model = models.load("toy", d, "cpu", dtype=torch.float64)
-    df = meaning.neurons(model, size, 8, k=5)
+    df = meaning.neurons(model, size, 8, seed=0, k=5)
     assert (df.iloc[0].layer, df.iloc[0].neuron) == (layer, neuron) and df.iloc[0].value > 0
     assert df.iloc[0].act_task == pytest.approx(df.iloc[0].act_control, rel=1e-6)  # input-independent neuron
 

@@ -36,7 +36,8 @@ def test_repo_outline_is_valid_and_drives_targets():
 
 
 @pytest.mark.parametrize("item,match", [
-    ({"id": "no_such_plot", "kind": "figure"}, "no figure function"),
+    ({"id": "no_such_plot", "kind": "figure"}, "no @figure function no_such_plot in .*figures/dla.py"),
+    ({"id": "patch_heads", "kind": "figure"}, "no @figure function patch_heads"),  # lives in another section
     ({"id": "head_dla", "kind": "movie"}, "kind must be figure or table"),
     ({"id": "head_dla", "kind": "figure", "analyses": ["magic"]}, "unknown analyses"),
 ])
@@ -44,7 +45,7 @@ def test_bad_outline_rejected(tmp_path, item, match):
     import yaml
 
     p = tmp_path / "outline.yaml"
-    p.write_text(yaml.safe_dump({"title": "t", "sections": [{"id": "s", "title": "S", "items": [item]}]}))
+    p.write_text(yaml.safe_dump({"title": "t", "sections": [{"id": "dla", "title": "S", "items": [item]}]}))
     with pytest.raises(outline.OutlineError, match=match):
         outline.load(p, ["ioi"])
 
@@ -64,3 +65,14 @@ def test_code_keeps_double_hyphens():
     from opposites.texutil import code
 
     assert code("snakemake --cores 1 a_b") == r"snakemake -{}-{}cores 1 a\_b"
+
+
+def test_each_figure_lives_in_its_section_module_and_depends_on_it_alone():
+    from opposites import figures
+
+    o = outline.load("paper/outline.yaml", ["ioi", "size"])
+    for item in o.items("figure"):
+        fn = figures.plot_function(item.section, item.id)
+        assert fn is not None and fn.__module__ == f"opposites.figures.{item.section}", item.id
+        modules = [f for f in figures.code_files(item.section) if "/figures/" in f and not f.endswith(("style.py", "__init__.py"))]
+        assert modules == [figures.module_file(item.section)], item.id  # editing another section reruns nothing here

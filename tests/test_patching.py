@@ -106,7 +106,7 @@ def test_plain_pytorch_head_patch(toy64, hf_toy, rows):
         patched = hf(batch.corrupted).logits
         h.remove()
     c, k, p = (logit_diff(x, batch).mean().item() for x in (clean, corrupted, patched))
-    pair = exact.prepare(toy64, Weights.from_bridge(toy64), batch)
+    pair = exact.prepare(toy64, Weights.from_bridge(toy64), batch, "denoising")
     ours = exact.normalise(exact.head_all_pos(pair, "z"), pair.n, c, k)[layer, head].item()
     assert ours == pytest.approx((p - k) / (c - k), abs=1e-6)
 
@@ -143,7 +143,7 @@ def test_attribution_matches_transformer_lens(toy64, rows):
     from transformer_lens.tools.analysis.attribution_patching import attribution_patch
 
     batch = one_batch(toy64, rows["ioi"])
-    pair = exact.prepare(toy64, Weights.from_bridge(toy64), batch)
+    pair = exact.prepare(toy64, Weights.from_bridge(toy64), batch, "denoising")
     ours = (head_attribution(pair)["z"] - pair.base_ld.sum()) / pair.n  # (layer, head) mean estimate
     ref = torch.zeros_like(ours)
     for i in range(pair.n):
@@ -163,7 +163,7 @@ def test_flop_counter_matches_the_analytic_minimum(toy64, rows):
 
     batch = one_batch(toy64, rows["ioi"])
     w = Weights.from_bridge(toy64)
-    pair = exact.prepare(toy64, w, batch)
+    pair = exact.prepare(toy64, w, batch, "denoising")
     w.flops[0] = 0.0
     exact.head_all_pos(pair, "z")
     P = batch.clean.shape[1]

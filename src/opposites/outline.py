@@ -63,22 +63,24 @@ class Outline:
 def load(path: str | Path, tasks: list[str]) -> Outline:
     """Read and check the outline; `tasks` are the configured tasks (an item's `tasks` default to all
     of them, and tasks not configured are left out)."""
-    from opposites.analyses import SOURCES
-    from opposites.figures import FIGURES
+    from opposites.analyses import SOURCES, applies
+    from opposites.figures import module_file, plot_function
     from opposites.tables import TABLES
 
     raw = yaml.safe_load(Path(path).read_text())
-    registries = {"figure": FIGURES, "table": TABLES}
     sections, seen = [], set()
     for s in raw["sections"]:
         items = []
         for it in s.get("items", []):
             kind, iid = it.get("kind"), it.get("id")
-            if kind not in registries:
+            if kind not in ("figure", "table"):
                 raise OutlineError(f"outline item {iid!r}: kind must be figure or table, not {kind!r}.")
-            if iid not in registries[kind]:
-                raise OutlineError(f"outline item {iid!r}: no {kind} function of that name; add one to "
-                                   f"src/opposites/{kind}s.py (known: {', '.join(registries[kind])}).")
+            if kind == "figure" and plot_function(s["id"], iid) is None:
+                raise OutlineError(f"outline figure {iid!r} of section {s['id']!r}: no @figure function {iid} in "
+                                   f"{module_file(s['id'])}; add one there.")
+            if kind == "table" and iid not in TABLES:
+                raise OutlineError(f"outline table {iid!r}: no table function of that name; add one to "
+                                   f"src/opposites/tables.py (known: {', '.join(TABLES)}).")
             if iid in seen:
                 raise OutlineError(f"outline item id {iid!r} is used twice; ids name output files.")
             seen.add(iid)
@@ -86,8 +88,6 @@ def load(path: str | Path, tasks: list[str]) -> Outline:
             if unknown:
                 raise OutlineError(f"outline item {iid!r}: unknown analyses {sorted(unknown)}; "
                                    f"known: {', '.join(SOURCES)}.")
-            from opposites.analyses import applies
-
             item_tasks = [t for t in it.get("tasks", tasks) if t in tasks
                           and all(applies(a, t) for a in it.get("analyses", []))]
             items.append(Item(iid, kind, s["id"], tuple(it.get("analyses", [])), tuple(item_tasks),

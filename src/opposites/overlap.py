@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from itertools import combinations
 
-
-def head_nodes(c: dict) -> set[str]:
-    return {x for x in c["nodes"] if x[0].isdigit()}
+from opposites.nodes import head_nodes
 
 
 def edge_set(c: dict) -> set[tuple[str, str]]:

@@ -6,31 +6,15 @@ from itertools import combinations
 
 import pandas as pd
 
-
-def head_label(layer: int, head: int) -> str:
-    return f"{int(layer)}.{int(head)}"
-
-
-def largest_abs(df: pd.DataFrame, k: int, column: str = "value") -> pd.DataFrame:
-    """The k rows with the largest |column|, largest first (ties keep their order)."""
-    return df.loc[df[column].abs().sort_values(ascending=False, kind="stable").index[:k]]
-
-
-def top_heads(dla: pd.DataFrame, k: int = 3, sign: int = 1) -> list[dict]:
-    """The k heads with the largest (sign=1) or most negative (sign=-1) DLA."""
-    rows = dla.assign(s=sign * dla.value).nlargest(k, "s")
-    return [{"head": head_label(r.layer, r.head), "value": r.value} for r in rows.itertuples()]
-
-
-def top_abs(dla: pd.DataFrame, k: int) -> set[str]:
-    rows = largest_abs(dla, k)
-    return {head_label(r.layer, r.head) for r in rows.itertuples()}
+from opposites.derived import (accumulated_lens, attribution_vs_exact, end_attention_to_roles, head_classes,
+                               head_label, opposite_tasks, signed_top_heads, top_abs_heads)
+from opposites.nodes import head_nodes
+from opposites.overlap import compare
+from opposites.prompts import load_spec
 
 
 def lens_facts(lens: pd.DataFrame) -> dict:
-    acc = lens[lens.kind == "accumulated"].copy()
-    acc["order"] = 2 * acc.layer + acc.label.map({"resid_pre": 0, "resid_mid": 1, "resid_post": 2})
-    acc = acc.sort_values("order")
+    acc = accumulated_lens(lens)
     final = float(acc.value.iloc[-1])
     half = acc[acc.value >= final / 2] if final > 0 else acc.iloc[0:0]
     dec = lens[lens.kind == "decomposed"]
@@ -51,8 +35,6 @@ def lens_facts(lens: pd.DataFrame) -> dict:
 
 def patch_facts(data: dict, task: str) -> dict:
     """What the patching section names: strongest head, residual position, attribution agreement."""
-    from opposites.figures import attribution_vs_exact
-
     heads = data["patch_heads"][task]
     z = heads[heads.activation == "z"]
     top = z.loc[z.value.abs().idxmax()]
@@ -76,9 +58,6 @@ def patch_facts(data: dict, task: str) -> dict:
 
 def head_facts(data: dict, task: str) -> dict:
     """Attention, copying and neurons: what the 'Attention and copying' and 'Meaning' sections name."""
-    from opposites.prompts import load_spec
-    from opposites.tables import end_attention_to_roles
-
     dla = data["head_dla"][task]
     top = dla.loc[dla.value.abs().idxmax()]
     layer, head = int(top.layer), int(top["head"])
@@ -113,8 +92,8 @@ def summarize(data: dict, tasks: list[str], k: int = 5) -> dict:
     for t in tasks:
         dla = data["head_dla"][t]
         per_task[t] = {"baseline": data["baseline"][t], "lens": lens_facts(data["logit_lens"][t]),
-                       "top_pos": top_heads(dla), "top_neg": top_heads(dla, sign=-1),
-                       "top_abs": sorted(top_abs(dla, k)), "patch": patch_facts(data, t),
+                       "top_pos": signed_top_heads(dla), "top_neg": signed_top_heads(dla, sign=-1),
+                       "top_abs": sorted(head_label(*h) for h in top_abs_heads(dla, k)), "patch": patch_facts(data, t),
                        "heads": head_facts(data, t)}
     sets = {t: set(per_task[t]["top_abs"]) for t in tasks}
     pairs = [{"a": a, "b": b, "shared": sorted(sets[a] & sets[b])} for a, b in combinations(tasks, 2)]
@@ -125,9 +104,6 @@ def summarize(data: dict, tasks: list[str], k: int = 5) -> dict:
 
 
 def circuit_facts(data: dict, tasks: list[str]) -> dict:
-    from opposites.overlap import compare, head_nodes
-    from opposites.tables import head_classes, opposite_tasks
-
     circuits = {t: data["circuit"][t] for t in tasks}
     cmp = compare(circuits, opposite_tasks(tasks), head_classes())
     best = max(cmp["pairs"], key=lambda p: p["heads_jaccard"]) if cmp["pairs"] else None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from opposites.derived import end_attention_to_roles, head_classes, opposite_tasks
+from opposites.overlap import compare
 from opposites.prompts import load_spec
 from opposites.texutil import fmt, tex_escape
 
@@ -47,11 +49,6 @@ def followup(data: dict, tasks: list[str]) -> str:
     return tabular(r"l p{5.5cm} p{5.5cm}", ["task", "layers (logit-lens step)", "heads (DLA)"], rows)
 
 
-def end_attention_to_roles(attention, layer: int, head: int, roles: list[str]) -> float:
-    part = attention[(attention.dest_role == "END") & (attention.layer == layer) & (attention["head"] == head)]
-    return float(part[part.src_role.isin(roles)].value.sum())
-
-
 @table
 def copy_top(data: dict, tasks: list[str]) -> str:
     """Top heads per score, with the QK check: how much END attends to the task's role tokens."""
@@ -80,21 +77,8 @@ def neurons(data: dict, tasks: list[str]) -> str:
     return tabular(r"l l r r r p{5cm}", ["task", "neuron", "effect", "act.", "control act.", "promotes"], rows)
 
 
-def head_classes() -> dict[str, list[str]]:
-    import yaml
-    from importlib import resources
-
-    return yaml.safe_load(resources.files("opposites").joinpath("data", "gpt2_head_classes.yaml").read_text())
-
-
-def opposite_tasks(tasks: list[str]) -> list[str]:
-    return [t for t in tasks if load_spec(t)["family"] == "opposite"]
-
-
 @table
 def circuit_shared(data: dict, tasks: list[str]) -> str:
-    from opposites.overlap import compare
-
     cmp = compare({t: data["circuit"][t] for t in tasks}, opposite_tasks(tasks), head_classes())
     rows = [[tex_escape(f"{p['a']} / {p['b']}"), str(p["heads"]), fmt(p["heads_jaccard"]), str(p["edges"]),
              fmt(p["edges_jaccard"])] for p in cmp["pairs"]]

@@ -22,7 +22,10 @@ for _stage in STAGES:
                 analyses=_names,
                 task=_task,
                 model_dir=MODEL_DIR if OFFLINE else None,
-                settings={k: config[k] for a in _names for k in ANALYSES[a].settings},
+                settings=settings_of(_names, config),
+            resources:
+                gpu=GPUS,  # a scheduler (Slurm) places analysis jobs on GPU nodes; locally unconstrained
+                mem_mb=ANALYSIS_MEM_MB,
             conda:
                 ENV
             log:

@@ -1,7 +1,7 @@
 # Validate the config, check the model is reachable, and derive every target from the outline.
 from opposites import config as cfg
 from opposites import models, paths
-from opposites.analyses import ANALYSES, SOURCES, STAGES, applies, result_path, stage_analyses
+from opposites.analyses import ANALYSES, SOURCES, STAGES, applies, result_path, settings_of, stage_analyses
 from opposites.outline import load as load_outline
 from opposites.prompts import task_file
 
@@ -17,6 +17,8 @@ OUTLINE = load_outline("paper/outline.yaml", TASKS)
 PAPER_TEX = paths.fill(paths.PAPER_TEX, R)
 PAPER_PDF = paths.fill(paths.PAPER_PDF, R)
 ENV = "../../environment.yml"  # conda directive paths are relative to the rule file
+GPUS = 0 if config["device"] == "cpu" else 1  # analysis jobs use one GPU where one is present
+ANALYSIS_MEM_MB = 6000  # measured peak of an analysis job on GPT-2 small: 5.0 GB (ioi circuits, 64 prompts)
 
 
 wildcard_constraints:

@@ -1,6 +1,7 @@
 import opposites.figures
 import opposites.tables
 import opposites.texutil
+import opposites.derived
 
 FIGURE_IDS = [i.id for i in OUTLINE.items("figure")]
 TABLE_IDS = [i.id for i in OUTLINE.items("table")]
@@ -9,11 +10,12 @@ TABLE_IDS = [i.id for i in OUTLINE.items("table")]
 rule figure:
     input:
         data=lambda wc: item_inputs(OUTLINE.item(wc.item)),
-        code=opposites.figures.__file__,
+        code=lambda wc: opposites.figures.code_files(OUTLINE.item(wc.item).section),
     output:
         paths.fill(paths.ITEM, R, folder="figures", ext="pdf"),
     params:
         tasks=lambda wc: list(OUTLINE.item(wc.item).tasks),
+        results=R,
     wildcard_constraints:
         item="|".join(FIGURE_IDS) or "^$",
     conda:
@@ -29,11 +31,12 @@ rule figure:
 rule table:
     input:
         data=lambda wc: item_inputs(OUTLINE.item(wc.item)),
-        code=[opposites.tables.__file__, opposites.texutil.__file__],
+        code=[opposites.tables.__file__, opposites.texutil.__file__, opposites.derived.__file__],
     output:
         paths.fill(paths.ITEM, R, folder="tables", ext="tex"),
     params:
         tasks=lambda wc: list(OUTLINE.item(wc.item).tasks),
+        results=R,
     wildcard_constraints:
         item="|".join(TABLE_IDS) or "^$",
     conda:

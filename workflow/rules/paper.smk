@@ -17,6 +17,8 @@ rule paper_pdf:
     output:
         tex=PAPER_TEX,
         pdf=PAPER_PDF,
+    params:
+        results=R,
     conda:
         ENV
     log:

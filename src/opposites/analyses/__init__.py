@@ -40,26 +40,32 @@ class Analysis:
         return importlib.util.find_spec(f"opposites.analyses.{self.target.split(':')[0]}").origin
 
 
+# In run order within each stage. Stages run in the order lens -> patching -> heads -> circuits only
+# through their inputs: a stage job waits for the results it `requires` from other stages.
 PATCH = ("patch_direction",)
-ANALYSES: dict[str, Analysis] = {  # in run order within each stage
-    "baseline": Analysis("baseline:run", "json", "lens"),
-    "logit_lens": Analysis("logit_lens:run", "csv", "lens"),
-    "head_dla": Analysis("head_dla:run", "csv", "lens"),
-    "patch_resid": Analysis("patching:patch_resid", "csv", "patching", PATCH),
-    "patch_layers": Analysis("patching:patch_layers", "csv", "patching", PATCH),
-    "patch_heads": Analysis("patching:patch_heads", "csv", "patching", PATCH),
-    "patch_heads_by_pos": Analysis("patching:patch_heads_by_pos", "csv", "patching", PATCH),
-    "patch_attribution": Analysis("patching:patch_attribution", "csv", "patching", PATCH),
-    "patch_followup": Analysis("patch_followup:run", "json", "patching", PATCH, ("logit_lens", "head_dla")),
-    "attention": Analysis("heads:attention", "csv", "heads"),
-    "attention_example": Analysis("heads:attention_example", "json", "heads", (), ("head_dla", "patch_heads")),
-    "head_logit": Analysis("heads:head_logit", "csv", "heads", (), ("head_dla",)),
-    "copy_scores": Analysis("heads:copy_scores", "csv", "heads"),
-    "similarity": Analysis("meaning:similarity", "csv", "heads", ("seed",), families=("opposite",)),
-    "neurons": Analysis("meaning:neurons", "csv", "heads"),
-    "edges": Analysis("circuits:edges", "csv", "circuits"),
-    "circuit": Analysis("circuits:circuit", "json", "circuits", ("circuit_share",), ("edges",)),
-    "faithfulness": Analysis("circuits:faithfulness", "csv", "circuits", (), ("circuit",)),
+ANALYSES: dict[str, Analysis] = {
+    "baseline": Analysis(target="baseline:run", ext="json", stage="lens"),
+    "logit_lens": Analysis(target="logit_lens:run", ext="csv", stage="lens"),
+    "head_dla": Analysis(target="head_dla:run", ext="csv", stage="lens"),
+    "patch_resid": Analysis(target="patching:patch_resid", ext="csv", stage="patching", settings=PATCH),
+    "patch_layers": Analysis(target="patching:patch_layers", ext="csv", stage="patching", settings=PATCH),
+    "patch_heads": Analysis(target="patching:patch_heads", ext="csv", stage="patching", settings=PATCH),
+    "patch_heads_by_pos": Analysis(target="patching:patch_heads_by_pos", ext="csv", stage="patching", settings=PATCH),
+    "patch_attribution": Analysis(target="patching:patch_attribution", ext="csv", stage="patching", settings=PATCH),
+    "patch_followup": Analysis(target="patch_followup:run", ext="json", stage="patching", settings=PATCH,
+                               requires=("logit_lens", "head_dla")),
+    "attention": Analysis(target="heads:attention", ext="csv", stage="heads"),
+    "attention_example": Analysis(target="heads:attention_example", ext="json", stage="heads",
+                                  requires=("head_dla", "patch_heads")),
+    "head_logit": Analysis(target="heads:head_logit", ext="csv", stage="heads", requires=("head_dla",)),
+    "copy_scores": Analysis(target="heads:copy_scores", ext="csv", stage="heads"),
+    "similarity": Analysis(target="meaning:similarity", ext="csv", stage="heads", settings=("seed",),
+                           families=("opposite",)),
+    "neurons": Analysis(target="meaning:neurons", ext="csv", stage="heads", settings=("seed",)),
+    "edges": Analysis(target="circuits:edges", ext="csv", stage="circuits"),
+    "circuit": Analysis(target="circuits:circuit", ext="json", stage="circuits", settings=("circuit_share",),
+                        requires=("edges",)),
+    "faithfulness": Analysis(target="circuits:faithfulness", ext="csv", stage="circuits", requires=("circuit",)),
 }
 STAGES: dict[str, list[str]] = {}
 for _name, _a in ANALYSES.items():
@@ -105,7 +111,30 @@ def load_all(results: str, names, tasks) -> dict:
     return {n: {t: load_result(result_path(results, t, n)) for t in tasks if applies(n, t)} for n in names}
 
 
-def run(name: str, model, rows: list[dict], batch_size: int, config: dict, required: dict[str, Any]) -> Any:
-    """Run analysis `name` with its settings from config and its required results."""
+def settings_of(names, config: dict) -> dict[str, Any]:
+    """The config values the analyses `names` read (a stage rule's params: changing one reruns it)."""
+    return {k: config[k] for n in names for k in ANALYSES[n].settings}
+
+
+def run(name: str, model, rows: list[dict], batch_size: int, settings: dict, required: dict[str, Any]) -> Any:
+    """Run analysis `name` with its settings and its required results."""
     a = ANALYSES[name]
-    return a.run(model, rows, batch_size, **{k: config[k] for k in a.settings}, **required)
+    return a.run(model, rows, batch_size, **{k: settings[k] for k in a.settings}, **required)
+
+
+def run_stage(names: list[str], model, rows: list[dict], batch_size: int, settings: dict,
+              load: Callable[[str], Any], write: Callable[[str, Any, float], None], seed: int) -> dict[str, Any]:
+    """Run the analyses `names` of one stage in order on one loaded model. A result another analysis
+    of the stage requires is handed over in memory; one from another stage is read with load(name).
+    Each analysis starts from the same seed, and write(name, result, seconds) is called as each ends."""
+    from opposites.provenance import timed
+    from opposites.seeding import seed_everything
+
+    done: dict[str, Any] = {}
+    for name in names:
+        seed_everything(seed)
+        required = {dep: done[dep] if dep in done else load(dep) for dep in ANALYSES[name].requires}
+        with timed() as t:
+            done[name] = run(name, model, rows, batch_size, settings, required)
+        write(name, done[name], t["seconds"])
+    return done

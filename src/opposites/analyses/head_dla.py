@@ -21,7 +21,7 @@ def per_prompt(model, rows: list[dict], batch_size: int) -> torch.Tensor:
 def run(model, rows: list[dict], batch_size: int) -> pd.DataFrame:
     dla = per_prompt(model, rows, batch_size).double()  # (layer, head, prompt)
     L, H, n = dla.shape
-    std = dla.std(-1) if n > 1 else torch.zeros(L, H)
+    std = dla.std(-1) if n > 1 else torch.zeros(L, H, device=dla.device)
     return pd.DataFrame({"layer": [l for l in range(L) for _ in range(H)],
                          "head": [h for _ in range(L) for h in range(H)],
                          "value": dla.mean(-1).flatten().tolist(),

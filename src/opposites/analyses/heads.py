@@ -7,10 +7,8 @@ import pandas as pd
 import torch
 
 from opposites.core import batches, ln_final
-from opposites.summary import head_label, largest_abs
+from opposites.derived import head_label, selected_heads
 from opposites.words import copy_words, opposites
-
-TOP = 3  # heads per selection (by |DLA| and by patching)
 
 
 def _roles(row: dict) -> dict[str, int]:
@@ -51,24 +49,12 @@ def attention(model, rows: list[dict], batch_size: int) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["layer", "head", "dest_role", "src_role", "value"])
 
 
-def top_heads(dla: pd.DataFrame, patch: pd.DataFrame | None = None, k: int = TOP) -> list[dict]:
-    """Heads with the largest |DLA| and the largest |head-output patching| effect."""
-    chosen = [{"layer": int(r.layer), "head": int(r.head), "reason": f"|DLA| rank {i + 1}"}
-              for i, r in enumerate(largest_abs(dla, k).itertuples())]
-    if patch is not None:
-        z = patch[patch.activation == "z"]
-        for i, r in enumerate(largest_abs(z, k).itertuples()):
-            if not any(c["layer"] == r.layer and c["head"] == r.head for c in chosen):
-                chosen.append({"layer": int(r.layer), "head": int(r.head), "reason": f"|patching| rank {i + 1}"})
-    return chosen
-
-
 def attention_example(model, rows, batch_size, head_dla=None, patch_heads=None) -> dict:
     """The attention patterns of the top heads on the first prompt."""
     row = rows[0]
     tokens = model.to_tokens(row["clean"])
     _, cache = model.run_with_cache(tokens)
-    heads = top_heads(head_dla, patch_heads)
+    heads = selected_heads(head_dla, patch_heads)
     for h in heads:
         h["label"] = head_label(h["layer"], h["head"])
         h["pattern"] = cache[f"blocks.{h['layer']}.attn.hook_pattern"][0, h["head"]].double().tolist()
@@ -78,7 +64,7 @@ def attention_example(model, rows, batch_size, head_dla=None, patch_heads=None) 
 def head_logit(model, rows, batch_size, head_dla=None) -> pd.DataFrame:
     """Per prompt, each top-|DLA| head's direct contribution to the answer logit (through the run's
     final LayerNorm scale) against the model's answer logit."""
-    heads = top_heads(head_dla)
+    heads = selected_heads(head_dla)
     out = []
     for batch in batches(model, rows, batch_size, desc="head logit"):
         names = {f"blocks.{h['layer']}.attn.hook_z" for h in heads} | {"ln_final.hook_scale"}
@@ -98,7 +84,8 @@ def ov_writes(model, words: list[str]) -> torch.Tensor:
     """What each head's OV circuit writes, (layer, head, word, d_model), for each word's residual
     after the first MLP layer (blocks.0.hook_resid_post of "<|endoftext|> word"), normalised by the
     head's own layer's LayerNorm before OV, then the final LayerNorm and the unembedding."""
-    ids = torch.tensor([[model.tokenizer.bos_token_id, model.to_single_token(w)] for w in words])
+    ids = torch.tensor([[model.tokenizer.bos_token_id, model.to_single_token(w)] for w in words],
+                       device=model.cfg.device)
     _, cache = model.run_with_cache(ids, names_filter=lambda n: n == "blocks.0.hook_resid_post")
     x = cache["blocks.0.hook_resid_post"][:, 1]  # (word, d_model)
     out = []
@@ -117,7 +104,7 @@ def copy_scores(model, rows, batch_size, k: int = 5) -> pd.DataFrame:
     the head's OV output; negative_copy uses -OV."""
     task = rows[0]["task"]
     words, opp = copy_words(task), opposites(task)
-    ids = torch.tensor([model.to_single_token(w) for w in words])
+    ids = torch.tensor([model.to_single_token(w) for w in words], device=model.cfg.device)
     opp_ids = [{model.to_single_token(o) for o in opp.get(w, ())} for w in words]
     writes = ov_writes(model, words)
     L, H = writes.shape[:2]
@@ -129,6 +116,7 @@ def copy_scores(model, rows, batch_size, k: int = 5) -> pd.DataFrame:
             out += [(layer, h, name, hit[h].item()) for h in range(H)]
             if sign == 1 and opp:
                 has = [i for i, o in enumerate(opp_ids) if o]
-                hits = torch.tensor([[bool(set(top[h, i].tolist()) & opp_ids[i]) for i in has] for h in range(H)])
+                hits = torch.tensor([[bool(set(top[h, i].tolist()) & opp_ids[i]) for i in has] for h in range(H)],
+                                    device="cpu")
                 out += [(layer, h, "opposite", hits[h].double().mean().item()) for h in range(H)]
     return pd.DataFrame(out, columns=["layer", "head", "score_type", "value"])

@@ -15,7 +15,7 @@ def _cos_dot(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return torch.cosine_similarity(a, b, dim=-1).item(), (a * b).sum(-1).item()
 
 
-def similarity(model, rows, batch_size, seed: int = 0) -> pd.DataFrame:
+def similarity(model, rows, batch_size, seed: int) -> pd.DataFrame:
     """Cosine similarity and dot product of opposite, synonym and random word pairs: token embedding
     (W_E rows), unembedding (W_U columns), and the residual stream after every layer at the
     adjective position of the task's first template (same names, only the adjective differs)."""
@@ -61,16 +61,17 @@ def neuron_effects(model, rows, batch_size) -> tuple[torch.Tensor, torch.Tensor]
     return torch.cat(effects, -1), torch.cat(acts, -1)
 
 
-def neurons(model, rows, batch_size, k: int = 20) -> pd.DataFrame:
+def neurons(model, rows, batch_size, seed: int, k: int = 20) -> pd.DataFrame:
     """The k neurons with the largest |mean direct effect|: that effect, their mean activation on
-    this task's prompts and on the control task's prompts (tasks/<task>.yaml: control_task), and the
+    this task's prompts and on the control task's prompts (tasks/<task>.yaml: control_task, drawn with
+    the config's seed), and the
     tokens their output weights promote most (W_out . W_U)."""
     task = rows[0]["task"]
     effects, acts = neuron_effects(model, rows, batch_size)
     mean = effects.double().mean(-1)  # (layer, d_mlp)
     d_mlp = mean.shape[1]
     top = mean.abs().flatten().topk(k).indices
-    control_rows, _ = make_prompts(load_spec(task)["control_task"], model.tokenizer, len(rows), seed=0, min_prompts=1)
+    control_rows, _ = make_prompts(load_spec(task)["control_task"], model.tokenizer, len(rows), seed=seed, min_prompts=1)
     _, control_acts = neuron_effects(model, control_rows, batch_size)
     out = []
     for rank, flat in enumerate(top.tolist()):

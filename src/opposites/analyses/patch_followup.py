@@ -13,14 +13,13 @@ import pandas as pd
 
 from opposites.analyses.patching import dataset_sweep, layout_group, position_labels
 from opposites.patching import exact
-from opposites.summary import head_label, largest_abs
+from opposites.derived import accumulated_lens, head_label, largest_abs
+from opposites.nodes import Node
 
 
 def lens_steps(lens: pd.DataFrame) -> pd.DataFrame:
     """Each step of the accumulated lens, attributed to the layer component that makes it."""
-    acc = lens[lens.kind == "accumulated"].copy()
-    acc["order"] = 2 * acc.layer + acc.label.map({"resid_pre": 0, "resid_mid": 1, "resid_post": 2})
-    acc = acc.sort_values("order").reset_index(drop=True)
+    acc = accumulated_lens(lens)
     steps = []
     for prev, cur in zip(acc.itertuples(), acc.iloc[1:].itertuples()):
         component = "attn" if prev.label == "resid_pre" else "mlp"
@@ -40,7 +39,7 @@ def select(lens: pd.DataFrame, dla: pd.DataFrame, k_layers: int = 2, k_heads: in
     }
 
 
-def run(model, rows, batch_size, patch_direction="denoising", logit_lens=None, head_dla=None) -> dict:
+def run(model, rows, batch_size, patch_direction: str, logit_lens=None, head_dla=None) -> dict:
     chosen = select(logit_lens, head_dla)
     group = layout_group(rows)
     labels = position_labels(model, group)
@@ -48,10 +47,10 @@ def run(model, rows, batch_size, patch_direction="denoising", logit_lens=None, h
     mlp_layers = [s["layer"] for s in chosen["layers"] if s["component"] == "mlp"]
     heads = [(h["layer"], h["head"]) for h in chosen["heads"]]
 
-    def by_pos(p: exact.Pair) -> dict:
-        return {"layer_heads": exact.head_by_pos(p, layers=attn_layers),
-                "heads": exact.head_by_pos(p, heads=heads),
-                "mlp": exact.mlp_out_by_pos(p)}
+    def by_pos(pair: exact.Pair) -> dict:
+        return {"layer_heads": exact.head_by_pos(pair, layers=attn_layers),
+                "heads": exact.head_by_pos(pair, heads=heads),
+                "mlp": exact.mlp_out_by_pos(pair)}
 
     fine = dataset_sweep(model, group, batch_size, patch_direction, by_pos)
     rows_out = []
@@ -67,9 +66,9 @@ def run(model, rows, batch_size, patch_direction="denoising", logit_lens=None, h
     by_pos_df = pd.DataFrame(rows_out).merge(labels, on="pos") if rows_out else pd.DataFrame()
 
     paths = dataset_sweep(model, rows, batch_size, patch_direction,
-                          lambda p: {head_label(*s): exact.path_to_receivers(p, s) for s in heads})
+                          lambda pair: {head_label(*s): exact.path_to_receivers(pair, s) for s in heads})
     path_rows = [{"sender": sender, "receiver": head_label(lr, hr), "input": "qkv"[i], "value": t[lr, hr, i].item()}
                  for sender, t in paths.items() for lr in range(t.shape[0]) for hr in range(t.shape[1])
-                 for i in range(3) if lr > int(sender.split(".")[0])]
+                 for i in range(3) if lr > Node.parse(sender).layer]
     return {"selection": chosen, "layout_prompts": len(group), "by_position": by_pos_df.to_dict("records"),
             "path": path_rows}

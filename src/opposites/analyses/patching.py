@@ -36,15 +36,15 @@ def position_labels(model, rows: list[dict]) -> pd.DataFrame:
                          "token": tokens})
 
 
-def dataset_sweep(model, rows: list[dict], batch_size: int, mode: str, fn: Callable[[exact.Pair], Any]) -> Any:
+def dataset_sweep(model, rows: list[dict], batch_size: int, patch_direction: str,
+                  fn: Callable[[exact.Pair], Any]) -> Any:
     """fn's patched logit-difference sums (a tensor, or a dict of them) over all batches, normalised."""
     total, n, clean, corrupted = None, 0, 0.0, 0.0
-    for pair in exact.batches_of_pairs(model, batches(model, rows, batch_size, desc="patching"), mode):
+    for pair in exact.batches_of_pairs(model, batches(model, rows, batch_size, desc="patching"), patch_direction):
         out = fn(pair)
         total = out if total is None else _tree(lambda a, b: a + b, total, out)
         n += pair.n
-        c, k = (pair.src_ld, pair.base_ld) if mode == "denoising" else (pair.base_ld, pair.src_ld)
-        clean, corrupted = clean + c.sum().item(), corrupted + k.sum().item()
+        clean, corrupted = clean + pair.clean_ld.sum().item(), corrupted + pair.corrupted_ld.sum().item()
     return _tree(lambda t: exact.normalise(t, n, clean / n, corrupted / n), total)
 
 
@@ -57,9 +57,9 @@ def _tree(fn, *trees):
 
 def _grid(t: Tensor, names: list[str]) -> pd.DataFrame:
     """Long table of an n-d tensor with one column per axis (index values) plus value."""
-    idx = torch.cartesian_prod(*[torch.arange(s) for s in t.shape]).reshape(-1, t.dim())
-    df = pd.DataFrame(idx.numpy(), columns=names)
-    df["value"] = t.flatten().double().numpy()
+    idx = torch.cartesian_prod(*[torch.arange(s, device="cpu") for s in t.shape]).reshape(-1, t.dim())
+    df = pd.DataFrame(idx.cpu().numpy(), columns=names)
+    df["value"] = t.detach().flatten().double().cpu().numpy()
     return df
 
 
@@ -67,14 +67,14 @@ def _with_labels(df: pd.DataFrame, labels: pd.DataFrame, n: int) -> pd.DataFrame
     return df.merge(labels, on="pos").assign(n_prompts=n)
 
 
-def patch_resid(model, rows, batch_size, patch_direction="denoising") -> pd.DataFrame:
+def patch_resid(model, rows, batch_size, patch_direction: str) -> pd.DataFrame:
     group = layout_group(rows)
     t = dataset_sweep(model, group, batch_size, patch_direction, exact.resid_pre_by_pos)
     df = _with_labels(_grid(t, ["layer", "pos"]), position_labels(model, group), len(group))
     return df[["layer", "pos", "role", "token", "value", "n_prompts"]]
 
 
-def patch_layers(model, rows, batch_size, patch_direction="denoising") -> pd.DataFrame:
+def patch_layers(model, rows, batch_size, patch_direction: str) -> pd.DataFrame:
     group = layout_group(rows)
     labels = position_labels(model, group)
     sums = dataset_sweep(model, group, batch_size, patch_direction,
@@ -84,21 +84,21 @@ def patch_layers(model, rows, batch_size, patch_direction="denoising") -> pd.Dat
     return df[["component", "layer", "pos", "role", "token", "value", "n_prompts"]]
 
 
-def patch_heads(model, rows, batch_size, patch_direction="denoising") -> pd.DataFrame:
+def patch_heads(model, rows, batch_size, patch_direction: str) -> pd.DataFrame:
     sums = dataset_sweep(model, rows, batch_size, patch_direction,
                          lambda p: {act: exact.head_all_pos(p, act) for act in ACTIVATIONS})
     parts = [_grid(t, ["layer", "head"]).assign(activation=act) for act, t in sums.items()]
     return pd.concat(parts)[["layer", "head", "activation", "value"]]
 
 
-def patch_heads_by_pos(model, rows, batch_size, patch_direction="denoising") -> pd.DataFrame:
+def patch_heads_by_pos(model, rows, batch_size, patch_direction: str) -> pd.DataFrame:
     group = layout_group(rows)
     t = dataset_sweep(model, group, batch_size, patch_direction, exact.head_by_pos)
     df = _with_labels(_grid(t, ["layer", "head", "pos"]), position_labels(model, group), len(group))
     return df[["layer", "head", "pos", "role", "token", "value", "n_prompts"]]
 
 
-def patch_attribution(model, rows, batch_size, patch_direction="denoising") -> pd.DataFrame:
+def patch_attribution(model, rows, batch_size, patch_direction: str) -> pd.DataFrame:
     """Attribution-patching estimates of the patch_heads grid (same metric)."""
     est = dataset_sweep(model, rows, batch_size, patch_direction, head_attribution)
     return pd.concat([_grid(est[act], ["layer", "head"]).assign(activation=act)

@@ -13,19 +13,19 @@ from opposites.patching.exact import Pair
 ACTIVATIONS = ("z", "q", "k", "v", "pattern")
 
 
-def head_attribution(p: Pair) -> dict[str, Tensor]:
+def head_attribution(pair: Pair) -> dict[str, Tensor]:
     """activation -> (layer, head) sums over prompts of the estimated patched logit difference."""
     with torch.enable_grad():
-        run = engine.full_forward(p.w, p.base_tokens, keep_grad=True)
-        ld = engine.read_logit_diff(p.w, run["resid_final"][:, -1], p.dir, p.bias)
+        run = engine.full_forward(pair.weights, pair.base_tokens, keep_grad=True)
+        ld = engine.read_logit_diff(pair.weights, run["resid_final"][:, -1], pair.dir, pair.bias)
         ld.sum().backward()
     out = {}
     for act in ACTIVATIONS:
         per_layer = []
-        for layer in range(p.w.n_layers):
+        for layer in range(pair.weights.n_layers):
             key = f"{act}.{layer}"
-            est = (p.src[key] - p.base[key]) * run[key].grad  # (batch, pos, head, d_head) or (batch, head, q, k)
+            est = (pair.src[key] - pair.base[key]) * run[key].grad  # (batch, pos, head, d_head) or (batch, head, q, k)
             head_dim = 1 if act == "pattern" else 2
             per_layer.append(est.transpose(1, head_dim).flatten(2).sum((0, 2)))  # (head,)
-        out[act] = torch.stack(per_layer) + p.base_ld.sum()
+        out[act] = torch.stack(per_layer) + pair.base_ld.sum()
     return out

@@ -1,7 +1,7 @@
 """The computational graph at edge level, for circuit discovery: writers (embedding, each head's
 output, each MLP) and readers (each head's query, key and value input, each MLP's input, the
 logits). Each reader's input is the sum of the earlier writers' outputs (plus biases), so an edge
-w -> r can be cut by giving r the corrupted run's output of w instead of the current one.
+weights -> r can be cut by giving r the corrupted run's output of weights instead of the current one.
 
   edge_forward(..., keep)   exact edge patching: run the clean prompts with every edge outside
                             `keep` fed the corrupted writer output (all edges kept = clean run,
@@ -19,6 +19,7 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from opposites.nodes import Node
 from opposites.patching import engine
 from opposites.patching.engine import Weights
 
@@ -29,19 +30,20 @@ class Graph:
     n_heads: int
 
     @cached_property
-    def writers(self) -> list[str]:
+    def writers(self) -> list[Node]:
         """In computation order: embed, the heads of layer 0, MLP 0, the heads of layer 1, ..."""
-        out = ["embed"]
-        for l in range(self.n_layers):
-            out += [f"{l}.{h}" for h in range(self.n_heads)] + [f"MLP {l}"]
+        out = [Node("embed")]
+        for layer in range(self.n_layers):
+            out += [Node("head", layer, h) for h in range(self.n_heads)] + [Node("mlp", layer)]
         return out
 
     @cached_property
-    def readers(self) -> list[str]:
+    def readers(self) -> list[Node]:
+        """Per layer: every head's q input, then k, then v; then the MLP; last the logits."""
         out = []
-        for l in range(self.n_layers):
-            out += [f"{l}.{h}.{x}" for x in "qkv" for h in range(self.n_heads)] + [f"MLP {l}"]
-        return out + ["logits"]
+        for layer in range(self.n_layers):
+            out += [Node("head", layer, h, x) for x in "qkv" for h in range(self.n_heads)] + [Node("mlp", layer)]
+        return out + [Node("logits")]
 
     def writers_before(self, layer: int, mlp: bool = False) -> int:
         """How many writers precede layer's heads (or, mlp=True, layer's MLP)."""
@@ -55,11 +57,11 @@ class Graph:
     @cached_property
     def allowed(self) -> Tensor:
         """(writer, reader) mask of the edges that exist."""
-        mask = torch.zeros(len(self.writers), len(self.readers), dtype=torch.bool)
+        mask = torch.zeros(len(self.writers), len(self.readers), dtype=torch.bool, device="cpu")
         for l in range(self.n_layers):
-            sl = self.reader_slice(l)
-            mask[: self.writers_before(l), sl.start: sl.stop - 1] = True
-            mask[: self.writers_before(l, mlp=True), sl.stop - 1] = True
+            layer_readers = self.reader_slice(l)
+            mask[: self.writers_before(l), layer_readers.start: layer_readers.stop - 1] = True
+            mask[: self.writers_before(l, mlp=True), layer_readers.stop - 1] = True
         mask[:, -1] = True
         return mask
 
@@ -70,22 +72,22 @@ def _cut(outs: list[Tensor], corrupt: Tensor | None, keep: Tensor | None, reader
     if keep is None:
         return None
     n = len(outs)
-    cut = (~keep[:n, readers]).to(outs[0].dtype)  # (writer, reader)
+    cut = (~keep[:n, readers]).to(device=outs[0].device, dtype=outs[0].dtype)  # (writer, reader)
     if not cut.any():
         return None
     diff = torch.stack(outs) - corrupt[:n]  # (writer, batch, pos, d_model)
     return torch.einsum("wr,wbpm->rbpm", cut, diff)
 
 
-def edge_forward(w: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, corrupt: Tensor | None = None,
+def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, corrupt: Tensor | None = None,
                  keep: Tensor | None = None, grad_leaves: bool = False) -> tuple[Tensor, Tensor, list[Tensor]]:
     """Forward with one input per reader. Returns (logit diff per prompt, writer outputs
     (writer, batch, pos, d_model), reader-input leaves for gradients when grad_leaves)."""
-    g = Graph(w.n_layers, w.n_heads)
-    x = w.W_E[tokens] + w.W_pos[: tokens.shape[1]]  # (batch, pos, d_model)
+    g = Graph(weights.n_layers, weights.n_heads)
+    x = weights.W_E[tokens] + weights.W_pos[: tokens.shape[1]]  # (batch, pos, d_model)
     outs, leaves = [x], []
     resid = x
-    H = w.n_heads
+    H = weights.n_heads
 
     def reader_inputs(readers: slice) -> Tensor:
         n = readers.stop - readers.start
@@ -99,40 +101,40 @@ def edge_forward(w: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, corrupt:
             inp = inp + leaf
         return inp  # (reader, batch, pos, d_model)
 
-    for l in range(w.n_layers):
-        sl = g.reader_slice(l)
-        inp = reader_inputs(slice(sl.start, sl.stop - 1)).view(3, H, *resid.shape)  # (qkv, head, batch, pos, d)
-        h = engine.layer_norm(inp, w.ln1[l], w.eps)
+    for l in range(weights.n_layers):
+        layer_readers = g.reader_slice(l)
+        inp = reader_inputs(slice(layer_readers.start, layer_readers.stop - 1)).view(3, H, *resid.shape)  # (qkv, head, batch, pos, d)
+        h = engine.layer_norm(inp, weights.ln1[l], weights.eps)
         q, k, v = (torch.einsum("hbpm,hmd->bphd", h[i], W[l]) + b[l]
-                   for i, (W, b) in enumerate(((w.W_Q, w.b_Q), (w.W_K, w.b_K), (w.W_V, w.b_V))))
-        z, _ = engine.attend(w, q, k, v)
-        heads = torch.einsum("bphd,hdm->hbpm", z, w.W_O[l])  # (head, batch, pos, d_model)
+                   for i, (W, b) in enumerate(((weights.W_Q, weights.b_Q), (weights.W_K, weights.b_K), (weights.W_V, weights.b_V))))
+        z, _ = engine.attend(weights, q, k, v)
+        heads = torch.einsum("bphd,hdm->hbpm", z, weights.W_O[l])  # (head, batch, pos, d_model)
         outs += list(heads)
-        resid = resid + heads.sum(0) + w.b_O[l]
-        m = engine.mlp(w, l, reader_inputs(slice(sl.stop - 1, sl.stop))[0])
+        resid = resid + heads.sum(0) + weights.b_O[l]
+        m = engine.mlp(weights, l, reader_inputs(slice(layer_readers.stop - 1, layer_readers.stop))[0])
         outs.append(m)
         resid = resid + m
     final = reader_inputs(slice(len(g.readers) - 1, len(g.readers)))[0]
-    ld = engine.read_logit_diff(w, final[:, -1], dir, bias)
+    ld = engine.read_logit_diff(weights, final[:, -1], dir, bias)
     return ld, torch.stack(outs), leaves
 
 
-def edge_attribution(w: Weights, clean: Tensor, corrupted: Tensor, dir: Tensor,
+def edge_attribution(weights: Weights, clean: Tensor, corrupted: Tensor, dir: Tensor,
                      bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(writer, reader) sums over prompts of the estimated change of the logit difference when the
     edge alone carries the clean writer output into the corrupted run (0 where no edge); and the
     clean and corrupted logit differences per prompt, which the two runs give anyway."""
-    g = Graph(w.n_layers, w.n_heads)
+    g = Graph(weights.n_layers, weights.n_heads)
     with torch.no_grad():
-        ld_clean, clean_out, _ = edge_forward(w, clean, dir, bias)
+        ld_clean, clean_out, _ = edge_forward(weights, clean, dir, bias)
     with torch.enable_grad():
-        ld, corr_out, leaves = edge_forward(w, corrupted, dir, bias, grad_leaves=True)
+        ld, corr_out, leaves = edge_forward(weights, corrupted, dir, bias, grad_leaves=True)
         grads = torch.autograd.grad(ld.sum(), leaves)
     diff = (clean_out - corr_out).detach()  # (writer, batch, pos, d_model)
-    scores = torch.zeros(len(g.writers), len(g.readers), dtype=diff.dtype)
+    scores = torch.zeros(len(g.writers), len(g.readers), dtype=diff.dtype, device=diff.device)
     start = 0
     for grad in grads:  # one per reader group, in reader order
         n = grad.shape[0]
         scores[:, start:start + n] = torch.einsum("wbpm,rbpm->wr", diff, grad)
         start += n
-    return scores * g.allowed, ld_clean, ld.detach()
+    return scores * g.allowed.to(diff.device), ld_clean, ld.detach()

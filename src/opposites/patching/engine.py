@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
@@ -59,12 +58,16 @@ class Weights:
         det = lambda t: t.detach()  # noqa: E731
         blocks = model.blocks
         return cls(
-            det(model.W_E), det(model.W_pos), det(model.W_Q), det(model.W_K), det(model.W_V),
-            det(model.b_Q), det(model.b_K), det(model.b_V), det(model.W_O), det(model.b_O),
-            det(model.W_in), det(model.b_in), det(model.W_out), det(model.b_out),
-            [(det(b.ln1.w), det(b.ln1.b)) for b in blocks], [(det(b.ln2.w), det(b.ln2.b)) for b in blocks],
-            (det(model.ln_final.w), det(model.ln_final.b)), det(model.W_U), det(model.b_U),
-            cfg.eps, cfg.n_layers, cfg.n_heads, cfg.d_head)
+            W_E=det(model.W_E), W_pos=det(model.W_pos),
+            W_Q=det(model.W_Q), W_K=det(model.W_K), W_V=det(model.W_V),
+            b_Q=det(model.b_Q), b_K=det(model.b_K), b_V=det(model.b_V),
+            W_O=det(model.W_O), b_O=det(model.b_O),
+            W_in=det(model.W_in), b_in=det(model.b_in), W_out=det(model.W_out), b_out=det(model.b_out),
+            ln1=[(det(block.ln1.w), det(block.ln1.b)) for block in blocks],
+            ln2=[(det(block.ln2.w), det(block.ln2.b)) for block in blocks],
+            ln_f=(det(model.ln_final.w), det(model.ln_final.b)),
+            W_U=det(model.W_U), b_U=det(model.b_U),
+            eps=cfg.eps, n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_head=cfg.d_head)
 
 
 def layer_norm(x: Tensor, wb: tuple[Tensor, Tensor], eps: float) -> Tensor:
@@ -76,127 +79,127 @@ def gelu_new(x: Tensor) -> Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
 
 
-def _count(w: Weights, n: float) -> None:
-    w.flops[0] += n
+def _count(weights: Weights, n: float) -> None:
+    weights.flops[0] += n
 
 
-def qkv(w: Weights, layer: int, x: Float[Tensor, "... pos d_model"], which: str = "qkv") -> dict[str, Tensor]:
+def qkv(weights: Weights, layer: int, x: Float[Tensor, "... pos d_model"], which: str = "qkv") -> dict[str, Tensor]:
     """Normalized input -> q/k/v, each (..., pos, head, d_head)."""
     out = {}
     for name in which:
-        W, b = {"q": (w.W_Q, w.b_Q), "k": (w.W_K, w.b_K), "v": (w.W_V, w.b_V)}[name]
+        W, b = {"q": (weights.W_Q, weights.b_Q), "k": (weights.W_K, weights.b_K), "v": (weights.W_V, weights.b_V)}[name]
         out[name] = torch.einsum("...pm,hmd->...phd", x, W[layer]) + b[layer]
-        _count(w, 2 * x[..., 0].numel() * W[layer].numel())
+        _count(weights, 2 * x[..., 0].numel() * W[layer].numel())
     return out
 
 
-def attend(w: Weights, q: Tensor, k: Tensor, v: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
+def attend(weights: Weights, q: Tensor, k: Tensor, v: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
     """Causal attention. q (..., Q, head, d_head) are the last Q positions of k/v (..., K, head, d_head)
     shifted by `offset` prefix positions that only k/v hold. Returns (z, pattern (..., head, Q, K))."""
-    scores = torch.einsum("...qhd,...khd->...hqk", q, k) / math.sqrt(w.d_head)
+    scores = torch.einsum("...qhd,...khd->...hqk", q, k) / math.sqrt(weights.d_head)
     Q, K = q.shape[-3], k.shape[-3]
     q_pos = torch.arange(K - Q, K, device=q.device)[:, None]
     mask = torch.arange(K, device=q.device)[None, :] > q_pos  # (Q, K)
     pattern = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
     z = torch.einsum("...hqk,...khd->...qhd", pattern, v)
-    _count(w, 4 * q.numel() * K)
+    _count(weights, 4 * q.numel() * K)
     return z, pattern
 
 
-def attn_out(w: Weights, layer: int, z: Float[Tensor, "... pos head d_head"]) -> Tensor:
-    _count(w, 2 * z.numel() * w.W_O.shape[-1])
-    return torch.einsum("...phd,hdm->...pm", z, w.W_O[layer]) + w.b_O[layer]
+def attn_out(weights: Weights, layer: int, z: Float[Tensor, "... pos head d_head"]) -> Tensor:
+    _count(weights, 2 * z.numel() * weights.W_O.shape[-1])
+    return torch.einsum("...phd,hdm->...pm", z, weights.W_O[layer]) + weights.b_O[layer]
 
 
-def mlp(w: Weights, layer: int, x: Float[Tensor, "... pos d_model"]) -> Tensor:
-    h = gelu_new(layer_norm(x, w.ln2[layer], w.eps) @ w.W_in[layer] + w.b_in[layer])
-    _count(w, 4 * x[..., 0].numel() * w.W_in[layer].numel())
-    return h @ w.W_out[layer] + w.b_out[layer]
+def mlp(weights: Weights, layer: int, x: Float[Tensor, "... pos d_model"]) -> Tensor:
+    h = gelu_new(layer_norm(x, weights.ln2[layer], weights.eps) @ weights.W_in[layer] + weights.b_in[layer])
+    _count(weights, 4 * x[..., 0].numel() * weights.W_in[layer].numel())
+    return h @ weights.W_out[layer] + weights.b_out[layer]
 
 
-def full_forward(w: Weights, tokens: Tensor, keep_grad: bool = False) -> dict[str, Tensor]:
+def full_forward(weights: Weights, tokens: Tensor, keep_grad: bool = False) -> dict[str, Tensor]:
     """An ordinary forward that caches, per layer, everything patching reads. Keys like
     'resid_pre.3', 'q.3', 'pattern.3', 'z.3', 'attn_out.3', 'resid_mid.3', 'mlp_out.3', and
     'resid_final'. Shapes (batch, pos, ...), pattern (batch, head, q, k). keep_grad: build the
     autograd graph and keep the gradients of q, k, v, pattern and z (attribution patching)."""
-    x = w.W_E[tokens] + w.W_pos[: tokens.shape[1]]  # (batch, pos, d_model)
+    x = weights.W_E[tokens] + weights.W_pos[: tokens.shape[1]]  # (batch, pos, d_model)
     if keep_grad:
         x = x.detach().requires_grad_()
     cache = {}
-    for layer in range(w.n_layers):
+    for layer in range(weights.n_layers):
         cache[f"resid_pre.{layer}"] = x
-        acts = qkv(w, layer, layer_norm(x, w.ln1[layer], w.eps))
-        z, pattern = attend(w, acts["q"], acts["k"], acts["v"])
+        acts = qkv(weights, layer, layer_norm(x, weights.ln1[layer], weights.eps))
+        z, pattern = attend(weights, acts["q"], acts["k"], acts["v"])
         if keep_grad:
             for t in (*acts.values(), pattern, z):
                 t.retain_grad()
-        a = attn_out(w, layer, z)
+        a = attn_out(weights, layer, z)
         x = x + a
         cache |= {f"q.{layer}": acts["q"], f"k.{layer}": acts["k"], f"v.{layer}": acts["v"],
                   f"pattern.{layer}": pattern, f"z.{layer}": z, f"attn_out.{layer}": a, f"resid_mid.{layer}": x}
-        m = mlp(w, layer, x)
+        m = mlp(weights, layer, x)
         x = x + m
         cache[f"mlp_out.{layer}"] = m
     cache["resid_final"] = x
     return cache
 
 
-def read_logit_diff(w: Weights, x_end: Float[Tensor, "... batch d_model"], direction: Tensor, bias: Tensor) -> Tensor:
+def read_logit_diff(weights: Weights, x_end: Float[Tensor, "... batch d_model"], direction: Tensor, bias: Tensor) -> Tensor:
     """Answer-minus-wrong logit from final-position residuals, without the full unembedding."""
-    _count(w, 2 * x_end.numel())
-    return (layer_norm(x_end, w.ln_f, w.eps) * direction).sum(-1) + bias
+    _count(weights, 2 * x_end.numel())
+    return (layer_norm(x_end, weights.ln_f, weights.eps) * direction).sum(-1) + bias
 
 
-def layer_flops(w: Weights, queries: int, keys: int, new_kv: int) -> float:
+def layer_flops(weights: Weights, queries: int, keys: int, new_kv: int) -> float:
     """Matmul FLOPs of one block for one sequence: `queries` positions computed (q, attention out,
     MLP), attending over `keys` positions, of which `new_kv` need fresh keys/values."""
-    d = w.W_O.shape[-1]  # d_model
-    d_mlp = w.W_in.shape[-1]
+    d = weights.W_O.shape[-1]  # d_model
+    d_mlp = weights.W_in.shape[-1]
     return (2 * queries * d * d + 2 * 2 * new_kv * d * d  # q; k and v
             + 4 * queries * keys * d  # scores and pattern @ v (all heads)
             + 2 * queries * d * d  # W_O
             + 4 * queries * d * d_mlp)  # W_in and W_out
 
 
-def suffix_flops(w: Weights, layer: int, stage: str, suffix: int, length: int) -> float:
+def suffix_flops(weights: Weights, layer: int, stage: str, suffix: int, length: int) -> float:
     """FLOPs `run_from` spends per sequence for a suffix of `suffix` positions (of `length`): the
     minimum for a patch whose first changed position is length - suffix, computing every later
     position up to the last layer and only the final position there."""
-    total, last = 0.0, w.n_layers - 1
-    for lay in range(layer, w.n_layers):
+    total, last = 0.0, weights.n_layers - 1
+    for lay in range(layer, weights.n_layers):
         q = 1 if lay == last else suffix
         if lay == layer and stage == "mid":
-            total += 4 * q * w.W_O.shape[-1] * w.W_in.shape[-1]  # MLP only
+            total += 4 * q * weights.W_O.shape[-1] * weights.W_in.shape[-1]  # MLP only
         else:
-            total += layer_flops(w, q, length, suffix)
-    return total + 2 * w.W_O.shape[-1]  # read the answer-minus-wrong direction
+            total += layer_flops(weights, q, length, suffix)
+    return total + 2 * weights.W_O.shape[-1]  # read the answer-minus-wrong direction
 
 
-def full_forward_flops(w: Weights, length: int, vocab: int) -> float:
+def full_forward_flops(weights: Weights, length: int, vocab: int) -> float:
     """A plain forward of one sequence with the full unembedding (what the reference runs)."""
-    return w.n_layers * layer_flops(w, length, length, length) + 2 * length * w.W_O.shape[-1] * vocab
+    return weights.n_layers * layer_flops(weights, length, length, length) + 2 * length * weights.W_O.shape[-1] * vocab
 
 
-def run_from(w: Weights, layer: int, stage: str, x: Float[Tensor, "variant batch suffix d_model"],
+def run_from(weights: Weights, layer: int, stage: str, x: Float[Tensor, "variant batch suffix d_model"],
              base: dict[str, Tensor], prefix: int, direction: Tensor, bias: Tensor) -> Float[Tensor, "variant batch"]:
     """Run variants of the residual stream at (layer, stage) over the suffix positions (those from
     `prefix` on) to the end, reusing the base run's keys/values for the prefix; return the logit
     difference per variant and prompt."""
-    last = w.n_layers - 1
-    for lay in range(layer, w.n_layers):
+    last = weights.n_layers - 1
+    for lay in range(layer, weights.n_layers):
         if not (lay == layer and stage == "mid"):
-            h = layer_norm(x, w.ln1[lay], w.eps)
+            h = layer_norm(x, weights.ln1[lay], weights.eps)
             end_only = lay == last
-            acts = qkv(w, lay, h, "kv")
-            acts |= qkv(w, lay, h[..., -1:, :] if end_only else h, "q")
+            acts = qkv(weights, lay, h, "kv")
+            acts |= qkv(weights, lay, h[..., -1:, :] if end_only else h, "q")
             V = x.shape[0]
             k = torch.cat([base[f"k.{lay}"][:, :prefix].expand(V, -1, -1, -1, -1), acts["k"]], dim=-3)
             v = torch.cat([base[f"v.{lay}"][:, :prefix].expand(V, -1, -1, -1, -1), acts["v"]], dim=-3)
-            z, _ = attend(w, acts["q"], k, v)
+            z, _ = attend(weights, acts["q"], k, v)
             if end_only:
                 x = x[..., -1:, :]
-            x = x + attn_out(w, lay, z)
+            x = x + attn_out(weights, lay, z)
         elif lay == last:
             x = x[..., -1:, :]
-        x = x + mlp(w, lay, x)
-    return read_logit_diff(w, x[..., -1, :], direction, bias)
+        x = x + mlp(weights, lay, x)
+    return read_logit_diff(weights, x[..., -1, :], direction, bias)

@@ -1,7 +1,7 @@
 """Exact activation patching on top of engine.py: one generic sweep, thin named specialisations.
 
-Denoising (default): run the corrupted prompts and patch in clean activations; noising: the
-reverse. Each sweep returns, per patched component, the *sum over prompts* of the patched logit
+The config's `patch_direction` is decided here once (RUNS): denoising runs the corrupted prompts
+and patches in clean activations; noising the reverse. Each sweep returns, per patched component, the *sum over prompts* of the patched logit
 difference, so batches of different lengths add up; `normalise` turns sums into the metric
 (patched - corrupted) / (clean - corrupted) on the mean logit difference (0 = corrupted, 1 = clean).
 """
@@ -19,10 +19,14 @@ from opposites.patching import engine
 from opposites.patching.engine import Weights
 
 
+# patch_direction -> (the run patched into (base), the run patched from (source))
+RUNS = {"denoising": ("corrupted", "clean"), "noising": ("clean", "corrupted")}
+
+
 @dataclass
 class Pair:
     """One equal-length batch: the run patched into (base) and the run patched from (source)."""
-    w: Weights
+    weights: Weights
     base: dict[str, Tensor]
     src: dict[str, Tensor]
     prefix: int  # positions before this are identical in both runs
@@ -31,6 +35,8 @@ class Pair:
     base_ld: Tensor  # (batch,)
     src_ld: Tensor
     base_tokens: Tensor  # (batch, pos)
+    clean_ld: Tensor  # (batch,): the clean and corrupted runs' logit differences, whichever is base
+    corrupted_ld: Tensor
 
     @property
     def n(self) -> int:
@@ -47,136 +53,139 @@ def first_difference(a: Tensor, b: Tensor) -> int:
     return int(diff[0]) if len(diff) else a.shape[1]
 
 
-def prepare(model, w: Weights, batch: Batch, mode: str = "denoising") -> Pair:
-    clean, corrupted = batch.clean, batch.corrupted
-    base_tokens, src_tokens = (corrupted, clean) if mode == "denoising" else (clean, corrupted)
+def prepare(model, weights: Weights, batch: Batch, patch_direction: str) -> Pair:
+    tokens = {"clean": batch.clean, "corrupted": batch.corrupted}
+    base_name, src_name = RUNS[patch_direction]
     d, bias = direction(model, batch)  # the engine's final LayerNorm applies its own bias
-    base, src = engine.full_forward(w, base_tokens), engine.full_forward(w, src_tokens)
-    ld = lambda c: engine.read_logit_diff(w, c["resid_final"][:, -1], d, bias)  # noqa: E731
-    return Pair(w, base, src, first_difference(clean, corrupted), d.detach(), bias.detach(), ld(base), ld(src), base_tokens)
+    runs = {name: engine.full_forward(weights, tokens[name]) for name in (base_name, src_name)}
+    ld = {name: engine.read_logit_diff(weights, run["resid_final"][:, -1], d, bias) for name, run in runs.items()}
+    return Pair(weights, runs[base_name], runs[src_name], first_difference(batch.clean, batch.corrupted),
+                d.detach(), bias.detach(), ld[base_name], ld[src_name], tokens[base_name],
+                ld["clean"], ld["corrupted"])
 
 
 # ---- the generic sweep ---------------------------------------------------------------------------
 
-def sweep(p: Pair, layer: int, stage: str, n_variants: int,
+def sweep(pair: Pair, layer: int, stage: str, n_variants: int,
           delta: Callable[[slice], Tensor], max_seqs: int = 2048) -> Tensor:
     """Sum over prompts of the logit difference for each variant of the residual stream at
     (layer, stage), stage 'pre' (before the layer; layer == n_layers: the final residual) or 'mid'
     (after its attention). delta(variant slice) -> (variants, batch, pos, d_model) change of the
-    base residual there; only positions from p.prefix on are run."""
-    key = f"resid_{stage}.{layer}" if layer < p.w.n_layers else "resid_final"
-    x0 = p.base[key][:, p.prefix:]  # (batch, suffix, d_model)
+    base residual there; only positions from pair.prefix on are run."""
+    key = f"resid_{stage}.{layer}" if layer < pair.weights.n_layers else "resid_final"
+    x0 = pair.base[key][:, pair.prefix:]  # (batch, suffix, d_model)
     out = []
-    step = max(1, max_seqs // p.n)
+    step = max(1, max_seqs // pair.n)
     for start in range(0, n_variants, step):
-        sl = slice(start, min(start + step, n_variants))
-        x = x0 + delta(sl)[..., p.prefix:, :]  # (variant, batch, suffix, d_model)
-        out.append(engine.run_from(p.w, layer, stage, x, p.base, p.prefix, p.dir, p.bias).sum(-1))
+        variants = slice(start, min(start + step, n_variants))
+        x = x0 + delta(variants)[..., pair.prefix:, :]  # (variant, batch, suffix, d_model)
+        out.append(engine.run_from(pair.weights, layer, stage, x, pair.base, pair.prefix, pair.dir, pair.bias).sum(-1))
     return torch.cat(out)
 
 
-def at_positions(change: Tensor, positions: list[int], sl: slice) -> Tensor:
+def at_positions(change: Tensor, positions: list[int], variants: slice) -> Tensor:
     """Variants each applying `change` (batch, pos, d_model) at one position."""
-    pos = torch.tensor(positions[sl], device=change.device)
+    pos = torch.tensor(positions[variants], device=change.device)
     mask = torch.zeros(len(pos), change.shape[1], 1, device=change.device)
-    mask[torch.arange(len(pos)), pos] = 1.0
+    mask[torch.arange(len(pos), device=change.device), pos] = 1.0
     return mask[:, None] * change  # (variant, batch, pos, d_model)
 
 
-def head_writes(p: Pair, layer: int, z_new: Tensor) -> Tensor:
+def head_writes(pair: Pair, layer: int, z_new: Tensor) -> Tensor:
     """(head, batch, pos, d_model): what replacing each head's z by z_new adds to the residual."""
-    dz = z_new - p.base[f"z.{layer}"]  # (batch, pos, head, d_head)
-    return torch.einsum("bphd,hdm->hbpm", dz, p.w.W_O[layer])
+    dz = z_new - pair.base[f"z.{layer}"]  # (batch, pos, head, d_head)
+    return torch.einsum("bphd,hdm->hbpm", dz, pair.weights.W_O[layer])
 
 
 # ---- named specialisations -----------------------------------------------------------------------
 
-def suffix_positions(p: Pair) -> list[int]:
-    return list(range(p.prefix, p.n_pos))
+def suffix_positions(pair: Pair) -> list[int]:
+    return list(range(pair.prefix, pair.n_pos))
 
 
-def by_position(p: Pair, layer: int, stage: str, change: Tensor) -> Tensor:
+def by_position(pair: Pair, layer: int, stage: str, change: Tensor) -> Tensor:
     """(pos,) sums: patch `change` at one position at a time; prefix positions change nothing."""
-    out = p.base_ld.sum().expand(p.n_pos).clone()
-    pos = suffix_positions(p)
-    out[p.prefix:] = sweep(p, layer, stage, len(pos), lambda sl: at_positions(change, pos, sl))
+    out = pair.base_ld.sum().expand(pair.n_pos).clone()
+    pos = suffix_positions(pair)
+    out[pair.prefix:] = sweep(pair, layer, stage, len(pos), lambda variants: at_positions(change, pos, variants))
     return out
 
 
-def resid_pre_by_pos(p: Pair) -> Tensor:
+def resid_pre_by_pos(pair: Pair) -> Tensor:
     """(layer, pos)"""
-    return torch.stack([by_position(p, l, "pre", p.src[f"resid_pre.{l}"] - p.base[f"resid_pre.{l}"])
-                        for l in range(p.w.n_layers)])
+    return torch.stack([by_position(pair, l, "pre", pair.src[f"resid_pre.{l}"] - pair.base[f"resid_pre.{l}"])
+                        for l in range(pair.weights.n_layers)])
 
 
-def attn_out_by_pos(p: Pair) -> Tensor:
-    return torch.stack([by_position(p, l, "mid", p.src[f"attn_out.{l}"] - p.base[f"attn_out.{l}"])
-                        for l in range(p.w.n_layers)])
+def attn_out_by_pos(pair: Pair) -> Tensor:
+    return torch.stack([by_position(pair, l, "mid", pair.src[f"attn_out.{l}"] - pair.base[f"attn_out.{l}"])
+                        for l in range(pair.weights.n_layers)])
 
 
-def mlp_out_by_pos(p: Pair) -> Tensor:
-    return torch.stack([by_position(p, l + 1, "pre", p.src[f"mlp_out.{l}"] - p.base[f"mlp_out.{l}"])
-                        for l in range(p.w.n_layers)])
+def mlp_out_by_pos(pair: Pair) -> Tensor:
+    return torch.stack([by_position(pair, l + 1, "pre", pair.src[f"mlp_out.{l}"] - pair.base[f"mlp_out.{l}"])
+                        for l in range(pair.weights.n_layers)])
 
 
-def new_z(p: Pair, layer: int, activation: str) -> Tensor:
+def new_z(pair: Pair, layer: int, activation: str) -> Tensor:
     """Every head's z when its `activation` (z, q, k, v or pattern) comes from the source run and
     the rest of its layer from the base run (heads are independent, so all at once)."""
-    b, s = (lambda n: p.base[f"{n}.{layer}"]), (lambda n: p.src[f"{n}.{layer}"])
+    base = lambda name: pair.base[f"{name}.{layer}"]  # noqa: E731
+    source = lambda name: pair.src[f"{name}.{layer}"]  # noqa: E731
     if activation == "z":
-        return s("z")
+        return source("z")
     if activation == "pattern":
-        return torch.einsum("bhqk,bkhd->bqhd", s("pattern"), b("v"))
-    q, k, v = (s(n) if n == activation else b(n) for n in "qkv")
-    return engine.attend(p.w, q, k, v)[0]
+        return torch.einsum("bhqk,bkhd->bqhd", source("pattern"), base("v"))
+    q, k, v = (source(name) if name == activation else base(name) for name in "qkv")
+    return engine.attend(pair.weights, q, k, v)[0]
 
 
-def head_all_pos(p: Pair, activation: str = "z") -> Tensor:
+def head_all_pos(pair: Pair, activation: str = "z") -> Tensor:
     """(layer, head)"""
     out = []
-    for layer in range(p.w.n_layers):
-        writes = head_writes(p, layer, new_z(p, layer, activation))  # (head, batch, pos, d_model)
-        out.append(sweep(p, layer, "mid", p.w.n_heads, lambda sl: writes[sl]))
+    for layer in range(pair.weights.n_layers):
+        writes = head_writes(pair, layer, new_z(pair, layer, activation))  # (head, batch, pos, d_model)
+        out.append(sweep(pair, layer, "mid", pair.weights.n_heads, lambda variants: writes[variants]))
     return torch.stack(out)
 
 
-def head_by_pos(p: Pair, layers: list[int] | None = None, heads: list[tuple[int, int]] | None = None) -> Tensor:
+def head_by_pos(pair: Pair, layers: list[int] | None = None, heads: list[tuple[int, int]] | None = None) -> Tensor:
     """(layer, head, pos) head-output patching at one position at a time (NaN where not computed:
     layers/heads restrict the sweep)."""
-    L, H = p.w.n_layers, p.w.n_heads
-    out = torch.full((L, H, p.n_pos), float("nan"), dtype=p.base_ld.dtype)
-    pos = suffix_positions(p)
+    L, H = pair.weights.n_layers, pair.weights.n_heads
+    out = torch.full((L, H, pair.n_pos), float("nan"), dtype=pair.base_ld.dtype, device=pair.base_ld.device)
+    pos = suffix_positions(pair)
     for layer in range(L) if layers is None else layers:
-        writes = head_writes(p, layer, p.src[f"z.{layer}"])
+        writes = head_writes(pair, layer, pair.src[f"z.{layer}"])
         chosen = [h for h in range(H) if heads is None or (layer, h) in heads]
         for h in chosen:
-            out[layer, h] = p.base_ld.sum()
-            out[layer, h, p.prefix:] = sweep(p, layer, "mid", len(pos), lambda sl: at_positions(writes[h], pos, sl))
+            out[layer, h] = pair.base_ld.sum()
+            out[layer, h, pair.prefix:] = sweep(pair, layer, "mid", len(pos), lambda variants: at_positions(writes[h], pos, variants))
     return out
 
 
-def path_to_receivers(p: Pair, sender: tuple[int, int]) -> Tensor:
+def path_to_receivers(pair: Pair, sender: tuple[int, int]) -> Tensor:
     """(layer, head, 3) path patching: the sender head's source-run output reaches only the q, k or v
     input of one later receiver head (direct path; everything else stays the base run), and the
     receiver's changed output flows on normally. Layers up to the sender's are NaN."""
     ls, hs = sender
-    L, H = p.w.n_layers, p.w.n_heads
-    out = torch.full((L, H, 3), float("nan"), dtype=p.base_ld.dtype)
-    write = head_writes(p, ls, p.src[f"z.{ls}"])[hs]  # (batch, pos, d_model)
+    L, H = pair.weights.n_layers, pair.weights.n_heads
+    out = torch.full((L, H, 3), float("nan"), dtype=pair.base_ld.dtype, device=pair.base_ld.device)
+    write = head_writes(pair, ls, pair.src[f"z.{ls}"])[hs]  # (batch, pos, d_model)
     for lr in range(ls + 1, L):
-        h = engine.layer_norm(p.base[f"resid_pre.{lr}"] + write, p.w.ln1[lr], p.w.eps)
-        moved = engine.qkv(p.w, lr, h)
-        base = {n: p.base[f"{n}.{lr}"] for n in "qkv"}
-        writes = torch.cat([head_writes(p, lr, engine.attend(p.w, *(moved[n] if n == kind else base[n] for n in "qkv"))[0])
+        h = engine.layer_norm(pair.base[f"resid_pre.{lr}"] + write, pair.weights.ln1[lr], pair.weights.eps)
+        moved = engine.qkv(pair.weights, lr, h)
+        base = {n: pair.base[f"{n}.{lr}"] for n in "qkv"}
+        writes = torch.cat([head_writes(pair, lr, engine.attend(pair.weights, *(moved[n] if n == kind else base[n] for n in "qkv"))[0])
                             for kind in "qkv"])  # (3*head, batch, pos, d_model), kind-major
-        out[lr] = sweep(p, lr, "mid", 3 * H, lambda sl: writes[sl]).view(3, H).T
+        out[lr] = sweep(pair, lr, "mid", 3 * H, lambda variants: writes[variants]).view(3, H).T
     return out
 
 
-def batches_of_pairs(model, batches: Iterator[Batch], mode: str) -> Iterator[Pair]:
-    w = Weights.from_bridge(model)
-    for b in batches:
-        yield prepare(model, w, b, mode)
+def batches_of_pairs(model, batches: Iterator[Batch], patch_direction: str) -> Iterator[Pair]:
+    weights = Weights.from_bridge(model)
+    for batch in batches:
+        yield prepare(model, weights, batch, patch_direction)
 
 
 def normalise(patched_sum: Tensor, n: int, clean_mean: float, corrupted_mean: float) -> Tensor:

@@ -1,0 +1,88 @@
+"""Data derived from result tables, shared by analyses, figures, tables and the paper's facts (no
+torch, and no imports from those modules: everything above imports this, never the reverse)."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from opposites.prompts import load_spec
+
+# The accumulated logit lens reads the residual before each layer (resid_pre), after its attention
+# (resid_mid) and, for the last layer only, after it (resid_post): x = 2 * layer + LENS_ORDER[label].
+LENS_ORDER = {"resid_pre": 0, "resid_mid": 1, "resid_post": 2}
+
+
+def head_label(layer: int, head: int) -> str:
+    return f"{int(layer)}.{int(head)}"
+
+
+def largest_abs(df: pd.DataFrame, k: int, column: str = "value") -> pd.DataFrame:
+    """The k rows with the largest |column|, largest first (ties keep their order)."""
+    return df.loc[df[column].abs().sort_values(ascending=False, kind="stable").index[:k]]
+
+
+def lens_x(df: pd.DataFrame) -> np.ndarray:
+    """Position of each accumulated-lens row along the residual stream (see LENS_ORDER)."""
+    return 2 * df["layer"].to_numpy() + df["label"].map(LENS_ORDER).to_numpy()
+
+
+def accumulated_lens(lens: pd.DataFrame) -> pd.DataFrame:
+    """The accumulated-lens rows in residual-stream order, with their position as column `x`."""
+    acc = lens[lens.kind == "accumulated"]
+    return acc.assign(x=lens_x(acc)).sort_values("x", kind="stable").reset_index(drop=True)
+
+
+# ---- heads ---------------------------------------------------------------------------------------
+
+def top_abs_heads(df: pd.DataFrame, k: int) -> list[tuple[int, int]]:
+    """(layer, head) of the k rows of a layer/head/value table with the largest |value|."""
+    return [(int(r.layer), int(r.head)) for r in largest_abs(df, k).itertuples()]
+
+
+def top_patched_heads(patch_heads: pd.DataFrame, k: int = 3) -> list[tuple[int, int]]:
+    """The k heads whose output (z) patching moves the metric most."""
+    return top_abs_heads(patch_heads[patch_heads.activation == "z"], k)
+
+
+def signed_top_heads(dla: pd.DataFrame, k: int = 3, sign: int = 1) -> list[dict]:
+    """The k heads with the largest (sign=1) or most negative (sign=-1) DLA, as {head, value}."""
+    rows = dla.assign(s=sign * dla.value).nlargest(k, "s")
+    return [{"head": head_label(r.layer, r.head), "value": r.value} for r in rows.itertuples()]
+
+
+def selected_heads(dla: pd.DataFrame, patch_heads: pd.DataFrame | None = None, k: int = 3) -> list[dict]:
+    """The heads the attention analyses look at: the k largest |DLA|, then the k largest |head-output
+    patching| not already chosen, each with the reason it was chosen."""
+    chosen = [{"layer": l, "head": h, "reason": f"|DLA| rank {i + 1}"} for i, (l, h) in enumerate(top_abs_heads(dla, k))]
+    if patch_heads is not None:
+        for i, (l, h) in enumerate(top_patched_heads(patch_heads, k)):
+            if not any(c["layer"] == l and c["head"] == h for c in chosen):
+                chosen.append({"layer": l, "head": h, "reason": f"|patching| rank {i + 1}"})
+    return chosen
+
+
+def attribution_vs_exact(exact: pd.DataFrame, attribution: pd.DataFrame) -> pd.DataFrame:
+    """Exact head patching beside its attribution estimate, one row per head and activation."""
+    return exact.merge(attribution, on=["layer", "head", "activation"], suffixes=("_e", "_a")).rename(
+        columns={"value_e": "exact", "value_a": "attribution"})
+
+
+def end_attention_to_roles(attention: pd.DataFrame, layer: int, head: int, roles: list[str]) -> float:
+    """Mean attention of one head from END to the given template roles (summed over them)."""
+    part = attention[(attention.dest_role == "END") & (attention.layer == layer) & (attention["head"] == head)]
+    return float(part[part.src_role.isin(roles)].value.sum())
+
+
+def head_classes() -> dict[str, list[str]]:
+    """Published GPT-2 small IOI head classes (data/gpt2_head_classes.yaml)."""
+    return yaml.safe_load(resources.files("opposites").joinpath("data", "gpt2_head_classes.yaml").read_text())
+
+
+# ---- tasks ---------------------------------------------------------------------------------------
+
+def opposite_tasks(tasks: list[str]) -> list[str]:
+    return [t for t in tasks if load_spec(t)["family"] == "opposite"]

@@ -1,0 +1,80 @@
+"""Figures of the 'Circuits' section."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from opposites.figures.style import color, figure, per_task
+from opposites.nodes import Edge, Node, head_nodes
+
+
+def node_xy(node: Node, n_heads: int, top: float) -> tuple[float, float]:
+    """Layout: y = layer (embed below, logits at `top`), x = head index (MLP at the right)."""
+    if node.kind == "embed":
+        return n_heads / 2, -1.0
+    if node.kind == "logits":
+        return n_heads / 2, top
+    if node.kind == "mlp":
+        return float(n_heads + 0.5), node.layer + 0.5
+    return float(node.head), float(node.layer)
+
+
+@figure
+def circuit_graph(data: dict, tasks: list[str], max_edges: int = 60):
+    def draw(ax, task):
+        c = data["circuit"][task]
+        nodes = [Node.parse(x) for x in c["nodes"]]
+        n_heads = max([x.head for x in nodes if x.is_head] + [0]) + 1
+        edges = sorted((Edge.from_record(e) for e in c["edges"]), key=lambda e: -abs(e.score))[:max_edges]
+        shown = {e.src for e in edges} | {e.dst.component for e in edges}
+        top = max([x.layer + (0.5 if x.kind == "mlp" else 0) for x in shown if x.layer is not None] + [0]) + 1
+        xy = {x: node_xy(x, n_heads, top) for x in shown}
+        lim = max([abs(e.score) for e in edges] + [1e-9])
+        for e in edges:
+            (x0, y0), (x1, y1) = xy[e.src], xy[e.dst.component]
+            ax.annotate("", (x1, y1), (x0, y0), arrowprops=dict(
+                arrowstyle="-|>", lw=0.3 + 1.5 * abs(e.score) / lim, alpha=0.7,
+                color="#b2182b" if e.score > 0 else "#2166ac", shrinkA=4, shrinkB=4))
+        for x, (px, py) in xy.items():
+            ax.scatter(px, py, s=90, color="white", edgecolor="k", zorder=3)
+            ax.text(px, py, str(x).replace("MLP ", "M"), ha="center", va="center", fontsize=4.5, zorder=4)
+        ax.set(title=f"{task}: {c['n_edges']} edges, recovers {c['recovered']:.2f}", ylabel="layer")
+        ax.set_xticks([])
+        ax.grid(False)
+
+    return per_task(tasks, draw, height=3.0, max_cols=2)
+
+
+@figure
+def faithfulness(data: dict, tasks: list[str]):
+    fig, ax = plt.subplots()
+    for task in tasks:
+        df = data["faithfulness"][task]
+        ax.plot(df.n_edges + 1, df.recovered, marker="o", ms=2.5, color=color(task), label=task)
+        c = data["circuit"][task]
+        ax.scatter([c["n_edges"] + 1], [c["recovered"]], marker="*", s=60, color=color(task), zorder=3)
+    ax.axhline(data["circuit"][tasks[0]]["target"], color="k", lw=0.6, ls="--")
+    ax.set_xscale("log")
+    ax.set(xlabel="edges kept + 1 (in attribution-score order)", ylabel="share of clean metric recovered",
+           title="Faithfulness of the discovered circuits")
+    ax.legend(frameon=False)
+    return fig
+
+
+@figure
+def circuit_overlap(data: dict, tasks: list[str]):
+    heads = {t: head_nodes(data["circuit"][t]) for t in tasks}
+    grid = np.array([[len(heads[a] & heads[b]) / max(len(heads[a] | heads[b]), 1) for b in tasks] for a in tasks])
+    fig, ax = plt.subplots(figsize=(3.6, 3.0))
+    im = ax.imshow(grid, cmap="Purples", vmin=0, vmax=1)
+    for i, a in enumerate(tasks):
+        for j, b in enumerate(tasks):
+            ax.text(j, i, f"{len(heads[a] & heads[b])}", ha="center", va="center", fontsize=7,
+                    color="white" if grid[i, j] > 0.5 else "k")
+    ax.set_xticks(range(len(tasks)), tasks, rotation=45)
+    ax.set_yticks(range(len(tasks)), tasks)
+    ax.set_title("Circuit heads: Jaccard (shared count)")
+    ax.grid(False)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return fig

@@ -1,0 +1,47 @@
+"""Figures of the 'Meaning' section."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from opposites.figures.style import color, figure, per_task, task_rows
+
+RELATION_COLORS = {"opposite": "#d95f02", "synonym": "#1b9e77", "random": "0.6"}
+
+
+@figure
+def similarity(data: dict, tasks: list[str]):
+    def draw_row(row, task):
+        ax = row[0]
+        df = data["similarity"][task]
+        spaces = [("embed", -1, "W_E"), ("unembed", -1, "W_U")] + \
+                 [("resid", l, f"L{l}") for l in sorted(df[df.space == "resid"].layer.unique())]
+        rels = list(RELATION_COLORS)
+        for j, rel in enumerate(rels):
+            vals = [df[(df.space == s) & (df.layer == l) & (df.relation == rel)].cosine.to_numpy() for s, l, _ in spaces]
+            pos = np.arange(len(spaces)) + (j - 1) * 0.27
+            keep = [i for i, v in enumerate(vals) if len(v)]
+            bp = ax.boxplot([vals[i] for i in keep], positions=pos[keep], widths=0.22, patch_artist=True,
+                            showfliers=False, manage_ticks=False)
+            for box in bp["boxes"]:
+                box.set(facecolor=RELATION_COLORS[rel], alpha=0.8)
+            ax.plot([], [], color=RELATION_COLORS[rel], lw=6, label=rel)
+        ax.set_xticks(range(len(spaces)), [lab for *_, lab in spaces])
+        ax.set(title=task, ylabel="cosine similarity")
+        ax.legend(frameon=False, ncol=3, fontsize=6)
+
+    return task_rows(tasks, 1, draw_row, height=2.4)
+
+
+@figure
+def neuron_acts(data: dict, tasks: list[str]):
+    def draw(ax, task):
+        df = data["neurons"][task].head(5)
+        x = np.arange(len(df))
+        ax.bar(x - 0.2, df.act_task, width=0.4, color=color(task), label=task)
+        ax.bar(x + 0.2, df.act_control, width=0.4, color="0.6", label="control")
+        ax.set_xticks(x, [f"L{r.layer}N{r.neuron}" for r in df.itertuples()], rotation=30)
+        ax.set(title=f"{task}: top neurons by direct effect", ylabel="activation at END")
+        ax.legend(frameon=False, fontsize=6)
+
+    return per_task(tasks, draw, height=2.3, max_cols=2)

@@ -1,0 +1,72 @@
+"""Nodes and edges of the circuit graph (no torch: figure and table jobs use them).
+
+A node is a writer (the embedding, a head's output, an MLP) or a reader (a head's q/k/v input, an
+MLP's input, the logits). Result files name nodes as text; `Node.parse` and `str(node)` are the one
+pair that converts, at the file boundary:
+    "embed"   "logits"   "MLP 3"   "9.9" (head output)   "9.9.q" (head 9.9's query input)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Node:
+    kind: str  # embed | head | mlp | logits
+    layer: int | None = None
+    head: int | None = None
+    input: str | None = None  # q, k or v: a head's input (a reader); None for the head's output
+
+    @classmethod
+    def parse(cls, text: str) -> "Node":
+        if text in ("embed", "logits"):
+            return cls(text)
+        if text.startswith("MLP "):
+            return cls("mlp", int(text[4:]))
+        parts = text.split(".")
+        if (len(parts) == 2 or len(parts) == 3 and parts[2] in ("q", "k", "v")) and parts[0].isdigit() \
+                and parts[1].isdigit():
+            return cls("head", int(parts[0]), int(parts[1]), parts[2] if len(parts) == 3 else None)
+        raise ValueError(f"not a circuit node: {text!r} (expected embed, logits, 'MLP <layer>', "
+                         "'<layer>.<head>' or '<layer>.<head>.<q|k|v>')")
+
+    def __str__(self) -> str:
+        if self.kind in ("embed", "logits"):
+            return self.kind
+        if self.kind == "mlp":
+            return f"MLP {self.layer}"
+        return f"{self.layer}.{self.head}" + (f".{self.input}" if self.input else "")
+
+    @property
+    def component(self) -> "Node":
+        """The head or MLP a reader belongs to (a head's q/k/v input -> the head)."""
+        return Node(self.kind, self.layer, self.head)
+
+    @property
+    def is_head(self) -> bool:
+        return self.kind == "head"
+
+
+@dataclass(frozen=True)
+class Edge:
+    src: Node  # a writer
+    dst: Node  # a reader
+    score: float = 0.0
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Edge":
+        return cls(Node.parse(record["src"]), Node.parse(record["dst"]), float(record.get("score", 0.0)))
+
+    def record(self) -> dict:
+        return {"src": str(self.src), "dst": str(self.dst), "score": self.score}
+
+
+def head_nodes(circuit: dict) -> set[str]:
+    """Labels of the heads among a circuit file's nodes."""
+    return {x for x in circuit["nodes"] if Node.parse(x).is_head}
+
+
+def component_nodes(edges: list[Edge]) -> set[Node]:
+    """Every component an edge list touches (readers mapped to their head or MLP)."""
+    return {e.src for e in edges} | {e.dst.component for e in edges}

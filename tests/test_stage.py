@@ -1,0 +1,48 @@
+"""analyses.run_stage: the loop a stage job runs (order, in-memory hand-over, loads from other
+stages, settings from the rule's params)."""
+
+import pytest
+
+from opposites import analyses
+
+
+def test_run_stage_runs_in_order_and_hands_results_over(toy, rows):
+    r = rows["size"]
+    written, loaded = [], []
+
+    def load(name):
+        loaded.append(name)
+        raise AssertionError("a result of the same stage must be handed over in memory")
+
+    done = analyses.run_stage(["baseline", "logit_lens", "head_dla"], toy, r, 4, {}, load,
+                              lambda name, result, seconds: written.append((name, seconds >= 0)), seed=0)
+    assert [w[0] for w in written] == ["baseline", "logit_lens", "head_dla"] and all(w[1] for w in written)
+    assert loaded == [] and set(done) == {"baseline", "logit_lens", "head_dla"}
+
+    loads = []
+    later = analyses.run_stage(["head_logit"], toy, r, 4, {}, lambda name: loads.append(name) or done[name],
+                               lambda *a: None, seed=0)
+    assert loads == ["head_dla"]  # required from another stage: read, not recomputed
+    from opposites.analyses.heads import head_logit
+
+    assert later["head_logit"].equals(head_logit(toy, r, 4, head_dla=done["head_dla"]))
+
+
+def test_run_stage_passes_only_the_settings_an_analysis_reads(toy, rows, monkeypatch):
+    import opposites.analyses.circuits as circuits
+
+    seen = {}
+
+    def fake(model, rows, batch_size, circuit_share, edges=None):
+        seen.update(circuit_share=circuit_share, edges=edges)
+        return {}
+
+    monkeypatch.setattr(circuits, "circuit", fake)
+    analyses.run_stage(["circuit"], toy, rows["size"], 4, {"circuit_share": 0.7, "seed": 3},
+                       lambda name: "EDGES", lambda *a: None, seed=0)
+    assert seen == {"circuit_share": 0.7, "edges": "EDGES"}
+    config = {"circuit_share": 0.7, "seed": 3, "patch_direction": "noising", "batch_size": 8}
+    assert analyses.settings_of(["circuit", "neurons", "patch_heads"], config) == {
+        "circuit_share": 0.7, "seed": 3, "patch_direction": "noising"}
+    with pytest.raises(KeyError):  # a setting the rule did not pass is an error, not a silent default
+        analyses.run("circuit", None, rows["size"], 4, {}, {"edges": None})
