@@ -54,14 +54,14 @@ def gpt2():
 @needs_gpt2
 def test_ioi_demo_logit_difference(gpt2):
     rows = demo_rows(gpt2.tokenizer)
-    result = baseline.run(gpt2, rows, batch_size=8)
+    result = baseline.run(gpt2, rows, batch_size=8, seed=0)
     assert result["logit_diff_mean"] == pytest.approx(3.552, abs=0.01)
     assert result["per_prompt"] == pytest.approx([3.337, 3.202, 2.709, 3.797, 1.720, 5.281, 2.601, 5.767], abs=0.01)
 
 
 @needs_gpt2
 def test_name_movers_top_dla(gpt2):
-    dla = head_dla.run(gpt2, demo_rows(gpt2.tokenizer), batch_size=8)
+    dla = head_dla.run(gpt2, demo_rows(gpt2.tokenizer), batch_size=8, seed=0)
     top = {f"{r.layer}.{r.head}" for r in dla.nlargest(2, "value").itertuples()}
     assert top == {"9.6", "9.9"}
     assert dla.set_index(["layer", "head"]).loc[(9, 9), "value"] == pytest.approx(2.99, abs=0.05)

@@ -90,7 +90,7 @@ def test_neuron_effects_sum_to_the_mlp_lens(toy64, rows):
     """All neurons of a layer plus b_out give that MLP's direct effect in the logit lens."""
     r = rows["antonym"]
     effects, _ = meaning.neuron_effects(toy64, r, 6)  # (layer, d_mlp, prompt)
-    lens = logit_lens.run(toy64, r, 6)
+    lens = logit_lens.run(toy64, r, 6, seed=0)
     mlp = lens[(lens.kind == "decomposed") & (lens.label == "mlp")].sort_values("layer").value.to_numpy()
     from opposites.core import batches, end_state, read_out
 
@@ -113,7 +113,7 @@ def test_head_logit_contributions_difference_is_dla(toy64, rows):
     from opposites.core import batches
 
     r = rows["size"]
-    dla = head_dla.run(toy64, r, 8)
+    dla = head_dla.run(toy64, r, 8, seed=0)
     swapped = [{**x, "answer": x["wrong"], "wrong": x["answer"]} for x in r]
     to_answer = heads.head_logit(toy64, r, 8, head_dla=dla).set_index(["prompt", "layer", "head"]).contribution
     to_wrong = heads.head_logit(toy64, swapped, 8, head_dla=dla).set_index(["prompt", "layer", "head"]).contribution
@@ -134,3 +134,46 @@ def test_similarity_is_symmetric_and_bounded(toy, rows):
         torch.cosine_similarity(E[b], E[a], dim=0).item())
     row = df[(df.space == "embed") & (df.a == "tall") & (df.b == "short")]
     assert row.cosine.item() == pytest.approx(torch.cosine_similarity(E[a], E[b], dim=0).item(), abs=1e-6)
+
+
+def test_answer_minus_wrong_contributions_equal_head_dla(toy, rows):
+    """The unrelated-adjective reference cancels in answer - wrong: each head's two contributions
+    differ by exactly its DLA (an independent computation of the same quantity)."""
+    from opposites.analyses import head_dla, opposite
+
+    r = rows["size"]
+    hl = opposite.head_logits(toy, r, 4, seed=0)
+    heads = hl[hl["head"] >= 0].pivot_table(index=["layer", "head"], columns="target", values="value")
+    dla = head_dla.run(toy, r, 4, seed=0).set_index(["layer", "head"]).value
+    assert ((heads.answer - heads.wrong) - dla).abs().max() < 1e-5
+    assert hl[hl["head"] >= 0].value.abs().max() > 1e-4  # not trivially zero
+
+
+def test_components_are_classified_by_their_intervals():
+    import pandas as pd
+
+    from opposites.derived import classify_components
+
+    def rows(comp, ans, wrong):
+        return [{"component": comp, "layer": 0, "head": 0, "target": t, "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1}
+                for t, v in (("answer", ans), ("wrong", wrong))]
+
+    df = pd.DataFrame(rows("copy", 0.2, 1.0) + rows("supp", 0.0, -1.0) + rows("opp", 1.0, 0.0) + rows("none", 0.05, 0.05))
+    got = dict(zip(*classify_components(df)[["component", "cls"]].T.values))
+    assert got == {"copy": "copy-like", "supp": "copy-suppressing", "opp": "opposite-mapping", "none": "none"}
+
+
+def test_control_corruption_keeps_everything_but_adj1(tokenizer, rows):
+    from opposites.analyses.opposite import control_rows
+    from opposites.prompts import load_spec
+
+    r = rows["antonym"]
+    ctrl = control_rows(r, tokenizer, seed=0)
+    unrelated = set(load_spec("antonym")["unrelated"])
+    assert len(ctrl) >= len(r) // 2
+    for c in ctrl:
+        orig = next(x for x in r if x["id"] == c["id"])
+        a, b = tokenizer(orig["clean"])["input_ids"], tokenizer(c["clean"])["input_ids"]
+        adj = orig["positions"]["ADJ1"] - 1  # no BOS here
+        assert len(a) == len(b) and [x for i, x in enumerate(a) if i != adj] == [x for i, x in enumerate(b) if i != adj]
+        assert tokenizer.decode([b[adj]]).strip() in unrelated

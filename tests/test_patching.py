@@ -6,23 +6,33 @@ import torch
 import transformer_lens.patching as tlp
 
 from opposites import models
-from opposites.analyses.patching import dataset_sweep, layout_group
+from opposites.analyses.patching import dataset_sweep
 from opposites.core import batches, logit_diff
 from opposites.patching import exact
 from opposites.patching.attribution import head_attribution
 from opposites.patching.engine import Weights
 
-SWEEPS = {  # ours (layer-major) -> TransformerLens reference
-    "resid_pre": (exact.resid_pre_by_pos, tlp.get_act_patch_resid_pre),
-    "attn_out": (exact.attn_out_by_pos, tlp.get_act_patch_attn_out),
-    "mlp_out": (exact.mlp_out_by_pos, tlp.get_act_patch_mlp_out),
+def by_pos(fn):
+    """Per-position patching, as TransformerLens's reference does it: a role mask per position."""
+    return lambda p: fn(p, exact.position_masks(p))
+
+
+SWEEPS = {  # ours (layer-major, per prompt) -> TransformerLens reference
+    "resid_pre": (by_pos(exact.resid_pre_by_role), tlp.get_act_patch_resid_pre),
+    "attn_out": (by_pos(exact.attn_out_by_role), tlp.get_act_patch_attn_out),
+    "mlp_out": (by_pos(exact.mlp_out_by_role), tlp.get_act_patch_mlp_out),
     "head_z": (lambda p: exact.head_all_pos(p, "z"), tlp.get_act_patch_attn_head_out_all_pos),
     "head_q": (lambda p: exact.head_all_pos(p, "q"), tlp.get_act_patch_attn_head_q_all_pos),
     "head_k": (lambda p: exact.head_all_pos(p, "k"), tlp.get_act_patch_attn_head_k_all_pos),
     "head_v": (lambda p: exact.head_all_pos(p, "v"), tlp.get_act_patch_attn_head_v_all_pos),
     "head_pattern": (lambda p: exact.head_all_pos(p, "pattern"), tlp.get_act_patch_attn_head_pattern_all_pos),
-    "head_by_pos": (lambda p: exact.head_by_pos(p).permute(0, 2, 1), tlp.get_act_patch_attn_head_out_by_pos),
+    "head_by_pos": (lambda p: by_pos(exact.head_by_role)(p).permute(0, 2, 1, 3), tlp.get_act_patch_attn_head_out_by_pos),
 }
+
+
+def layout_group(rows):
+    """The rows sharing the first row's token layout (the reference patches by position)."""
+    return [r for r in rows if r["positions"] == rows[0]["positions"]]
 
 
 def one_batch(model, rows):
@@ -43,7 +53,7 @@ def check_against_reference(model, batch, names, mode="denoising"):
     pair = exact.prepare(model, Weights.from_bridge(model), batch, mode)
     for name in names:
         ours_fn, ref_fn = SWEEPS[name]
-        ours = exact.normalise(ours_fn(pair), pair.n, c, k)
+        ours = exact.normalise(ours_fn(pair), c, k)
         ref = ref_fn(model, base_tokens, src_cache, metric)
         torch.testing.assert_close(ours.double(), ref.double(), atol=1e-4, rtol=0, msg=lambda m: f"{name}: {m}")
 
@@ -75,9 +85,9 @@ def test_clean_into_clean_gives_one_everywhere(toy64, rows):
     same.src, same.prefix = same.base, 0  # patch clean into clean; recompute every position
     c = same.base_ld.mean().item()
     for name in ("resid_pre", "attn_out", "mlp_out", "head_z", "head_q", "head_pattern", "head_by_pos"):
-        got = exact.normalise(SWEEPS[name][0](same), same.n, c, k)
+        got = exact.normalise(SWEEPS[name][0](same), c, k)
         torch.testing.assert_close(got.double(), torch.ones_like(got).double(), atol=1e-6, rtol=0)
-    paths = exact.normalise(exact.path_to_receivers(same, (0, 1)), same.n, c, k)
+    paths = exact.normalise(exact.path_to_receivers(same, (0, 1)), c, k)
     assert torch.allclose(paths[1:].double(), torch.ones(1, dtype=torch.float64), atol=1e-6)
 
 
@@ -107,7 +117,7 @@ def test_plain_pytorch_head_patch(toy64, hf_toy, rows):
         h.remove()
     c, k, p = (logit_diff(x, batch).mean().item() for x in (clean, corrupted, patched))
     pair = exact.prepare(toy64, Weights.from_bridge(toy64), batch, "denoising")
-    ours = exact.normalise(exact.head_all_pos(pair, "z"), pair.n, c, k)[layer, head].item()
+    ours = exact.normalise(exact.head_all_pos(pair, "z"), c, k)[layer, head].item()
     assert ours == pytest.approx((p - k) / (c - k), abs=1e-6)
 
 
@@ -131,7 +141,7 @@ def planted_model(tmp_path, layer=1, head=2):
 
 def test_planted_head_is_found(tmp_path, rows):
     model = planted_model(tmp_path)
-    heads = dataset_sweep(model, rows["ioi"], 8, "denoising", lambda p: exact.head_all_pos(p, "z"))
+    heads = dataset_sweep(model, rows["ioi"], 8, "denoising", lambda p: exact.head_all_pos(p, "z")).normalised()
     assert heads[1, 2].item() == pytest.approx(1.0, abs=1e-6)
     others = torch.cat([heads.flatten()[:6], heads.flatten()[7:]])
     assert others.abs().max().item() < 1e-6
@@ -144,7 +154,7 @@ def test_attribution_matches_transformer_lens(toy64, rows):
 
     batch = one_batch(toy64, rows["ioi"])
     pair = exact.prepare(toy64, Weights.from_bridge(toy64), batch, "denoising")
-    ours = (head_attribution(pair)["z"] - pair.base_ld.sum()) / pair.n  # (layer, head) mean estimate
+    ours = (head_attribution(pair)["z"] - pair.base_ld).mean(-1)  # (layer, head) mean estimate
     ref = torch.zeros_like(ours)
     for i in range(pair.n):
         metric = lambda logits, i=i: logits[0, -1, batch.answer[i]] - logits[0, -1, batch.wrong[i]]  # noqa: E731
@@ -185,3 +195,30 @@ def test_followup_selection_follows_lens_steps_and_dla():
     chosen = select(lens, dla, k_layers=2, k_heads=2)
     assert [(s["component"], s["layer"]) for s in chosen["layers"]] == [("mlp", 0), ("attn", 1)]
     assert [h["label"] for h in chosen["heads"]] == ["0.1", "1.0"]
+
+
+def test_role_aligned_patching_patches_each_prompt_at_its_own_position(toy64, rows):
+    """Prompts of different templates in one batch (IOI: ABBA and BABA of equal length): the role
+    variant equals, prompt by prompt, TransformerLens's reference patch at that prompt's position."""
+    ioi = rows["ioi"]
+    by_len = {}
+    for r in ioi:
+        by_len.setdefault(r["positions"]["END"], []).append(r)
+    mixed = max(by_len.values(), key=lambda rs: len({tuple(sorted(r["positions"].items())) for r in rs}))
+    assert len({r["positions"]["IO"] for r in mixed}) > 1, "the fixture should mix IO positions in one batch"
+    mixed = sorted(mixed, key=lambda r: r["positions"]["IO"])
+    mixed = mixed[:2] + mixed[-2:]  # both layouts, few prompts (the reference runs one prompt at a time)
+    batch = next(batches(toy64, mixed, 64))
+    pair = exact.prepare(toy64, Weights.from_bridge(toy64), batch, "denoising")
+    roles = ["IO", "S1", "S2", "END", "other"]
+    ours = exact.resid_pre_by_role(pair, exact.role_masks(pair, roles))  # (layer, role, prompt)
+    _, clean_cache = toy64.run_with_cache(batch.clean)
+    for i, row in enumerate(batch.rows):
+        metric = lambda logits, i=i: logits[0, -1, batch.answer[i]] - logits[0, -1, batch.wrong[i]]  # noqa: E731
+        cache_i = {k: v[i:i + 1] for k, v in clean_cache.items()}
+        ref = tlp.get_act_patch_resid_pre(toy64, batch.corrupted[i:i + 1], cache_i, metric)  # (layer, pos)
+        for r, role in enumerate(roles[:4]):
+            torch.testing.assert_close(ours[:, r, i].double(), ref[:, row["positions"][role]].double(), atol=1e-6, rtol=0)
+    masks = exact.role_masks(pair, roles)
+    assert masks[:, :, 0].sum() == 0 and (masks.sum(0) <= 1).all()  # BOS never patched; roles disjoint
+    assert (masks.sum(0)[:, 1:] == 1).all()  # every other position belongs to exactly one role or 'other'

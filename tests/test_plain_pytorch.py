@@ -1,5 +1,6 @@
 """Baseline and head DLA against a plain transformers/PyTorch computation (no TransformerLens):
-unfolded LayerNorm, hooks on the Hugging Face GPT-2 modules."""
+unfolded LayerNorm, hooks on the Hugging Face GPT-2 modules, on a toy model whose LayerNorms and
+biases are random and non-zero (so the bias-folding convention is visible and tested)."""
 
 import pytest
 import torch
@@ -30,13 +31,20 @@ def hf_reference(hf, tokenizer, rows):
     xc = x_final - x_final.mean(-1, keepdim=True)
     scale = (xc.pow(2).mean(-1, keepdim=True) + ln_f.eps).sqrt()
     dla = torch.zeros(cfg.n_layer, cfg.n_head, len(rows))
+    folded = torch.zeros(cfg.n_layer, cfg.n_head, len(rows))
+    n = cfg.n_embd
+    read = lambda x: (((x - x.mean(-1, keepdim=True)) / scale) * direction).sum(-1)  # noqa: E731
     for layer, blk in enumerate(hf.transformer.h):
         W = blk.attn.c_proj.weight  # Conv1D: (n_head * d_head, d_model)
+        W_V, b_V = blk.attn.c_attn.weight[:, 2 * n:], blk.attn.c_attn.bias[2 * n:]  # (d_model, n_head * d_head)
         for head in range(cfg.n_head):
-            part = z[layer][:, -1, head * d_head:(head + 1) * d_head] @ W[head * d_head:(head + 1) * d_head]
-            part = part - part.mean(-1, keepdim=True)
-            dla[layer, head] = ((part / scale) * direction).sum(-1)
-    return logit_diff, dla
+            cols = slice(head * d_head, (head + 1) * d_head)
+            dla[layer, head] = read(z[layer][:, -1, cols] @ W[cols])
+            # what the head writes whatever it attends to (pattern rows sum to 1): LN-1's bias and b_V
+            # through W_V and W_O. TransformerLens folds it into b_O, so its head output excludes it.
+            constant = (blk.ln_1.bias @ W_V[:, cols] + b_V[cols]) @ W[cols]  # (d_model,)
+            folded[layer, head] = read(constant.expand(len(rows), -1))
+    return logit_diff, dla, folded
 
 
 def final_residual(hf, ids):
@@ -55,9 +63,12 @@ def test_against_plain_transformers(toy, hf_toy, tokenizer, rows, task):
     for r in rows[task]:
         by_len.setdefault(r["positions"]["END"], []).append(r)
     group = max(by_len.values(), key=len)  # one equal-length batch
-    logit_diff, dla = hf_reference(hf_toy, tokenizer, group)
-    base = baseline.run(toy, group, batch_size=16)
+    logit_diff, dla, folded = hf_reference(hf_toy, tokenizer, group)
+    base = baseline.run(toy, group, batch_size=16, seed=0)
     assert base["logit_diff_mean"] == pytest.approx(logit_diff.mean().item(), abs=1e-4)
     assert base["accuracy"] == pytest.approx((logit_diff > 0).float().mean().item())
-    ours = head_dla.run(toy, group, batch_size=16)
-    torch.testing.assert_close(torch.tensor(ours.value.to_numpy()).float(), dla.mean(-1).flatten(), atol=1e-4, rtol=0)
+    ours = torch.tensor(head_dla.run(toy, group, batch_size=16, seed=0).value.to_numpy()).float()
+    # Our convention (TransformerLens's, and published GPT-2 head attributions'): per-head DLA leaves
+    # out the folded constant, so it equals the unfolded head output's DLA minus that constant.
+    torch.testing.assert_close(ours, (dla - folded).mean(-1).flatten(), atol=1e-4, rtol=0)
+    assert folded.abs().max() > 1e-3  # 10x the tolerance: the toy model's random biases make the convention visible

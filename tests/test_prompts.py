@@ -80,3 +80,14 @@ def test_entity_in_two_categories_rejected(monkeypatch, tmp_path, tokenizer):
     monkeypatch.setattr(prompts, "task_file", lambda task: path)
     with pytest.raises(TaskError, match="'apple' is listed under both"):
         make_prompts("isa", tokenizer, 8, 0, 4)
+
+
+@pytest.mark.parametrize("task,role", [("ioi", "S2"), ("size", "ADJ1"), ("antonym", "ADJ1"), ("isa", "ENTITY")])
+def test_rows_record_their_words_and_the_role_the_corruption_changes(tokenizer, task, role):
+    from opposites.prompts import fill, load_spec
+
+    rows, _ = make_prompts(task, tokenizer, 16, seed=0, min_prompts=4)
+    spec = load_spec(task)
+    for r in rows:
+        assert r["changed"] == [role]
+        assert fill(spec["templates"][r["template"]], r["words"], tokenizer, spec["roles"]) == (r["clean"], r["positions"])

@@ -14,7 +14,7 @@ def test_run_stage_runs_in_order_and_hands_results_over(toy, rows):
         loaded.append(name)
         raise AssertionError("a result of the same stage must be handed over in memory")
 
-    done = analyses.run_stage(["baseline", "logit_lens", "head_dla"], toy, r, 4, {}, load,
+    done = analyses.run_stage(["baseline", "logit_lens", "head_dla"], toy, r, 4, {"seed": 0}, load,
                               lambda name, result, seconds: written.append((name, seconds >= 0)), seed=0)
     assert [w[0] for w in written] == ["baseline", "logit_lens", "head_dla"] and all(w[1] for w in written)
     assert loaded == [] and set(done) == {"baseline", "logit_lens", "head_dla"}

@@ -26,9 +26,11 @@ def schema() -> dict[str, Any]:
 def _explain(error: jsonschema.ValidationError, sch: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
     if error.validator == "additionalProperties":
-        unknown = sorted(set(error.instance) - set(sch["properties"]))
-        return (f"config key(s) {', '.join(map(repr, unknown))} not recognised; "
-                f"allowed keys are {', '.join(sch['properties'])}. Fix config.yaml or --config.")
+        allowed = error.schema["properties"]  # of the object that has the unknown key (top level or train)
+        unknown = sorted(set(error.instance) - set(allowed))
+        where = "" if key == "(top level)" else f" under '{key}'"
+        return (f"config key(s) {', '.join(map(repr, unknown))}{where} not recognised; "
+                f"allowed keys are {', '.join(allowed)}. Fix config.yaml or --config.")
     if error.validator == "required":
         return f"config is missing {error.message.split()[0]}; add it to config.yaml."
     if error.validator == "enum":
@@ -57,9 +59,9 @@ def load(path: str | Path = "config.yaml", overrides: dict[str, Any] | None = No
 
 
 def model_kind(model: str) -> str:
-    """One of 'toy', 'random', 'local', 'hub'."""
-    if model == "toy":
-        return "toy"
+    """One of 'toy', 'random', 'trained', 'local', 'hub'."""
+    if model in ("toy", "trained"):
+        return model
     if model.startswith("random:"):
         size = model.split(":", 1)[1]
         if size not in RANDOM_SIZES:
@@ -71,7 +73,7 @@ def model_kind(model: str) -> str:
     if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", model):
         return "hub"
     raise ConfigError(f"config key 'model' has value {model!r}, which is neither an existing "
-                      "directory, a hub id, 'toy' nor 'random:<gpt2 size>'.")
+                      "directory, a hub id, 'toy', 'trained' nor 'random:<gpt2 size>'.")
 
 
 def model_slug(model: str) -> str:

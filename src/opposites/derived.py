@@ -51,7 +51,8 @@ def top_patched_heads(patch_heads: pd.DataFrame, k: int = 3) -> list[tuple[int, 
 def signed_top_heads(dla: pd.DataFrame, k: int = 3, sign: int = 1) -> list[dict]:
     """The k heads with the largest (sign=1) or most negative (sign=-1) DLA, as {head, value}."""
     rows = dla.assign(s=sign * dla.value).nlargest(k, "s")
-    return [{"head": head_label(r.layer, r.head), "value": r.value} for r in rows.itertuples()]
+    return [{"head": head_label(r.layer, r.head), "value": r.value, "ci": [r.ci_low, r.ci_high],
+             "significant": bool(r.ci_low > 0 or r.ci_high < 0)} for r in rows.itertuples()]
 
 
 def selected_heads(dla: pd.DataFrame, patch_heads: pd.DataFrame | None = None, k: int = 3) -> list[dict]:
@@ -77,9 +78,24 @@ def end_attention_to_roles(attention: pd.DataFrame, layer: int, head: int, roles
     return float(part[part.src_role.isin(roles)].value.sum())
 
 
-def head_classes() -> dict[str, list[str]]:
+def ioi_head_classes() -> dict[str, list[str]]:
     """Published GPT-2 small IOI head classes (data/gpt2_head_classes.yaml)."""
     return yaml.safe_load(resources.files("opposites").joinpath("data", "gpt2_head_classes.yaml").read_text())
+
+
+def classify_components(head_logits: pd.DataFrame) -> pd.DataFrame:
+    """One row per component with its answer and wrong contributions and a class, decided by which
+    95% intervals exclude 0: copy-like (raises the repeated word more than the answer),
+    copy-suppressing (lowers the repeated word), opposite-mapping (raises the answer, not the
+    repeated word), or none."""
+    wide = head_logits.pivot_table(index=["component", "layer", "head"], columns="target",
+                                   values=["value", "ci_low", "ci_high"]).reset_index()
+    wide.columns = ["_".join(c).strip("_") for c in wide.columns]
+    up = lambda t: wide[f"ci_low_{t}"] > 0  # noqa: E731
+    down = lambda t: wide[f"ci_high_{t}"] < 0  # noqa: E731
+    cls = np.select([up("wrong") & (wide.value_wrong > wide.value_answer), down("wrong"), up("answer") & ~up("wrong")],
+                    ["copy-like", "copy-suppressing", "opposite-mapping"], "none")
+    return wide.assign(cls=cls).rename(columns={"value_answer": "answer", "value_wrong": "wrong"})
 
 
 # ---- tasks ---------------------------------------------------------------------------------------

@@ -22,6 +22,9 @@ GPT2_SHAPES = {
 }
 
 
+BUILT = ("toy", "random", "trained")  # model kinds the pipeline makes itself (results/<model>/model)
+
+
 class ModelUnavailable(RuntimeError):
     """The model can be neither found locally nor downloaded."""
 
@@ -42,8 +45,20 @@ def offline_shape(model: str) -> tuple[int, int, int]:
 
 
 def build_offline_model(model: str, out_dir: str | Path, seed: int) -> Path:
-    """Write a seeded random GPT-2-architecture model (toy or random:<size>) plus the real tokenizer."""
-    return build_gpt2(out_dir, *offline_shape(model), seed=seed)
+    """Write a seeded random GPT-2-architecture model (toy or random:<size>) plus the real tokenizer.
+    The toy model's LayerNorm weights and biases and its attention/MLP biases are random and
+    non-zero (HF's init has them at 1 and 0, which hides folding mistakes: TransformerLens folds
+    them into other matrices, and only non-trivial values make a wrong convention show)."""
+    return build_gpt2(out_dir, *offline_shape(model), seed=seed, edit=randomize_norms_and_biases if model == "toy" else None)
+
+
+def randomize_norms_and_biases(net) -> None:
+    """LayerNorm weights 1 + N(0, 0.2), LayerNorm and linear biases N(0, 0.1) (seeded by the caller)."""
+    for name, param in net.named_parameters():
+        if ".ln_" in name or name.startswith("transformer.ln_f"):
+            param.copy_((1 + 0.2 * torch.randn_like(param)) if name.endswith("weight") else 0.1 * torch.randn_like(param))
+        elif name.endswith("bias"):
+            param.copy_(0.1 * torch.randn_like(param))
 
 
 def build_gpt2(out_dir: str | Path, n_layer: int, n_head: int, n_embd: int, seed: int, edit=None) -> Path:
@@ -63,7 +78,7 @@ def build_gpt2(out_dir: str | Path, n_layer: int, n_head: int, n_embd: int, seed
 
 def source(model: str, built_dir: str | Path | None = None) -> str:
     """What to hand to `boot_transformers`: the built directory for toy/random, else the spec."""
-    if model_kind(model) in ("toy", "random"):
+    if model_kind(model) in BUILT:
         if built_dir is None:
             raise ValueError(f"model {model!r} is built by the pipeline; pass its directory")
         return str(built_dir)

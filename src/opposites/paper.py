@@ -16,7 +16,7 @@ from opposites.config import model_kind
 from opposites.outline import Item, Outline
 from opposites.provenance import versions
 from opposites.summary import summarize
-from opposites.texutil import code, fmt, tex_escape
+from opposites.texutil import code, fmt, pct, tex_escape
 
 
 class LatexError(RuntimeError):
@@ -30,7 +30,7 @@ def environment(template_dir: str | Path) -> jinja2.Environment:
         block_end_string="%>", variable_start_string="<<", variable_end_string=">>",
         comment_start_string="<#", comment_end_string="#>", trim_blocks=True, lstrip_blocks=True,
         undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
-    env.filters |= {"fmt": fmt, "tex": tex_escape, "code": code}
+    env.filters |= {"fmt": fmt, "pct": pct, "tex": tex_escape, "code": code}
     return env
 
 
@@ -47,6 +47,8 @@ def item_jobs(item: Item, results: str, model: str) -> list[dict]:
     jobs = []
     if model_kind(model) in ("toy", "random"):
         jobs.append(("build_model", "build model", {}))
+    elif model_kind(model) == "trained":
+        jobs.append(("train_model", "train model", {}))
     for task in item.tasks:
         jobs.append(("prompts", f"prompts {task}", {"task": task}))
         needed = [a for a in item.analyses if a != "prompts"]

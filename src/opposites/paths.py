@@ -10,6 +10,7 @@ PAPER_TEX = "{R}/paper/paper.tex"
 PAPER_PDF = "{R}/paper/paper.pdf"
 BENCH = {
     "build_model": "{R}/benchmarks/build_model.tsv",
+    "train_model": "{R}/benchmarks/train_model.tsv",
     "prompts": "{R}/benchmarks/prompts/{task}.tsv",
     "analyze": "{R}/benchmarks/analyze/{task}/{stage}.tsv",
     "figure": "{R}/benchmarks/figure/{item}.tsv",

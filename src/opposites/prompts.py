@@ -63,6 +63,10 @@ FAMILIES: dict[str, tuple[Callable[[dict, random.Random], Sample], tuple[str, ..
     "opposite": (sample_opposite, ("names", "pairs")),
     "category": (sample_category, ("categories",)),
 }
+# Families whose corrupted prompt is itself a task prompt whose own answer is the clean prompt's
+# `wrong` (the swapped adjective's opposite; the swapped entity's category). IOI's ABC corruption
+# (a third name as S2) has no single right answer.
+CORRUPTED_ANSWER_IS_WRONG = {"opposite": True, "category": True, "ioi": False}
 
 
 # ---- task specs ---------------------------------------------------------------------------------
@@ -171,7 +175,8 @@ def make_prompts(task: str, tokenizer, n_prompts: int, seed: int, min_prompts: i
             seen.add(clean[0])
             rows.append({"id": len(rows), "task": task, "template": spec["templates"].index(template),
                          "clean": clean[0], "corrupted": corrupted[0], "answer": s.answer,
-                         "wrong": s.wrong, "positions": clean[1]})
+                         "wrong": s.wrong, "positions": clean[1], "words": s.clean,
+                         "changed": [k for k in s.clean if s.clean[k] != s.corrupted[k]]})
     if len(rows) < min_prompts:
         reasons = "; ".join(f"{k}: {v}" for k, v in dropped.items()) or "word lists too small"
         raise TaskError(f"task {task!r} yields only {len(rows)} valid prompts (< min_prompts={min_prompts}); "

@@ -6,11 +6,14 @@ from itertools import combinations
 
 import pandas as pd
 
-from opposites.derived import (accumulated_lens, attribution_vs_exact, end_attention_to_roles, head_classes,
+from opposites.derived import (accumulated_lens, attribution_vs_exact, classify_components, end_attention_to_roles, ioi_head_classes,
                                head_label, opposite_tasks, signed_top_heads, top_abs_heads)
 from opposites.nodes import head_nodes
 from opposites.overlap import compare
 from opposites.prompts import load_spec
+
+
+CLASSES = ("opposite-mapping", "copy-like", "copy-suppressing")
 
 
 def lens_facts(lens: pd.DataFrame) -> dict:
@@ -48,8 +51,9 @@ def patch_facts(data: dict, task: str) -> dict:
     best_path = None if path.empty else path.loc[path.value.abs().idxmax()].to_dict()
     return {
         "top_head": head_label(top.layer, top["head"]), "top_head_value": float(top.value),
+        "top_head_ci": [float(top.ci_low), float(top.ci_high)],
         "resid_first": peak(first).to_dict(), "resid_last": peak(last).to_dict(),
-        "layout_prompts": int(resid.n_prompts.iloc[0]),
+        "n": int(resid.n.iloc[0]), "normaliser_ok": bool(resid.normaliser_ok.iloc[0]),
         "attr_r": float(merged.exact.corr(merged.attribution)), "attr_n": len(merged),
         "attr_r_z": float(merged[merged.activation == "z"].exact.corr(merged[merged.activation == "z"].attribution)),
         "selection": follow["selection"], "best_path": best_path,
@@ -95,17 +99,39 @@ def summarize(data: dict, tasks: list[str], k: int = 5) -> dict:
                        "top_pos": signed_top_heads(dla), "top_neg": signed_top_heads(dla, sign=-1),
                        "top_abs": sorted(head_label(*h) for h in top_abs_heads(dla, k)), "patch": patch_facts(data, t),
                        "heads": head_facts(data, t)}
+    for t in tasks:
+        per_task[t]["mechanism"] = mechanism_facts(data, t)
+    for t in opposite_tasks(tasks):
+        classes = classify_components(data["head_logits"][t])
+        per_task[t]["classes"] = {"counts": {c: int((classes.cls == c).sum()) for c in CLASSES},
+                                  "control": data["control"][t]}
     sets = {t: set(per_task[t]["top_abs"]) for t in tasks}
     pairs = [{"a": a, "b": b, "shared": sorted(sets[a] & sets[b])} for a, b in combinations(tasks, 2)]
     shared_all = sorted(set.intersection(*sets.values())) if sets else []
     best = max(tasks, key=lambda t: per_task[t]["baseline"]["logit_diff_mean"])
-    return {"tasks": per_task, "k": k, "pairs": pairs, "shared_all": shared_all, "best_task": best,
-            "circuits": circuit_facts(data, tasks)}
+    return {"tasks": per_task, "k": k, "opposite_tasks": opposite_tasks(tasks), "pairs": pairs,
+            "shared_all": shared_all, "best_task": best, "circuits": circuit_facts(data, tasks)}
+
+
+def carries(ablation: dict | None, margin: float = 0.2) -> bool:
+    """A named set carries the task when ablating it leaves accuracy below every random set of the
+    same size by at least `margin`, and its interval's top is below the random sets' mean."""
+    if not ablation:
+        return False
+    named, other = ablation["named"], ablation["random_others"]
+    return named["accuracy"] + margin <= other["accuracy_min"] and named["accuracy_ci95"][1] < other["accuracy_mean"]
+
+
+def mechanism_facts(data: dict, task: str) -> dict:
+    movers = data["movers"][task]
+    mapping = data.get("mapping", {}).get(task)
+    return {"movers": movers, "movers_carry": carries(movers["ablation"]), "mapping": mapping,
+            "mappers_carry": carries(mapping["ablation"]) if mapping else False}
 
 
 def circuit_facts(data: dict, tasks: list[str]) -> dict:
     circuits = {t: data["circuit"][t] for t in tasks}
-    cmp = compare(circuits, opposite_tasks(tasks), head_classes())
+    cmp = compare(circuits, opposite_tasks(tasks), ioi_head_classes())
     best = max(cmp["pairs"], key=lambda p: p["heads_jaccard"]) if cmp["pairs"] else None
     per = {t: {"n_edges": c["n_edges"], "total": c["total_edges"], "recovered": c["recovered"],
                "n_heads": len(head_nodes(c)), "heads": sorted(head_nodes(c))[:8]} for t, c in circuits.items()}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from opposites.derived import end_attention_to_roles, head_classes, opposite_tasks
+from opposites.derived import classify_components, end_attention_to_roles, ioi_head_classes, opposite_tasks
 from opposites.overlap import compare
 from opposites.prompts import load_spec
-from opposites.texutil import fmt, tex_escape
+from opposites.texutil import fmt, fmt_ci, tex_escape
 
 TABLES: dict[str, Callable] = {}
 
@@ -29,13 +29,15 @@ def datasets(data: dict, tasks: list[str]) -> str:
     for task in tasks:
         spec, base = load_spec(task), data["baseline"][task]
         example = data["prompts"][task][0]
-        rows.append([tex_escape(task), tex_escape(spec["templates"][0]),
+        own = fmt_ci(base["corrupted_accuracy"], base["corrupted_accuracy_ci95"]) if base["corrupted_has_own_answer"] else "--"
+        rows.append([tex_escape(task),
                      tex_escape(example["clean"]) + r" $\to$ \texttt{" + tex_escape(example["answer"].strip()) + "}",
-                     str(base["n_prompts"]),
-                     f"{fmt(base['logit_diff_mean'])} $\\pm$ {fmt(base['logit_diff_std'])}",
-                     fmt(base["accuracy"]), fmt(base["top1"]), fmt(base["corrupted_logit_diff_mean"])])
-    return tabular(r"l p{4.2cm} p{4.2cm} r r r r r",
-                   ["task", "first template", "example", "$n$", "logit diff", "acc.", "top-1", "corr. diff"], rows)
+                     tex_escape(spec["corruption"]) + "; contrast: " + tex_escape(spec["contrast"]),
+                     str(base["n_prompts"]), fmt_ci(base["logit_diff_mean"], base["logit_diff_mean_ci95"]),
+                     " / ".join(fmt(base[k]) for k in ("top1", "top1_wrong", "top1_other")), own])
+    return tabular(r"l p{3.2cm} p{3.8cm} r p{2.0cm} p{1.6cm} p{1.6cm}",
+                   ["task", "example", "corruption; contrast", "$n$", "logit diff [95\\% CI]",
+                    "top-1: answer / wrong / other", "corrupted: own answer wins"], rows)
 
 
 @table
@@ -79,7 +81,7 @@ def neurons(data: dict, tasks: list[str]) -> str:
 
 @table
 def circuit_shared(data: dict, tasks: list[str]) -> str:
-    cmp = compare({t: data["circuit"][t] for t in tasks}, opposite_tasks(tasks), head_classes())
+    cmp = compare({t: data["circuit"][t] for t in tasks}, opposite_tasks(tasks), ioi_head_classes())
     rows = [[tex_escape(f"{p['a']} / {p['b']}"), str(p["heads"]), fmt(p["heads_jaccard"]), str(p["edges"]),
              fmt(p["edges_jaccard"])] for p in cmp["pairs"]]
     shared = ", ".join(f"{x}" + (f" ({cmp['shared_classes'][x]})" if cmp["shared_classes"][x] else "")
@@ -87,3 +89,41 @@ def circuit_shared(data: dict, tasks: list[str]) -> str:
     rows.append([r"\multicolumn{5}{l}{Shared by all opposite tasks (" + tex_escape(", ".join(cmp["opposite_tasks"]))
                  + "): " + tex_escape(shared) + "}"])
     return tabular("l r r r r", ["tasks", "shared heads", "Jaccard", "shared edges", "Jaccard"], rows)
+
+
+@table
+def component_classes(data: dict, tasks: list[str]) -> str:
+    rows = []
+    for task in tasks:
+        df = classify_components(data["head_logits"][task])
+        df = df.assign(size=df.answer.abs() + df.wrong.abs())
+        for cls in ("opposite-mapping", "copy-like", "copy-suppressing"):
+            part = df[df.cls == cls].nlargest(5, "size")
+            cells = ", ".join(f"{r.component} ({fmt(r.answer)}, {fmt(r.wrong)})" for r in part.itertuples()) or "none"
+            rows.append([tex_escape(task), cls, str(int((df.cls == cls).sum())), tex_escape(cells)])
+        c = data["control"][task]
+        rows.append([tex_escape(task), "control", str(c["n"]),
+                     f"answer vs unrelated: clean {fmt_ci(c['answer_rel_clean'], c['answer_rel_clean_ci95'])}, "
+                     f"ADJ1 unrelated {fmt_ci(c['answer_rel_control'], c['answer_rel_control_ci95'])}, "
+                     f"drop {fmt_ci(c['answer_rel_drop'], c['answer_rel_drop_ci95'])}"])
+    return tabular(r"l l r p{9.5cm}", ["task", "class", "count", "components (answer, repeated) / control"], rows)
+
+
+@table
+def mechanism(data: dict, tasks: list[str]) -> str:
+    rows = []
+    for task in tasks:
+        base = data["baseline"][task]
+        tests = [("movers", data["movers"][task])]
+        if task in data.get("mapping", {}) and data["mapping"][task]["ablation"]:
+            tests.append(("mappers", data["mapping"][task]))
+        for kind, result in tests:
+            named = result["movers"] if kind == "movers" else result["mappers"]
+            what = "; ".join(f"{m['head']} moves {m['moves']} ({fmt(m['attention'])})" if kind == "movers"
+                             else f"{m['component']} (answer {fmt(m['answer'])})" for m in named)
+            a = result["ablation"]
+            rows.append([tex_escape(task), kind, tex_escape(what), fmt(base["accuracy"]),
+                         fmt_ci(a["named"]["accuracy"], a["named"]["accuracy_ci95"]),
+                         f"{fmt(a['random_others']['accuracy_mean'])} ({fmt(a['random_others']['accuracy_min'])})"])
+    return tabular(r"l l p{5.2cm} r p{2.4cm} p{1.8cm}",
+                   ["task", "set", "components", "acc.", "acc. named ablated", "acc. random ablated"], rows)

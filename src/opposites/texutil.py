@@ -28,3 +28,15 @@ def fmt(x: float, digits: int = 2) -> str:
     if x != 0 and float(s) == 0 and digits > 0:
         s = f"{x:.2g}"
     return s.replace("-", "$-$", 1) if s.startswith("-") else s
+
+
+def fmt_ci(value: float, ci: list[float] | None, digits: int = 2) -> str:
+    """'value [low, high]' for a table cell or sentence."""
+    if ci is None:
+        return fmt(value, digits)
+    return f"{fmt(value, digits)} [{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
+
+
+def pct(x: float | None) -> str:
+    """A share as a percentage for the text ('n/a' when undefined)."""
+    return "n/a" if x is None else f"{100 * x:.0f}\\%"

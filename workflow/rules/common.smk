@@ -4,13 +4,14 @@ from opposites import models, paths
 from opposites.analyses import ANALYSES, SOURCES, STAGES, applies, result_path, settings_of, stage_analyses
 from opposites.outline import load as load_outline
 from opposites.prompts import task_file
+import opposites.training as training
 
 cfg.validate(config)
 models.check_available(config["model"])
 
 MODEL = config["model"]
 R = f"results/{cfg.model_slug(MODEL)}"
-OFFLINE = cfg.model_kind(MODEL) in ("toy", "random")
+OFFLINE = cfg.model_kind(MODEL) in models.BUILT  # toy, random:* and trained are built by the pipeline
 MODEL_DIR = paths.fill(paths.MODEL_DIR, R)
 TASKS = list(config["tasks"])
 OUTLINE = load_outline("paper/outline.yaml", TASKS)

@@ -1,13 +1,43 @@
-rule build_model:
-    output:
-        directory(MODEL_DIR),
-    params:
-        seed=config["seed"],
-    conda:
-        ENV
-    log:
-        log("build_model"),
-    benchmark:
-        bench("build_model")
-    script:
-        "../../scripts/build_model.py"
+# The model directory for the kinds the pipeline makes itself: toy and random:* are built with seeded
+# random weights; trained is trained on the tasks' own sentences (src/opposites/training.py).
+if cfg.model_kind(MODEL) == "trained":
+
+    rule train_model:
+        input:
+            tasks=[str(task_file(t)) for t in TASKS],
+            code=training.__file__,
+        output:
+            directory(MODEL_DIR),
+        params:
+            train=config["train"],
+            seed=config["seed"],
+            tasks=TASKS,
+            n_prompts=config["n_prompts"],
+            min_prompts=config["min_prompts"],
+        threads: 2  # the training's own torch threads (bitwise reproducible for a fixed count)
+        resources:
+            mem_mb=4000,
+        conda:
+            ENV
+        log:
+            log("train_model"),
+        benchmark:
+            bench("train_model")
+        script:
+            "../../scripts/train_model.py"
+
+else:
+
+    rule build_model:
+        output:
+            directory(MODEL_DIR),
+        params:
+            seed=config["seed"],
+        conda:
+            ENV
+        log:
+            log("build_model"),
+        benchmark:
+            bench("build_model")
+        script:
+            "../../scripts/build_model.py"

@@ -42,15 +42,17 @@ class Analysis:
 
 # In run order within each stage. Stages run in the order lens -> patching -> heads -> circuits only
 # through their inputs: a stage job waits for the results it `requires` from other stages.
-PATCH = ("patch_direction",)
+PATCH = ("patch_direction", "seed")  # seed: of the bootstrap intervals
 ANALYSES: dict[str, Analysis] = {
-    "baseline": Analysis(target="baseline:run", ext="json", stage="lens"),
-    "logit_lens": Analysis(target="logit_lens:run", ext="csv", stage="lens"),
-    "head_dla": Analysis(target="head_dla:run", ext="csv", stage="lens"),
+    "baseline": Analysis(target="baseline:run", ext="json", stage="lens", settings=("seed",)),
+    "logit_lens": Analysis(target="logit_lens:run", ext="csv", stage="lens", settings=("seed",)),
+    "head_dla": Analysis(target="head_dla:run", ext="csv", stage="lens", settings=("seed",)),
+    "head_logits": Analysis(target="opposite:head_logits", ext="csv", stage="lens", settings=("seed",),
+                            families=("opposite",)),
+    "control": Analysis(target="opposite:control", ext="json", stage="lens", settings=("seed",), families=("opposite",)),
     "patch_resid": Analysis(target="patching:patch_resid", ext="csv", stage="patching", settings=PATCH),
     "patch_layers": Analysis(target="patching:patch_layers", ext="csv", stage="patching", settings=PATCH),
     "patch_heads": Analysis(target="patching:patch_heads", ext="csv", stage="patching", settings=PATCH),
-    "patch_heads_by_pos": Analysis(target="patching:patch_heads_by_pos", ext="csv", stage="patching", settings=PATCH),
     "patch_attribution": Analysis(target="patching:patch_attribution", ext="csv", stage="patching", settings=PATCH),
     "patch_followup": Analysis(target="patch_followup:run", ext="json", stage="patching", settings=PATCH,
                                requires=("logit_lens", "head_dla")),
@@ -58,6 +60,10 @@ ANALYSES: dict[str, Analysis] = {
     "attention_example": Analysis(target="heads:attention_example", ext="json", stage="heads",
                                   requires=("head_dla", "patch_heads")),
     "head_logit": Analysis(target="heads:head_logit", ext="csv", stage="heads", requires=("head_dla",)),
+    "movers": Analysis(target="mechanism:movers", ext="json", stage="heads", settings=("seed",),
+                       requires=("patch_heads", "attention")),
+    "mapping": Analysis(target="mechanism:mapping", ext="json", stage="heads", settings=("seed",),
+                        requires=("head_logits",), families=("opposite",)),
     "copy_scores": Analysis(target="heads:copy_scores", ext="csv", stage="heads"),
     "similarity": Analysis(target="meaning:similarity", ext="csv", stage="heads", settings=("seed",),
                            families=("opposite",)),

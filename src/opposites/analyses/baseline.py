@@ -1,26 +1,59 @@
-"""Baseline behaviour: logit difference, accuracy and top-1 on clean and corrupted prompts."""
+"""Baseline behaviour, before any mechanism: the logit difference (answer - wrong) and how often the
+answer, the wrong token (for the opposite tasks: the repeated ADJ1) or something else is the top-1
+prediction, on clean prompts; and the corrupted prompts scored against their *own* answer where they
+have one (opposite and is-a: the clean prompt's wrong token; IOI's ABC corruption has none). Every
+mean carries a 95% bootstrap interval over prompts (`<key>_ci95`) and n."""
 
 from __future__ import annotations
 
 import torch
 
 from opposites.core import batches, logit_diff
+from opposites.prompts import CORRUPTED_ANSWER_IS_WRONG, load_spec
+from opposites.stats import mean_ci
 
 
-def run(model, rows: list[dict], batch_size: int) -> dict:
-    out: dict[str, list] = {"clean": [], "corrupted": [], "clean_top1": [], "corrupted_top1": []}
+def _per_prompt(model, rows, batch_size) -> dict[str, torch.Tensor]:
+    out: dict[str, list] = {k: [] for k in ("clean", "corrupted", "top1_answer", "top1_wrong", "corrupted_top1_own")}
     for batch in batches(model, rows, batch_size, desc="baseline"):
-        for kind, tokens in (("clean", batch.clean), ("corrupted", batch.corrupted)):
-            logits = model(tokens)  # (batch, pos, vocab)
-            out[kind].append(logit_diff(logits, batch))
-            out[f"{kind}_top1"].append(logits[:, -1].argmax(-1) == batch.answer)
+        clean, corrupted = model(batch.clean)[:, -1], model(batch.corrupted)[:, -1]  # (batch, vocab)
+        out["clean"].append(logit_diff(clean[:, None], batch))
+        out["corrupted"].append(logit_diff(corrupted[:, None], batch))
+        top, top_corrupted = clean.argmax(-1), corrupted.argmax(-1)
+        out["top1_answer"].append(top == batch.answer)
+        out["top1_wrong"].append(top == batch.wrong)
+        out["corrupted_top1_own"].append(top_corrupted == batch.wrong)
+    return {k: torch.cat(v).double().cpu() for k, v in out.items()}
+
+
+def _with_ci(result: dict, key: str, x: torch.Tensor, seed: int) -> None:
+    est = mean_ci(x, seed)
+    result[key] = est.value.item()
+    result[f"{key}_ci95"] = [est.ci_low.item(), est.ci_high.item()]
+
+
+def run(model, rows: list[dict], batch_size: int, seed: int) -> dict:
+    per = _per_prompt(model, rows, batch_size)
+    clean, corrupted = per["clean"], per["corrupted"]
     result = {"n_prompts": len(rows)}
-    for kind in ("clean", "corrupted"):
-        ld, top1 = torch.cat(out[kind]).double(), torch.cat(out[f"{kind}_top1"]).double()
-        prefix = "" if kind == "clean" else "corrupted_"
-        result |= {f"{prefix}logit_diff_mean": ld.mean().item(),
-                   f"{prefix}logit_diff_std": ld.std().item() if len(ld) > 1 else 0.0,
-                   f"{prefix}accuracy": (ld > 0).double().mean().item(),
-                   f"{prefix}top1": top1.mean().item(),
-                   f"{prefix}per_prompt": [round(v, 6) for v in ld.tolist()]}
+    _with_ci(result, "logit_diff_mean", clean, seed)
+    result["logit_diff_std"] = clean.std().item() if len(clean) > 1 else 0.0
+    _with_ci(result, "accuracy", (clean > 0).double(), seed)
+    _with_ci(result, "top1", per["top1_answer"], seed)  # answer is the top-1 token
+    _with_ci(result, "top1_wrong", per["top1_wrong"], seed)  # the wrong (repeated) token is
+    _with_ci(result, "top1_other", 1 - per["top1_answer"] - per["top1_wrong"], seed)
+    _with_ci(result, "corrupted_logit_diff_mean", corrupted, seed)  # clean answer - clean wrong
+    result["corrupted_logit_diff_std"] = corrupted.std().item() if len(corrupted) > 1 else 0.0
+    own = CORRUPTED_ANSWER_IS_WRONG[load_spec(rows[0]["task"])["family"]]
+    result["corrupted_has_own_answer"] = own
+    if own:  # its own answer is the clean wrong token: it wins when the clean-direction difference is < 0
+        _with_ci(result, "corrupted_accuracy", (corrupted < 0).double(), seed)
+        _with_ci(result, "corrupted_top1", per["corrupted_top1_own"], seed)
+    else:
+        result |= {"corrupted_accuracy": None, "corrupted_accuracy_ci95": None,
+                   "corrupted_top1": None, "corrupted_top1_ci95": None}
+    # Does the model do the task? The answer must beat the wrong token on most prompts (interval above 1/2).
+    result["does_task"] = result["accuracy_ci95"][0] > 0.5
+    result["per_prompt"] = [round(v, 6) for v in clean.tolist()]
+    result["corrupted_per_prompt"] = [round(v, 6) for v in corrupted.tolist()]
     return result

@@ -7,6 +7,7 @@ import pandas as pd
 import torch
 
 from opposites.core import batches, end_state, read_out
+from opposites.stats import mean_ci
 
 
 def per_prompt(model, rows: list[dict], batch_size: int) -> torch.Tensor:
@@ -18,11 +19,13 @@ def per_prompt(model, rows: list[dict], batch_size: int) -> torch.Tensor:
     return torch.cat(parts, dim=-1)
 
 
-def run(model, rows: list[dict], batch_size: int) -> pd.DataFrame:
-    dla = per_prompt(model, rows, batch_size).double()  # (layer, head, prompt)
+def run(model, rows: list[dict], batch_size: int, seed: int) -> pd.DataFrame:
+    """Mean DLA of every head over prompts, its std, 95% bootstrap interval and n."""
+    dla = per_prompt(model, rows, batch_size).double().cpu()  # (layer, head, prompt)
     L, H, n = dla.shape
-    std = dla.std(-1) if n > 1 else torch.zeros(L, H, device=dla.device)
+    est = mean_ci(dla, seed)  # (layer, head)
+    std = dla.std(-1) if n > 1 else torch.zeros(L, H, device="cpu")
     return pd.DataFrame({"layer": [l for l in range(L) for _ in range(H)],
                          "head": [h for _ in range(L) for h in range(H)],
-                         "value": dla.mean(-1).flatten().tolist(),
-                         "std": std.flatten().tolist()})
+                         "value": est.value.flatten().tolist(), "std": std.flatten().tolist(),
+                         "ci_low": est.ci_low.flatten().tolist(), "ci_high": est.ci_high.flatten().tolist(), "n": n})

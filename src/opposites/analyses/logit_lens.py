@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from opposites.core import batches, end_state, read_out
+from opposites.stats import mean_ci
 
 
 def per_prompt(model, state) -> list[tuple[str, str, int, torch.Tensor]]:
@@ -31,10 +32,13 @@ def per_prompt(model, state) -> list[tuple[str, str, int, torch.Tensor]]:
     return rows
 
 
-def run(model, rows: list[dict], batch_size: int) -> pd.DataFrame:
-    sums: dict[tuple[str, str, int], float] = {}
+def run(model, rows: list[dict], batch_size: int, seed: int) -> pd.DataFrame:
+    """Mean over prompts of every lens value, with its 95% bootstrap interval and n."""
+    parts: dict[tuple[str, str, int], list[torch.Tensor]] = {}
     for batch in batches(model, rows, batch_size, desc="logit lens"):
         for kind, label, layer, values in per_prompt(model, end_state(model, batch)):
-            sums[(kind, label, layer)] = sums.get((kind, label, layer), 0.0) + values.double().sum().item()
-    return pd.DataFrame([(k, lab, lay, s / len(rows)) for (k, lab, lay), s in sums.items()],
-                        columns=["kind", "label", "layer", "value"])
+            parts.setdefault((kind, label, layer), []).append(values.detach().double().cpu())
+    keys = list(parts)
+    est = mean_ci(torch.stack([torch.cat(parts[k]) for k in keys]), seed)  # (row, prompt) -> (row,)
+    df = pd.DataFrame(keys, columns=["kind", "label", "layer"])
+    return df.assign(value=est.value.cpu().numpy(), ci_low=est.ci_low.cpu().numpy(), ci_high=est.ci_high.cpu().numpy(), n=est.n)

@@ -2,8 +2,8 @@
 "patch the layers that show sharp curve changes in the logit lens, and the heads that have big
 values in head analysis"):
   * the k_layers sharpest steps of the accumulated logit lens name an attention or MLP layer; an
-    attention layer is patched head by head and position by position, an MLP layer by position;
-  * the k_heads heads with the largest |DLA| are patched by position, and path-patched into every
+    attention layer is patched head by head and role by role, an MLP layer role by role;
+  * the k_heads heads with the largest |DLA| are patched role by role, and path-patched into every
     later head's query, key and value inputs (IOI-paper path patching).
 The selection and its reasons are written with the results."""
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from opposites.analyses.patching import dataset_sweep, layout_group, position_labels
+from opposites.analyses.patching import dataset_sweep, patch_roles, table
 from opposites.patching import exact
 from opposites.derived import accumulated_lens, head_label, largest_abs
 from opposites.nodes import Node
@@ -39,36 +39,38 @@ def select(lens: pd.DataFrame, dla: pd.DataFrame, k_layers: int = 2, k_heads: in
     }
 
 
-def run(model, rows, batch_size, patch_direction: str, logit_lens=None, head_dla=None) -> dict:
+def run(model, rows, batch_size, patch_direction: str, seed: int, logit_lens=None, head_dla=None) -> dict:
     chosen = select(logit_lens, head_dla)
-    group = layout_group(rows)
-    labels = position_labels(model, group)
+    roles = patch_roles(rows)
     attn_layers = [s["layer"] for s in chosen["layers"] if s["component"] == "attn"]
     mlp_layers = [s["layer"] for s in chosen["layers"] if s["component"] == "mlp"]
     heads = [(h["layer"], h["head"]) for h in chosen["heads"]]
 
-    def by_pos(pair: exact.Pair) -> dict:
-        return {"layer_heads": exact.head_by_pos(pair, layers=attn_layers),
-                "heads": exact.head_by_pos(pair, heads=heads),
-                "mlp": exact.mlp_out_by_pos(pair)}
+    def by_role(pair: exact.Pair) -> dict:
+        masks = exact.role_masks(pair, roles)
+        return {"layer_heads": exact.head_by_role(pair, masks, layers=attn_layers),
+                "heads": exact.head_by_role(pair, masks, heads=heads),
+                "mlp": exact.mlp_out_by_role(pair, masks)}
 
-    fine = dataset_sweep(model, group, batch_size, patch_direction, by_pos)
-    rows_out = []
-    for what, pairs in (("attn_layer_heads", [(l, h) for l in attn_layers for h in range(model.cfg.n_heads)]),
-                        ("top_heads", heads)):
-        key = "layer_heads" if what == "attn_layer_heads" else "heads"
+    fine = dataset_sweep(model, rows, batch_size, patch_direction, by_role)
+    parts = []
+    for kind, key, pairs in (("attn_layer_heads", "layer_heads", [(l, h) for l in attn_layers for h in range(model.cfg.n_heads)]),
+                             ("top_heads", "heads", heads)):
         for layer, head in pairs:
-            for pos, value in enumerate(fine[key][layer, head].tolist()):
-                rows_out.append({"kind": what, "component": head_label(layer, head), "pos": pos, "value": value})
+            parts.append(table(fine.patched[key][layer, head], fine, {"role": roles}, seed)
+                         .assign(kind=kind, component=head_label(layer, head)))
     for layer in mlp_layers:
-        for pos, value in enumerate(fine["mlp"][layer].tolist()):
-            rows_out.append({"kind": "mlp_layer", "component": f"MLP {layer}", "pos": pos, "value": value})
-    by_pos_df = pd.DataFrame(rows_out).merge(labels, on="pos") if rows_out else pd.DataFrame()
+        parts.append(table(fine.patched["mlp"][layer], fine, {"role": roles}, seed)
+                     .assign(kind="mlp_layer", component=str(Node("mlp", layer))))
+    by_role_df = pd.concat(parts) if parts else pd.DataFrame()
 
     paths = dataset_sweep(model, rows, batch_size, patch_direction,
                           lambda pair: {head_label(*s): exact.path_to_receivers(pair, s) for s in heads})
-    path_rows = [{"sender": sender, "receiver": head_label(lr, hr), "input": "qkv"[i], "value": t[lr, hr, i].item()}
-                 for sender, t in paths.items() for lr in range(t.shape[0]) for hr in range(t.shape[1])
-                 for i in range(3) if lr > Node.parse(sender).layer]
-    return {"selection": chosen, "layout_prompts": len(group), "by_position": by_pos_df.to_dict("records"),
-            "path": path_rows}
+    path_rows = []
+    for sender, t in paths.patched.items():
+        df = table(t, paths, {**{"layer": list(range(t.shape[0])), "head": list(range(t.shape[1]))}, "input": list("qkv")}, seed)
+        df = df[df.layer > Node.parse(sender).layer]
+        path_rows += [{"sender": sender, "receiver": head_label(r.layer, r.head), "input": r.input, "value": r.value,
+                       "ci_low": r.ci_low, "ci_high": r.ci_high} for r in df.itertuples()]
+    return {"selection": chosen, "n_prompts": len(rows), "normaliser_ok": bool(by_role_df.normaliser_ok.all()) if parts else True,
+            "by_role": by_role_df.to_dict("records"), "path": path_rows}

@@ -1,11 +1,13 @@
 """Exact activation patching analyses (metric: (patched - corrupted) / (clean - corrupted) on the
-mean logit difference). Position-wise analyses use the largest group of prompts that share one
-token layout (length and role positions), so that a position means the same thing in every prompt;
-whole-head analyses use every prompt."""
+mean logit difference), each value with a 95% bootstrap interval over prompts. Position-wise
+analyses are aligned by role: each prompt is patched at its own position of the role (its template's
+IO, S1, S2, ADJ1, NAME2, ENTITY or END; 'other' = the tokens in between), so every prompt and
+every template counts. When the normaliser (clean - corrupted) is not distinguishable from 0, the
+ratio is not meaningful and the table says so (`normaliser_ok`)."""
 
 from __future__ import annotations
 
-from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import pandas as pd
@@ -15,37 +17,38 @@ from torch import Tensor
 from opposites.core import batches
 from opposites.patching import exact
 from opposites.patching.attribution import ACTIVATIONS, head_attribution
+from opposites.prompts import load_spec
+from opposites.stats import ratio_ci
 
 
-def layout(row: dict) -> tuple:
-    return tuple(sorted(row["positions"].items()))
+def patch_roles(rows: list[dict]) -> list[str]:
+    """The roles position-wise patching reports, in template order: the task's roles, END, other."""
+    return [*load_spec(rows[0]["task"])["roles"], "END", "other"]
 
 
-def layout_group(rows: list[dict]) -> list[dict]:
-    """The largest set of rows with identical length and role positions (ties: first seen)."""
-    counts = Counter(layout(r) for r in rows)
-    best = max(counts, key=lambda k: (counts[k], -[layout(r) for r in rows].index(k)))
-    return [r for r in rows if layout(r) == best]
+@dataclass
+class Sweep:
+    """Per-prompt patched logit differences (a tensor (..., prompt), or a dict of them) and the clean
+    and corrupted runs' logit differences (prompt,), in the same prompt order."""
+    patched: Any
+    clean: Tensor
+    corrupted: Tensor
 
-
-def position_labels(model, rows: list[dict]) -> pd.DataFrame:
-    """pos, role ('' for none) and token (of the first prompt) of every position of a layout group."""
-    roles = {pos: role for role, pos in rows[0]["positions"].items()}
-    tokens = model.to_str_tokens(rows[0]["clean"])
-    return pd.DataFrame({"pos": range(len(tokens)), "role": [roles.get(p, "") for p in range(len(tokens))],
-                         "token": tokens})
+    def normalised(self) -> Any:
+        c, k = self.clean.double().mean().item(), self.corrupted.double().mean().item()
+        return _tree(lambda t: exact.normalise(t.double(), c, k), self.patched)
 
 
 def dataset_sweep(model, rows: list[dict], batch_size: int, patch_direction: str,
-                  fn: Callable[[exact.Pair], Any]) -> Any:
-    """fn's patched logit-difference sums (a tensor, or a dict of them) over all batches, normalised."""
-    total, n, clean, corrupted = None, 0, 0.0, 0.0
+                  fn: Callable[[exact.Pair], Any]) -> Sweep:
+    """fn's per-prompt patched logit differences over all batches, concatenated along prompts."""
+    parts, clean, corrupted = [], [], []
     for pair in exact.batches_of_pairs(model, batches(model, rows, batch_size, desc="patching"), patch_direction):
-        out = fn(pair)
-        total = out if total is None else _tree(lambda a, b: a + b, total, out)
-        n += pair.n
-        clean, corrupted = clean + pair.clean_ld.sum().item(), corrupted + pair.corrupted_ld.sum().item()
-    return _tree(lambda t: exact.normalise(t, n, clean / n, corrupted / n), total)
+        parts.append(fn(pair))
+        clean.append(pair.clean_ld)
+        corrupted.append(pair.corrupted_ld)
+    patched = _tree(lambda *ts: torch.cat(ts, -1), *parts)
+    return Sweep(patched, torch.cat(clean), torch.cat(corrupted))
 
 
 def _tree(fn, *trees):
@@ -55,51 +58,54 @@ def _tree(fn, *trees):
     return fn(*trees)
 
 
-def _grid(t: Tensor, names: list[str]) -> pd.DataFrame:
-    """Long table of an n-d tensor with one column per axis (index values) plus value."""
-    idx = torch.cartesian_prod(*[torch.arange(s, device="cpu") for s in t.shape]).reshape(-1, t.dim())
-    df = pd.DataFrame(idx.cpu().numpy(), columns=names)
-    df["value"] = t.detach().flatten().double().cpu().numpy()
-    return df
+def table(patched: Tensor, sweep: Sweep, axes: dict[str, list], seed: int) -> pd.DataFrame:
+    """Long table of a (..., prompt) tensor: one column per leading axis (its labels), then value,
+    ci_low, ci_high, n and normaliser_ok."""
+    est, normaliser = ratio_ci(patched.detach().cpu(), sweep.clean.detach().cpu(), sweep.corrupted.detach().cpu(), seed)
+    index = pd.MultiIndex.from_product(list(axes.values()), names=list(axes))
+    df = index.to_frame(index=False)
+    for name in ("value", "ci_low", "ci_high"):
+        df[name] = getattr(est, name).flatten().cpu().numpy()
+    return df.assign(n=est.n, normaliser_ok=bool(normaliser.excludes_zero()))
 
 
-def _with_labels(df: pd.DataFrame, labels: pd.DataFrame, n: int) -> pd.DataFrame:
-    return df.merge(labels, on="pos").assign(n_prompts=n)
+def _masks(roles: list[str]) -> Callable[[exact.Pair], Tensor]:
+    return lambda pair: exact.role_masks(pair, roles)
 
 
-def patch_resid(model, rows, batch_size, patch_direction: str) -> pd.DataFrame:
-    group = layout_group(rows)
-    t = dataset_sweep(model, group, batch_size, patch_direction, exact.resid_pre_by_pos)
-    df = _with_labels(_grid(t, ["layer", "pos"]), position_labels(model, group), len(group))
-    return df[["layer", "pos", "role", "token", "value", "n_prompts"]]
+def patch_resid(model, rows, batch_size, patch_direction: str, seed: int) -> pd.DataFrame:
+    roles = patch_roles(rows)
+    s = dataset_sweep(model, rows, batch_size, patch_direction,
+                      lambda pair: exact.resid_pre_by_role(pair, _masks(roles)(pair)))
+    return table(s.patched, s, {"layer": list(range(model.cfg.n_layers)), "role": roles}, seed)
 
 
-def patch_layers(model, rows, batch_size, patch_direction: str) -> pd.DataFrame:
-    group = layout_group(rows)
-    labels = position_labels(model, group)
-    sums = dataset_sweep(model, group, batch_size, patch_direction,
-                         lambda p: {"attn": exact.attn_out_by_pos(p), "mlp": exact.mlp_out_by_pos(p)})
-    parts = [_grid(t, ["layer", "pos"]).assign(component=name) for name, t in sums.items()]
-    df = _with_labels(pd.concat(parts), labels, len(group))
-    return df[["component", "layer", "pos", "role", "token", "value", "n_prompts"]]
+def patch_layers(model, rows, batch_size, patch_direction: str, seed: int) -> pd.DataFrame:
+    roles = patch_roles(rows)
+
+    def both(pair):
+        masks = exact.role_masks(pair, roles)
+        return {"attn": exact.attn_out_by_role(pair, masks), "mlp": exact.mlp_out_by_role(pair, masks)}
+
+    s = dataset_sweep(model, rows, batch_size, patch_direction, both)
+    axes = {"layer": list(range(model.cfg.n_layers)), "role": roles}
+    return pd.concat([table(t, s, axes, seed).assign(component=name) for name, t in s.patched.items()])[
+        ["component", "layer", "role", "value", "ci_low", "ci_high", "n", "normaliser_ok"]]
 
 
-def patch_heads(model, rows, batch_size, patch_direction: str) -> pd.DataFrame:
-    sums = dataset_sweep(model, rows, batch_size, patch_direction,
-                         lambda p: {act: exact.head_all_pos(p, act) for act in ACTIVATIONS})
-    parts = [_grid(t, ["layer", "head"]).assign(activation=act) for act, t in sums.items()]
-    return pd.concat(parts)[["layer", "head", "activation", "value"]]
+def _heads(model) -> dict[str, list]:
+    return {"layer": list(range(model.cfg.n_layers)), "head": list(range(model.cfg.n_heads))}
 
 
-def patch_heads_by_pos(model, rows, batch_size, patch_direction: str) -> pd.DataFrame:
-    group = layout_group(rows)
-    t = dataset_sweep(model, group, batch_size, patch_direction, exact.head_by_pos)
-    df = _with_labels(_grid(t, ["layer", "head", "pos"]), position_labels(model, group), len(group))
-    return df[["layer", "head", "pos", "role", "token", "value", "n_prompts"]]
+def patch_heads(model, rows, batch_size, patch_direction: str, seed: int) -> pd.DataFrame:
+    s = dataset_sweep(model, rows, batch_size, patch_direction,
+                      lambda pair: {act: exact.head_all_pos(pair, act) for act in ACTIVATIONS})
+    parts = [table(t, s, _heads(model), seed).assign(activation=act) for act, t in s.patched.items()]
+    return pd.concat(parts)[["layer", "head", "activation", "value", "ci_low", "ci_high", "n", "normaliser_ok"]]
 
 
-def patch_attribution(model, rows, batch_size, patch_direction: str) -> pd.DataFrame:
+def patch_attribution(model, rows, batch_size, patch_direction: str, seed: int) -> pd.DataFrame:
     """Attribution-patching estimates of the patch_heads grid (same metric)."""
-    est = dataset_sweep(model, rows, batch_size, patch_direction, head_attribution)
-    return pd.concat([_grid(est[act], ["layer", "head"]).assign(activation=act)
-                      for act in ACTIVATIONS])[["layer", "head", "activation", "value"]]
+    s = dataset_sweep(model, rows, batch_size, patch_direction, head_attribution)
+    parts = [table(t, s, _heads(model), seed).assign(activation=act) for act, t in s.patched.items()]
+    return pd.concat(parts)[["layer", "head", "activation", "value", "ci_low", "ci_high", "n", "normaliser_ok"]]

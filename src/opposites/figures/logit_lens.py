@@ -14,6 +14,7 @@ def logit_lens(data: dict, tasks: list[str]):
     for task in tasks:
         df = accumulated_lens(data["logit_lens"][task])
         ax.plot(df.x, df.value, marker="o", ms=2.5, label=task, color=color(task))
+        ax.fill_between(df.x, df.ci_low, df.ci_high, color=color(task), alpha=0.2, lw=0)
     n = int(df.x.max())
     ticks = list(range(0, n + 1, 2))
     ax.set_xticks(ticks, [f"{t // 2}" if t < n else "final" for t in ticks])
@@ -31,7 +32,8 @@ def attn_mlp(data: dict, tasks: list[str]):
         df = df[(df.kind == "decomposed") & df.label.isin(["attn", "mlp"])]
         for offset, (label, shade) in enumerate((("attn", color(task)), ("mlp", "0.55"))):
             part = df[df.label == label].sort_values("layer")
-            ax.bar(part.layer + (offset - 0.5) * 0.4, part.value, width=0.4, color=shade, label=label)
+            ax.bar(part.layer + (offset - 0.5) * 0.4, part.value, width=0.4, color=shade, label=label,
+                   yerr=[part.value - part.ci_low, part.ci_high - part.value], error_kw={"lw": 0.5})
         ax.axhline(0, color="k", lw=0.6)
         ax.set(title=task, xlabel="layer")
         ax.set_xticks(sorted(df.layer.unique()))

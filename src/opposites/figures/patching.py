@@ -7,14 +7,15 @@ import numpy as np
 import pandas as pd
 
 from opposites.derived import attribution_vs_exact, head_label, largest_abs, top_patched_heads
-from opposites.figures.style import color, figure, heatmap, per_task, position_heatmap, task_rows
+from opposites.figures.style import (color, figure, heatmap, mark_significant, not_meaningful, per_task,
+                                     role_heatmap, task_rows)
 
 
 @figure
 def patch_resid(data: dict, tasks: list[str]):
     def draw(ax, task):
         df = data["patch_resid"][task]
-        position_heatmap(ax, df, f"{task} (n={df.n_prompts.iloc[0]})")
+        role_heatmap(ax, df, f"{task} (n={df.n.iloc[0]})")
 
     return per_task(tasks, draw, height=2.8, max_cols=2)
 
@@ -24,7 +25,7 @@ def patch_attn_mlp(data: dict, tasks: list[str]):
     def draw_row(row, task):
         df = data["patch_layers"][task]
         for ax, component in zip(row, ("attn", "mlp")):
-            position_heatmap(ax, df[df.component == component], f"{task}: {component} output")
+            role_heatmap(ax, df[df.component == component], f"{task}: {component} output")
 
     return task_rows(tasks, 2, draw_row, height=2.4)
 
@@ -33,7 +34,12 @@ def patch_attn_mlp(data: dict, tasks: list[str]):
 def patch_heads(data: dict, tasks: list[str]):
     def draw(ax, task):
         df = data["patch_heads"][task]
-        heatmap(ax, df[df.activation == "z"], title=task)
+        z = df[df.activation == "z"]
+        if not z.normaliser_ok.all():
+            not_meaningful(ax, task)
+            return
+        heatmap(ax, z, title=task)
+        mark_significant(ax, z, "layer", "head")
 
     return per_task(tasks, draw, height=2.6, max_cols=2)
 
@@ -44,11 +50,12 @@ def patch_qkv(data: dict, tasks: list[str]):
     shades = plt.cm.viridis(np.linspace(0.1, 0.9, len(acts)))
 
     def draw(ax, task):
-        df = data["patch_heads"][task].set_index(["layer", "head", "activation"]).value
+        df = data["patch_heads"][task].set_index(["layer", "head", "activation"])
         heads = top_patched_heads(data["patch_heads"][task])
         for i, act in enumerate(acts):
-            ax.bar(np.arange(len(heads)) + (i - 2) * 0.16, [df[(l, h, act)] for l, h in heads], width=0.16,
-                   color=shades[i], label=act)
+            rows = df.loc[[(l, h, act) for l, h in heads]]
+            ax.bar(np.arange(len(heads)) + (i - 2) * 0.16, rows.value, width=0.16, color=shades[i], label=act,
+                   yerr=[rows.value - rows.ci_low, rows.ci_high - rows.value], error_kw={"lw": 0.5})
         ax.set_xticks(range(len(heads)), [head_label(l, h) for l, h in heads])
         ax.axhline(0, color="k", lw=0.6)
         ax.set(title=task, ylabel="patching metric")

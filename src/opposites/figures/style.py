@@ -70,18 +70,36 @@ def heatmap(ax, df, title: str, value: str = "value"):
     ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
 
 
-def position_ticks(ax, df) -> None:
-    """x ticks: each position's role (or its token) from a patching table."""
-    labels = df.drop_duplicates("pos").sort_values("pos")
-    ax.set_xticks(labels.pos, [r.role or repr(r.token.strip() or r.token)[1:-1][:8]
-                               for r in labels.itertuples()], rotation=90)
+def not_meaningful(ax, title: str) -> bool:
+    """Blank a panel whose normalised metric has a normaliser indistinguishable from 0 (say so)."""
+    ax.text(0.5, 0.5, "clean and corrupted not distinguishable:\nnormalised patching not meaningful",
+            ha="center", va="center", fontsize=6, transform=ax.transAxes)
+    ax.set(title=title, xticks=[], yticks=[])
+    ax.grid(False)
+    return True
 
 
-def position_heatmap(ax, df, title: str) -> None:
-    grid = df.pivot(index="layer", columns="pos", values="value").to_numpy()  # (layer, pos)
+def mark_significant(ax, df, index: str, columns: str, order: list | None = None) -> None:
+    """A dot on each heatmap cell whose 95% interval excludes 0."""
+    sig = df.assign(sig=(df.ci_low > 0) | (df.ci_high < 0)).pivot(index=index, columns=columns, values="sig")
+    if order is not None:
+        sig = sig[order]
+    ys, xs = np.nonzero(sig.to_numpy(dtype=bool))
+    ax.scatter(xs, ys, s=3, color="k", marker="o", linewidths=0)
+
+
+def role_heatmap(ax, df, title: str) -> None:
+    """Layer x role grid of a role-aligned patching table (roles in the table's order), diverging
+    around 0; dots mark cells whose interval excludes 0."""
+    if not df.normaliser_ok.all():
+        not_meaningful(ax, title)
+        return
+    roles = list(dict.fromkeys(df.role))
+    grid = df.pivot(index="layer", columns="role", values="value")[roles].to_numpy()  # (layer, role)
     lim = max(float(np.nanmax(np.abs(grid))), 1e-9)
     im = ax.imshow(grid, cmap="RdBu", norm=TwoSlopeNorm(0, -lim, lim), aspect="auto", origin="lower")
-    position_ticks(ax, df)
+    mark_significant(ax, df, "layer", "role", roles)
+    ax.set_xticks(range(len(roles)), roles, rotation=90)
     ax.set(title=title, ylabel="layer")
     ax.grid(False)
     ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03)

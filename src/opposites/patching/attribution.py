@@ -14,7 +14,7 @@ ACTIVATIONS = ("z", "q", "k", "v", "pattern")
 
 
 def head_attribution(pair: Pair) -> dict[str, Tensor]:
-    """activation -> (layer, head) sums over prompts of the estimated patched logit difference."""
+    """activation -> (layer, head, batch): each prompt's estimated patched logit difference."""
     with torch.enable_grad():
         run = engine.full_forward(pair.weights, pair.base_tokens, keep_grad=True)
         ld = engine.read_logit_diff(pair.weights, run["resid_final"][:, -1], pair.dir, pair.bias)
@@ -26,6 +26,6 @@ def head_attribution(pair: Pair) -> dict[str, Tensor]:
             key = f"{act}.{layer}"
             est = (pair.src[key] - pair.base[key]) * run[key].grad  # (batch, pos, head, d_head) or (batch, head, q, k)
             head_dim = 1 if act == "pattern" else 2
-            per_layer.append(est.transpose(1, head_dim).flatten(2).sum((0, 2)))  # (head,)
-        out[act] = torch.stack(per_layer) + pair.base_ld.sum()
+            per_layer.append(est.transpose(1, head_dim).flatten(2).sum(2).T)  # (head, batch)
+        out[act] = torch.stack(per_layer) + pair.base_ld  # (layer, head, batch)
     return out

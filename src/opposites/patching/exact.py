@@ -1,9 +1,14 @@
 """Exact activation patching on top of engine.py: one generic sweep, thin named specialisations.
 
 The config's `patch_direction` is decided here once (RUNS): denoising runs the corrupted prompts
-and patches in clean activations; noising the reverse. Each sweep returns, per patched component, the *sum over prompts* of the patched logit
-difference, so batches of different lengths add up; `normalise` turns sums into the metric
-(patched - corrupted) / (clean - corrupted) on the mean logit difference (0 = corrupted, 1 = clean).
+and patches in clean activations; noising the reverse. Each sweep returns, per patched component, the patched logit difference *of every prompt* (last
+axis: the batch), so batches of different lengths concatenate and intervals can be bootstrapped over
+prompts; `normalise` turns them into the metric (patched - corrupted) / (clean - corrupted) on the
+mean logit difference (0 = corrupted, 1 = clean).
+
+Position-wise sweeps are aligned by *role*: each variant patches a (batch, pos) mask, so one variant
+patches every prompt at its own position of a role (IO, S2, ADJ1, END, ...; `role_masks`), whatever
+the prompt's template.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class Pair:
     base_ld: Tensor  # (batch,)
     src_ld: Tensor
     base_tokens: Tensor  # (batch, pos)
+    rows: list[dict]  # the prompts, for their role positions
     clean_ld: Tensor  # (batch,): the clean and corrupted runs' logit differences, whichever is base
     corrupted_ld: Tensor
 
@@ -60,7 +66,7 @@ def prepare(model, weights: Weights, batch: Batch, patch_direction: str) -> Pair
     runs = {name: engine.full_forward(weights, tokens[name]) for name in (base_name, src_name)}
     ld = {name: engine.read_logit_diff(weights, run["resid_final"][:, -1], d, bias) for name, run in runs.items()}
     return Pair(weights, runs[base_name], runs[src_name], first_difference(batch.clean, batch.corrupted),
-                d.detach(), bias.detach(), ld[base_name], ld[src_name], tokens[base_name],
+                d.detach(), bias.detach(), ld[base_name], ld[src_name], tokens[base_name], batch.rows,
                 ld["clean"], ld["corrupted"])
 
 
@@ -68,8 +74,8 @@ def prepare(model, weights: Weights, batch: Batch, patch_direction: str) -> Pair
 
 def sweep(pair: Pair, layer: int, stage: str, n_variants: int,
           delta: Callable[[slice], Tensor], max_seqs: int = 2048) -> Tensor:
-    """Sum over prompts of the logit difference for each variant of the residual stream at
-    (layer, stage), stage 'pre' (before the layer; layer == n_layers: the final residual) or 'mid'
+    """(variant, batch): the logit difference of each prompt for each variant of the residual stream
+    at (layer, stage), stage 'pre' (before the layer; layer == n_layers: the final residual) or 'mid'
     (after its attention). delta(variant slice) -> (variants, batch, pos, d_model) change of the
     base residual there; only positions from pair.prefix on are run."""
     key = f"resid_{stage}.{layer}" if layer < pair.weights.n_layers else "resid_final"
@@ -79,16 +85,33 @@ def sweep(pair: Pair, layer: int, stage: str, n_variants: int,
     for start in range(0, n_variants, step):
         variants = slice(start, min(start + step, n_variants))
         x = x0 + delta(variants)[..., pair.prefix:, :]  # (variant, batch, suffix, d_model)
-        out.append(engine.run_from(pair.weights, layer, stage, x, pair.base, pair.prefix, pair.dir, pair.bias).sum(-1))
+        out.append(engine.run_from(pair.weights, layer, stage, x, pair.base, pair.prefix, pair.dir, pair.bias))
     return torch.cat(out)
 
 
-def at_positions(change: Tensor, positions: list[int], variants: slice) -> Tensor:
-    """Variants each applying `change` (batch, pos, d_model) at one position."""
-    pos = torch.tensor(positions[variants], device=change.device)
-    mask = torch.zeros(len(pos), change.shape[1], 1, device=change.device)
-    mask[torch.arange(len(pos), device=change.device), pos] = 1.0
-    return mask[:, None] * change  # (variant, batch, pos, d_model)
+def role_masks(pair: Pair, roles: list[str]) -> Tensor:
+    """(role, batch, pos) 0/1 masks: each prompt's own position of each role; the role 'other'
+    covers every position that is neither BOS nor a named role (the tokens in between)."""
+    masks = torch.zeros(len(roles), pair.n, pair.n_pos, dtype=pair.dir.dtype, device=pair.dir.device)
+    for b, row in enumerate(pair.rows):
+        named = set(row["positions"].values())
+        for r, role in enumerate(roles):
+            if role == "other":
+                masks[r, b, [p for p in range(1, pair.n_pos) if p not in named]] = 1.0
+            elif role in row["positions"]:
+                masks[r, b, row["positions"][role]] = 1.0
+    return masks
+
+
+def position_masks(pair: Pair) -> Tensor:
+    """(pos, batch, pos): one variant per position, the same for every prompt (for equal layouts)."""
+    eye = torch.eye(pair.n_pos, dtype=pair.dir.dtype, device=pair.dir.device)
+    return eye[:, None, :].expand(pair.n_pos, pair.n, pair.n_pos)
+
+
+def at_masks(change: Tensor, masks: Tensor, variants: slice) -> Tensor:
+    """Variants each applying `change` (batch, pos, d_model) where its mask (batch, pos) is 1."""
+    return masks[variants, :, :, None] * change  # (variant, batch, pos, d_model)
 
 
 def head_writes(pair: Pair, layer: int, z_new: Tensor) -> Tensor:
@@ -99,31 +122,30 @@ def head_writes(pair: Pair, layer: int, z_new: Tensor) -> Tensor:
 
 # ---- named specialisations -----------------------------------------------------------------------
 
-def suffix_positions(pair: Pair) -> list[int]:
-    return list(range(pair.prefix, pair.n_pos))
-
-
-def by_position(pair: Pair, layer: int, stage: str, change: Tensor) -> Tensor:
-    """(pos,) sums: patch `change` at one position at a time; prefix positions change nothing."""
-    out = pair.base_ld.sum().expand(pair.n_pos).clone()
-    pos = suffix_positions(pair)
-    out[pair.prefix:] = sweep(pair, layer, stage, len(pos), lambda variants: at_positions(change, pos, variants))
+def by_mask(pair: Pair, layer: int, stage: str, change: Tensor, masks: Tensor) -> Tensor:
+    """(mask, batch): patch `change` where each mask is 1. A mask that touches only the shared
+    prefix (where both runs are identical) changes nothing: its rows are the base run's."""
+    live = masks[:, :, pair.prefix:].flatten(1).any(1).nonzero()[:, 0]  # (live mask,)
+    out = pair.base_ld.expand(masks.shape[0], pair.n).clone()
+    if len(live):
+        live_masks = masks[live]
+        out[live] = sweep(pair, layer, stage, len(live), lambda variants: at_masks(change, live_masks, variants))
     return out
 
 
-def resid_pre_by_pos(pair: Pair) -> Tensor:
-    """(layer, pos)"""
-    return torch.stack([by_position(pair, l, "pre", pair.src[f"resid_pre.{l}"] - pair.base[f"resid_pre.{l}"])
+def resid_pre_by_role(pair: Pair, masks: Tensor) -> Tensor:
+    """(layer, role, batch)"""
+    return torch.stack([by_mask(pair, l, "pre", pair.src[f"resid_pre.{l}"] - pair.base[f"resid_pre.{l}"], masks)
                         for l in range(pair.weights.n_layers)])
 
 
-def attn_out_by_pos(pair: Pair) -> Tensor:
-    return torch.stack([by_position(pair, l, "mid", pair.src[f"attn_out.{l}"] - pair.base[f"attn_out.{l}"])
+def attn_out_by_role(pair: Pair, masks: Tensor) -> Tensor:
+    return torch.stack([by_mask(pair, l, "mid", pair.src[f"attn_out.{l}"] - pair.base[f"attn_out.{l}"], masks)
                         for l in range(pair.weights.n_layers)])
 
 
-def mlp_out_by_pos(pair: Pair) -> Tensor:
-    return torch.stack([by_position(pair, l + 1, "pre", pair.src[f"mlp_out.{l}"] - pair.base[f"mlp_out.{l}"])
+def mlp_out_by_role(pair: Pair, masks: Tensor) -> Tensor:
+    return torch.stack([by_mask(pair, l + 1, "pre", pair.src[f"mlp_out.{l}"] - pair.base[f"mlp_out.{l}"], masks)
                         for l in range(pair.weights.n_layers)])
 
 
@@ -141,7 +163,7 @@ def new_z(pair: Pair, layer: int, activation: str) -> Tensor:
 
 
 def head_all_pos(pair: Pair, activation: str = "z") -> Tensor:
-    """(layer, head)"""
+    """(layer, head, batch)"""
     out = []
     for layer in range(pair.weights.n_layers):
         writes = head_writes(pair, layer, new_z(pair, layer, activation))  # (head, batch, pos, d_model)
@@ -149,28 +171,26 @@ def head_all_pos(pair: Pair, activation: str = "z") -> Tensor:
     return torch.stack(out)
 
 
-def head_by_pos(pair: Pair, layers: list[int] | None = None, heads: list[tuple[int, int]] | None = None) -> Tensor:
-    """(layer, head, pos) head-output patching at one position at a time (NaN where not computed:
-    layers/heads restrict the sweep)."""
+def head_by_role(pair: Pair, masks: Tensor, layers: list[int] | None = None,
+                 heads: list[tuple[int, int]] | None = None) -> Tensor:
+    """(layer, head, role, batch) head-output patching at one role's positions at a time (NaN where
+    not computed: layers/heads restrict the sweep)."""
     L, H = pair.weights.n_layers, pair.weights.n_heads
-    out = torch.full((L, H, pair.n_pos), float("nan"), dtype=pair.base_ld.dtype, device=pair.base_ld.device)
-    pos = suffix_positions(pair)
+    out = torch.full((L, H, masks.shape[0], pair.n), float("nan"), dtype=pair.base_ld.dtype, device=pair.base_ld.device)
     for layer in range(L) if layers is None else layers:
         writes = head_writes(pair, layer, pair.src[f"z.{layer}"])
-        chosen = [h for h in range(H) if heads is None or (layer, h) in heads]
-        for h in chosen:
-            out[layer, h] = pair.base_ld.sum()
-            out[layer, h, pair.prefix:] = sweep(pair, layer, "mid", len(pos), lambda variants: at_positions(writes[h], pos, variants))
+        for h in [h for h in range(H) if heads is None or (layer, h) in heads]:
+            out[layer, h] = by_mask(pair, layer, "mid", writes[h], masks)
     return out
 
 
 def path_to_receivers(pair: Pair, sender: tuple[int, int]) -> Tensor:
-    """(layer, head, 3) path patching: the sender head's source-run output reaches only the q, k or v
-    input of one later receiver head (direct path; everything else stays the base run), and the
-    receiver's changed output flows on normally. Layers up to the sender's are NaN."""
+    """(layer, head, 3, batch) path patching: the sender head's source-run output reaches only the q,
+    k or v input of one later receiver head (direct path; everything else stays the base run), and
+    the receiver's changed output flows on normally. Layers up to the sender's are NaN."""
     ls, hs = sender
     L, H = pair.weights.n_layers, pair.weights.n_heads
-    out = torch.full((L, H, 3), float("nan"), dtype=pair.base_ld.dtype, device=pair.base_ld.device)
+    out = torch.full((L, H, 3, pair.n), float("nan"), dtype=pair.base_ld.dtype, device=pair.base_ld.device)
     write = head_writes(pair, ls, pair.src[f"z.{ls}"])[hs]  # (batch, pos, d_model)
     for lr in range(ls + 1, L):
         h = engine.layer_norm(pair.base[f"resid_pre.{lr}"] + write, pair.weights.ln1[lr], pair.weights.eps)
@@ -178,7 +198,7 @@ def path_to_receivers(pair: Pair, sender: tuple[int, int]) -> Tensor:
         base = {n: pair.base[f"{n}.{lr}"] for n in "qkv"}
         writes = torch.cat([head_writes(pair, lr, engine.attend(pair.weights, *(moved[n] if n == kind else base[n] for n in "qkv"))[0])
                             for kind in "qkv"])  # (3*head, batch, pos, d_model), kind-major
-        out[lr] = sweep(pair, lr, "mid", 3 * H, lambda variants: writes[variants]).view(3, H).T
+        out[lr] = sweep(pair, lr, "mid", 3 * H, lambda variants: writes[variants]).view(3, H, pair.n).transpose(0, 1)
     return out
 
 
@@ -188,5 +208,6 @@ def batches_of_pairs(model, batches: Iterator[Batch], patch_direction: str) -> I
         yield prepare(model, weights, batch, patch_direction)
 
 
-def normalise(patched_sum: Tensor, n: int, clean_mean: float, corrupted_mean: float) -> Tensor:
-    return (patched_sum / n - corrupted_mean) / (clean_mean - corrupted_mean)
+def normalise(patched: Tensor, clean_mean: float, corrupted_mean: float) -> Tensor:
+    """(mean patched - corrupted) / (clean - corrupted), patched (..., prompt)."""
+    return (patched.mean(-1) - corrupted_mean) / (clean_mean - corrupted_mean)

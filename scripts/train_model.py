@@ -1,0 +1,18 @@
+"""Train the offline model (model=trained) on the configured tasks' sentences; evaluate it on the
+pipeline's own evaluation prompts (the same rows the prompts rule writes, drawn with the config's
+seed and never in the training corpus) and write it only if it learned every task."""
+
+from _common import setup_logging
+
+from opposites import training
+from opposites.models import gpt2_tokenizer
+from opposites.prompts import make_prompts
+
+sm = snakemake  # noqa: F821
+log = setup_logging(sm)
+p = sm.params
+tokenizer = gpt2_tokenizer()
+eval_rows = {t: make_prompts(t, tokenizer, p.n_prompts, p.seed, p.min_prompts)[0] for t in p.tasks}
+record = training.train(p.tasks, sm.output[0], p.seed, eval_rows, **p.train)
+log.info("trained %d parameters in %.1f s; %s", record["n_parameters"], record["train_seconds"],
+         "; ".join(f"{t}: top-1 {m['top1']:.3f}, logit diff {m['logit_diff']:.2f}" for t, m in record["metrics"].items()))

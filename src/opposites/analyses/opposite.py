@@ -1,0 +1,94 @@
+"""What the "opposite minus repeat" contrast cannot separate (opposite tasks only).
+
+The main metric, answer - wrong with wrong = ADJ1 repeated, lights up alike for a head that copies
+ADJ1, one that suppresses copying and one that maps ADJ1 to its opposite. Two analyses tell them apart:
+  head_logits  each head's (and MLP layer's) direct contribution at END to the *answer* logit and to
+               the *wrong* (repeated) logit separately, each relative to the mean logit of the task's
+               unrelated adjectives (tasks/<task>.yaml: unrelated), through the run's final LayerNorm
+               scale. A copy-like head raises the wrong logit, a copy-suppressing head lowers it, an
+               opposite-mapping head raises the answer without raising the wrong token.
+  control      a control corruption: ADJ1 replaced by an unrelated adjective (one with no opposite).
+               If the model maps ADJ1 to its opposite, the answer's relative logit falls; if it only
+               reacts to "an adjective was here", it stays.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pandas as pd
+import torch
+
+from opposites.core import batches, end_state, ln_final
+from opposites.prompts import fill, load_spec
+from opposites.stats import mean_ci
+
+
+def unrelated_ids(model, task: str) -> torch.Tensor:
+    return torch.tensor([model.to_single_token(" " + w) for w in load_spec(task)["unrelated"]], device=model.cfg.device)
+
+
+def _relative(model, token: torch.Tensor, unrelated: torch.Tensor) -> torch.Tensor:
+    """(batch, d_model): unembedding of each prompt's token minus the mean unrelated unembedding."""
+    return (model.W_U[:, token] - model.W_U[:, unrelated].mean(-1, keepdim=True)).T
+
+
+def head_logits(model, rows: list[dict], batch_size: int, seed: int) -> pd.DataFrame:
+    unrelated = unrelated_ids(model, rows[0]["task"])
+    parts: dict[str, list[torch.Tensor]] = {"answer": [], "wrong": []}
+    for batch in batches(model, rows, batch_size, desc="answer/wrong logits"):
+        s = end_state(model, batch)
+        comps = torch.cat([s.heads.flatten(0, 1), s.mlp])  # (head... then MLP layers, batch, d_model)
+        normed = ln_final(model, comps, s.scale)
+        for target, token in (("answer", batch.answer), ("wrong", batch.wrong)):
+            parts[target].append((normed * _relative(model, token, unrelated)).sum(-1).double().cpu())  # (comp, batch)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    labels = [(l, h, f"{l}.{h}") for l in range(L) for h in range(H)] + [(l, -1, f"MLP {l}") for l in range(L)]
+    out = []
+    for target, chunks in parts.items():
+        est = mean_ci(torch.cat(chunks, -1), seed)  # (comp,)
+        out.append(pd.DataFrame({"component": [c for *_, c in labels], "layer": [l for l, *_ in labels],
+                                 "head": [h for _, h, _ in labels], "target": target, "value": est.value.cpu().numpy(),
+                                 "ci_low": est.ci_low.cpu().numpy(), "ci_high": est.ci_high.cpu().numpy(), "n": est.n}))
+    return pd.concat(out)
+
+
+def control_rows(rows: list[dict], tokenizer, seed: int) -> list[dict]:
+    """Each prompt with ADJ1 replaced by an unrelated adjective (same names, template and length)."""
+    spec = load_spec(rows[0]["task"])
+    rng = random.Random(f"control-{rows[0]['task']}-{seed}")
+    out = []
+    for r in rows:
+        template = spec["templates"][r["template"]]
+        filled = fill(template, {**r["words"], "ADJ1": rng.choice(spec["unrelated"])}, tokenizer, spec["roles"])
+        if filled is not None and filled[1] == r["positions"]:
+            out.append({**r, "clean": filled[0], "corrupted": filled[0]})
+    return out
+
+
+def _answer_stats(model, rows, batch_size, unrelated) -> dict[str, torch.Tensor]:
+    rel, top1 = [], []
+    for batch in batches(model, rows, batch_size, desc="control"):
+        last = model(batch.clean)[:, -1]  # (batch, vocab)
+        answer = last.gather(1, batch.answer[:, None])[:, 0]
+        rel.append((answer - last[:, unrelated].mean(-1)).double().cpu())
+        top1.append((last.argmax(-1) == batch.answer).double().cpu())
+    return {"rel": torch.cat(rel), "top1": torch.cat(top1)}
+
+
+def control(model, rows: list[dict], batch_size: int, seed: int) -> dict:
+    """The answer's logit relative to the unrelated adjectives, and its top-1 rate, on the clean
+    prompts and on the control prompts (ADJ1 unrelated); the drop is paired by prompt."""
+    unrelated = unrelated_ids(model, rows[0]["task"])
+    ctrl = control_rows(rows, model.tokenizer, seed)
+    kept = {r["id"] for r in ctrl}
+    clean = _answer_stats(model, [r for r in rows if r["id"] in kept], batch_size, unrelated)
+    controlled = _answer_stats(model, ctrl, batch_size, unrelated)
+    result = {"n": len(ctrl)}
+    for key, x in (("answer_rel_clean", clean["rel"]), ("answer_rel_control", controlled["rel"]),
+                   ("answer_rel_drop", clean["rel"] - controlled["rel"]), ("top1_clean", clean["top1"]),
+                   ("top1_control", controlled["top1"])):
+        est = mean_ci(x, seed)
+        result |= {key: est.value.item(), f"{key}_ci95": [est.ci_low.item(), est.ci_high.item()]}
+    result["example"] = ctrl[0]["clean"] if ctrl else None
+    return result
