@@ -35,6 +35,23 @@ def hf_toy(toy_dir):
 
 
 @pytest.fixture(scope="session")
+def trained_dir(tmp_path_factory, tokenizer):
+    """The model=trained model, trained once per test session exactly as the pipeline trains it:
+    config.yaml's `train:` block and seed, evaluated on the pipeline's prompts (n_prompts, seed)."""
+    import yaml
+
+    from opposites import training
+    from opposites.config import validate
+
+    config = validate(yaml.safe_load((REPO / "config.yaml").read_text()))
+    rows = {t: make_prompts(t, tokenizer, config["n_prompts"], config["seed"], config["min_prompts"])[0]
+            for t in config["tasks"]}
+    out = tmp_path_factory.mktemp("trained") / "model"
+    training.train(config["tasks"], out, config["seed"], rows, **config.get("train", {}))
+    return out
+
+
+@pytest.fixture(scope="session")
 def rows(tokenizer):
     """A few prompts of every task, several template lengths mixed."""
     return {t: make_prompts(t, tokenizer, 12, seed=0, min_prompts=4)[0] for t in ("ioi", "size", "antonym", "isa")}

@@ -49,3 +49,12 @@ def test_local_dir_slug(tmp_path):
     d = tmp_path / "my-model"
     d.mkdir()
     assert config.model_kind(str(d)) == "local" and config.model_slug(str(d)) == "my-model"
+
+
+def test_train_block_is_validated_with_its_own_keys():
+    with pytest.raises(config.ConfigError, match="'step' under 'train' not recognised; allowed keys are n_layer"):
+        config.validate(base(train={"step": 10}))
+    with pytest.raises(config.ConfigError, match="train.steps"):
+        config.validate(base(train={"steps": 0}))
+    assert config.validate(base(model="trained", train={"steps": 10}))["train"] == {"steps": 10}
+    assert config.model_slug("trained") == "trained"

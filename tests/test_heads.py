@@ -124,16 +124,41 @@ def test_head_logit_contributions_difference_is_dla(toy64, rows):
         assert value == pytest.approx(per_prompt[layer, head, order.index(pid)].item(), abs=1e-8)
 
 
-def test_similarity_is_symmetric_and_bounded(toy, rows):
-    df = meaning.similarity(toy, rows["size"], 8, seed=0)
-    assert df.cosine.between(-1 - 1e-6, 1 + 1e-6).all()
-    assert set(df.relation) == {"opposite", "synonym", "random"} and set(df.space) == {"embed", "unembed", "resid"}
-    E = toy.W_E
-    a, b = toy.to_single_token(" tall"), toy.to_single_token(" short")
-    assert torch.cosine_similarity(E[a], E[b], dim=0).item() == pytest.approx(
-        torch.cosine_similarity(E[b], E[a], dim=0).item())
-    row = df[(df.space == "embed") & (df.a == "tall") & (df.b == "short")]
-    assert row.cosine.item() == pytest.approx(torch.cosine_similarity(E[a], E[b], dim=0).item(), abs=1e-6)
+def test_similarity_finds_planted_opposites_and_centres_the_residual(tmp_path, tokenizer, rows):
+    """Embeddings planted so that each opposite pair is mirrored (cosine -1) and each synonym pair
+    identical (cosine +1): the table must say so, pair by pair; and the residual cosines are those of
+    the centred residuals (mean over the compared words subtracted), checked against a direct run."""
+    from opposites.prompts import load_spec
+    from opposites.words import relation_pairs
+
+    spec = load_spec("size")
+
+    def plant(net):
+        E = net.transformer.wte.weight
+        for a, b in spec["pairs"]:
+            E[tokenizer(" " + b)["input_ids"][0]] = -E[tokenizer(" " + a)["input_ids"][0]]
+        for a, b in spec["synonyms"]:
+            if not any(b in p for p in spec["pairs"]):
+                E[tokenizer(" " + b)["input_ids"][0]] = E[tokenizer(" " + a)["input_ids"][0]]
+
+    model = models.load("toy", models.build_gpt2(tmp_path / "m", 2, 2, 64, seed=3, edit=plant), "cpu")
+    df = meaning.similarity(model, rows["size"], 8, seed=0)
+    embed = df[df.space == "embed"]
+    assert embed[embed.relation == "opposite"].cosine.to_numpy() == pytest.approx(-1.0, abs=1e-5)
+    planted_syn = [(a, b) for a, b in spec["synonyms"] if not any(b in p for p in spec["pairs"])]
+    syn = embed[embed.relation == "synonym"].set_index(["a", "b"]).cosine
+    assert all(syn[pair] == pytest.approx(1.0, abs=1e-5) for pair in planted_syn) and planted_syn
+    assert embed[embed.relation == "random"].cosine.abs().max() < 0.9
+
+    words = sorted({w for ps in relation_pairs("size", 0).values() for p in ps for w in p})
+    resid = meaning._adj_residuals(model, spec, words)[:, -1]  # (word, d_model), last layer
+    centred = resid - resid.mean(0)
+    a, b = " tall", " short"
+    want = torch.cosine_similarity(centred[words.index(a)], centred[words.index(b)], dim=0).item()
+    got = df[(df.space == "resid") & (df.layer == 1) & (df.a == "tall") & (df.b == "short")].cosine.item()
+    assert got == pytest.approx(want, abs=1e-5)
+    raw = torch.cosine_similarity(resid[words.index(a)], resid[words.index(b)], dim=0).item()
+    assert abs(raw - got) > 1e-3  # centring changes the answer on this model
 
 
 def test_answer_minus_wrong_contributions_equal_head_dla(toy, rows):

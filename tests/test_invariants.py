@@ -87,3 +87,16 @@ def test_head_dla_matches_transformer_lens_stack_head_results(toy, rows):
     reference = (cache.apply_ln_to_stack(heads, layer=-1, pos_slice=-1) * d).sum(-1).mean(-1)
     ours = head_dla.run(toy, batch.rows, batch_size=8, seed=0)
     torch.testing.assert_close(torch.tensor(ours.value.to_numpy()), reference.double(), atol=1e-4, rtol=0)
+
+
+def test_folded_bias_is_its_own_component(toy, rows):
+    """Per-head DLA omits each head's constant write (folded into b_O): the lens shows it as its own
+    component, heads + folded bias = the attention term, and on this toy (random biases) it is not 0."""
+    r = rows["antonym"]
+    lens = logit_lens.run(toy, r, batch_size=5, seed=0).set_index(["kind", "label", "layer"]).value
+    dla = head_dla.run(toy, r, batch_size=5, seed=0).groupby("layer").value.sum()
+    for layer in range(toy.cfg.n_layers):
+        heads, folded = lens[("attn_split", "heads", layer)], lens[("attn_split", "folded_bias", layer)]
+        assert heads + folded == pytest.approx(lens[("decomposed", "attn", layer)], abs=1e-6)
+        assert heads == pytest.approx(dla[layer], abs=1e-6)
+    assert max(abs(lens[("attn_split", "folded_bias", l)]) for l in range(toy.cfg.n_layers)) > 1e-3

@@ -31,9 +31,11 @@ def test_roles_hold_the_expected_words(tokenizer):
         corrupted = tokenizer(r["corrupted"])["input_ids"]
         assert tokenizer.decode([corrupted[r["positions"]["S2"] - 1]]) not in (r["answer"], r["wrong"])  # ABC
     size, _ = make_prompts("size", tokenizer, 20, seed=0, min_prompts=8)
-    for r in size:  # corrupted swaps ADJ1 for its opposite: the answer flips
-        assert r["corrupted"].replace(r["answer"].strip(), r["wrong"].strip()) == r["clean"] or \
-            r["answer"].strip() in r["corrupted"]
+    for r in size:  # clean ADJ1 is the wrong (repeated) token; corrupted swaps in its opposite, the answer
+        at = lambda text: tokenizer.decode([tokenizer(text)["input_ids"][r["positions"]["ADJ1"] - 1]])  # noqa: E731
+        assert at(r["clean"]) == r["wrong"] and at(r["corrupted"]) == r["answer"]
+        assert tokenizer(r["clean"])["input_ids"][:r["positions"]["ADJ1"] - 1] == \
+            tokenizer(r["corrupted"])["input_ids"][:r["positions"]["ADJ1"] - 1]
 
 
 def test_same_seed_same_rows(tokenizer):
@@ -59,6 +61,8 @@ def _spec_with(monkeypatch, tmp_path, **changes):
     ({"names": ["John", "John", "Mary"]}, "duplicates"),
     ({"family": "colours"}, "family 'colours' is unknown"),
     ({"templates": ["{NAME1} is nice. {NAME2} is"]}, "lacks role"),
+    ({"pairs": [["big", "small"], ["large", "small"]]}, "'small' has two opposites"),
+    ({"unrelated": ["tall", "blue"]}, r"unrelated adjective\(s\) \['tall'\]"),
 ])
 def test_bad_word_lists_rejected(monkeypatch, tmp_path, tokenizer, changes, match):
     _spec_with(monkeypatch, tmp_path, **changes)
@@ -74,7 +78,7 @@ def test_multi_token_words_dropped_then_too_few_is_an_error(monkeypatch, tmp_pat
 
 def test_entity_in_two_categories_rejected(monkeypatch, tmp_path, tokenizer):
     spec = yaml.safe_load(prompts.task_file("isa").read_text())
-    spec["categories"]["color"].append("apple")
+    spec["categories"]["tool"].append("apple")
     path = tmp_path / "isa.yaml"
     path.write_text(yaml.safe_dump(spec))
     monkeypatch.setattr(prompts, "task_file", lambda task: path)

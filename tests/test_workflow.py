@@ -80,3 +80,20 @@ def test_bad_config_key_stops_with_one_sentence(workdir):
     proc = snakemake(workdir, "-n", "paper", "--config", "model=toy", "n_promts=3", check=False)
     assert proc.returncode != 0
     assert "config key(s) 'n_promts' not recognised; allowed keys are" in proc.stdout + proc.stderr
+
+
+def test_trained_model_paper_builds_offline(tmp_path, trained_dir):
+    """model=trained end to end, reusing the session's trained model (training it is the rule
+    train_model; test_training.py and test_trained.py check it): the paper builds, names the model as
+    trained offline, and the rule would not retrain an up-to-date model."""
+    import shutil
+
+    work = copy_workflow(tmp_path)
+    shutil.copytree(trained_dir, work / "results/trained/model")
+    args = ["--config", "model=trained", "n_prompts=24"]
+    planned = jobs(snakemake(work, "-n", "paper", *args))
+    assert "train_model" not in planned and planned["paper_pdf"] == 1
+    snakemake(work, "--cores", "2", "paper", *args)
+    pdf = work / "results/trained/paper/paper.pdf"
+    text = " ".join(subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout.split())
+    assert "trained offline by this pipeline" in text and "say nothing about GPT-2" in text

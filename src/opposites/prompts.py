@@ -106,6 +106,17 @@ def validate_spec(task: str, spec: dict[str, Any]) -> None:
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(w, str) and w.strip() for w in pair)
                 and pair[0] != pair[1]):
             raise TaskError(f"{where}: pair {pair!r} must be two different words, like [tall, short].")
+    partner: dict[str, str] = {}
+    for a, b in spec.get("pairs", []):
+        for word, other in ((a, b), (b, a)):
+            if word in partner:
+                raise TaskError(f"{where}: {word!r} has two opposites ({partner[word]!r} and {other!r}), so the "
+                                "labelled answer would be arbitrary; keep one pair per word.")
+            partner[word] = other
+    clash = sorted(set(spec.get("unrelated", [])) & set(partner))
+    if clash:
+        raise TaskError(f"{where}: unrelated adjective(s) {clash} also appear in pairs; 'unrelated' must "
+                        "list adjectives with no opposite in the task.")
     seen: dict[str, str] = {}
     for cat, words in spec.get("categories", {}).items():
         for w in words:

@@ -49,7 +49,13 @@ def patch_facts(data: dict, task: str) -> dict:
     follow = data["patch_followup"][task]
     path = pd.DataFrame(follow["path"])
     best_path = None if path.empty else path.loc[path.value.abs().idxmax()].to_dict()
+    role = data["prompts"][task][0]["changed"][0]  # where the corruption changes a word
+    at = lambda r: resid[resid.role == r].set_index("layer").value  # noqa: E731
+    held = [int(l) for l, v in at(role).items() if v >= 0.5]
+    arrived = [int(l) for l, v in at("END").items() if v >= 0.5]
     return {
+        "route": {"role": role, "last_at_role": max(held) if held else None,
+                  "first_at_end": min(arrived) if arrived else None},
         "top_head": head_label(top.layer, top["head"]), "top_head_value": float(top.value),
         "top_head_ci": [float(top.ci_low), float(top.ci_high)],
         "resid_first": peak(first).to_dict(), "resid_last": peak(last).to_dict(),
@@ -76,7 +82,7 @@ def head_facts(data: dict, task: str) -> dict:
         best = part.loc[part.value.idxmax()]
         scores[kind] = {"head": head_label(best.layer, best["head"]), "value": float(best.value),
                         "mean": float(part.value.mean()),
-                        "qk": end_attention_to_roles(att, int(best.layer), int(best["head"]), load_spec(task)["roles"])}
+                        "qk": end_attention_to_roles(att, int(best.layer), int(best["head"]), [load_spec(task)["copy_role"]])}
     n = data["neurons"][task].iloc[0]
     facts = {"head": head_label(layer, head), "focus_role": str(focus.src_role), "focus_value": float(focus.value),
              "logit_r": float(hl.contribution.corr(hl.answer_logit)), "scores": scores,

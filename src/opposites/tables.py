@@ -57,7 +57,7 @@ def copy_top(data: dict, tasks: list[str]) -> str:
     rows = []
     for task in tasks:
         df, att = data["copy_scores"][task], data["attention"][task]
-        roles = load_spec(task)["roles"]
+        roles = [load_spec(task)["copy_role"]]
         for kind in ("copy", "negative_copy", "opposite"):
             part = df[df.score_type == kind].nlargest(3, "value")
             if part.empty:
@@ -66,7 +66,7 @@ def copy_top(data: dict, tasks: list[str]) -> str:
                      for r in part.itertuples()]
             rows.append([tex_escape(task), tex_escape(kind.replace("_", " ")), fmt(df[df.score_type == kind].value.mean()),
                          "; ".join(cells)])
-    return tabular(r"l l r p{8cm}", ["task", "score", "mean", "top heads: score (END attention to roles)"], rows)
+    return tabular(r"l l r p{8cm}", ["task", "score", "mean", "top heads: score (END attention to the copied role)"], rows)
 
 
 @table

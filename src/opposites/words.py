@@ -29,14 +29,17 @@ def opposites(task: str) -> dict[str, set[str]]:
 
 
 def relation_pairs(task: str, seed: int, n_random: int | None = None) -> dict[str, list[tuple[str, str]]]:
-    """Word pairs by relation: opposite (the task's pairs), synonym, and random (adjectives of the task
-    that are neither opposites nor synonyms of each other), as words with a leading space."""
+    """Word pairs by relation: opposite (the task's pairs), synonym, and random (a task adjective with
+    one of the task's unrelated adjectives, outside the opposite field; without that list, two task
+    adjectives that are neither opposites nor synonyms), as words with a leading space."""
     spec = load_spec(task)
     opp = [tuple(p) for p in spec.get("pairs", [])]
     syn = [tuple(p) for p in spec.get("synonyms", [])]
     related = {frozenset(p) for p in opp + syn}
     words = sorted({w for p in opp for w in p})
-    candidates = [(a, b) for i, a in enumerate(words) for b in words[i + 1:] if frozenset((a, b)) not in related]
+    unrelated = sorted(spec.get("unrelated", []))
+    candidates = ([(a, b) for a in words for b in unrelated] if unrelated else  # from outside the adjective field
+                  [(a, b) for i, a in enumerate(words) for b in words[i + 1:] if frozenset((a, b)) not in related])
     rng = random.Random(f"{task}-pairs-{seed}")
     rand = rng.sample(candidates, min(len(candidates), n_random or len(opp)))
     space = lambda ps: [(" " + a, " " + b) for a, b in ps]  # noqa: E731

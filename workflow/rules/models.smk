@@ -9,7 +9,7 @@ if cfg.model_kind(MODEL) == "trained":
         output:
             directory(MODEL_DIR),
         params:
-            train=config["train"],
+            train=config.get("train", {}),
             seed=config["seed"],
             tasks=TASKS,
             n_prompts=config["n_prompts"],

@@ -7,6 +7,11 @@ kinds:
                            through `apply_ln_to_stack(layer=-1)`), without the constant bias terms
   decomposed               what each layer's attention (incl. b_O) and MLP write, plus the
                            embeddings and the constant bias terms; these sum to the logit difference
+  attn_split               each layer's attention term split into its heads (the sum of their
+                           per-head DLA) and the folded bias: b_O, into which TransformerLens folds
+                           every head's constant write (b_V + LayerNorm-1 bias . W_V) . W_O. Per-head
+                           attributions leave that constant out; here it is its own component, so
+                           heads + folded bias = the attention term.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ def per_prompt(model, state) -> list[tuple[str, str, int, torch.Tensor]]:
     for layer in range(model.cfg.n_layers):
         attn = state.heads[layer].sum(0) + state.attn_bias[layer]  # (batch, d_model)
         rows.append(("decomposed", "attn", layer, read_out(model, state, attn)))
+        rows.append(("attn_split", "heads", layer, read_out(model, state, state.heads[layer]).sum(0)))
+        rows.append(("attn_split", "folded_bias", layer, read_out(model, state, state.attn_bias[layer].expand_as(attn))))
         rows.append(("decomposed", "mlp", layer, read_out(model, state, state.mlp[layer])))
     rows.append(("decomposed", "bias", -1, state.bias_diff))
     return rows

@@ -15,30 +15,44 @@ def _cos_dot(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return torch.cosine_similarity(a, b, dim=-1).item(), (a * b).sum(-1).item()
 
 
+def _adj_residuals(model, spec: dict, words: list[str]) -> torch.Tensor | None:
+    """(word, layer, d_model): the residual after every layer at ADJ1 in the task's first template,
+    the same names around each word; None when a word does not fill the template as one token."""
+    names = dict(zip(("NAME1", "NAME2"), spec["names"][:2]))
+    filled = [fill(spec["templates"][0], {**names, "ADJ1": w.strip()}, model.tokenizer, spec["roles"]) for w in words]
+    if None in filled or len({len(model.to_tokens(t)[0]) for t, _ in filled}) != 1:
+        return None
+    hooks = [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(model.to_tokens([t for t, _ in filled]), names_filter=lambda n: n in hooks)
+    pos = filled[0][1]["ADJ1"]
+    return torch.stack([cache[h][:, pos] for h in hooks], 1)  # (word, layer, d_model)
+
+
 def similarity(model, rows, batch_size, seed: int) -> pd.DataFrame:
-    """Cosine similarity and dot product of opposite, synonym and random word pairs: token embedding
-    (W_E rows), unembedding (W_U columns), and the residual stream after every layer at the
-    adjective position of the task's first template (same names, only the adjective differs)."""
-    task = rows[0]["task"]
-    spec = load_spec(task)
-    pairs = relation_pairs(task, seed)
+    """Cosine similarity and dot product of opposite, synonym and random word pairs (random: a task
+    adjective with an unrelated one): token embedding (W_E rows), unembedding (W_U columns; tied
+    to W_E in GPT-2, so not an independent view), and the residual stream after every layer at the
+    adjective position of the task's first template. Residuals are centred first: the mean over all
+    the words compared, at that layer and position, is subtracted, since a component shared by every
+    adjective otherwise puts every pair near cosine 1."""
+    spec = load_spec(rows[0]["task"])
+    pairs = relation_pairs(rows[0]["task"], seed)
     out = []
     for relation, ps in pairs.items():
         for a, b in ps:
             ia, ib = model.to_single_token(a), model.to_single_token(b)
             for space, M in (("embed", model.W_E), ("unembed", model.W_U.T)):
                 out.append((space, -1, relation, a.strip(), b.strip(), *_cos_dot(M[ia], M[ib])))
-            names = dict(zip(("NAME1", "NAME2"), spec["names"][:2]))
-            filled = [fill(spec["templates"][0], {**names, "ADJ1": w.strip()}, model.tokenizer, spec["roles"]) for w in (a, b)]
-            if None in filled:
-                continue
-            (ta, pos), (tb, _) = filled
-            L = model.cfg.n_layers
-            names_ = {f"blocks.{l}.hook_resid_post" for l in range(L)}
-            _, cache = model.run_with_cache(model.to_tokens([ta, tb]), names_filter=lambda n: n in names_)
-            for layer in range(L):
-                r = cache[f"blocks.{layer}.hook_resid_post"][:, pos["ADJ1"]]  # (2, d_model)
-                out.append(("resid", layer, relation, a.strip(), b.strip(), *_cos_dot(r[0], r[1])))
+    words = sorted({w for ps in pairs.values() for p in ps for w in p})
+    resid = _adj_residuals(model, spec, words)
+    if resid is not None:
+        centred = resid - resid.mean(0, keepdim=True)  # (word, layer, d_model)
+        index = {w: i for i, w in enumerate(words)}
+        for relation, ps in pairs.items():
+            for a, b in ps:
+                for layer in range(model.cfg.n_layers):
+                    ra, rb = centred[index[a], layer], centred[index[b], layer]
+                    out.append(("resid", layer, relation, a.strip(), b.strip(), *_cos_dot(ra, rb)))
     return pd.DataFrame(out, columns=["space", "layer", "relation", "a", "b", "cosine", "dot"])
 
 
