@@ -43,6 +43,8 @@ def trained_dir(tmp_path_factory, tokenizer):
     from opposites import training
     from opposites.config import validate
 
+    if os.environ.get("OPPOSITES_TRAINED_DIR"):  # a model already trained with this config (saves minutes)
+        return Path(os.environ["OPPOSITES_TRAINED_DIR"])
     config = validate(yaml.safe_load((REPO / "config.yaml").read_text()))
     rows = {t: make_prompts(t, tokenizer, config["n_prompts"], config["seed"], config["min_prompts"])[0]
             for t in config["tasks"]}

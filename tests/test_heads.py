@@ -183,9 +183,11 @@ def test_components_are_classified_by_their_intervals():
         return [{"component": comp, "layer": 0, "head": 0, "target": t, "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1}
                 for t, v in (("answer", ans), ("wrong", wrong))]
 
-    df = pd.DataFrame(rows("copy", 0.2, 1.0) + rows("supp", 0.0, -1.0) + rows("opp", 1.0, 0.0) + rows("none", 0.05, 0.05))
+    df = pd.DataFrame(rows("copy", 0.2, 1.0) + rows("supp", 0.0, -1.0) + rows("opp", 1.0, 0.0) + rows("none", 0.05, 0.05)
+                      + rows("both", 11.0, 8.0))  # raises both, the answer more: it maps toward the opposite
     got = dict(zip(*classify_components(df)[["component", "cls"]].T.values))
-    assert got == {"copy": "copy-like", "supp": "copy-suppressing", "opp": "opposite-mapping", "none": "none"}
+    assert got == {"copy": "copy-like", "supp": "copy-suppressing", "opp": "opposite-mapping", "none": "none",
+                   "both": "opposite-mapping"}
 
 
 def test_control_corruption_keeps_everything_but_adj1(tokenizer, rows):

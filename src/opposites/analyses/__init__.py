@@ -63,7 +63,7 @@ ANALYSES: dict[str, Analysis] = {
     "movers": Analysis(target="mechanism:movers", ext="json", stage="heads", settings=("seed",),
                        requires=("patch_heads", "attention")),
     "mapping": Analysis(target="mechanism:mapping", ext="json", stage="heads", settings=("seed",),
-                        requires=("head_logits",), families=("opposite",)),
+                        requires=("head_logits", "movers"), families=("opposite",)),
     "copy_scores": Analysis(target="heads:copy_scores", ext="csv", stage="heads"),
     "similarity": Analysis(target="meaning:similarity", ext="csv", stage="heads", settings=("seed",),
                            families=("opposite",)),

@@ -1,6 +1,7 @@
 """The mechanism, named and tested by ablation. From the results of the other analyses it names:
-  * the movers: the heads with the largest head-output patching effect, each with the template role
-    it attends to most from END (what it moves to the final position);
+  * the movers: the heads that matter by head-output patching (at least 10% of the largest effect)
+    and attend from END to a template role with mean weight >= 0.5, at most four (the top two by
+    patching if none qualify), each with the role it attends to most (what it moves to END);
   * for the opposite tasks, where the opposite mapping happens: the components (heads or MLP
     layers) classed opposite-mapping by their direct answer/wrong contributions, strongest first.
 Each named set is then mean-ablated (its output replaced by the mean over the batch's prompts at
@@ -19,8 +20,9 @@ from opposites.derived import classify_components, head_label, top_patched_heads
 from opposites.prompts import load_spec
 from opposites.stats import mean_ci
 
-K_MOVERS = 2  # heads named as movers
-K_MAPPERS = 2  # opposite-mapping components named
+MAX_MOVERS = 4  # movers: heads that matter by patching (|z| >= 10% of the largest) and attend from END
+MIN_ATTENTION = 0.5  # to a template role with at least this mean weight; the top two by patching if none
+K_MAPPERS = 2  # opposite-mapping components named (largest answer - repeated contribution)
 N_CONTROL_DRAWS = 5  # random head sets of the same size
 
 
@@ -69,24 +71,34 @@ def movers(model, rows, batch_size, seed: int, patch_heads=None, attention=None)
     """The heads that matter most by head-output patching, the role each attends to from END, and
     the test: mean-ablate them vs as many random other heads."""
     roles = load_spec(rows[0]["task"])["roles"]
-    end = attention[attention.dest_role == "END"]
-    named = []
-    for l, h in top_patched_heads(patch_heads, K_MOVERS):
-        att = end[(end.layer == l) & (end["head"] == h) & end.src_role.isin(roles)]
-        top = att.loc[att.value.idxmax()]
-        z = patch_heads[(patch_heads.activation == "z") & (patch_heads.layer == l) & (patch_heads["head"] == h)].iloc[0]
-        named.append({"head": head_label(l, h), "layer": l, "index": h, "patching": float(z.value),
-                      "moves": str(top.src_role), "attention": float(top.value)})
+    end = attention[(attention.dest_role == "END") & attention.src_role.isin(roles)]
+    z = patch_heads[patch_heads.activation == "z"].set_index(["layer", "head"]).value
+    candidates = []
+    for l, h in top_patched_heads(patch_heads, 2 * MAX_MOVERS):
+        top = end[(end.layer == l) & (end["head"] == h)].sort_values("value", ascending=False).iloc[0]
+        candidates.append({"head": head_label(l, h), "layer": l, "index": h, "patching": float(z[(l, h)]),
+                           "moves": str(top.src_role), "attention": float(top.value)})
+    largest = max(abs(c["patching"]) for c in candidates)
+    named = [c for c in candidates if abs(c["patching"]) >= 0.1 * largest and c["attention"] >= MIN_ATTENTION][:MAX_MOVERS]
+    named = named or candidates[:2]
     return {"n": len(rows), "movers": named,
             "ablation": _test(model, rows, batch_size, seed, [(m["layer"], m["index"]) for m in named])}
 
 
-def mapping(model, rows, batch_size, seed: int, head_logits=None) -> dict:
-    """Opposite tasks: the components classed opposite-mapping with the largest answer contribution,
-    and the test: mean-ablate them vs as many random other heads."""
+def mapping(model, rows, batch_size, seed: int, head_logits=None, movers=None) -> dict:
+    """Opposite tasks: the components classed opposite-mapping that push the answer most over the
+    repeated word, and the test: mean-ablate them vs as many random other heads. Also the converse
+    test of the movers: every other head and every MLP mean-ablated, so only the movers (their OV
+    circuits) and the direct path can still map ADJ1 to its opposite."""
     cls = classify_components(head_logits)
-    top = cls[cls.cls == "opposite-mapping"].nlargest(K_MAPPERS, "answer")
+    top = cls[cls.cls == "opposite-mapping"].assign(push=cls.answer - cls.wrong).nlargest(K_MAPPERS, "push")
     named = [{"component": r.component, "answer": float(r.answer), "wrong": float(r.wrong)} for r in top.itertuples()]
     heads = [(int(r.layer), int(r.head)) for r in top.itertuples() if r.head >= 0]
     mlps = [int(r.layer) for r in top.itertuples() if r.head < 0]
-    return {"n": len(rows), "mappers": named, "ablation": _test(model, rows, batch_size, seed, heads, mlps) if named else None}
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    keep = {(m["layer"], m["index"]) for m in movers["movers"]}
+    rest = [(l, h) for l in range(L) for h in range(H) if (l, h) not in keep]
+    only = {"kept": [m["head"] for m in movers["movers"]],
+            **_summary(ablated_logit_diff(model, rows, batch_size, rest, list(range(L))), seed)}
+    return {"n": len(rows), "mappers": named, "ablation": _test(model, rows, batch_size, seed, heads, mlps) if named else None,
+            "movers_only": only}
