@@ -115,10 +115,14 @@ def test_plain_pytorch_head_patch(toy64, hf_toy, rows):
         h = proj.register_forward_pre_hook(patch)
         patched = hf(batch.corrupted).logits
         h.remove()
-    c, k, p = (logit_diff(x, batch).mean().item() for x in (clean, corrupted, patched))
+    p = logit_diff(patched, batch)  # (prompt,)
     pair = exact.prepare(toy64, Weights.from_bridge(toy64), batch, "denoising")
-    ours = exact.normalise(exact.head_all_pos(pair, "z"), c, k)[layer, head].item()
-    assert ours == pytest.approx((p - k) / (c - k), abs=1e-6)
+    ours = exact.head_all_pos(pair, "z")[layer, head]  # (prompt,) patched logit differences
+    # compared before normalising: on this random toy clean - corrupted is ~2e-4, which would amplify
+    # rounding past any fixed tolerance on the ratio. 1e-6: the bridge folds the (random, non-unit)
+    # LayerNorm weights at float32 precision before casting to float64 (seen: 3e-8)
+    torch.testing.assert_close(ours.double(), p.double(), atol=1e-6, rtol=0)
+    assert (p - logit_diff(corrupted, batch)).abs().max() > 1e-6  # the patch changes something
 
 
 def planted_model(tmp_path, layer=1, head=2):

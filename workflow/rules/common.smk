@@ -1,4 +1,6 @@
 # Validate the config, check the model is reachable, and derive every target from the outline.
+from pathlib import Path
+
 from opposites import config as cfg
 from opposites import models, paths
 from opposites.analyses import ANALYSES, SOURCES, STAGES, applies, result_path, settings_of, stage_analyses
@@ -29,6 +31,12 @@ wildcard_constraints:
 def model_input(wildcards=None):
     """The built model directory for toy/random models; nothing for hub ids and local dirs."""
     return [MODEL_DIR] if OFFLINE else []
+
+
+def results_of(path):
+    """results/<model> of an output under results/<model>/<folder>/ (a rule param, so scripts never
+    split paths themselves)."""
+    return str(Path(path).parents[1])
 
 
 def log(rule, **fields):

@@ -15,7 +15,7 @@ rule figure:
         paths.fill(paths.ITEM, R, folder="figures", ext="pdf"),
     params:
         tasks=lambda wc: list(OUTLINE.item(wc.item).tasks),
-        results=R,
+        results=lambda wildcards, output: results_of(output[0]),
     wildcard_constraints:
         item="|".join(FIGURE_IDS) or "^$",
     conda:
@@ -36,7 +36,7 @@ rule table:
         paths.fill(paths.ITEM, R, folder="tables", ext="tex"),
     params:
         tasks=lambda wc: list(OUTLINE.item(wc.item).tasks),
-        results=R,
+        results=lambda wildcards, output: results_of(output[0]),
     wildcard_constraints:
         item="|".join(TABLE_IDS) or "^$",
     conda:

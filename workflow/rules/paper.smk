@@ -18,7 +18,7 @@ rule paper_pdf:
         tex=PAPER_TEX,
         pdf=PAPER_PDF,
     params:
-        results=R,
+        results=lambda wildcards, output: results_of(output[0]),
     conda:
         ENV
     log:
