@@ -57,7 +57,7 @@ def bench_analyses(n_prompts: int, batch_size: int) -> None:
             rows, _ = make_prompts(task, tok, n_prompts, seed=0, min_prompts=8)
             for name in ("baseline", "logit_lens", "head_dla"):
                 start = time.perf_counter()
-                ANALYSES[name].run(model, rows, batch_size)
+                ANALYSES[name].run(model, rows, batch_size, seed=0)
                 dt = time.perf_counter() - start
                 total += dt
                 print(f"  {task:8s} {name:11s} {len(rows):4d} prompts  {dt:6.2f} s")

@@ -65,7 +65,8 @@ def compare(model, n_prompts: int) -> None:
           f"clean and corrupted differ from position {exact.first_difference(batch.clean, batch.corrupted)}; "
           f"torch threads {torch.get_num_threads()}")
     cases = [
-        ("residual stream (layer x pos)", tlp.get_act_patch_resid_pre, exact.resid_pre_by_pos, "pre",
+        ("residual stream (layer x pos)", tlp.get_act_patch_resid_pre,
+         lambda p: exact.resid_pre_by_role(p, exact.position_masks(p)), "pre",
          lambda p: [(l, "pre", P - pos) for l in range(w.n_layers) for pos in range(p.prefix, P)], w.n_layers * P),
         ("head output, all positions (layer x head)", tlp.get_act_patch_attn_head_out_all_pos,
          lambda p: exact.head_all_pos(p, "z"), "mid",
@@ -75,8 +76,8 @@ def compare(model, n_prompts: int) -> None:
         ref, t_ref = timed(lambda: ref_fn(model, batch.corrupted, clean_cache, metric))
         w.flops[0] = 0.0
         pair, t_prep = timed(lambda: exact.prepare(model, w, batch, "denoising"))
-        sums, t_sweep = timed(lambda: ours_fn(pair))
-        ours = exact.normalise(sums, pair.n, c, k)
+        per_prompt, t_sweep = timed(lambda: ours_fn(pair))
+        ours = exact.normalise(per_prompt, c, k)
         t_ours = t_prep + t_sweep
         if ours.shape != ref.shape:
             ours = ours.T
@@ -94,16 +95,15 @@ def compare(model, n_prompts: int) -> None:
 
 
 def memory_child(model_spec: str, n_prompts: int, batch_size: int) -> None:
-    """Run every issue-3 sweep on n_prompts prompts in batches of batch_size; print peak RSS as JSON."""
+    """Run every patching sweep on n_prompts prompts in batches of batch_size; print peak RSS as JSON."""
     from opposites.analyses import patching
 
     with tempfile.TemporaryDirectory() as tmp:
         model = load(model_spec, tmp)
         rows = equal_length_rows(n_prompts)
         start = time.perf_counter()
-        for fn in (patching.patch_resid, patching.patch_layers, patching.patch_heads,
-                   patching.patch_heads_by_pos, patching.patch_attribution):
-            fn(model, rows, batch_size=batch_size, patch_direction="denoising")
+        for fn in (patching.patch_resid, patching.patch_layers, patching.patch_heads, patching.patch_attribution):
+            fn(model, rows, batch_size=batch_size, patch_direction="denoising", seed=0)
         print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                           "seconds": time.perf_counter() - start}))
 
@@ -126,7 +126,7 @@ def main() -> None:
                           str(args.memory_prompts), "--batch-size", str(args.batch_size)],
                          capture_output=True, text=True, check=True)
     mem = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"\nall issue-3 sweeps (resid, attn/MLP by position, heads z/q/k/v/pattern, heads by position, "
+    print(f"\nall patching sweeps (resid and attn/MLP by role, heads z/q/k/v/pattern, "
           f"attribution) on {args.memory_prompts} prompts in batches of {args.batch_size}: {mem['seconds']:.1f} s, "
           f"peak RSS {mem['peak_rss_mb']:.0f} MB (target < 4096 MB)")
 

@@ -102,7 +102,7 @@ def test_plain_pytorch_head_patch(toy64, hf_toy, rows):
     store = {}
     h = proj.register_forward_pre_hook(lambda m, a: store.__setitem__("z", a[0].clone()))
     with torch.no_grad():
-        clean = hf(batch.clean).logits
+        hf(batch.clean)  # the hook stores the clean z
     h.remove()
 
     def patch(m, a):

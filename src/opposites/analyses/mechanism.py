@@ -17,6 +17,7 @@ import torch
 
 from opposites.core import batches, logit_diff
 from opposites.derived import classify_components, head_label, top_patched_heads
+from opposites.nodes import Node
 from opposites.prompts import load_spec
 from opposites.stats import mean_ci
 
@@ -55,7 +56,7 @@ def _summary(ld: torch.Tensor, seed: int) -> dict:
 def _test(model, rows, batch_size, seed, heads, mlps=()) -> dict:
     """Ablate the named set, and N_CONTROL_DRAWS random sets of as many other heads."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    named = {"ablated": [head_label(*h) for h in heads] + [f"MLP {l}" for l in mlps],
+    named = {"ablated": [head_label(*h) for h in heads] + [str(Node("mlp", l)) for l in mlps],
              **_summary(ablated_logit_diff(model, rows, batch_size, heads, mlps), seed)}
     others = [(l, h) for l in range(L) for h in range(H) if (l, h) not in heads]
     rng = random.Random(f"ablation-{rows[0]['task']}-{seed}")

@@ -20,6 +20,8 @@ import pandas as pd
 import torch
 
 from opposites.core import batches, end_state, ln_final
+from opposites.derived import head_label
+from opposites.nodes import Node
 from opposites.prompts import fill, load_spec
 from opposites.stats import mean_ci
 
@@ -43,7 +45,7 @@ def head_logits(model, rows: list[dict], batch_size: int, seed: int) -> pd.DataF
         for target, token in (("answer", batch.answer), ("wrong", batch.wrong)):
             parts[target].append((normed * _relative(model, token, unrelated)).sum(-1).double().cpu())  # (comp, batch)
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    labels = [(l, h, f"{l}.{h}") for l in range(L) for h in range(H)] + [(l, -1, f"MLP {l}") for l in range(L)]
+    labels = [(l, h, head_label(l, h)) for l in range(L) for h in range(H)] + [(l, -1, str(Node("mlp", l))) for l in range(L)]
     out = []
     for target, chunks in parts.items():
         est = mean_ci(torch.cat(chunks, -1), seed)  # (comp,)

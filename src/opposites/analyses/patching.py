@@ -69,14 +69,10 @@ def table(patched: Tensor, sweep: Sweep, axes: dict[str, list], seed: int) -> pd
     return df.assign(n=est.n, normaliser_ok=bool(normaliser.excludes_zero()))
 
 
-def _masks(roles: list[str]) -> Callable[[exact.Pair], Tensor]:
-    return lambda pair: exact.role_masks(pair, roles)
-
-
 def patch_resid(model, rows, batch_size, patch_direction: str, seed: int) -> pd.DataFrame:
     roles = patch_roles(rows)
     s = dataset_sweep(model, rows, batch_size, patch_direction,
-                      lambda pair: exact.resid_pre_by_role(pair, _masks(roles)(pair)))
+                      lambda pair: exact.resid_pre_by_role(pair, exact.role_masks(pair, roles)))
     return table(s.patched, s, {"layer": list(range(model.cfg.n_layers)), "role": roles}, seed)
 
 
