@@ -103,13 +103,20 @@ def test_planted_two_step_circuit_is_found(tmp_path, rows):
 
 
 def test_compare_counts_and_jaccard():
-    a = {"nodes": ["embed", "9.9", "9.6", "logits"], "edges": [{"src": "9.9", "dst": "logits", "score": 1}]}
-    b = {"nodes": ["embed", "9.9", "7.3", "logits"], "edges": [{"src": "9.9", "dst": "logits", "score": 2},
-                                                               {"src": "7.3", "dst": "9.9.q", "score": 1}]}
-    cmp = compare({"size": a, "antonym": b}, ["size", "antonym"], {"name mover": ["9.9"]})
-    (p,) = cmp["pairs"]
-    assert (p["heads"], p["heads_jaccard"], p["edges"], p["edges_jaccard"]) == (1, pytest.approx(1 / 3), 1, 0.5)
-    assert cmp["shared_by_opposites"] == ["9.9", "embed", "logits"] and cmp["shared_classes"]["9.9"] == "name mover"
+    a = {"nodes": ["embed", "9.9", "9.6", "MLP 2", "logits"],
+         "edges": [{"src": "9.9", "dst": "logits", "score": 1}, {"src": "MLP 2", "dst": "9.9.v", "score": 1}]}
+    b = {"nodes": ["embed", "9.9", "7.3", "MLP 2", "logits"],
+         "edges": [{"src": "9.9", "dst": "logits", "score": 2}, {"src": "7.3", "dst": "9.9.q", "score": 1}]}
+    c = {"nodes": ["embed", "9.9", "logits"], "edges": [{"src": "embed", "dst": "9.9.v", "score": 1}]}
+    cmp = compare({"size": a, "antonym": b, "ioi": c}, ["size", "antonym"], {"name mover": ["9.9"]})
+    p = {(x["a"], x["b"]): x for x in cmp["pairs"]}
+    assert list(p) == [("size", "antonym"), ("size", "ioi"), ("antonym", "ioi")]
+    x = p[("size", "antonym")]
+    assert (x["heads"], x["heads_jaccard"], x["edges"], x["edges_jaccard"]) == (1, pytest.approx(1 / 3), 1, pytest.approx(1 / 3))
+    assert (p[("size", "ioi")]["heads"], p[("size", "ioi")]["edges"]) == (1, 0)
+    # embed and logits are in every circuit: never "shared components"; the IOI circuit is not an opposite task
+    assert cmp["shared_by_opposites"] == ["9.9", "MLP 2"] and cmp["shared_classes"] == {"9.9": "name mover", "MLP 2": ""}
+    assert compare({"size": a, "antonym": c}, ["size", "antonym"], {})["shared_by_opposites"] == ["9.9"]
 
 
 @pytest.mark.parametrize("text", ["embed", "logits", "MLP 3", "9.9", "9.9.q", "11.10.v"])

@@ -100,11 +100,40 @@ def test_neuron_effects_sum_to_the_mlp_lens(toy64, rows):
     torch.testing.assert_close(total.double(), torch.tensor(mlp, dtype=torch.float64), atol=1e-6, rtol=0)
 
 
-def test_attention_rows_sum_to_one(toy, rows):
-    att = heads.attention(toy, rows["ioi"], 8)
-    total = att.groupby(["layer", "head", "dest_role"]).value.sum()
-    assert total.between(1 - 1e-5, 1 + 1e-5).all()
-    assert set(att.src_role) >= {"BOS", "IO", "S1", "S2", "END", "other"}
+def test_attention_finds_a_planted_pattern_at_its_role(toy, rows, monkeypatch):
+    """Head 0.1's pattern is replaced (as the model returns it) by one that puts all of every query's
+    weight on the position of the token equal to the answer (IOI: the IO name, which occurs once),
+    found from the tokens, not from the rows' role positions; BOS where that comes later. The
+    role-by-role table must put that weight at IO: misaligned roles (say every position shifted by -2)
+    would move it elsewhere. Rows still sum to 1, and intervals bracket the means."""
+    r = rows["ioi"]
+    answer_of = {tuple(toy.to_tokens(x["clean"])[0].tolist()): toy.to_single_token(x["answer"]) for x in r}
+    original = toy.run_with_cache
+
+    def planted(tokens, **kwargs):
+        logits, cache = original(tokens, **kwargs)
+        cache = {name: cache[name] for name in cache.keys()}
+        pattern = cache["blocks.0.attn.hook_pattern"].clone()  # (batch, head, q, k)
+        for i, seq in enumerate(tokens):
+            k = (seq == answer_of[tuple(seq.tolist())]).nonzero()[0, 0].item()
+            pattern[i, 1] = 0
+            pattern[i, 1, k:, k] = 1
+            pattern[i, 1, :k, 0] = 1
+        cache["blocks.0.attn.hook_pattern"] = pattern
+        return logits, cache
+
+    monkeypatch.setattr(toy, "run_with_cache", planted)
+    att = heads.attention(toy, r, 8, seed=0).set_index(["layer", "head", "dest_role", "src_role"])
+    head = att.loc[(0, 1)]
+    assert head.loc[("END", "IO"), "value"] == pytest.approx(1.0)
+    assert head.loc[("S2", "IO"), "value"] == pytest.approx(1.0)
+    assert head.loc[("IO", "IO"), "value"] == pytest.approx(1.0)
+    assert head.loc[("S1", "BOS"), "value"] == pytest.approx(sum(x["positions"]["S1"] < x["positions"]["IO"] for x in r) / len(r))
+    for src in ("S1", "S2", "END", "other"):
+        assert head.loc[("END", src), "value"] == pytest.approx(0.0, abs=1e-12)
+    assert att.groupby(level=["layer", "head", "dest_role"]).value.sum().between(1 - 1e-5, 1 + 1e-5).all()
+    assert ((att.ci_low <= att.value + 1e-12) & (att.value <= att.ci_high + 1e-12)).all()
+    assert (att.n == len(r)).all()
 
 
 def test_head_logit_contributions_difference_is_dla(toy64, rows):

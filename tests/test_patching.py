@@ -91,6 +91,27 @@ def test_clean_into_clean_gives_one_everywhere(toy64, rows):
     assert torch.allclose(paths[1:].double(), torch.ones(1, dtype=torch.float64), atol=1e-6)
 
 
+@pytest.mark.parametrize("sender", [(0, 1), (1, 3)])
+def test_path_patching_against_transformer_lens_direct_path(toy64, rows, sender):
+    """Our direct-path sweep against TransformerLens 4's get_act_patch_direct_path, for q, k and v:
+    the sender's clean-minus-corrupted write reaches one receiver's input alone, on the corrupted run.
+    The sender's write differs between the runs, so the comparison is not 0 against 0."""
+    batch = one_batch(toy64, rows["ioi"])
+    base_tokens, src_cache, metric, c, k = reference_setup(toy64, batch)
+    _, corr_cache = toy64.run_with_cache(batch.corrupted)
+    pair = exact.prepare(toy64, Weights.from_bridge(toy64), batch, "denoising")
+    assert exact.head_writes(pair, sender[0], pair.src[f"z.{sender[0]}"])[sender[1]].abs().max() > 1e-3
+    ours = exact.normalise(exact.path_to_receivers(pair, sender), c, k)  # (layer, head, 3)
+    later = slice(sender[0] + 1, None)
+    for i, component in enumerate("qkv"):
+        ref = tlp.get_act_patch_direct_path(toy64, batch.corrupted, src_cache, corr_cache, metric, *sender,
+                                            component=component, verbose=False)
+        torch.testing.assert_close(ours[later, :, i].double(), ref[later].double(), atol=1e-4, rtol=0,
+                                   msg=lambda m: f"{component}: {m}")
+    assert ours[later].isfinite().all() and ours[: sender[0] + 1].isnan().all()
+    assert (ours[later] - 0).abs().max() > 1e-3  # the paths move the metric
+
+
 def test_plain_pytorch_head_patch(toy64, hf_toy, rows):
     """Patch head 2.1's z with a forward pre-hook on the HF model's c_proj: the convention check."""
     layer, head = 2, 1

@@ -38,7 +38,7 @@ def results(trained, task_rows):
                "patch_resid": patching.patch_resid(trained, r, 16, "denoising", SEED),
                "patch_heads": patching.patch_heads(trained, r, 16, "denoising", SEED),
                "patch_attribution": patching.patch_attribution(trained, r, 16, "denoising", SEED),
-               "attention": heads.attention(trained, r, 16)}
+               "attention": heads.attention(trained, r, 16, seed=0)}
         res["edges"] = circuits.edges(trained, r, 16)
         res["circuit"] = circuits.circuit(trained, r, 16, circuit_share=0.8, edges=res["edges"])
         res["movers"] = mechanism.movers(trained, r, 16, SEED, patch_heads=res["patch_heads"], attention=res["attention"])

@@ -74,7 +74,9 @@ def neurons(data: dict, tasks: list[str]) -> str:
     rows = []
     for task in tasks:
         for r in data["neurons"][task].head(3).itertuples():
-            rows.append([tex_escape(task), f"L{r.layer}N{r.neuron}", fmt(r.value), fmt(r.act_task), fmt(r.act_control),
+            rows.append([tex_escape(task), f"L{r.layer}N{r.neuron}", fmt_ci(r.value, [r.ci_low, r.ci_high]),
+                         fmt_ci(r.act_task, [r.act_task_ci_low, r.act_task_ci_high]),
+                         fmt_ci(r.act_control, [r.act_control_ci_low, r.act_control_ci_high]),
                          r"\texttt{" + tex_escape(", ".join(t.strip() or repr(t) for t in r.top_tokens.split("|"))) + "}"])
     return tabular(r"l l r r r p{5cm}", ["task", "neuron", "effect", "act.", "control act.", "promotes"], rows)
 
@@ -124,6 +126,7 @@ def mechanism(data: dict, tasks: list[str]) -> str:
             a = result["ablation"]
             rows.append([tex_escape(task), kind, tex_escape(what), fmt(base["accuracy"]),
                          fmt_ci(a["named"]["accuracy"], a["named"]["accuracy_ci95"]),
-                         f"{fmt(a['random_others']['accuracy_mean'])} ({fmt(a['random_others']['accuracy_min'])})"])
-    return tabular(r"l l p{5.2cm} r p{2.4cm} p{1.8cm}",
+                         fmt_ci(a["random_others"]["accuracy_mean"], a["random_others"]["accuracy_mean_ci95"])
+                         + f" (min {fmt(a['random_others']['accuracy_min'])})"])
+    return tabular(r"l l p{4.6cm} r p{2.4cm} p{2.4cm}",
                    ["task", "set", "components", "acc.", "acc. named ablated", "acc. random ablated"], rows)

@@ -56,7 +56,7 @@ ANALYSES: dict[str, Analysis] = {
     "patch_attribution": Analysis(target="patching:patch_attribution", ext="csv", stage="patching", settings=PATCH),
     "patch_followup": Analysis(target="patch_followup:run", ext="json", stage="patching", settings=PATCH,
                                requires=("logit_lens", "head_dla")),
-    "attention": Analysis(target="heads:attention", ext="csv", stage="heads"),
+    "attention": Analysis(target="heads:attention", ext="csv", stage="heads", settings=("seed",)),
     "attention_example": Analysis(target="heads:attention_example", ext="json", stage="heads",
                                   requires=("head_dla", "patch_heads")),
     "head_logit": Analysis(target="heads:head_logit", ext="csv", stage="heads", requires=("head_dla",)),

@@ -8,6 +8,7 @@ import torch
 
 from opposites.core import batches, ln_final
 from opposites.derived import head_label, selected_heads
+from opposites.stats import mean_ci
 from opposites.words import copy_words, opposites
 
 
@@ -15,38 +16,42 @@ def _roles(row: dict) -> dict[str, int]:
     return {"BOS": 0, **row["positions"]}
 
 
-def attention(model, rows: list[dict], batch_size: int) -> pd.DataFrame:
+def attention(model, rows: list[dict], batch_size: int, seed: int) -> pd.DataFrame:
     """Mean attention of every head from each role token (dest) to each role token (src, plus BOS),
-    each prompt at its own role positions (0 where src comes after dest); 'other' is the rest of
-    the row, so each dest role's values sum to 1."""
+    each prompt at its own role positions (0 where src comes after dest), with a 95% bootstrap
+    interval over prompts; 'other' is the rest of the row, so each dest role's values sum to 1."""
     L = model.cfg.n_layers
-    sums: dict[tuple[str, str], torch.Tensor] = {}
-    counts: dict[tuple[str, str], int] = {}
+    per_prompt: dict[tuple[str, str], list[torch.Tensor]] = {}  # each entry (layer, head)
     for batch in batches(model, rows, batch_size, desc="attention"):
         names = {f"blocks.{l}.attn.hook_pattern" for l in range(L)}
         _, cache = model.run_with_cache(batch.clean, names_filter=lambda n: n in names)
         pattern = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"] for l in range(L)], 1)  # (b, layer, head, q, k)
         for i, row in enumerate(batch.rows):
-            roles = _roles(row)
-            for dest, q in roles.items():
-                if dest == "BOS":
-                    continue
-                seen = set()
-                for src, k in roles.items():  # a later (or repeated) position gets 0, as under the causal mask
-                    key = (dest, src)
-                    value = pattern[i, :, :, q, k] if k <= q and k not in seen else torch.zeros_like(pattern[i, :, :, 0, 0])
-                    sums[key] = sums.get(key, 0) + value
-                    counts[key] = counts.get(key, 0) + 1
-                    if k <= q:
-                        seen.add(k)
-                key = (dest, "other")
-                sums[key] = sums.get(key, 0) + 1 - pattern[i, :, :, q, sorted(seen)].sum(-1)
-                counts[key] = counts.get(key, 0) + 1
+            for key, value in _role_attention(pattern[i], _roles(row)).items():
+                per_prompt.setdefault(key, []).append(value)
     out = []
-    for (dest, src), total in sums.items():
-        mean = (total / counts[(dest, src)]).double()  # (layer, head)
-        out += [(l, h, dest, src, mean[l, h].item()) for l in range(L) for h in range(model.cfg.n_heads)]
-    return pd.DataFrame(out, columns=["layer", "head", "dest_role", "src_role", "value"])
+    for (dest, src), values in per_prompt.items():
+        est = mean_ci(torch.stack(values, -1), seed)  # (layer, head, prompt) -> (layer, head)
+        out += [(l, h, dest, src, est.value[l, h].item(), est.ci_low[l, h].item(), est.ci_high[l, h].item(), est.n)
+                for l in range(L) for h in range(model.cfg.n_heads)]
+    return pd.DataFrame(out, columns=["layer", "head", "dest_role", "src_role", "value", "ci_low", "ci_high", "n"])
+
+
+def _role_attention(pattern: torch.Tensor, roles: dict[str, int]) -> dict[tuple[str, str], torch.Tensor]:
+    """One prompt's attention (layer, head) from each role to each role, pattern (layer, head, q, k).
+    A later source (masked) or a position already counted under another role name gets 0."""
+    out = {}
+    for dest, q in roles.items():
+        if dest == "BOS":
+            continue
+        seen: list[int] = []
+        for src, k in roles.items():
+            counted = k <= q and k not in seen
+            out[(dest, src)] = pattern[:, :, q, k] if counted else torch.zeros_like(pattern[:, :, 0, 0])
+            if counted:
+                seen.append(k)
+        out[(dest, "other")] = 1 - pattern[:, :, q, seen].sum(-1)
+    return out
 
 
 def attention_example(model, rows, batch_size, head_dla=None, patch_heads=None) -> dict:

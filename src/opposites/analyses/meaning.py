@@ -8,6 +8,7 @@ import torch
 
 from opposites.core import batches, direction
 from opposites.prompts import fill, load_spec, make_prompts
+from opposites.stats import mean_ci
 from opposites.words import relation_pairs
 
 
@@ -76,24 +77,29 @@ def neuron_effects(model, rows, batch_size) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def neurons(model, rows, batch_size, seed: int, k: int = 20) -> pd.DataFrame:
-    """The k neurons with the largest |mean direct effect|: that effect, their mean activation on
-    this task's prompts and on the control task's prompts (tasks/<task>.yaml: control_task, drawn with
-    the config's seed), and the
-    tokens their output weights promote most (W_out . W_U)."""
+    """The k neurons with the largest |mean direct effect|: that effect with its 95% bootstrap
+    interval over prompts, their mean activation (and interval) on this task's prompts and on the
+    control task's prompts (tasks/<task>.yaml: control_task, drawn with the config's seed), and the
+    tokens their output weights promote most (W_out . W_U). The neurons are chosen by the same
+    prompts, so their effects are biased away from 0 (winner's curse); the intervals do not undo it."""
     task = rows[0]["task"]
-    effects, acts = neuron_effects(model, rows, batch_size)
-    mean = effects.double().mean(-1)  # (layer, d_mlp)
-    d_mlp = mean.shape[1]
-    top = mean.abs().flatten().topk(k).indices
+    effects, acts = neuron_effects(model, rows, batch_size)  # (layer, d_mlp, prompt)
+    d_mlp = effects.shape[1]
+    top = effects.double().mean(-1).abs().flatten().topk(k).indices
     control_rows, _ = make_prompts(load_spec(task)["control_task"], model.tokenizer, len(rows), seed=seed, min_prompts=1)
     _, control_acts = neuron_effects(model, control_rows, batch_size)
+    picked = [divmod(flat, d_mlp) for flat in top.tolist()]
+    effect, act, act_control = (mean_ci(torch.stack([x[l, n] for l, n in picked]), seed)  # (k, prompt) -> (k,)
+                                for x in (effects, acts, control_acts))
     out = []
-    for rank, flat in enumerate(top.tolist()):
-        layer, n = divmod(flat, d_mlp)
+    for rank, (layer, n) in enumerate(picked):
         promoted = (model.W_out[layer, n] @ model.W_U).topk(5).indices
-        out.append({"rank": rank + 1, "layer": layer, "neuron": n, "value": mean[layer, n].item(),
-                    "std": effects[layer, n].double().std().item() if effects.shape[-1] > 1 else 0.0,
-                    "act_task": acts[layer, n].double().mean().item(),
-                    "act_control": control_acts[layer, n].double().mean().item(),
-                    "top_tokens": "|".join(model.to_str_tokens(promoted))})
+        out.append({"rank": rank + 1, "layer": layer, "neuron": n, "value": effect.value[rank].item(),
+                    "ci_low": effect.ci_low[rank].item(), "ci_high": effect.ci_high[rank].item(), "n": effect.n,
+                    **_columns("act_task", act, rank), **_columns("act_control", act_control, rank),
+                    "n_control": act_control.n, "top_tokens": "|".join(model.to_str_tokens(promoted))})
     return pd.DataFrame(out)
+
+
+def _columns(name: str, est, i: int) -> dict[str, float]:
+    return {name: est.value[i].item(), f"{name}_ci_low": est.ci_low[i].item(), f"{name}_ci_high": est.ci_high[i].item()}

@@ -61,10 +61,14 @@ def _test(model, rows, batch_size, seed, heads, mlps=()) -> dict:
     others = [(l, h) for l in range(L) for h in range(H) if (l, h) not in heads]
     rng = random.Random(f"ablation-{rows[0]['task']}-{seed}")
     size = min(len(heads) + len(mlps), len(others))
-    draws = [_summary(ablated_logit_diff(model, rows, batch_size, rng.sample(others, size)), seed)
-             for _ in range(N_CONTROL_DRAWS)]
-    control = {"accuracy_mean": sum(d["accuracy"] for d in draws) / len(draws),
-               "accuracy_min": min(d["accuracy"] for d in draws), "size": size, "draws": len(draws)}
+    lds = torch.stack([ablated_logit_diff(model, rows, batch_size, rng.sample(others, size))
+                       for _ in range(N_CONTROL_DRAWS)])  # (draw, prompt)
+    # per prompt averaged over the draws, then bootstrapped over prompts
+    acc, mean = mean_ci((lds > 0).double().mean(0), seed), mean_ci(lds.mean(0), seed)
+    control = {"accuracy_mean": acc.value.item(), "accuracy_mean_ci95": [acc.ci_low.item(), acc.ci_high.item()],
+               "accuracy_min": (lds > 0).double().mean(-1).min().item(),
+               "logit_diff_mean": mean.value.item(), "logit_diff_mean_ci95": [mean.ci_low.item(), mean.ci_high.item()],
+               "size": size, "draws": N_CONTROL_DRAWS}
     return {"named": named, "random_others": control}
 
 

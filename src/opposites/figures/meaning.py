@@ -38,8 +38,9 @@ def neuron_acts(data: dict, tasks: list[str]):
     def draw(ax, task):
         df = data["neurons"][task].head(5)
         x = np.arange(len(df))
-        ax.bar(x - 0.2, df.act_task, width=0.4, color=color(task), label=task)
-        ax.bar(x + 0.2, df.act_control, width=0.4, color="0.6", label="control")
+        for shift, col, c, label in ((-0.2, "act_task", color(task), task), (0.2, "act_control", "0.6", "control")):
+            err = [df[col] - df[f"{col}_ci_low"], df[f"{col}_ci_high"] - df[col]]
+            ax.bar(x + shift, df[col], width=0.4, color=c, label=label, yerr=err, capsize=2, error_kw={"lw": 0.6})
         ax.set_xticks(x, [f"L{r.layer}N{r.neuron}" for r in df.itertuples()], rotation=30)
         ax.set(title=f"{task}: top neurons by direct effect", ylabel="activation at END")
         ax.legend(frameon=False, fontsize=6)
