@@ -6,6 +6,7 @@ import torch
 
 from opposites import models
 from opposites.analyses import circuits
+from opposites.circuit_metrics import cpr_cmd, prune_dangling, roc_auc, smallest_stable
 from opposites.nodes import Edge, Node
 from opposites.overlap import compare
 from opposites.core import batches, direction
@@ -20,11 +21,78 @@ def test_graph_shape_matches_acdc_count_for_gpt2_small():
 
 
 def test_keeping_all_edges_is_clean_and_none_is_corrupted(toy64, rows):
-    w, runs = circuits._runs(toy64, rows["ioi"], 8)
-    clean, corr, n = circuits._means(runs)
-    g = Graph(w.n_layers, w.n_heads)
-    assert circuits.recovered(w, runs, g.allowed.clone(), clean, corr, n) == pytest.approx(1.0, abs=1e-4)
-    assert circuits.recovered(w, runs, torch.zeros_like(g.allowed), clean, corr, n) == pytest.approx(0.0, abs=1e-4)
+    runs = circuits.prepare(toy64, rows["ioi"], 8)
+    g = runs.graph
+    assert circuits.recovered(runs, g.allowed.clone()) == pytest.approx(1.0, abs=1e-4)
+    assert circuits.recovered(runs, torch.zeros_like(g.allowed)) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_batched_circuits_equal_one_at_a_time(toy64, rows, monkeypatch):
+    """Several circuits per forward (variant-major batch) give each circuit's own logit differences."""
+    runs = circuits.prepare(toy64, rows["size"], 8)
+    gen = torch.Generator().manual_seed(0)
+    keeps = (torch.rand(5, *runs.graph.allowed.shape, generator=gen) < 0.3) & runs.graph.allowed
+    together = circuits.exact_lds(runs, keeps)
+    monkeypatch.setattr(circuits, "VARIANT_BYTES", 1)  # one circuit per forward
+    alone = circuits.exact_lds(runs, keeps)
+    torch.testing.assert_close(together, alone, atol=1e-10, rtol=0)
+    assert (together[0] - together[1]).abs().max() > 0  # the circuits differ
+
+
+def test_dangling_edges_are_dropped_and_change_nothing(toy64, rows):
+    e = lambda s, d: Edge(Node.parse(s), Node.parse(d))  # noqa: E731
+    kept = [e("embed", "0.0.v"), e("0.0", "1.1.q"), e("1.1", "logits"),
+            e("0.1", "1.0.k"),  # 0.1 gets no input edge: dangling at the start
+            e("embed", "1.0.v"),  # 1.0 reaches no edge to the logits: dangling at the end
+            e("MLP 0", "logits")]  # MLP 0 gets no input edge
+    assert prune_dangling(kept) == kept[:3]
+    # exact recovery is the same with or without them (they carry corrupted values or feed nothing)
+    runs = circuits.prepare(toy64, rows["ioi"], 8)
+    d = circuits.Discovery(runs, [])
+    ranked = circuits.ranked_records(circuits.edges(toy64, rows["ioi"], 8, ig_steps=1).query("method == 'EAP'"))
+    top = ranked[:40]
+    pruned = prune_dangling(top)
+    assert len(pruned) < len(top)
+    full, cut = d.recover([top, pruned])
+    assert full == pytest.approx(cut, abs=1e-8)
+
+
+def test_smallest_stable_skips_a_size_where_the_curve_dips_again():
+    curve = {1: 0.9, 2: 0.5, 4: 0.85, 8: 0.79, 16: 0.95, 32: 1.0}
+    assert smallest_stable(curve, 0.8) == 16 and smallest_stable(curve, 0.75) == 4
+    assert smallest_stable(curve, 0.4) == 1 and smallest_stable({1: 0.1, 2: 0.5}, 0.8) is None
+
+
+def test_cpr_and_cmd_on_hand_made_curves():
+    fr = [0.25, 0.5, 1.0]
+    assert cpr_cmd(fr, [0.25, 0.5, 1.0]) == pytest.approx((0.5, 0.5))  # f(x) = x
+    assert cpr_cmd(fr, [1.0, 1.0, 1.0]) == pytest.approx((1 - 0.125, 0.125))  # a jump to 1 at x = 0.25
+    cpr, cmd = cpr_cmd(fr, [0.5, 1.5, 1.0])  # overshoot counts against CMD, for CPR it adds
+    assert cpr == pytest.approx(0.0625 + 0.25 + 0.625) and cmd == pytest.approx(0.1875 + 0.125 + 0.125)
+
+
+def test_roc_auc_counts_pairs_and_ties():
+    assert roc_auc([3, 2, 1, 0], [True, True, False, False]) == 1.0
+    assert roc_auc([0, 1], [True, False]) == 0.0
+    assert roc_auc([1, 1, 0], [True, False, False]) == pytest.approx(0.75)
+    with pytest.raises(ValueError):
+        roc_auc([1, 2], [True, True])
+
+
+def test_eap_ig_on_the_input_sums_to_the_logit_difference_change(toy64, rows):
+    """Integrated gradients are complete: the embed edges' EAP-IG scores, summed over readers, are a
+    Riemann sum of the path integral of the gradient from the corrupted to the clean input, so they
+    approach clean - corrupted logit difference per prompt as the steps grow (EAP need not)."""
+    b = next(batches(toy64, rows["isa"], 4))
+    w = Weights.from_bridge(toy64)
+    d, bias = direction(toy64, b)
+    errors = {}
+    for steps in (0, 2, 32):
+        scores, clean, corrupted = edge_attribution(w, b.clean, b.corrupted, d, bias, steps)
+        errors[steps] = (scores[0].sum(0) - (clean - corrupted)).abs().max().item()
+    scale = (clean - corrupted).abs().max().item()
+    assert errors[32] < 0.01 * scale and errors[32] < errors[2]
+    assert errors[0] > 10 * errors[32]
 
 
 def test_edge_forward_is_the_model(toy64, rows):
@@ -45,7 +113,7 @@ def test_edge_attribution_matches_transformer_lens(toy64, rows):
     w = Weights.from_bridge(toy64)
     g = Graph(w.n_layers, w.n_heads)
     d, bias = direction(toy64, b)
-    ours = edge_attribution(w, b.clean, b.corrupted, d, bias)[0] / len(b.rows)
+    ours = edge_attribution(w, b.clean, b.corrupted, d, bias)[0].sum(-1) / len(b.rows)
     name = lambda node: ("embed" if node.kind == "embed" else f"MLP {node.layer}" if node.kind.startswith("mlp")  # noqa: E731
                          else "logits" if node.kind == "logits" else f"{node.layer}.{node.head}"
                          + ({"q_input": ".q", "k_input": ".k", "v_input": ".v"}.get(node.kind, "")))
@@ -63,7 +131,7 @@ def test_edge_attribution_matches_transformer_lens(toy64, rows):
 
 def planted_two_step(tmp_path):
     """2 layers x 2 heads, d_model 64. Token embeddings live in dims 0-31, positions are zero, MLPs
-    and heads x.1 write nothing. Head 0.0 reads the tokens and writes into dims 32-63; head 1.0 reads
+    and heads x.1 write nothing, every head attends uniformly. Head 0.0 reads the tokens and writes into dims 32-63; head 1.0 reads
     its value only from dims 32-63 and writes into dims 0-31, which the (tied) unembedding reads.
     The only way the tokens reach the logits: embed -> 0.0 -> 1.0 -> logits."""
     def edit(net):
@@ -75,6 +143,8 @@ def planted_two_step(tmp_path):
             blk.mlp.c_proj.bias.zero_()
             blk.attn.c_attn.bias.zero_()
             blk.attn.c_proj.bias.zero_()
+            blk.attn.c_attn.weight[:, : 2 * n].zero_()  # no queries or keys: uniform (causal) attention,
+            #                                             so only the value path carries the tokens
             W_V = blk.attn.c_attn.weight[:, 2 * n:]  # (d_model, heads * d_head)
             W_V[:, dh:] = 0  # head 1 of each layer: no value
             W_O = blk.attn.c_proj.weight  # rows: head dims, columns: d_model
@@ -91,15 +161,28 @@ def planted_two_step(tmp_path):
     return models.load("toy", d, "cpu", dtype=torch.float64)
 
 
+TWO_STEP = {("embed", "0.0.v"), ("0.0", "1.0.v"), ("1.0", "logits")}
+
+
 def test_planted_two_step_circuit_is_found(tmp_path, rows):
+    """Ground truth: every method ranks the planted path's edges above the rest (ROC AUC), the
+    selection returns exactly the planted path, its completeness is total (cutting it loses the whole
+    metric), and the MIB curve reaches 1 at 100% of the edges."""
     model = planted_two_step(tmp_path)
-    edges = circuits.edges(model, rows["ioi"], 8)
-    c = circuits.circuit(model, rows["ioi"], 8, circuit_share=0.8, edges=edges)
-    kept = {(e["src"], e["dst"]) for e in c["edges"]}
-    assert ("1.0", "logits") in kept
-    assert any(s == "0.0" and d.startswith("1.0.") for s, d in kept)
-    assert set(c["nodes"]) <= {"embed", "0.0", "1.0", "logits"}
-    assert c["recovered"] >= 0.8 and c["faithfulness"][-1]["recovered"] == pytest.approx(1.0, abs=1e-6)
+    edges = circuits.edges(model, rows["ioi"], 8, ig_steps=5)
+    assert set(edges.method) == {"EAP", "EAP-IG", "exact"}
+    for method, df in edges.groupby("method"):
+        truth = [(s, d) in TWO_STEP for s, d in zip(df.src, df.dst)]
+        assert roc_auc(df.score.abs().tolist(), truth) > 0.95, method
+    c = circuits.circuit(model, rows["ioi"], 8, circuit_share=0.8, ig_steps=5, stability_resamples=4, seed=0, edges=edges)
+    for method, m in c["methods"].items():
+        assert {(e["src"], e["dst"]) for e in m["edges"]} == TWO_STEP, method
+        assert m["recovered"] >= 0.8 and m["completeness_lost"] == pytest.approx(1.0, abs=0.05)
+        assert m["mib_curve"][-1]["recovered"] == pytest.approx(1.0, abs=1e-6)
+        assert m["exact_evaluations"] > 0
+    assert c["nodes"] == ["embed", "0.0", "1.0", "logits"]
+    stab = c["stability"]
+    assert stab["mean_jaccard"] == pytest.approx(1.0) and all(x["frequency"] == 1.0 for x in stab["inclusion"])
 
 
 def test_compare_counts_and_jaccard():

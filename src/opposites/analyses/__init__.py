@@ -68,9 +68,9 @@ ANALYSES: dict[str, Analysis] = {
     "similarity": Analysis(target="meaning:similarity", ext="csv", stage="heads", settings=("seed",),
                            families=("opposite",)),
     "neurons": Analysis(target="meaning:neurons", ext="csv", stage="heads", settings=("seed",)),
-    "edges": Analysis(target="circuits:edges", ext="csv", stage="circuits"),
-    "circuit": Analysis(target="circuits:circuit", ext="json", stage="circuits", settings=("circuit_share",),
-                        requires=("edges",)),
+    "edges": Analysis(target="circuits:edges", ext="csv", stage="circuits", settings=("ig_steps",)),
+    "circuit": Analysis(target="circuits:circuit", ext="json", stage="circuits",
+                        settings=("circuit_share", "ig_steps", "stability_resamples", "seed"), requires=("edges",)),
     "faithfulness": Analysis(target="circuits:faithfulness", ext="csv", stage="circuits", requires=("circuit",)),
 }
 STAGES: dict[str, list[str]] = {}

@@ -1,109 +1,280 @@
-"""Circuit discovery on the task's own prompts: edge attribution patching scores every edge of the
-computational graph; ACDC-style pruning keeps edges in score order until exact edge patching
-(corrupted writer outputs on every removed edge) recovers `circuit_share` of the clean metric;
-the faithfulness curve records recovery against circuit size. Cross-task comparison: `compare`."""
+"""Circuit discovery on the task's own prompts, scored the MIB way.
+
+Scoring: EAP and EAP-IG estimate every edge's effect (patching/edges.py); on graphs small enough
+(toy and trained models) exact per-edge patching (each edge alone cut from the clean run) is the
+reference they are judged against.
+Selection, per method: the top-|score| edges at each size of a grid (MIB's edge fractions and
+powers of two), dangling edges dropped, exact recovery measured (clean prompts, corrupted writer
+outputs on every edge outside the circuit); the smallest size that reaches `circuit_share` and stays
+there for every larger size; then greedy refinement (try removing kept edges one at a time, weakest
+first; keep the removal while exact recovery stays at the target). Completeness: the circuit's own
+edges cut from the clean run. Integrated faithfulness: CPR and CMD over MIB's fractions. Stability:
+discovery re-run (EAP-IG scores and exact recoveries reweighted) on seeded bootstrap resamples of
+the prompts."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 import torch
+from tqdm import tqdm
 
+from opposites.circuit_metrics import FRACTIONS, cpr_cmd, jaccard, prune_dangling, smallest_stable
 from opposites.core import batches, direction
 from opposites.nodes import Edge, component_nodes
 from opposites.patching.edges import Graph, edge_attribution, edge_forward
 from opposites.patching.engine import Weights
+from opposites.stats import resample_weights
+
+METHODS = ("EAP-IG", "EAP")  # the first is the paper's circuit; "exact" joins where affordable
+EXACT_MAX_EDGES = 2000  # exact per-edge scores (one forward per edge) up to this many edges
+REFINE_MAX = 64  # refinement tries at most this many removals (one exact evaluation each)
+VARIANT_BYTES = 2 ** 30  # memory for batched exact evaluations (several circuits per forward)
 
 
-def _runs(model, rows, batch_size):
-    """Per batch: what edge patching needs, with the clean and corrupted logit differences."""
+@dataclass
+class Runs:
+    """The prompts' batches with what exact edge patching needs, and per-prompt clean and corrupted
+    logit differences (batch order)."""
+    weights: Weights
+    graph: Graph
+    batches: list[dict]
+    clean: torch.Tensor  # (prompt,)
+    corrupted: torch.Tensor
+
+    def recovery(self, lds: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        """(circuit,) recovered share from per-prompt logit differences (circuit, prompt), prompts
+        weighted by w (prompt,) (a bootstrap resample; None: all equally)."""
+        w = torch.full_like(self.clean, 1 / len(self.clean)) if w is None else w
+        c, k = self.clean @ w, self.corrupted @ w
+        return (lds @ w - k) / (c - k)
+
+
+def prepare(model, rows, batch_size) -> Runs:
     weights = Weights.from_bridge(model)
-    out = []
+    out, clean, corrupted = [], [], []
     for batch in batches(model, rows, batch_size, desc="edge runs"):
         d, bias = direction(model, batch)
         ld_clean, _, _ = edge_forward(weights, batch.clean, d, bias)
         ld_corrupted, corrupted_out, _ = edge_forward(weights, batch.corrupted, d, bias)
-        out.append({"batch": batch, "dir": d, "bias": bias, "corrupted_out": corrupted_out,
-                    "clean": ld_clean, "corrupted": ld_corrupted})
-    return weights, out
+        out.append({"batch": batch, "dir": d, "bias": bias, "corrupted_out": corrupted_out})
+        clean.append(ld_clean.double().cpu())
+        corrupted.append(ld_corrupted.double().cpu())
+    return Runs(weights, Graph(weights.n_layers, weights.n_heads), out, torch.cat(clean), torch.cat(corrupted))
 
 
-def _means(runs) -> tuple[float, float, int]:
-    n = sum(len(r["clean"]) for r in runs)
-    return sum(r["clean"].sum().item() for r in runs) / n, sum(r["corrupted"].sum().item() for r in runs) / n, n
+def exact_lds(runs: Runs, keeps: torch.Tensor) -> torch.Tensor:
+    """(circuit, prompt) logit differences with each circuit's edges kept (keeps: (circuit, writer,
+    reader)), several circuits per forward as memory allows."""
+    per_prompt = []
+    for r in runs.batches:
+        b = r["corrupted_out"]  # (writer, batch, pos, d_model)
+        step = max(1, VARIANT_BYTES // (3 * b.numel() * b.element_size()))
+        parts = []
+        for i in range(0, len(keeps), step):
+            chunk = keeps[i:i + step].to(b.device)
+            ld = edge_forward(runs.weights, r["batch"].clean, r["dir"], r["bias"], b, chunk)[0]
+            parts.append(ld.view(len(chunk), -1).double().cpu())
+        per_prompt.append(torch.cat(parts))
+    return torch.cat(per_prompt, 1)
 
 
-def edges(model, rows, batch_size) -> pd.DataFrame:
-    """Every edge's attribution score, normalised like patching: the estimated share of the
-    clean-minus-corrupted logit difference that restoring this edge alone recovers."""
-    weights = Weights.from_bridge(model)
-    graph = Graph(weights.n_layers, weights.n_heads)
-    total, n, clean, corrupted = 0, 0, 0.0, 0.0
-    for batch in batches(model, rows, batch_size, desc="edge attribution"):
-        d, bias = direction(model, batch)
-        scores, ld_clean, ld_corrupted = edge_attribution(weights, batch.clean, batch.corrupted, d, bias)
-        total = total + scores
-        n, clean, corrupted = n + len(batch.rows), clean + ld_clean.sum().item(), corrupted + ld_corrupted.sum().item()
-    scores = (total / n / ((clean - corrupted) / n)).cpu()
-    ws, rs = graph.allowed.nonzero(as_tuple=True)
-    return pd.DataFrame({"src": [str(graph.writers[i]) for i in ws.tolist()],
-                         "dst": [str(graph.readers[i]) for i in rs.tolist()],
-                         "score": scores[ws, rs].double().tolist()})
-
-
-def recovered(weights, runs, keep: torch.Tensor, clean: float, corrupted: float, n: int) -> float:
+def recovered(runs: Runs, keep: torch.Tensor) -> float:
     """Exact: clean prompts, every edge outside `keep` fed the corrupted writer output."""
-    total = sum(edge_forward(weights, r["batch"].clean, r["dir"], r["bias"], r["corrupted_out"], keep)[0].sum().item()
-                for r in runs)
-    return (total / n - corrupted) / (clean - corrupted)
+    return runs.recovery(exact_lds(runs, keep[None]))[0].item()
+
+
+# ---- scores ---------------------------------------------------------------------------------------
+
+def attribution_scores(runs: Runs, ig_steps: int) -> torch.Tensor:
+    """(writer, reader, prompt) EAP (ig_steps 0) or EAP-IG scores, in raw logit-difference units."""
+    out = []
+    for r in tqdm(runs.batches, desc="EAP-IG" if ig_steps else "EAP", leave=False):
+        b = r["batch"]
+        out.append(edge_attribution(runs.weights, b.clean, b.corrupted, r["dir"], r["bias"], ig_steps)[0].double().cpu())
+    return torch.cat(out, -1)
+
+
+def exact_scores(runs: Runs) -> torch.Tensor:
+    """(writer, reader, prompt) exact edge patching, ACDC's way: the clean logit difference minus
+    the one with this edge alone fed the corrupted writer output. Same sign as the attribution
+    estimates (positive: the edge carries the answer), and the same first-order quantity; unlike
+    restoring one edge into the corrupted run, it sees each edge of a chain (an AND of edges)."""
+    ws, rs = runs.graph.allowed.nonzero(as_tuple=True)
+    keeps = runs.graph.allowed.repeat(len(ws), 1, 1)  # (edge, writer, reader)
+    keeps[torch.arange(len(ws), device="cpu"), ws, rs] = False
+    lds = exact_lds(runs, keeps)  # (edge, prompt)
+    out = torch.zeros(*runs.graph.allowed.shape, lds.shape[1], dtype=torch.float64, device="cpu")
+    out[ws, rs] = runs.clean - lds
+    return out
+
+
+def scores_by_method(runs: Runs, ig_steps: int) -> dict[str, torch.Tensor]:
+    """(writer, reader, prompt) scores of each method; exact ones where the graph is small enough."""
+    scores = {"EAP-IG": attribution_scores(runs, ig_steps), "EAP": attribution_scores(runs, 0)}
+    if int(runs.graph.allowed.sum()) <= EXACT_MAX_EDGES:
+        scores["exact"] = exact_scores(runs)
+    return scores
+
+
+def edges(model, rows, batch_size, ig_steps: int) -> pd.DataFrame:
+    """Every edge's score by every method, normalised like patching: the estimated share of the
+    clean-minus-corrupted logit difference that restoring this edge alone recovers."""
+    runs = prepare(model, rows, batch_size)
+    scale = (runs.clean - runs.corrupted).mean()
+    ws, rs = runs.graph.allowed.nonzero(as_tuple=True)
+    parts = [pd.DataFrame({"method": method, "src": [str(runs.graph.writers[i]) for i in ws.tolist()],
+                           "dst": [str(runs.graph.readers[i]) for i in rs.tolist()],
+                           "score": (s.mean(-1)[ws, rs] / scale).tolist()})
+             for method, s in scores_by_method(runs, ig_steps).items()]
+    return pd.concat(parts, ignore_index=True)
+
+
+# ---- selection ------------------------------------------------------------------------------------
+
+class Discovery:
+    """Selection for one ranking of the edges, on all prompts or one bootstrap resample (w)."""
+
+    def __init__(self, runs: Runs, ranked: list[Edge], w: torch.Tensor | None = None):
+        self.runs, self.ranked, self.w = runs, ranked, w
+        self.writer = {node: i for i, node in enumerate(runs.graph.writers)}
+        self.reader = {node: i for i, node in enumerate(runs.graph.readers)}
+        self.evaluations = 0
+        self.measured: dict[int, float] = {}
+
+    def mask(self, edge_list: list[Edge]) -> torch.Tensor:
+        keep = torch.zeros_like(self.runs.graph.allowed)
+        for e in edge_list:
+            keep[self.writer[e.src], self.reader[e.dst]] = True
+        return keep
+
+    def recover(self, circuits: list[list[Edge]]) -> list[float]:
+        if not circuits:
+            return []
+        self.evaluations += len(circuits)
+        keeps = torch.stack([self.mask(c) for c in circuits])
+        return self.runs.recovery(exact_lds(self.runs, keeps), self.w).tolist()
+
+    def top(self, size: int) -> list[Edge]:
+        return prune_dangling(self.ranked[:size])
+
+    def curve(self, sizes: list[int]) -> dict[int, float]:
+        """Exact recovery of the top-`size` circuits, each size evaluated once."""
+        new = sorted(set(sizes) - set(self.measured))
+        self.measured.update(zip(new, self.recover([self.top(s) for s in new])))
+        return {s: self.measured[s] for s in sizes}
+
+    def refine(self, circuit: list[Edge], target: float) -> tuple[list[Edge], float]:
+        """Try removing edges one at a time, weakest |score| first; keep a removal while recovery
+        stays at or above the target (dangling edges left behind are dropped too)."""
+        value = self.recover([circuit])[0]
+        for e in sorted(circuit, key=lambda e: abs(e.score))[:REFINE_MAX]:
+            if e not in circuit:
+                continue
+            trial = prune_dangling([x for x in circuit if x != e])
+            got = self.recover([trial])[0]
+            if got >= target:
+                circuit, value = trial, got
+        return circuit, value
+
+    def select(self, target: float) -> dict:
+        total = len(self.ranked)
+        grid = sorted({max(1, round(f * total)) for f in FRACTIONS} | {min(total, 2 ** i) for i in range(total.bit_length() + 1)})
+        curve = self.curve(grid)
+        size = smallest_stable(curve, target) or total
+        circuit, value = self.refine(self.top(size), target)
+        return {"grid_size": size, "curve": curve, "edges": circuit, "recovered": value}
+
+
+def ranked_edges(runs: Runs, scores: torch.Tensor, w: torch.Tensor | None = None) -> list[Edge]:
+    """Edges by |mean score| (prompts weighted by w), largest first; ties keep graph order. Scores
+    (writer, reader, prompt) in logit-difference units; the edges carry them normalised by the
+    (weighted) clean - corrupted difference."""
+    w = torch.full_like(runs.clean, 1 / len(runs.clean)) if w is None else w
+    mean = scores @ w  # (writer, reader)
+    ws, rs = runs.graph.allowed.nonzero(as_tuple=True)
+    values = mean[ws, rs] / ((runs.clean - runs.corrupted) @ w)
+    order = torch.sort(values.abs(), descending=True, stable=True).indices.tolist()
+    return [Edge(runs.graph.writers[ws[i]], runs.graph.readers[rs[i]], values[i].item()) for i in order]
+
+
+def ranked_records(df: pd.DataFrame) -> list[Edge]:
+    """An edges.csv method's edges by |score|, largest first (stable: graph order on ties)."""
+    df = df.assign(a=df.score.abs()).sort_values("a", ascending=False, kind="stable")
+    return [Edge.from_record(r) for r in df.to_dict("records")]
 
 
 def _node_order(label: str) -> tuple:
     return label != "embed", label == "logits", label
 
 
-def circuit(model, rows, batch_size, circuit_share: float, edges=None) -> dict:
-    weights, runs = _runs(model, rows, batch_size)
-    graph = Graph(weights.n_layers, weights.n_heads)
-    clean, corrupted, n = _means(runs)
-    writer_index = {node: i for i, node in enumerate(graph.writers)}
-    reader_index = {node: i for i, node in enumerate(graph.readers)}
-    ranked = edges.assign(a=edges.score.abs()).sort_values("a", ascending=False, kind="stable")
-    ranked_edges = [Edge.from_record(r) for r in ranked.to_dict("records")]
-    index = [(writer_index[e.src], reader_index[e.dst]) for e in ranked_edges]
-    total = len(index)
+def _describe(runs: Runs, d: Discovery, found: dict) -> dict:
+    total = len(d.ranked)
+    kept = found["edges"]
+    without = d.runs.graph.allowed & ~d.mask(kept)  # the circuit's edges cut from the clean run
+    fractions = list(FRACTIONS)
+    mib = d.curve([max(1, round(f * total)) for f in fractions])
+    faith = [mib[max(1, round(f * total))] for f in fractions]
+    cpr, cmd = cpr_cmd(fractions, faith)
+    return {"n_edges": len(kept), "grid_size": found["grid_size"], "recovered": found["recovered"],
+            "completeness_lost": 1 - recovered(runs, without), "cpr": cpr, "cmd": cmd,
+            "exact_evaluations": d.evaluations,
+            "nodes": sorted((str(n) for n in component_nodes(kept)), key=_node_order),
+            "edges": [e.record() for e in kept],
+            "curve": [{"n_edges": s, "recovered": v} for s, v in sorted(found["curve"].items())],
+            "mib_curve": [{"fraction": f, "recovered": v} for f, v in zip(fractions, faith)]}
 
-    def keep_top(size: int) -> torch.Tensor:
-        keep = torch.zeros_like(graph.allowed)
-        if size:
-            ws, rs = zip(*index[:size])
-            keep[list(ws), list(rs)] = True
-        return keep
 
-    curve: dict[int, float] = {}
+def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stability_resamples: int,
+            seed: int, edges=None) -> dict:
+    """Per method in edges.csv: the selected circuit, its recovery, completeness, CPR/CMD and curves;
+    the first method's circuit is the paper's (top-level nodes/edges). Stability of that circuit
+    over seeded bootstrap resamples of the prompts (EAP-IG rescored per prompt, recoveries
+    reweighted): each kept edge's inclusion frequency and the mean Jaccard between resampled circuits."""
+    runs = prepare(model, rows, batch_size)
+    methods = {}
+    for method, df in edges.groupby("method", sort=False):
+        d = Discovery(runs, ranked_records(df))
+        methods[method] = _describe(runs, d, d.select(circuit_share))
+    if "exact" in methods:
+        by = {m: df.set_index(["src", "dst"]).score for m, df in edges.groupby("method", sort=False)}
+        for method in METHODS:
+            methods[method]["spearman_vs_exact"] = _spearman(torch.tensor(by[method].values, device="cpu"),
+                                                             torch.tensor(by["exact"].loc[by[method].index].values, device="cpu"))
+    main = methods[METHODS[0]]
+    per_prompt = attribution_scores(runs, ig_steps)
+    W = resample_weights(len(runs.clean), seed, stability_resamples)  # (prompt, resample)
+    resampled = []
+    for i in tqdm(range(stability_resamples), desc="stability", leave=False):
+        d = Discovery(runs, ranked_edges(runs, per_prompt, W[:, i]), W[:, i])
+        resampled.append({(str(e.src), str(e.dst)) for e in d.select(circuit_share)["edges"]})
+    pairs = [jaccard(a, b) for i, a in enumerate(resampled) for b in resampled[i + 1:]]
+    stability = {"resamples": stability_resamples,
+                 "inclusion": [{"src": e["src"], "dst": e["dst"],
+                                "frequency": sum((e["src"], e["dst"]) in c for c in resampled) / max(1, len(resampled))}
+                               for e in main["edges"]],
+                 "mean_jaccard": sum(pairs) / len(pairs) if pairs else None,
+                 "circuits": [sorted(f"{s}->{t}" for s, t in c) for c in resampled]}
+    return {"target": circuit_share, "method": METHODS[0], "ig_steps": ig_steps,
+            "total_edges": int(runs.graph.allowed.sum()),
+            "clean_logit_diff": runs.clean.mean().item(), "corrupted_logit_diff": runs.corrupted.mean().item(),
+            "n_edges": main["n_edges"], "recovered": main["recovered"], "nodes": main["nodes"], "edges": main["edges"],
+            "methods": methods, "stability": stability}
 
-    def at(size: int) -> float:
-        if size not in curve:
-            curve[size] = recovered(weights, runs, keep_top(size), clean, corrupted, n)
-        return curve[size]
 
-    grid = sorted({0, total} | {min(total, 2 ** i) for i in range(total.bit_length() + 1)})
-    for size in grid:
-        at(size)
-    hit = next((size for size in grid if curve[size] >= circuit_share), total)
-    lo = max([size for size in grid if size < hit] or [0])
-    while hit - lo > 1:  # bisect between grid points (recovery is close to monotone there)
-        mid = (lo + hit) // 2
-        lo, hit = (lo, mid) if at(mid) >= circuit_share else (mid, hit)
-    kept = ranked_edges[:hit]
-    nodes = sorted((str(node) for node in component_nodes(kept)), key=_node_order)
-    return {"target": circuit_share, "n_edges": int(hit), "total_edges": total, "recovered": curve[hit],
-            "threshold": float(ranked.a.iloc[hit - 1]) if hit else None, "clean_logit_diff": clean,
-            "corrupted_logit_diff": corrupted, "nodes": nodes,
-            "edges": [{"src": str(e.src), "dst": str(e.dst), "score": float(s)}
-                      for e, s in zip(kept, ranked.score.iloc[:hit])],
-            "faithfulness": [{"n_edges": size, "recovered": v} for size, v in sorted(curve.items())]}
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
+    return torch.corrcoef(torch.stack([ra, rb]))[0, 1].item()
 
 
 def faithfulness(model, rows, batch_size, circuit=None) -> pd.DataFrame:
-    """The faithfulness curve measured during pruning, as a table."""
-    return pd.DataFrame(circuit["faithfulness"])
+    """The faithfulness curves of every method, on the selection grid and on MIB's fractions."""
+    out = []
+    for method, m in circuit["methods"].items():
+        total = circuit["total_edges"]
+        out += [{"method": method, "grid": "selection", "n_edges": p["n_edges"], "fraction": p["n_edges"] / total,
+                 "recovered": p["recovered"]} for p in m["curve"]]
+        out += [{"method": method, "grid": "mib", "n_edges": max(1, round(p["fraction"] * total)),
+                 "fraction": p["fraction"], "recovered": p["recovered"]} for p in m["mib_curve"]]
+    return pd.DataFrame(out)

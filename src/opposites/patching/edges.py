@@ -6,9 +6,13 @@ weights -> r can be cut by giving r the corrupted run's output of weights instea
   edge_forward(..., keep)   exact edge patching: run the clean prompts with every edge outside
                             `keep` fed the corrupted writer output (all edges kept = clean run,
                             none = corrupted run);
-  edge_attribution(...)     edge attribution patching (Syed et al. 2023): on the corrupted run,
+  edge_attribution(...)     edge attribution patching, per prompt, every edge at once:
                             (clean - corrupted writer output) . d(logit diff)/d(reader input),
-                            summed over positions, for every edge at once (2 forwards, 1 backward).
+                            summed over positions. EAP (Syed et al. 2023) takes the gradient on the
+                            corrupted run (the original code takes it on the clean run); EAP-IG
+                            (Hanna et al. 2024) averages it over `ig_steps` runs whose input
+                            embeddings lie on the straight line from corrupted to clean (midpoints
+                            alpha = (k - 1/2) / ig_steps), which fixes EAP's zero-gradient failures.
 """
 
 from __future__ import annotations
@@ -68,23 +72,40 @@ class Graph:
 
 def _cut(outs: list[Tensor], corrupt: Tensor | None, keep: Tensor | None, readers: slice) -> Tensor | None:
     """Sum over the writers so far of (1 - keep) * (current - corrupted output), per reader:
-    (readers, batch, pos, d_model); None when nothing is cut."""
+    (readers, variant * batch, pos, d_model); None when nothing is cut. keep is (variant, writer,
+    reader): the batch axis holds each variant's copy of the prompts, variant-major."""
     if keep is None:
         return None
-    n = len(outs)
-    cut = (~keep[:n, readers]).to(device=outs[0].device, dtype=outs[0].dtype)  # (writer, reader)
+    n, V = len(outs), keep.shape[0]
+    cut = (~keep[:, :n, readers]).to(device=outs[0].device, dtype=outs[0].dtype)  # (variant, writer, reader)
     if not cut.any():
         return None
-    diff = torch.stack(outs) - corrupt[:n]  # (writer, batch, pos, d_model)
-    return torch.einsum("wr,wbpm->rbpm", cut, diff)
+    diff = torch.stack(outs) - corrupt[:n]  # (writer, variant * batch, pos, d_model)
+    diff = diff.view(n, V, -1, *diff.shape[2:])  # (writer, variant, batch, pos, d_model)
+    out = torch.einsum("vwr,wvbpm->rvbpm", cut, diff)
+    return out.reshape(out.shape[0], -1, *out.shape[3:])
+
+
+def embed(weights: Weights, tokens: Tensor) -> Tensor:
+    """The embedding writer's output, (batch, pos, d_model)."""
+    return weights.W_E[tokens] + weights.W_pos[: tokens.shape[1]]
 
 
 def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, corrupt: Tensor | None = None,
-                 keep: Tensor | None = None, grad_leaves: bool = False) -> tuple[Tensor, Tensor, list[Tensor]]:
+                 keep: Tensor | None = None, grad_leaves: bool = False,
+                 x: Tensor | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:
     """Forward with one input per reader. Returns (logit diff per prompt, writer outputs
-    (writer, batch, pos, d_model), reader-input leaves for gradients when grad_leaves)."""
+    (writer, batch, pos, d_model), reader-input leaves for gradients when grad_leaves). `keep`
+    (writer, reader), or (variant, writer, reader) for several circuits in one pass: then the logit
+    differences are (variant * batch,), variant-major. `x` replaces the embedding (EAP-IG's
+    interpolated inputs)."""
     g = Graph(weights.n_layers, weights.n_heads)
-    x = weights.W_E[tokens] + weights.W_pos[: tokens.shape[1]]  # (batch, pos, d_model)
+    x = embed(weights, tokens) if x is None else x  # (batch, pos, d_model)
+    if keep is not None:
+        keep = keep[None] if keep.dim() == 2 else keep
+        V = keep.shape[0]
+        x, dir, bias = x.repeat(V, 1, 1), dir.repeat(V, 1), bias.repeat(V)
+        corrupt = corrupt.repeat(1, V, 1, 1)
     outs, leaves = [x], []
     resid = x
     H = weights.n_heads
@@ -119,22 +140,29 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
     return ld, torch.stack(outs), leaves
 
 
-def edge_attribution(weights: Weights, clean: Tensor, corrupted: Tensor, dir: Tensor,
-                     bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(writer, reader) sums over prompts of the estimated change of the logit difference when the
-    edge alone carries the clean writer output into the corrupted run (0 where no edge); and the
-    clean and corrupted logit differences per prompt, which the two runs give anyway."""
+def edge_attribution(weights: Weights, clean: Tensor, corrupted: Tensor, dir: Tensor, bias: Tensor,
+                     ig_steps: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """(writer, reader, prompt) estimated change of the logit difference when the edge alone carries
+    the clean writer output into the corrupted run (0 where no edge): EAP with ig_steps = 0, EAP-IG
+    with ig_steps > 0; and the clean and corrupted logit differences per prompt."""
     g = Graph(weights.n_layers, weights.n_heads)
     with torch.no_grad():
         ld_clean, clean_out, _ = edge_forward(weights, clean, dir, bias)
-    with torch.enable_grad():
-        ld, corr_out, leaves = edge_forward(weights, corrupted, dir, bias, grad_leaves=True)
-        grads = torch.autograd.grad(ld.sum(), leaves)
+        ld_corrupted, corr_out, _ = edge_forward(weights, corrupted, dir, bias)
+    x_clean, x_corr = clean_out[0], corr_out[0]  # the embedding writer's outputs
+    alphas = [(k - 0.5) / ig_steps for k in range(1, ig_steps + 1)] if ig_steps else [0.0]
+    grads = None
+    for alpha in alphas:
+        with torch.enable_grad():
+            ld, _, leaves = edge_forward(weights, corrupted, dir, bias, grad_leaves=True,
+                                         x=x_corr + alpha * (x_clean - x_corr))
+            step = torch.autograd.grad(ld.sum(), leaves)
+        grads = step if grads is None else [a + b for a, b in zip(grads, step)]
     diff = (clean_out - corr_out).detach()  # (writer, batch, pos, d_model)
-    scores = torch.zeros(len(g.writers), len(g.readers), dtype=diff.dtype, device=diff.device)
+    scores = torch.zeros(len(g.writers), len(g.readers), diff.shape[1], dtype=diff.dtype, device=diff.device)
     start = 0
     for grad in grads:  # one per reader group, in reader order
         n = grad.shape[0]
-        scores[:, start:start + n] = torch.einsum("wbpm,rbpm->wr", diff, grad)
+        scores[:, start:start + n] = torch.einsum("wbpm,rbpm->wrb", diff, grad) / len(alphas)
         start += n
-    return scores * g.allowed.to(diff.device), ld_clean, ld.detach()
+    return scores * g.allowed.to(diff.device)[..., None], ld_clean, ld_corrupted

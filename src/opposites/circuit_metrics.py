@@ -1,0 +1,76 @@
+"""Circuit selection and scoring that need no model (figure and table jobs import it; no torch).
+
+  prune_dangling     keep only edges on some path from the input (embed) to the logits
+  smallest_stable    the smallest size whose recovery reaches the target and stays there
+  cpr_cmd            MIB's integrated faithfulness: area under the curve (CPR) and between it and 1 (CMD)
+  roc_auc            how well edge scores rank the true edges of a planted circuit
+  jaccard            overlap of two sets
+"""
+
+from __future__ import annotations
+
+from opposites.nodes import Edge, Node
+
+# MIB's grid of circuit sizes, as fractions of all edges (0.1% ... 100%)
+FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def prune_dangling(edges: list[Edge]) -> list[Edge]:
+    """The edges that lie on a path embed -> ... -> logits through the given edges. A writer no kept
+    edge reaches from embed gets only corrupted inputs, so it already writes its corrupted output, and
+    a reader whose component reaches no kept edge to the logits changes nothing downstream: exact
+    edge patching gives the same metric with or without the dropped edges."""
+    fed = {Node("embed")}
+    changed = True
+    while changed:  # forward: components some kept path from embed reaches
+        changed = False
+        for e in edges:
+            if e.src in fed and e.dst.component not in fed:
+                fed.add(e.dst.component)
+                changed = True
+    live = {Node("logits")}
+    changed = True
+    while changed:  # backward: components with a kept path to the logits
+        changed = False
+        for e in edges:
+            if e.dst.component in live and e.src not in live:
+                live.add(e.src)
+                changed = True
+    return [e for e in edges if e.src in fed and e.dst.component in live]
+
+
+def smallest_stable(curve: dict[int, float], target: float) -> int | None:
+    """The smallest size on the grid whose recovery reaches `target` and stays at or above it for
+    every larger size (a size where the curve dips below again is not taken); None if none does."""
+    best = None
+    for size in sorted(curve, reverse=True):
+        if curve[size] < target:
+            break
+        best = size
+    return best
+
+
+def cpr_cmd(fractions: list[float], faithfulness: list[float]) -> tuple[float, float]:
+    """Trapezoid areas over the edge fraction x in [0, 1], with the empty circuit's point (0, 0)
+    added: CPR = area under the faithfulness curve (higher is better), CMD = area of |1 - curve|
+    (lower is better). A circuit that recovers everything at every size has CPR 1 and CMD 0."""
+    pts = sorted({0.0: 0.0, **dict(zip(fractions, faithfulness))}.items())
+    cpr = cmd = 0.0
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        cpr += (x1 - x0) * (y0 + y1) / 2
+        cmd += (x1 - x0) * (abs(1 - y0) + abs(1 - y1)) / 2
+    return cpr, cmd
+
+
+def roc_auc(scores: list[float], truth: list[bool]) -> float:
+    """Probability that a true edge outscores a false one (ties count one half); Mann-Whitney."""
+    pos = [s for s, t in zip(scores, truth) if t]
+    neg = [s for s, t in zip(scores, truth) if not t]
+    if not pos or not neg:
+        raise ValueError("ROC AUC needs at least one true and one false edge")
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a | b else 0.0
