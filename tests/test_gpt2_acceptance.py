@@ -89,7 +89,8 @@ def test_ioi_circuit_contains_name_movers_and_s_inhibition(gpt2):
     from opposites.prompts import make_prompts
 
     rows, _ = make_prompts("ioi", gpt2.tokenizer, 32, seed=0, min_prompts=8)
-    c = circuits.circuit(gpt2, rows, 8, circuit_share=0.8, edges=circuits.edges(gpt2, rows, 8))
+    edges = circuits.edges(gpt2, rows, 8, ig_steps=5)
+    c = circuits.circuit(gpt2, rows, 8, circuit_share=0.8, ig_steps=5, stability_resamples=0, seed=0, edges=edges)
     from opposites.overlap import head_nodes
 
     heads = head_nodes(c)

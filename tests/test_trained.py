@@ -39,8 +39,9 @@ def results(trained, task_rows):
                "patch_heads": patching.patch_heads(trained, r, 16, "denoising", SEED),
                "patch_attribution": patching.patch_attribution(trained, r, 16, "denoising", SEED),
                "attention": heads.attention(trained, r, 16, seed=0)}
-        res["edges"] = circuits.edges(trained, r, 16)
-        res["circuit"] = circuits.circuit(trained, r, 16, circuit_share=0.8, edges=res["edges"])
+        res["edges"] = circuits.edges(trained, r, 16, ig_steps=5)
+        res["circuit"] = circuits.circuit(trained, r, 16, circuit_share=0.8, ig_steps=5, stability_resamples=4,
+                                          seed=SEED, edges=res["edges"])
         res["movers"] = mechanism.movers(trained, r, 16, SEED, patch_heads=res["patch_heads"], attention=res["attention"])
         if load_spec(t)["family"] == "opposite":
             res["head_logits"] = opposite.head_logits(trained, r, 16, seed=SEED)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from itertools import combinations
 
-from opposites.nodes import head_nodes
+from opposites.circuit_metrics import jaccard
+from opposites.nodes import Edge, Node, component_nodes, head_nodes
 
 ENDS = {"embed", "logits"}
 
@@ -14,17 +15,46 @@ def edge_set(c: dict) -> set[tuple[str, str]]:
 
 
 def compare(circuits: dict[str, dict], opposite_tasks: list[str], classes: dict[str, list[str]]) -> dict:
-    """Head and edge overlap between every pair of tasks (counts and Jaccard), the components (heads
-    and MLPs; embed and logits are in every circuit, so they are left out) shared by all opposite
-    tasks, and the IOI classes of the shared heads."""
-    jac = lambda a, b: len(a & b) / len(a | b) if a | b else 0.0  # noqa: E731
+    """Head and edge overlap between every pair of tasks (counts and Jaccard, with a 95% interval over
+    the circuits re-discovered on bootstrap resamples where the files have them: resample i of one
+    task against resample i of the other), the components (heads and MLPs; embed and logits are in
+    every circuit, so they are left out) shared by all opposite tasks, and the IOI classes of the
+    shared heads."""
     pairs = []
     for a, b in combinations(circuits, 2):
         ha, hb, ea, eb = head_nodes(circuits[a]), head_nodes(circuits[b]), edge_set(circuits[a]), edge_set(circuits[b])
-        pairs.append({"a": a, "b": b, "heads": len(ha & hb), "heads_jaccard": jac(ha, hb),
-                      "edges": len(ea & eb), "edges_jaccard": jac(ea, eb)})
+        pairs.append({"a": a, "b": b, "heads": len(ha & hb), "heads_jaccard": jaccard(ha, hb),
+                      "edges": len(ea & eb), "edges_jaccard": jaccard(ea, eb),
+                      **_resampled_jaccard(circuits[a], circuits[b])})
     opp = [t for t in opposite_tasks if t in circuits]
     shared = sorted(set.intersection(*(set(circuits[t]["nodes"]) - ENDS for t in opp))) if opp else []
     head_class = {h: cls for cls, hs in classes.items() for h in hs}
     return {"pairs": pairs, "opposite_tasks": opp, "shared_by_opposites": shared,
             "shared_classes": {x: head_class.get(x, "") for x in shared}}
+
+
+def resampled_edges(circuit: dict) -> list[set[tuple[str, str]]]:
+    """The edge sets of the circuits re-discovered on bootstrap resamples (empty if none)."""
+    return [{tuple(x.split("->")) for x in c} for c in circuit.get("stability", {}).get("circuits", [])]
+
+
+def _heads(edges: set[tuple[str, str]]) -> set[str]:
+    return {str(n) for n in component_nodes([Edge(Node.parse(s), Node.parse(d)) for s, d in edges]) if n.is_head}
+
+
+def _resampled_jaccard(a: dict, b: dict) -> dict:
+    ra, rb = resampled_edges(a), resampled_edges(b)
+    if not ra or len(ra) != len(rb):
+        return {"heads_jaccard_ci95": None, "edges_jaccard_ci95": None}
+    heads = sorted(jaccard(_heads(x), _heads(y)) for x, y in zip(ra, rb))
+    edges = sorted(jaccard(x, y) for x, y in zip(ra, rb))
+    return {"heads_jaccard_ci95": _percentiles(heads), "edges_jaccard_ci95": _percentiles(edges)}
+
+
+def _percentiles(values: list[float]) -> list[float]:
+    """2.5th and 97.5th percentiles (linear interpolation), of a sorted list."""
+    def q(p: float) -> float:
+        i = p * (len(values) - 1)
+        lo = int(i)
+        return values[lo] + (values[min(lo + 1, len(values) - 1)] - values[lo]) * (i - lo)
+    return [q(0.025), q(0.975)]

@@ -140,5 +140,8 @@ def circuit_facts(data: dict, tasks: list[str]) -> dict:
     cmp = compare(circuits, opposite_tasks(tasks), ioi_head_classes())
     best = max(cmp["pairs"], key=lambda p: p["heads_jaccard"]) if cmp["pairs"] else None
     per = {t: {"n_edges": c["n_edges"], "total": c["total_edges"], "recovered": c["recovered"],
-               "n_heads": len(head_nodes(c)), "heads": sorted(head_nodes(c))[:8]} for t, c in circuits.items()}
+               "n_heads": len(head_nodes(c)), "heads": sorted(head_nodes(c))[:8], "method": c["method"],
+               "main": c["methods"][c["method"]], "methods": c["methods"], "stability": c["stability"],
+               "unstable": [f"{e['src']}->{e['dst']}" for e in c["stability"]["inclusion"] if e["frequency"] < 0.5]}
+           for t, c in circuits.items()}
     return {"per_task": per, "compare": cmp, "closest": best}

@@ -84,13 +84,28 @@ def neurons(data: dict, tasks: list[str]) -> str:
 @table
 def circuit_shared(data: dict, tasks: list[str]) -> str:
     cmp = compare({t: data["circuit"][t] for t in tasks}, opposite_tasks(tasks), ioi_head_classes())
-    rows = [[tex_escape(f"{p['a']} / {p['b']}"), str(p["heads"]), fmt(p["heads_jaccard"]), str(p["edges"]),
-             fmt(p["edges_jaccard"])] for p in cmp["pairs"]]
+    rows = [[tex_escape(f"{p['a']} / {p['b']}"), str(p["heads"]), fmt_ci(p["heads_jaccard"], p["heads_jaccard_ci95"]),
+             str(p["edges"]), fmt_ci(p["edges_jaccard"], p["edges_jaccard_ci95"])] for p in cmp["pairs"]]
     shared = ", ".join(f"{x}" + (f" ({cmp['shared_classes'][x]})" if cmp["shared_classes"][x] else "")
                        for x in cmp["shared_by_opposites"]) or "none"
     rows.append([r"\multicolumn{5}{l}{Shared by all opposite tasks (" + tex_escape(", ".join(cmp["opposite_tasks"]))
                  + "): " + tex_escape(shared) + "}"])
     return tabular("l r r r r", ["tasks", "shared heads", "Jaccard", "shared edges", "Jaccard"], rows)
+
+
+@table
+def circuit_methods(data: dict, tasks: list[str]) -> str:
+    rows = []
+    for task in tasks:
+        c = data["circuit"][task]
+        for method, m in c["methods"].items():
+            stab = c["stability"] if method == c["method"] else None
+            rows.append([tex_escape(task), tex_escape(method), fmt(m["cpr"]), fmt(m["cmd"]),
+                         f"{m['grid_size']} $\\to$ {m['n_edges']}", fmt(m["recovered"]), fmt(m["completeness_lost"]),
+                         str(m["exact_evaluations"]), fmt(m.get("spearman_vs_exact")),
+                         fmt(stab["mean_jaccard"]) if stab and stab["mean_jaccard"] is not None else "--"])
+    return tabular("l l r r r r r r r r", ["task", "method", "CPR", "CMD", "edges", "recovered", "lost w/o",
+                                           "exact evals", r"$\rho$ exact", "stability"], rows)
 
 
 @table

@@ -14,6 +14,7 @@ the prompts."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import pandas as pd
@@ -227,28 +228,34 @@ def _describe(runs: Runs, d: Discovery, found: dict) -> dict:
 
 
 def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stability_resamples: int,
-            seed: int, edges=None) -> dict:
+            seed: int, edges=None, clock: "Clock | None" = None) -> dict:
     """Per method in edges.csv: the selected circuit, its recovery, completeness, CPR/CMD and curves;
     the first method's circuit is the paper's (top-level nodes/edges). Stability of that circuit
     over seeded bootstrap resamples of the prompts (EAP-IG rescored per prompt, recoveries
-    reweighted): each kept edge's inclusion frequency and the mean Jaccard between resampled circuits."""
+    reweighted): each kept edge's inclusion frequency and the mean Jaccard between resampled circuits.
+    `clock` (benchmarks) records the wall time of each phase."""
+    clock = clock or Clock()
     runs = prepare(model, rows, batch_size)
+    clock.lap("runs")
     methods = {}
     for method, df in edges.groupby("method", sort=False):
         d = Discovery(runs, ranked_records(df))
         methods[method] = _describe(runs, d, d.select(circuit_share))
+        clock.lap(f"selection {method}")
     if "exact" in methods:
         by = {m: df.set_index(["src", "dst"]).score for m, df in edges.groupby("method", sort=False)}
         for method in METHODS:
             methods[method]["spearman_vs_exact"] = _spearman(torch.tensor(by[method].values, device="cpu"),
                                                              torch.tensor(by["exact"].loc[by[method].index].values, device="cpu"))
     main = methods[METHODS[0]]
-    per_prompt = attribution_scores(runs, ig_steps)
-    W = resample_weights(len(runs.clean), seed, stability_resamples)  # (prompt, resample)
     resampled = []
-    for i in tqdm(range(stability_resamples), desc="stability", leave=False):
-        d = Discovery(runs, ranked_edges(runs, per_prompt, W[:, i]), W[:, i])
-        resampled.append({(str(e.src), str(e.dst)) for e in d.select(circuit_share)["edges"]})
+    if stability_resamples:
+        per_prompt = attribution_scores(runs, ig_steps)
+        W = resample_weights(len(runs.clean), seed, stability_resamples)  # (prompt, resample)
+        for i in tqdm(range(stability_resamples), desc="stability", leave=False):
+            d = Discovery(runs, ranked_edges(runs, per_prompt, W[:, i]), W[:, i])
+            resampled.append({(str(e.src), str(e.dst)) for e in d.select(circuit_share)["edges"]})
+    clock.lap("stability")
     pairs = [jaccard(a, b) for i, a in enumerate(resampled) for b in resampled[i + 1:]]
     stability = {"resamples": stability_resamples,
                  "inclusion": [{"src": e["src"], "dst": e["dst"],
@@ -261,6 +268,19 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
             "clean_logit_diff": runs.clean.mean().item(), "corrupted_logit_diff": runs.corrupted.mean().item(),
             "n_edges": main["n_edges"], "recovered": main["recovered"], "nodes": main["nodes"], "edges": main["edges"],
             "methods": methods, "stability": stability}
+
+
+class Clock:
+    """Wall time of each phase, for the benchmark's breakdown."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self.t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.t, 2)
+        self.t = now
 
 
 def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:

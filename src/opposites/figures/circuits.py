@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from opposites.figures.style import color, figure, per_task
+from opposites.figures.style import figure, per_task
 from opposites.nodes import Edge, Node, head_nodes
 
 
@@ -46,20 +46,26 @@ def circuit_graph(data: dict, tasks: list[str], max_edges: int = 60):
     return per_task(tasks, draw, height=3.0, max_cols=2)
 
 
+METHOD_STYLE = {"EAP-IG": ("#1b9e77", "o"), "EAP": ("#d95f02", "s"), "exact": ("0.3", "^")}
+
+
 @figure
 def faithfulness(data: dict, tasks: list[str]):
-    fig, ax = plt.subplots()
-    for task in tasks:
-        df = data["faithfulness"][task]
-        ax.plot(df.n_edges + 1, df.recovered, marker="o", ms=2.5, color=color(task), label=task)
-        c = data["circuit"][task]
-        ax.scatter([c["n_edges"] + 1], [c["recovered"]], marker="*", s=60, color=color(task), zorder=3)
-    ax.axhline(data["circuit"][tasks[0]]["target"], color="k", lw=0.6, ls="--")
-    ax.set_xscale("log")
-    ax.set(xlabel="edges kept + 1 (in attribution-score order)", ylabel="share of clean metric recovered",
-           title="Faithfulness of the discovered circuits")
-    ax.legend(frameon=False)
-    return fig
+    def draw(ax, task):
+        df, c = data["faithfulness"][task], data["circuit"][task]
+        for method, m in c["methods"].items():
+            col, marker = METHOD_STYLE.get(method, ("k", "x"))
+            part = df[(df.method == method) & (df.grid == "mib")]
+            ax.plot(part.fraction * 100, part.recovered, marker=marker, ms=2.5, color=col,
+                    label=f"{method} (CPR {m['cpr']:.2f}, CMD {m['cmd']:.2f})")
+            ax.scatter([100 * m["n_edges"] / c["total_edges"]], [m["recovered"]], marker="*", s=60, color=col, zorder=3)
+        ax.axhline(c["target"], color="k", lw=0.6, ls="--")
+        ax.axhline(0, color="0.5", lw=0.4)
+        ax.set_xscale("log")
+        ax.set(xlabel="% of edges kept (top by |score|)", ylabel="recovered", title=task)
+        ax.legend(frameon=False, fontsize=5.5)
+
+    return per_task(tasks, draw, height=2.4, max_cols=2)
 
 
 @figure
