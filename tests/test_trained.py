@@ -109,7 +109,10 @@ def test_ablating_the_named_movers_collapses_the_task(results, task):
 @pytest.mark.parametrize("task", ["size", "antonym"])
 def test_the_movers_alone_map_adj1_to_its_opposite(results, task):
     """Where the opposite mapping happens on this model: with every other head and every MLP
-    mean-ablated, the mover heads alone (their OV circuits, on the direct path) still answer with
-    the opposite on most prompts; ablating the movers instead collapses the task (test above)."""
+    mean-ablated, the mover heads alone (their OV circuits, on the direct path) still prefer the
+    opposite to the repeated word on most prompts (interval above chance, 0.5) and on average by a
+    logit; ablating the movers instead collapses the task (test above). Measured (800 steps, 48
+    prompts): size 0.67 [0.54, 0.79], antonym similar; not the whole mapping, so the paper says
+    'part of'."""
     only = results[task]["mapping"]["movers_only"]
-    assert only["accuracy_ci95"][0] > 0.6 and only["logit_diff"] > 1, only
+    assert only["accuracy_ci95"][0] > 0.5 and only["logit_diff"] > 1, only
