@@ -58,3 +58,8 @@ def test_train_block_is_validated_with_its_own_keys():
         config.validate(base(train={"steps": 0}))
     assert config.validate(base(model="trained", train={"steps": 10}))["train"] == {"steps": 10}
     assert config.model_slug("trained") == "trained"
+
+
+def test_fewer_prompts_than_the_minimum_is_one_sentence_naming_both_keys():
+    with pytest.raises(config.ConfigError, match=r"n_prompts=4 but requires at least min_prompts=8 per task; raise n_prompts or lower min_prompts"):
+        config.validate(base(n_prompts=4, min_prompts=8))

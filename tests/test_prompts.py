@@ -95,3 +95,27 @@ def test_rows_record_their_words_and_the_role_the_corruption_changes(tokenizer, 
     for r in rows:
         assert r["changed"] == [role]
         assert fill(spec["templates"][r["template"]], r["words"], tokenizer, spec["roles"]) == (r["clean"], r["positions"])
+
+
+def test_start_up_check_names_a_multi_token_word_and_its_tokens(tokenizer, monkeypatch):
+    spec = prompts.load_spec("size")
+    bad = {**spec, "unrelated": spec["unrelated"] + ["flabbergasted"]}
+    monkeypatch.setattr(prompts, "load_spec", lambda task: bad)
+    with pytest.raises(prompts.TaskError) as e:
+        prompts.check_task("size", tokenizer)
+    msg = str(e.value)
+    assert "src/opposites/tasks/size.yaml" in msg and "'flabbergasted'" in msg and "unrelated" in msg
+    assert "[' fl', 'ab', 'berg', 'asted']" in msg
+
+
+def test_start_up_check_names_a_placeholder_nothing_fills(tokenizer, monkeypatch):
+    spec = prompts.load_spec("size")
+    bad = {**spec, "templates": spec["templates"] + ["{NAME1} is {ADJ1} and {ADJ2}. {NAME2} is"]}
+    monkeypatch.setattr(prompts, "load_spec", lambda task: bad)
+    with pytest.raises(prompts.TaskError, match=r"placeholder\(s\) \['ADJ2'\] that the opposite family never fills"):
+        prompts.check_task("size", tokenizer)
+
+
+@pytest.mark.parametrize("task", ["ioi", "size", "antonym", "isa"])
+def test_shipped_task_files_pass_the_start_up_check(tokenizer, task):
+    prompts.check_task(task, tokenizer)

@@ -48,6 +48,9 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     if errors:
         raise ConfigError(_explain(errors[0], sch))
     model_kind(config["model"])  # raises on a malformed random:<size>
+    if config["n_prompts"] < config["min_prompts"]:
+        raise ConfigError(f"config asks for n_prompts={config['n_prompts']} but requires at least "
+                          f"min_prompts={config['min_prompts']} per task; raise n_prompts or lower min_prompts.")
     return config
 
 

@@ -129,6 +129,39 @@ def validate_spec(task: str, spec: dict[str, Any]) -> None:
             raise TaskError(f"{where}: '{key}' has duplicates; list each word once.")
 
 
+WORD_LISTS = ("pairs", "synonyms", "unrelated", "names", "categories")  # words used as single tokens
+
+
+def _words(value) -> list[str]:
+    """Every string in a (nested) word list; a dict contributes its keys and values."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [w for k, v in value.items() for w in _words(k) + _words(v)]
+    return [w for v in value for w in _words(v)]
+
+
+def check_task(task: str, tokenizer) -> None:
+    """Start-up check with the tokenizer: every listed word is one token after a space, and every
+    template placeholder is filled by the family's sampler. Raises TaskError naming the file, the
+    word and its tokens (or the placeholder), instead of a crash deep inside an analysis."""
+    spec = load_spec(task)
+    where = f"src/opposites/tasks/{task}.yaml"
+    for key in WORD_LISTS:
+        for word in dict.fromkeys(_words(spec.get(key, []))):
+            ids = token_ids(tokenizer, " " + word.strip())
+            if len(ids) != 1:
+                pieces = [tokenizer.decode([i]) for i in ids]
+                raise TaskError(f"{where}: {key} word {word!r} is {len(ids)} GPT-2 tokens ({pieces}), but every "
+                                "word must be one token after a space; replace it with a single-token word.")
+    filled = set(FAMILIES[spec["family"]][0](spec, random.Random(0)).clean)
+    for template in spec["templates"]:
+        unknown = sorted(set(PLACEHOLDER.findall(template)) - filled)
+        if unknown:
+            raise TaskError(f"{where}: template {template!r} has placeholder(s) {unknown} that the "
+                            f"{spec['family']} family never fills (it fills {sorted(filled)}); fix the template.")
+
+
 # ---- filling and checking -----------------------------------------------------------------------
 
 def token_ids(tokenizer, text: str) -> list[int]:

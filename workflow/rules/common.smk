@@ -5,11 +5,15 @@ from opposites import config as cfg
 from opposites import models, paths
 from opposites.analyses import ANALYSES, SOURCES, STAGES, applies, result_path, settings_of, stage_analyses
 from opposites.outline import load as load_outline
-from opposites.prompts import task_file
+from opposites.prompts import check_task, task_file
 import opposites.training as training
 
 cfg.validate(config)
 models.check_available(config["model"])
+models.pick_device(config["device"])  # device=cuda without CUDA: one sentence now, not a traceback per job
+_tokenizer = models.gpt2_tokenizer()  # GPT-2's (every model here uses it)
+for _task in config["tasks"]:
+    check_task(_task, _tokenizer)  # a multi-token word or unknown placeholder: one sentence at start-up
 
 MODEL = config["model"]
 R = f"results/{cfg.model_slug(MODEL)}"
