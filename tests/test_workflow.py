@@ -82,6 +82,14 @@ def test_bad_config_key_stops_with_one_sentence(workdir):
     assert "config key(s) 'n_promts' not recognised; allowed keys are" in proc.stdout + proc.stderr
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the machine without CUDA")
+def test_cuda_without_cuda_stops_at_start_up_with_one_sentence(workdir):
+    proc = snakemake(workdir, "-n", "paper", "--config", "model=toy", "device=cuda", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "config key 'device' is 'cuda' but no CUDA device is present" in out
+    assert out.count("no CUDA device is present") == 1
+
+
 def test_trained_model_paper_builds_offline(tmp_path, trained_dir):
     """model=trained end to end, reusing the session's trained model (training it is the rule
     train_model; test_training.py and test_trained.py check it): the paper builds, names the model as
