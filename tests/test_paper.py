@@ -40,6 +40,10 @@ def test_repo_outline_is_valid_and_drives_targets():
     ({"id": "patch_heads", "kind": "figure"}, "no @figure function patch_heads"),  # lives in another section
     ({"id": "head_dla", "kind": "movie"}, "kind must be figure or table"),
     ({"id": "head_dla", "kind": "figure", "analyses": ["magic"]}, "unknown analyses"),
+    ({"id": "head_dla", "kind": "figure", "caption": "Half (50% of) the heads"},
+     r"caption of outline item 'head_dla' is LaTeX, and its '%' near 'Half \(50% of\) the h' is not escaped: write \\%"),
+    ({"id": "head_dla", "kind": "figure", "caption": "DLA & more"}, r"its '&' near"),
+    ({"id": "head_dla", "kind": "figure", "caption": "the W_U row"}, r"its '_' near 'the W_U row'"),
 ])
 def test_bad_outline_rejected(tmp_path, item, match):
     import yaml
@@ -48,6 +52,10 @@ def test_bad_outline_rejected(tmp_path, item, match):
     p.write_text(yaml.safe_dump({"title": "t", "sections": [{"id": "dla", "title": "S", "items": [item]}]}))
     with pytest.raises(outline.OutlineError, match=match):
         outline.load(p, ["ioi"])
+
+
+def test_escaped_specials_math_and_template_expressions_are_accepted():
+    outline.check_latex(r"50\% of $W_U$, << (config.circuit_share * 100) | fmt(0) >>\% and \& more", "x")
 
 
 def test_compile_error_shows_log_lines(tmp_path):

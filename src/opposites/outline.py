@@ -6,7 +6,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import re
+
 import yaml
+
+MATH = re.compile(r"\$[^$]*\$")  # inline math, where _ and ^ are fine
+BARE = re.compile(r"(?<!\\)[%&#_^]")  # LaTeX specials not escaped with a backslash
+JINJA = re.compile(r"<<.*?>>|<%.*?%>", re.S)  # template expressions, filled before LaTeX sees them
+
+
+def check_latex(text: str, where: str) -> None:
+    """Captions and titles are LaTeX: a bare %, &, #, _ or ^ (outside $...$) would break the build
+    with an error pointing at the generated paper.tex; name the item and the fix instead."""
+    plain = MATH.sub("", JINJA.sub("", text))
+    bad = BARE.search(plain)
+    if bad:
+        start = max(0, bad.start() - 30)
+        raise OutlineError(f"{where} is LaTeX, and its {bad.group()!r} near '{plain[start:bad.end() + 10].strip()}' "
+                           f"is not escaped: write \\{bad.group()} in paper/outline.yaml (or put it in $...$).")
 
 
 class OutlineError(ValueError):
@@ -90,7 +107,9 @@ def load(path: str | Path, tasks: list[str]) -> Outline:
                                    f"known: {', '.join(SOURCES)}.")
             item_tasks = [t for t in it.get("tasks", tasks) if t in tasks
                           and all(applies(a, t) for a in it.get("analyses", []))]
+            check_latex(it.get("caption", ""), f"the caption of outline item {iid!r}")
             items.append(Item(iid, kind, s["id"], tuple(it.get("analyses", [])), tuple(item_tasks),
                               it.get("caption", ""), it.get("width", "\\linewidth")))
+        check_latex(s["title"], f"the title of outline section {s['id']!r}")
         sections.append(Section(s["id"], s["title"], tuple(items)))
     return Outline(raw["title"], raw.get("abstract", ""), tuple(sections))
