@@ -82,6 +82,12 @@ def test_bad_config_key_stops_with_one_sentence(workdir):
     assert "config key(s) 'n_promts' not recognised; allowed keys are" in proc.stdout + proc.stderr
 
 
+def test_fewer_prompts_than_asked_warns_at_start_up(workdir):
+    proc = snakemake(workdir, "-n", "paper", "--config", "model=toy", "n_prompts=400")
+    assert re.search(r"WARNING: task 'isa' yields \d+ of the 400 prompts asked for", proc.stderr)
+    assert "task 'ioi' yields" not in proc.stderr
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the machine without CUDA")
 def test_cuda_without_cuda_stops_at_start_up_with_one_sentence(workdir):
     proc = snakemake(workdir, "-n", "paper", "--config", "model=toy", "device=cuda", check=False)

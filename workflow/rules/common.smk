@@ -1,11 +1,12 @@
 # Validate the config, check the model is reachable, and derive every target from the outline.
+import sys
 from pathlib import Path
 
 from opposites import config as cfg
 from opposites import models, paths
 from opposites.analyses import ANALYSES, SOURCES, STAGES, applies, result_path, settings_of, stage_analyses
 from opposites.outline import load as load_outline
-from opposites.prompts import check_task, task_file
+from opposites.prompts import check_task, make_prompts, task_file
 import opposites.training as training
 
 cfg.validate(config)
@@ -14,6 +15,11 @@ models.pick_device(config["device"])  # device=cuda without CUDA: one sentence n
 _tokenizer = models.gpt2_tokenizer()  # GPT-2's (every model here uses it)
 for _task in config["tasks"]:
     check_task(_task, _tokenizer)  # a multi-token word or unknown placeholder: one sentence at start-up
+    _n = len(make_prompts(_task, _tokenizer, config["n_prompts"], config["seed"], config["min_prompts"])[0])
+    if _n < config["n_prompts"]:  # fewer than asked: say so where the user looks, not in a log file
+        print(f"WARNING: task {_task!r} yields {_n} of the {config['n_prompts']} prompts asked for (n_prompts); "
+              f"its word lists allow no more. Its numbers rest on n = {_n}; the paper's tasks section says so.",
+              file=sys.stderr)
 
 MODEL = config["model"]
 R = f"results/{cfg.model_slug(MODEL)}"
