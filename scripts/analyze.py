@@ -18,8 +18,8 @@ rows = read_jsonl(sm.input.prompts)
 def write(name, result, seconds):
     log.info("%s on %s: %d prompts in %.2f s", name, sm.params.task, len(rows), seconds)
     (write_json if analyses.ANALYSES[name].ext == "json" else write_csv)(result, sm.output[name])
-    write_json(meta(sm.config, seconds, task=sm.params.task, analysis=name, device=str(model.cfg.device)),
-               sm.output[f"{name}_meta"])
+    write_json(meta(sm.config, seconds, result=sm.output[name], task=sm.params.task, analysis=name,
+                    device=str(model.cfg.device)), sm.output[f"{name}_meta"])
 
 
 analyses.run_stage(sm.params.analyses, model, rows, sm.config["batch_size"], sm.params.settings,

@@ -46,3 +46,20 @@ def test_run_stage_passes_only_the_settings_an_analysis_reads(toy, rows, monkeyp
         "circuit_share": 0.7, "ig_steps": 2, "stability_resamples": 0, "seed": 3, "patch_direction": "noising"}
     with pytest.raises(KeyError):  # a setting the rule did not pass is an error, not a silent default
         analyses.run("circuit", None, rows["size"], 4, {}, {"edges": None})
+
+
+def test_a_damaged_result_is_refused_naming_the_file_and_the_fix(tmp_path):
+    """The result's provenance file records its checksum; truncating the result afterwards makes
+    every read stop with one sentence, instead of a figure or the paper silently changing."""
+    import pandas as pd
+
+    from opposites.io import write_csv, write_json
+    from opposites.provenance import meta
+
+    result = tmp_path / "head_dla.csv"
+    write_csv(pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "value": [0.1, 0.2, 0.3, 0.4]}), result)
+    write_json(meta({"seed": 0}, 1.0, result=str(result)), tmp_path / "head_dla.meta.json")
+    assert len(analyses.load_result(str(result))) == 4
+    result.write_text("\n".join(result.read_text().splitlines()[:3]) + "\n")  # half the rows
+    with pytest.raises(analyses.DamagedResult, match=r"head_dla.csv does not match the checksum in head_dla.meta.json .* delete"):
+        analyses.load_result(str(result))

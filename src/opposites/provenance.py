@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import time
 from contextlib import contextmanager
@@ -32,5 +33,13 @@ def timed() -> Iterator[dict[str, float]]:
         t["seconds"] = time.perf_counter() - start
 
 
-def meta(config: dict[str, Any], seconds: float, **extra: Any) -> dict[str, Any]:
-    return {"config": config, "versions": versions(), "seconds": round(seconds, 3), **extra}
+def sha256(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def meta(config: dict[str, Any], seconds: float, result: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The provenance record; with `result` (the file just written) also its checksum, which every
+    later read checks (analyses.load_result)."""
+    out = {"config": config, "versions": versions(), "seconds": round(seconds, 3), **extra}
+    return out | ({"sha256": sha256(result)} if result else {})

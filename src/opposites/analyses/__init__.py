@@ -92,12 +92,36 @@ def result_path(results: str, task: str, name: str) -> str:
     return paths.fill(paths.RESULT, results, task=task, analysis=name, ext=ANALYSES[name].ext)
 
 
+class DamagedResult(RuntimeError):
+    pass
+
+
+def check_checksum(path: str) -> None:
+    """A result whose provenance file (<name>.meta.json beside it) records a checksum must still
+    match it: a truncated or edited result stops the job instead of silently changing the paper."""
+    from pathlib import Path
+
+    from opposites.io import read_json
+    from opposites.provenance import sha256
+
+    p = Path(path)
+    meta = p.with_name(p.name.rsplit(".", 1)[0] + ".meta.json")
+    expected = read_json(meta).get("sha256") if meta.exists() else None
+    if expected and sha256(p) != expected:
+        raise DamagedResult(f"{path} does not match the checksum in {meta.name} (it was changed or truncated "
+                            f"after the analysis wrote it); delete {path} and rerun the same snakemake command, "
+                            "which rebuilds it.")
+
+
 def load_result(path: str):
-    """A result file as written by the pipeline: list of rows (JSONL), dict (JSON), DataFrame (CSV)."""
+    """A result file as written by the pipeline: list of rows (JSONL), dict (JSON), DataFrame (CSV);
+    checked against the checksum in its provenance file first."""
     import pandas as pd
 
     from opposites.io import read_json
     from opposites.prompts import read_jsonl
+
+    check_checksum(path)
 
     if path.endswith(".jsonl"):
         return read_jsonl(path)
