@@ -10,6 +10,7 @@ include: "workflow/rules/prompts.smk"
 include: "workflow/rules/analyses.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/paper.smk"
+include: "workflow/rules/archive.smk"
 
 
 rule paper:

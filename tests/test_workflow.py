@@ -49,7 +49,8 @@ def test_pdf_text_has_the_baseline_numbers(built):
         base = json.loads((built / f"results/toy/{task}/baseline.json").read_text())
         for key in ("logit_diff_mean", "corrupted_logit_diff_mean"):
             assert fmt(base[key]).replace("$-$", "-") in text, (task, key)
-    assert "Reproducibility" in text and "snakemake --cores 1 results/toy/figures/head_dla.pdf" in text
+    assert "Reproducibility" in text and "snakemake --cores 1 <target> --config model=toy" in text
+    assert "results/toy/figures/head_dla.pdf" in text
 
 
 def test_results_record_provenance(built):
@@ -111,3 +112,43 @@ def test_trained_model_paper_builds_offline(tmp_path, trained_dir):
     pdf = work / "results/trained/paper/paper.pdf"
     text = " ".join(subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout.split())
     assert "trained offline by this pipeline" in text and "say nothing about GPT-2" in text
+
+
+def test_archive_round_trip_builds_the_paper_offline_and_refuses_tampering(built, tmp_path):
+    """`snakemake archive` packs the toy results without the model; unpacked into a fresh copy of
+    the workflow, the paper builds with no analysis, no model build and no model; a changed or
+    missing file is refused at start-up, naming it."""
+    import shutil
+    import tarfile
+
+    snakemake(built, "--cores", "1", "archive", *TOY)
+    tar_path = built / "results/toy.tar.gz"
+    with tarfile.open(tar_path) as tar:
+        names = tar.getnames()
+    assert "results/toy/MANIFEST.json" in names and "results/toy/size/head_dla.csv" in names
+    assert not any(n.startswith("results/toy/model/") or n.startswith("results/toy/paper/") for n in names)
+
+    def unpacked(name):
+        work = copy_workflow(tmp_path / name)
+        with tarfile.open(tar_path) as tar:
+            tar.extractall(work, filter="data")
+        return work
+
+    fresh = unpacked("fresh")
+    planned = jobs(snakemake(fresh, "-n", "paper", *TOY))
+    assert set(planned) == {"paper_pdf", "paper"}, planned
+    snakemake(fresh, "--cores", "1", "paper", *TOY)
+    assert (fresh / "results/toy/paper/paper.pdf").stat().st_size > 0
+    assert not (fresh / "results/toy/model").exists()
+
+    tampered = unpacked("tampered")
+    target = tampered / "results/toy/size/head_dla.csv"
+    target.write_text(target.read_text()[: len(target.read_text()) // 2])
+    proc = snakemake(tampered, "-n", "paper", *TOY, check=False)
+    assert proc.returncode != 0 and "results/toy/size/head_dla.csv does not match its checksum" in proc.stdout + proc.stderr
+
+    incomplete = unpacked("incomplete")
+    (incomplete / "results/toy/isa/baseline.json").unlink()
+    proc = snakemake(incomplete, "-n", "paper", *TOY, check=False)
+    assert proc.returncode != 0 and "results/toy/isa/baseline.json is missing" in proc.stdout + proc.stderr
+    shutil.rmtree(tmp_path / "fresh")

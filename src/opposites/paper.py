@@ -73,8 +73,10 @@ def context(outline: Outline, config: dict, results: str, bib: str) -> dict:
         items[item.id] = {
             "file": str(figure_rel / item.folder / f"{item.id}.{item.ext}"),
             "command": f"snakemake --cores 1 {item.path(results)} --config model={config['model']}",
+            "target": item.path(results),
             "jobs": jobs,
             "seconds": sum(j["seconds"] or 0.0 for j in jobs),
+            "max_rss_mb": max((j["max_rss_mb"] for j in jobs if j["max_rss_mb"]), default=None),
         }
     return {"outline": outline, "config": config, "model": config["model"], "tasks": tasks,
             "S": summarize(data, tasks), "data": data, "items": items, "versions": versions(),

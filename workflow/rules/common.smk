@@ -2,6 +2,7 @@
 import sys
 from pathlib import Path
 
+from opposites import archive
 from opposites import config as cfg
 from opposites import models, paths
 from opposites.analyses import ANALYSES, SOURCES, STAGES, applies, result_path, settings_of, stage_analyses
@@ -10,7 +11,13 @@ from opposites.prompts import check_task, make_prompts, task_file
 import opposites.training as training
 
 cfg.validate(config)
-models.check_available(config["model"])
+R = f"results/{cfg.model_slug(config['model'])}"
+ARCHIVED = archive.is_unpacked(R)  # results unpacked from `snakemake archive`: no model needed
+if ARCHIVED:
+    archive.verify(R)  # a tampered or incomplete archive stops here, naming the file
+    archive.settle(R)
+else:
+    models.check_available(config["model"])
 models.pick_device(config["device"])  # device=cuda without CUDA: one sentence now, not a traceback per job
 _tokenizer = models.gpt2_tokenizer()  # GPT-2's (every model here uses it)
 for _task in config["tasks"]:
@@ -22,7 +29,6 @@ for _task in config["tasks"]:
               file=sys.stderr)
 
 MODEL = config["model"]
-R = f"results/{cfg.model_slug(MODEL)}"
 OFFLINE = cfg.model_kind(MODEL) in models.BUILT  # toy, random:* and trained are built by the pipeline
 MODEL_DIR = paths.fill(paths.MODEL_DIR, R)
 TASKS = list(config["tasks"])
@@ -39,8 +45,9 @@ wildcard_constraints:
 
 
 def model_input(wildcards=None):
-    """The built model directory for toy/random models; nothing for hub ids and local dirs."""
-    return [MODEL_DIR] if OFFLINE else []
+    """The built model directory for toy/random/trained models; nothing for hub ids, local dirs and
+    archived results (which ship without weights)."""
+    return [MODEL_DIR] if OFFLINE and not ARCHIVED else []
 
 
 def results_of(path):

@@ -1,0 +1,17 @@
+# `snakemake --cores 1 archive` packs results/<model>/ (results, provenance, figures, tables, logs,
+# benchmarks; no weights, no paper) into results/<model>.tar.gz with a manifest of checksums.
+# Unpacked in a fresh clone (tar xzf), `snakemake paper` builds the PDF offline from it.
+rule archive:
+    input:
+        results=ALL_RESULTS,
+        outline_items=[item.path(R) for item in OUTLINE.items()],
+    output:
+        f"{R}.tar.gz",
+    params:
+        results=R,
+    log:
+        f"{R}.archive.log",  # beside the archive, not inside what it packs
+    benchmark:
+        f"{R}.archive.tsv"
+    script:
+        "../../scripts/archive.py"
