@@ -152,3 +152,68 @@ def test_archive_round_trip_builds_the_paper_offline_and_refuses_tampering(built
     proc = snakemake(incomplete, "-n", "paper", *TOY, check=False)
     assert proc.returncode != 0 and "results/toy/isa/baseline.json is missing" in proc.stdout + proc.stderr
     shutil.rmtree(tmp_path / "fresh")
+
+
+def test_a_killed_build_recovers_with_the_readme_command(tmp_path):
+    """SIGKILL Snakemake while an analysis job runs (lock and incomplete markers left behind); the
+    README's one recovery command (unlock, then rerun incomplete jobs) finishes the target."""
+    import os
+    import signal
+    import sys
+    import time
+
+    work = copy_workflow(tmp_path)
+    target = "results/toy/size/baseline.json"
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", target, *TOY], cwd=work,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not (work / "results/toy/logs/analyze/size/lens.log").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, "the build ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)  # Snakemake only: its job may live on, as after a lost terminal
+    proc.wait()
+    assert any((work / ".snakemake/locks").iterdir())
+    snakemake(work, "--unlock", *TOY)
+    snakemake(work, "--cores", "1", target, "--rerun-incomplete", *TOY)
+    assert json.loads((work / target).read_text())["n_prompts"] == 24
+    if _alive(proc.pid):  # the orphaned job, if it still runs
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _alive(pgid: int) -> bool:
+    import os
+
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_report_lists_every_item_in_a_real_browser(built):
+    """Snakemake's own report, opened in headless Chromium as a user would: after its JavaScript
+    runs, every outline section is listed as a category; the report embeds every figure and table
+    with its caption; and a screenshot (kept beside the report, report.png) is not blank."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is missing: .ci/install installs it (Debian package chromium)"
+    snakemake(built, "--report", "report.html", *TOY)
+    page = (built / "report.html").as_uri()
+    browse = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000"]
+    dom = subprocess.run([*browse, "--dump-dom", page], capture_output=True, text=True, timeout=300, check=True).stdout
+    app = re.sub(r"<script.*?</script>|<style.*?</style>", "", dom[dom.find('id="app"'):], flags=re.S)
+    shown = " ".join(re.sub(r"<[^>]+>", " ", app).split())
+    o = outline.load(built / "paper/outline.yaml", ["ioi", "size", "antonym", "isa"])
+    for section in o.sections:
+        if section.items:
+            assert section.title.replace("&", "&amp;") in shown, section.title
+    raw = (built / "report.html").read_text()
+    for item in o.items():
+        assert f"{item.id}.{item.ext}" in raw, item.id
+    shot = built / "report.png"
+    subprocess.run([*browse, f"--screenshot={shot}", "--window-size=1280,900", page], capture_output=True, timeout=300, check=True)
+    from PIL import Image
+
+    colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
+    assert shot.stat().st_size > 10_000 and len(colours) > 50

@@ -34,6 +34,19 @@ def environment(template_dir: str | Path) -> jinja2.Environment:
     return env
 
 
+LATEX_TEXT = [(r"\\%", "%"), (r"\\&", "&"), (r"\\_", "_"), (r"\\to\b", "→"), (r"\\rho\b", "ρ"),
+              (r"\\(?:emph|textbf|texttt|textit)\{([^}]*)\}", r"\1"), (r"~", " "), (r"\$", "")]
+
+
+def caption_text(item: Item, config: dict) -> str:
+    """An outline caption as plain reStructuredText for Snakemake's report: its template filled from
+    the config, LaTeX markup turned into text, and rst's markup characters escaped."""
+    text = environment(".").from_string(item.caption).render(config=config)
+    for pattern, repl in LATEX_TEXT:
+        text = re.sub(pattern, repl, text)
+    return re.sub(r"([|*`_\\])", r"\\\1", " ".join(text.split()))
+
+
 def read_benchmark(path: str | Path) -> dict | None:
     if not Path(path).exists():
         return None

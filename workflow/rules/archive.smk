@@ -8,7 +8,9 @@ rule archive:
     output:
         f"{R}.tar.gz",
     params:
-        results=R,
+        results=lambda wildcards, output: output[0].removesuffix(".tar.gz"),
+    conda:
+        ENV
     log:
         f"{R}.archive.log",  # beside the archive, not inside what it packs
     benchmark:

@@ -2,9 +2,11 @@ import opposites.figures
 import opposites.tables
 import opposites.texutil
 import opposites.derived
+import opposites.paper
 
 FIGURE_IDS = [i.id for i in OUTLINE.items("figure")]
 TABLE_IDS = [i.id for i in OUTLINE.items("table")]
+SECTION_TITLES = {s.id: s.title for s in OUTLINE.sections}  # the report's categories
 
 
 rule figure:
@@ -12,8 +14,10 @@ rule figure:
         data=lambda wc: item_inputs(OUTLINE.item(wc.item)),
         code=lambda wc: opposites.figures.code_files(OUTLINE.item(wc.item).section),
     output:
-        paths.fill(paths.ITEM, R, folder="figures", ext="pdf"),
+        report(paths.fill(paths.ITEM, R, folder="figures", ext="pdf"), caption="../report/item.rst",
+               category=lambda wc: SECTION_TITLES[OUTLINE.item(wc.item).section]),
     params:
+        caption=lambda wc: opposites.paper.caption_text(OUTLINE.item(wc.item), config),
         tasks=lambda wc: list(OUTLINE.item(wc.item).tasks),
         results=lambda wildcards, output: results_of(output[0]),
     wildcard_constraints:
@@ -33,8 +37,10 @@ rule table:
         data=lambda wc: item_inputs(OUTLINE.item(wc.item)),
         code=[opposites.tables.__file__, opposites.texutil.__file__, opposites.derived.__file__],
     output:
-        paths.fill(paths.ITEM, R, folder="tables", ext="tex"),
+        report(paths.fill(paths.ITEM, R, folder="tables", ext="tex"), caption="../report/item.rst",
+               category=lambda wc: SECTION_TITLES[OUTLINE.item(wc.item).section]),
     params:
+        caption=lambda wc: opposites.paper.caption_text(OUTLINE.item(wc.item), config),
         tasks=lambda wc: list(OUTLINE.item(wc.item).tasks),
         results=lambda wildcards, output: results_of(output[0]),
     wildcard_constraints:
