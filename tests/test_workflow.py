@@ -129,6 +129,7 @@ def test_archive_round_trip_builds_the_paper_offline_and_refuses_tampering(built
     assert not any(n.startswith("results/toy/model/") or n.startswith("results/toy/paper/") for n in names)
 
     def unpacked(name):
+        (tmp_path / name).mkdir()
         work = copy_workflow(tmp_path / name)
         with tarfile.open(tar_path) as tar:
             tar.extractall(work, filter="data")
