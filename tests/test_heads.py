@@ -83,7 +83,11 @@ def test_planted_neuron_ranks_first(tmp_path, rows, tokenizer):
     model = models.load("toy", d, "cpu", dtype=torch.float64)
     df = meaning.neurons(model, size, 8, seed=0, k=5)
     assert (df.iloc[0].layer, df.iloc[0].neuron) == (layer, neuron) and df.iloc[0].value > 0
-    assert df.iloc[0].act_task == pytest.approx(df.iloc[0].act_control, rel=1e-6)  # input-independent neuron
+    top = df.iloc[0]
+    assert top.act_task == pytest.approx(top.act_control, rel=1e-6)  # input-independent neuron
+    # its activation is the same on every prompt: a zero-width interval; its effect varies with the answer
+    assert top.act_task_ci_low == pytest.approx(top.act_task) and top.act_task_ci_high == pytest.approx(top.act_task)
+    assert top.ci_low < top.value < top.ci_high and top.n == len(size) and top.n_control >= 1
 
 
 def test_neuron_effects_sum_to_the_mlp_lens(toy64, rows):
