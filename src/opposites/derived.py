@@ -102,3 +102,34 @@ def classify_components(head_logits: pd.DataFrame) -> pd.DataFrame:
 
 def opposite_tasks(tasks: list[str]) -> list[str]:
     return [t for t in tasks if load_spec(t)["family"] == "opposite"]
+
+
+ROUTE_RATIO = 2.0  # one route "dominates" when its effect is at least this many times the other's
+
+
+def head_routes(patch_heads: pd.DataFrame, k: int = 3) -> pd.DataFrame:
+    """Where a head's effect comes from, for the top-k heads by output (z) patching: its value
+    patching (what it moves) against its pattern patching (where it looks), each with its interval.
+    route: 'values' or 'attention' when that effect's interval excludes 0 and it is ROUTE_RATIO times
+    the other's size; 'both' when an interval excludes 0 otherwise; 'unclear' when neither does;
+    'not meaningful' when the normaliser's interval includes 0 (normaliser_ok false)."""
+    grid = patch_heads.set_index(["activation", "layer", "head"])
+    meaningful = bool(patch_heads.normaliser_ok.all()) if "normaliser_ok" in patch_heads else True
+    rows = []
+    for layer, head in top_patched_heads(patch_heads, k):
+        z, v, p = (grid.loc[(a, layer, head)] for a in ("z", "v", "pattern"))
+        sig = {name: (r.ci_low > 0) or (r.ci_high < 0) for name, r in (("v", v), ("pattern", p))}
+        if not meaningful:  # (patched - corrupted) / (clean - corrupted) with a denominator near 0
+            route = "not meaningful"
+        elif sig["v"] and abs(v.value) >= ROUTE_RATIO * abs(p.value):
+            route = "values"
+        elif sig["pattern"] and abs(p.value) >= ROUTE_RATIO * abs(v.value):
+            route = "attention"
+        elif sig["v"] or sig["pattern"]:
+            route = "both"
+        else:
+            route = "unclear"
+        rows.append({"head": head_label(layer, head), "layer": layer, "index": head, "z": z.value,
+                     "v": v.value, "v_ci": [v.ci_low, v.ci_high], "pattern": p.value,
+                     "pattern_ci": [p.ci_low, p.ci_high], "route": route})
+    return pd.DataFrame(rows)

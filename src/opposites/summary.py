@@ -7,7 +7,7 @@ from itertools import combinations
 import pandas as pd
 
 from opposites.derived import (accumulated_lens, attribution_vs_exact, classify_components, end_attention_to_roles, ioi_head_classes,
-                               head_label, opposite_tasks, signed_top_heads, top_abs_heads)
+                               head_label, head_routes, opposite_tasks, signed_top_heads, top_abs_heads)
 from opposites.nodes import head_nodes
 from opposites.overlap import compare
 from opposites.prompts import load_spec
@@ -84,7 +84,9 @@ def head_facts(data: dict, task: str) -> dict:
                         "mean": float(part.value.mean()),
                         "qk": end_attention_to_roles(att, int(best.layer), int(best["head"]), [load_spec(task)["copy_role"]])}
     n = data["neurons"][task].iloc[0]
-    facts = {"head": head_label(layer, head), "focus_role": str(focus.src_role), "focus_value": float(focus.value),
+    routes = head_routes(data["patch_heads"][task])
+    facts = {"routes": {r: sorted(routes[routes.route == r]["head"]) for r in routes.route.unique()},
+             "head": head_label(layer, head), "focus_role": str(focus.src_role), "focus_value": float(focus.value),
              "logit_r": float(hl.contribution.corr(hl.answer_logit)), "scores": scores,
              "neuron": {"label": f"L{int(n.layer)}N{int(n.neuron)}", "value": float(n.value), "act": float(n.act_task),
                         "control": float(n.act_control), "tokens": [t for t in n.top_tokens.split("|")]}}

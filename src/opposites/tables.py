@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from opposites.derived import classify_components, end_attention_to_roles, ioi_head_classes, opposite_tasks
+from opposites.derived import head_routes as derived_head_routes
 from opposites.overlap import compare
 from opposites.prompts import load_spec
 from opposites.texutil import fmt, fmt_ci, tex_escape
@@ -79,6 +80,17 @@ def neurons(data: dict, tasks: list[str]) -> str:
                          fmt_ci(r.act_control, [r.act_control_ci_low, r.act_control_ci_high]),
                          r"\texttt{" + tex_escape(", ".join(t.strip() or repr(t) for t in r.top_tokens.split("|"))) + "}"])
     return tabular(r"l l r r r p{5cm}", ["task", "neuron", "effect", "act.", "control act.", "promotes"], rows)
+
+
+@table
+def head_routes(data: dict, tasks: list[str]) -> str:
+    rows = []
+    for task in tasks:
+        copies = data["copy_scores"][task].set_index(["score_type", "layer", "head"]).value
+        for r in derived_head_routes(data["patch_heads"][task]).itertuples():
+            rows.append([tex_escape(task), r.head, fmt(r.z), fmt_ci(r.v, r.v_ci), fmt_ci(r.pattern, r.pattern_ci),
+                         fmt(copies.get(("copy", r.layer, r.index))), r.route])
+    return tabular("l l r r r r l", ["task", "head", "output (z)", "values (v)", "pattern", "OV copy", "route"], rows)
 
 
 @table
