@@ -212,6 +212,16 @@ def test_compare_counts_and_jaccard():
     # embed and logits are in every circuit: never "shared components"; the IOI circuit is not an opposite task
     assert cmp["shared_by_opposites"] == ["9.9", "MLP 2"] and cmp["shared_classes"] == {"9.9": "name mover", "MLP 2": ""}
     assert compare({"size": a, "antonym": c}, ["size", "antonym"], {})["shared_by_opposites"] == ["9.9"]
+    # components of every opposite circuit that no other task's circuit has: MLP 2 (IOI has 9.9)
+    assert cmp["specific_to_opposites"] == ["MLP 2"] and cmp["other_tasks"] == ["ioi"]
+
+
+def test_gpt2_head_classes_apply_only_to_gpt2_small_shaped_circuits():
+    from opposites.overlap import GPT2_SMALL_EDGES, gpt2_classes
+
+    classes = {"name mover": ["9.9"]}
+    assert gpt2_classes({"ioi": {"total_edges": GPT2_SMALL_EDGES}}, classes) == classes
+    assert gpt2_classes({"ioi": {"total_edges": 479}}, classes) == {}
 
 
 def test_compare_gives_overlap_intervals_over_resampled_circuits():

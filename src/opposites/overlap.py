@@ -28,9 +28,21 @@ def compare(circuits: dict[str, dict], opposite_tasks: list[str], classes: dict[
                       **_resampled_jaccard(circuits[a], circuits[b])})
     opp = [t for t in opposite_tasks if t in circuits]
     shared = sorted(set.intersection(*(set(circuits[t]["nodes"]) - ENDS for t in opp))) if opp else []
+    elsewhere = set().union(*(set(c["nodes"]) for t, c in circuits.items() if t not in opp))
     head_class = {h: cls for cls, hs in classes.items() for h in hs}
     return {"pairs": pairs, "opposite_tasks": opp, "shared_by_opposites": shared,
+            "specific_to_opposites": [x for x in shared if x not in elsewhere],
+            "other_tasks": [t for t in circuits if t not in opp],
             "shared_classes": {x: head_class.get(x, "") for x in shared}}
+
+
+GPT2_SMALL_EDGES = 32491  # the edge graph of a 12-layer, 12-head model
+
+
+def gpt2_classes(circuits: dict[str, dict], classes: dict[str, list[str]]) -> dict[str, list[str]]:
+    """GPT-2 small's published head classes apply only to a model of its shape (matched by index;
+    on random:gpt2 they are labels without meaning, like everything on random weights)."""
+    return classes if circuits and all(c["total_edges"] == GPT2_SMALL_EDGES for c in circuits.values()) else {}
 
 
 def resampled_edges(circuit: dict) -> list[set[tuple[str, str]]]:

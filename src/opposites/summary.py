@@ -9,7 +9,7 @@ import pandas as pd
 from opposites.derived import (accumulated_lens, attribution_vs_exact, classify_components, end_attention_to_roles, ioi_head_classes,
                                head_label, head_routes, opposite_tasks, signed_top_heads, top_abs_heads)
 from opposites.nodes import head_nodes
-from opposites.overlap import compare
+from opposites.overlap import compare, gpt2_classes
 from opposites.prompts import load_spec
 
 
@@ -139,7 +139,7 @@ def mechanism_facts(data: dict, task: str) -> dict:
 
 def circuit_facts(data: dict, tasks: list[str]) -> dict:
     circuits = {t: data["circuit"][t] for t in tasks}
-    cmp = compare(circuits, opposite_tasks(tasks), ioi_head_classes())
+    cmp = compare(circuits, opposite_tasks(tasks), gpt2_classes(circuits, ioi_head_classes()))
     best = max(cmp["pairs"], key=lambda p: p["heads_jaccard"]) if cmp["pairs"] else None
     per = {t: {"n_edges": c["n_edges"], "total": c["total_edges"], "recovered": c["recovered"],
                "n_heads": len(head_nodes(c)), "heads": sorted(head_nodes(c))[:8], "method": c["method"],

@@ -6,7 +6,7 @@ from typing import Callable
 
 from opposites.derived import classify_components, end_attention_to_roles, ioi_head_classes, opposite_tasks
 from opposites.derived import head_routes as derived_head_routes
-from opposites.overlap import compare
+from opposites.overlap import compare, gpt2_classes
 from opposites.prompts import load_spec
 from opposites.texutil import fmt, fmt_ci, tex_escape
 
@@ -95,7 +95,8 @@ def head_routes(data: dict, tasks: list[str]) -> str:
 
 @table
 def circuit_shared(data: dict, tasks: list[str]) -> str:
-    cmp = compare({t: data["circuit"][t] for t in tasks}, opposite_tasks(tasks), ioi_head_classes())
+    circuits = {t: data["circuit"][t] for t in tasks}
+    cmp = compare(circuits, opposite_tasks(tasks), gpt2_classes(circuits, ioi_head_classes()))
     rows = [[tex_escape(f"{p['a']} / {p['b']}"), str(p["heads"]), fmt_ci(p["heads_jaccard"], p["heads_jaccard_ci95"]),
              str(p["edges"]), fmt_ci(p["edges_jaccard"], p["edges_jaccard_ci95"])] for p in cmp["pairs"]]
     shared = ", ".join(f"{x}" + (f" ({cmp['shared_classes'][x]})" if cmp["shared_classes"][x] else "")
