@@ -1,6 +1,7 @@
 """Circuit selection and scoring that need no model (figure and table jobs import it; no torch).
 
   prune_dangling     keep only edges on some path from the input (embed) to the logits
+  fraction_sizes     MIB's edge fractions as circuit sizes
   smallest_stable    the smallest size whose recovery reaches the target and stays there
   cpr_cmd            MIB's integrated faithfulness: area under the curve (CPR) and between it and 1 (CMD)
   roc_auc            how well edge scores rank the true edges of a planted circuit
@@ -13,6 +14,11 @@ from opposites.nodes import Edge, Node
 
 # MIB's grid of circuit sizes, as fractions of all edges (0.1% ... 100%)
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def fraction_sizes(total: int) -> list[int]:
+    """The circuit size (edges, at least 1) at each of MIB's fractions of `total` edges."""
+    return [max(1, round(f * total)) for f in FRACTIONS]
 
 
 def prune_dangling(edges: list[Edge]) -> list[Edge]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from itertools import combinations
 
+import numpy as np
+
 from opposites.circuit_metrics import jaccard
 from opposites.nodes import Edge, Node, component_nodes, head_nodes
 
@@ -58,15 +60,7 @@ def _resampled_jaccard(a: dict, b: dict) -> dict:
     ra, rb = resampled_edges(a), resampled_edges(b)
     if not ra or len(ra) != len(rb):
         return {"heads_jaccard_ci95": None, "edges_jaccard_ci95": None}
-    heads = sorted(jaccard(_heads(x), _heads(y)) for x, y in zip(ra, rb))
-    edges = sorted(jaccard(x, y) for x, y in zip(ra, rb))
-    return {"heads_jaccard_ci95": _percentiles(heads), "edges_jaccard_ci95": _percentiles(edges)}
-
-
-def _percentiles(values: list[float]) -> list[float]:
-    """2.5th and 97.5th percentiles (linear interpolation), of a sorted list."""
-    def q(p: float) -> float:
-        i = p * (len(values) - 1)
-        lo = int(i)
-        return values[lo] + (values[min(lo + 1, len(values) - 1)] - values[lo]) * (i - lo)
-    return [q(0.025), q(0.975)]
+    heads = [jaccard(_heads(x), _heads(y)) for x, y in zip(ra, rb)]
+    edges = [jaccard(x, y) for x, y in zip(ra, rb)]
+    return {"heads_jaccard_ci95": np.percentile(heads, [2.5, 97.5]).tolist(),
+            "edges_jaccard_ci95": np.percentile(edges, [2.5, 97.5]).tolist()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from opposites.derived import classify_components, end_attention_to_roles, ioi_head_classes, opposite_tasks
-from opposites.derived import head_routes as derived_head_routes
+from opposites.derived import head_routes as derived_head_routes  # the table of the same name is below
 from opposites.overlap import compare, gpt2_classes
 from opposites.prompts import load_spec
 from opposites.texutil import fmt, fmt_ci, tex_escape

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from opposites.circuit_metrics import FRACTIONS, cpr_cmd, jaccard, prune_dangling, smallest_stable
+from opposites.circuit_metrics import FRACTIONS, cpr_cmd, fraction_sizes, jaccard, prune_dangling, smallest_stable
 from opposites.core import batches, direction
 from opposites.nodes import Edge, component_nodes
 from opposites.patching.edges import Graph, edge_attribution, edge_forward
@@ -44,10 +44,14 @@ class Runs:
     clean: torch.Tensor  # (prompt,)
     corrupted: torch.Tensor
 
+    def prompt_weights(self, w: torch.Tensor | None = None) -> torch.Tensor:
+        """(prompt,) weights of a bootstrap resample, or all prompts equally (w None)."""
+        return torch.full_like(self.clean, 1 / len(self.clean)) if w is None else w
+
     def recovery(self, lds: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
         """(circuit,) recovered share from per-prompt logit differences (circuit, prompt), prompts
         weighted by w (prompt,) (a bootstrap resample; None: all equally)."""
-        w = torch.full_like(self.clean, 1 / len(self.clean)) if w is None else w
+        w = self.prompt_weights(w)
         c, k = self.clean @ w, self.corrupted @ w
         return (lds @ w - k) / (c - k)
 
@@ -181,7 +185,7 @@ class Discovery:
 
     def select(self, target: float) -> dict:
         total = len(self.ranked)
-        grid = sorted({max(1, round(f * total)) for f in FRACTIONS} | {min(total, 2 ** i) for i in range(total.bit_length() + 1)})
+        grid = sorted(set(fraction_sizes(total)) | {min(total, 2 ** i) for i in range(total.bit_length() + 1)})
         curve = self.curve(grid)
         size = smallest_stable(curve, target) or total
         circuit, value = self.refine(self.top(size), target)
@@ -192,7 +196,7 @@ def ranked_edges(runs: Runs, scores: torch.Tensor, w: torch.Tensor | None = None
     """Edges by |mean score| (prompts weighted by w), largest first; ties keep graph order. Scores
     (writer, reader, prompt) in logit-difference units; the edges carry them normalised by the
     (weighted) clean - corrupted difference."""
-    w = torch.full_like(runs.clean, 1 / len(runs.clean)) if w is None else w
+    w = runs.prompt_weights(w)
     mean = scores @ w  # (writer, reader)
     ws, rs = runs.graph.allowed.nonzero(as_tuple=True)
     values = mean[ws, rs] / ((runs.clean - runs.corrupted) @ w)
@@ -210,21 +214,20 @@ def _node_order(label: str) -> tuple:
     return label != "embed", label == "logits", label
 
 
-def _describe(runs: Runs, d: Discovery, found: dict) -> dict:
-    total = len(d.ranked)
+def _describe(d: Discovery, found: dict) -> dict:
     kept = found["edges"]
     without = d.runs.graph.allowed & ~d.mask(kept)  # the circuit's edges cut from the clean run
-    fractions = list(FRACTIONS)
-    mib = d.curve([max(1, round(f * total)) for f in fractions])
-    faith = [mib[max(1, round(f * total))] for f in fractions]
-    cpr, cmd = cpr_cmd(fractions, faith)
+    sizes = fraction_sizes(len(d.ranked))
+    mib = d.curve(sizes)  # measured during selection already: the grid holds these sizes
+    faith = [mib[s] for s in sizes]
+    cpr, cmd = cpr_cmd(list(FRACTIONS), faith)
     return {"n_edges": len(kept), "grid_size": found["grid_size"], "recovered": found["recovered"],
-            "completeness_lost": 1 - recovered(runs, without), "cpr": cpr, "cmd": cmd,
+            "completeness_lost": 1 - recovered(d.runs, without), "cpr": cpr, "cmd": cmd,
             "exact_evaluations": d.evaluations,
             "nodes": sorted((str(n) for n in component_nodes(kept)), key=_node_order),
             "edges": [e.record() for e in kept],
             "curve": [{"n_edges": s, "recovered": v} for s, v in sorted(found["curve"].items())],
-            "mib_curve": [{"fraction": f, "recovered": v} for f, v in zip(fractions, faith)]}
+            "mib_curve": [{"fraction": f, "n_edges": s, "recovered": v} for f, s, v in zip(FRACTIONS, sizes, faith)]}
 
 
 def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stability_resamples: int,
@@ -240,7 +243,7 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
     methods = {}
     for method, df in edges.groupby("method", sort=False):
         d = Discovery(runs, ranked_records(df))
-        methods[method] = _describe(runs, d, d.select(circuit_share))
+        methods[method] = _describe(d, d.select(circuit_share))
         clock.lap(f"selection {method}")
     if "exact" in methods:
         by = {m: df.set_index(["src", "dst"]).score for m, df in edges.groupby("method", sort=False)}
@@ -295,6 +298,6 @@ def faithfulness(model, rows, batch_size, circuit=None) -> pd.DataFrame:
         total = circuit["total_edges"]
         out += [{"method": method, "grid": "selection", "n_edges": p["n_edges"], "fraction": p["n_edges"] / total,
                  "recovered": p["recovered"]} for p in m["curve"]]
-        out += [{"method": method, "grid": "mib", "n_edges": max(1, round(p["fraction"] * total)),
-                 "fraction": p["fraction"], "recovered": p["recovered"]} for p in m["mib_curve"]]
+        out += [{"method": method, "grid": "mib", "n_edges": p["n_edges"], "fraction": p["fraction"],
+                 "recovered": p["recovered"]} for p in m["mib_curve"]]
     return pd.DataFrame(out)

@@ -148,17 +148,21 @@ def edge_attribution(weights: Weights, clean: Tensor, corrupted: Tensor, dir: Te
     g = Graph(weights.n_layers, weights.n_heads)
     with torch.no_grad():
         ld_clean, clean_out, _ = edge_forward(weights, clean, dir, bias)
-        ld_corrupted, corr_out, _ = edge_forward(weights, corrupted, dir, bias)
-    x_clean, x_corr = clean_out[0], corr_out[0]  # the embedding writer's outputs
+    x_clean, x_corr = clean_out[0], embed(weights, corrupted)  # the embedding writer's outputs
     alphas = [(k - 0.5) / ig_steps for k in range(1, ig_steps + 1)] if ig_steps else [0.0]
     grads = None
     for alpha in alphas:
         with torch.enable_grad():
-            ld, _, leaves = edge_forward(weights, corrupted, dir, bias, grad_leaves=True,
-                                         x=x_corr + alpha * (x_clean - x_corr))
+            ld, outs, leaves = edge_forward(weights, corrupted, dir, bias, grad_leaves=True,
+                                            x=x_corr + alpha * (x_clean - x_corr))
             step = torch.autograd.grad(ld.sum(), leaves)
         grads = step if grads is None else [a + b for a, b in zip(grads, step)]
-    diff = (clean_out - corr_out).detach()  # (writer, batch, pos, d_model)
+    if alphas == [0.0]:  # EAP: the gradient run is the corrupted run itself
+        ld_corrupted, corr_out = ld.detach(), outs.detach()
+    else:  # EAP-IG's runs lie between the inputs: the corrupted run is one more forward
+        with torch.no_grad():
+            ld_corrupted, corr_out, _ = edge_forward(weights, corrupted, dir, bias)
+    diff = clean_out - corr_out  # (writer, batch, pos, d_model)
     scores = torch.zeros(len(g.writers), len(g.readers), diff.shape[1], dtype=diff.dtype, device=diff.device)
     start = 0
     for grad in grads:  # one per reader group, in reader order
