@@ -237,3 +237,54 @@ def test_control_corruption_keeps_everything_but_adj1(tokenizer, rows):
         adj = orig["positions"]["ADJ1"] - 1  # no BOS here
         assert len(a) == len(b) and [x for i, x in enumerate(a) if i != adj] == [x for i, x in enumerate(b) if i != adj]
         assert tokenizer.decode([b[adj]]).strip() in unrelated
+
+
+def test_recency_sorts_planted_heads_by_the_rule_they_follow(toy, rows, monkeypatch):
+    """On the dissociating prompts (a third name S3 as the last clause's subject), head 0.0's END
+    attention is planted on S3 and head 0.1's on IO, found from the tokens: recency must call 0.0 a
+    most-recent-subject head and 0.1 an IOI head, and no other head either (the rest of this random
+    model spreads its attention); the name preferences are shares that sum to 1."""
+    from opposites.analyses import recency
+
+    r = rows["ioi"]
+    dis = {tuple(toy.to_tokens(x["clean"])[0].tolist()): x for x in recency.prompts(r, "ioi", toy.tokenizer, 0)}
+    assert dis and all(x["positions"]["S3"] > x["positions"]["S2"] for x in dis.values())
+    original = toy.run_with_cache
+
+    def planted(tokens, **kwargs):
+        logits, cache = original(tokens, **kwargs)
+        cache = {name: cache[name] for name in cache.keys()}
+        pattern = cache["blocks.0.attn.hook_pattern"].clone()  # (batch, head, q, k)
+        for i, seq in enumerate(tokens):
+            pos = dis[tuple(seq.tolist())]["positions"]
+            for head, role in ((0, "S3"), (1, "IO")):
+                pattern[i, head, -1] = 0
+                pattern[i, head, -1, pos[role]] = 1
+        cache["blocks.0.attn.hook_pattern"] = pattern
+        return logits, cache
+
+    monkeypatch.setattr(toy, "run_with_cache", planted)
+    res = recency.run(toy, r, 8, seed=0)
+    by = {(h["layer"], h["head"]): h for h in res["heads"]}
+    assert by[(0, 0)]["rule"] == "most recent subject" and by[(0, 0)]["S3"]["value"] == pytest.approx(1.0)
+    assert by[(0, 1)]["rule"] == "IOI" and by[(0, 1)]["IO"]["value"] == pytest.approx(1.0)
+    assert [k for k, h in by.items() if h["rule"]] == [(0, 0), (0, 1)]
+    assert res["n"] == len(dis) and sum(res["preferred"].values()) == pytest.approx(1.0)
+
+
+def test_role_preferences_need_separated_intervals_and_a_minimum_share():
+    """A head is listed for role a over role b only when its interval for a lies wholly above its
+    interval for b and its mean attention to a reaches MIN_ATTENTION."""
+    import pandas as pd
+
+    from opposites.derived import MIN_ATTENTION, role_preferences
+
+    rows = []
+    for head, (a, b) in enumerate([((0.6, 0.5, 0.7), (0.1, 0.05, 0.15)),  # clear
+                                   ((0.6, 0.3, 0.9), (0.4, 0.2, 0.5)),  # intervals overlap
+                                   ((MIN_ATTENTION / 2, 0.08, 0.12), (0.0, 0.0, 0.01))]):  # too little attention
+        rows += [{"layer": 0, "head": head, "dest_role": "END", "src_role": role, "value": v, "ci_low": lo, "ci_high": hi}
+                 for role, (v, lo, hi) in (("ADJ1", a), ("NAME2", b))]
+    att = pd.DataFrame(rows)
+    assert role_preferences(att, "ADJ1", "NAME2")[["layer", "head"]].values.tolist() == [[0, 0]]
+    assert role_preferences(att, "NAME2", "ADJ1").empty

@@ -1,6 +1,7 @@
 """Exact patching against TransformerLens's reference functions, a plain-PyTorch patch, a planted
 head, and attribution patching against TransformerLens 4's attribution_patch."""
 
+import pandas as pd
 import pytest
 import torch
 import transformer_lens.patching as tlp
@@ -11,6 +12,7 @@ from opposites.core import batches, logit_diff
 from opposites.patching import exact
 from opposites.patching.attribution import head_attribution
 from opposites.patching.engine import Weights
+from opposites.prompts import load_spec
 
 def by_pos(fn):
     """Per-position patching, as TransformerLens's reference does it: a role mask per position."""
@@ -291,3 +293,38 @@ def test_head_routes_on_a_planted_uniform_attention_model(tmp_path, rows):
     assert set(head_routes(heads, k=2).route) == {"not meaningful"}  # clean - corrupted is ~0 on average here
     routes = head_routes(heads.assign(normaliser_ok=True), k=2)  # the split itself, on this model's scale
     assert set(routes["head"]) == {"0.0", "1.0"} and set(routes.route) == {"values"}, routes
+
+
+def test_congruence_swaps_the_things_and_patching_agrees_with_the_model(toy64, rows, tokenizer):
+    """Congruent and incongruent prompts share the adjective and the answer and swap the two things
+    (the congruent one's first thing fits the adjective); their logit differences are the model's own;
+    the pull is their paired difference; and patching the residual at layer 0 where both prompts have
+    the same token changes nothing, while patching a thing's position does."""
+    from opposites.analyses import congruence
+
+    spec = load_spec("size")["congruence"]
+    size_of = {w: "big" for w in spec["big"]} | {w: "small" for w in spec["small"]}
+    big_adjs = {a for a, _ in spec["pairs"]}
+    pairs = congruence.prompts("size", tokenizer, 12, seed=0)
+    assert len(pairs) == 12
+    for r in pairs:
+        words = lambda text: text.replace(",", "").replace(".", "").split()  # noqa: E731
+        c, i = words(r["clean"]), words(r["corrupted"])
+        diff = [k for k in range(len(c)) if c[k] != i[k]]
+        assert len(diff) == 2 and (c[diff[0]], c[diff[1]]) == (i[diff[1]], i[diff[0]])  # things swapped
+        first, adj = c[diff[0]], r["wrong"].strip()
+        assert size_of[first] == ("big" if adj in big_adjs else "small")  # congruent: the first thing fits
+    res = congruence.run(toy64, rows["size"], 6, "denoising", seed=0)
+    lds = {}
+    for key in ("clean", "corrupted"):  # one prompt at a time: the templates differ in length
+        last = torch.cat([toy64(toy64.to_tokens(r[key]))[:, -1] for r in pairs])
+        a = torch.tensor([toy64.to_single_token(r["answer"]) for r in pairs])
+        w = torch.tensor([toy64.to_single_token(r["wrong"]) for r in pairs])
+        lds[key] = (last.gather(1, a[:, None]) - last.gather(1, w[:, None]))[:, 0]
+    assert res["congruent"]["logit_diff"]["value"] == pytest.approx(lds["clean"].mean().item(), abs=1e-8)
+    assert res["incongruent"]["logit_diff"]["value"] == pytest.approx(lds["corrupted"].mean().item(), abs=1e-8)
+    assert res["pull"]["value"] == pytest.approx((lds["clean"] - lds["corrupted"]).mean().item(), abs=1e-8)
+    patch = pd.DataFrame(res["patch"]).set_index(["component", "layer", "role"]).value
+    for role in ("ADJ1", "END", "other"):
+        assert patch[("resid", 0, role)] == pytest.approx(0.0, abs=1e-8)
+    assert abs(patch[("resid", 0, "E1")]) > 1e-3 or abs(patch[("resid", 0, "E2")]) > 1e-3

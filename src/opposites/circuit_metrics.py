@@ -14,6 +14,11 @@ from opposites.nodes import Edge, Node
 
 # MIB's grid of circuit sizes, as fractions of all edges (0.1% ... 100%)
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+EXACT_MAX_EDGES = 2000  # exact per-edge scores (one forward per edge) up to this many edges
+REFINE_MAX = 64  # greedy refinement tries at most this many removals (one exact evaluation each)
+REFINE_MAX_EDGES = 8 * REFINE_MAX  # larger circuits are not refined: REFINE_MAX removals would change
+#                                 their size by under 1/8, at the cost of as many near-full forwards
+PLANTED_MIN_AUC = 0.95  # the ROC AUC every method must reach on the planted circuits (tests)
 
 
 def fraction_sizes(total: int) -> list[int]:

@@ -16,6 +16,27 @@ from opposites.prompts import load_spec
 LENS_ORDER = {"resid_pre": 0, "resid_mid": 1, "resid_post": 2}
 
 
+MIN_ATTENTION = 0.2  # a head "follows" a role only with at least this share of END's attention on it
+
+
+def prefers(a: tuple[float, float, float], b: tuple[float, float, float], minimum: float = MIN_ATTENTION) -> bool:
+    """Attention a = (mean, low, high) beats b: its 95% interval lies wholly above b's and its mean
+    is at least `minimum`."""
+    return a[0] >= minimum and a[1] > b[2]
+
+
+def role_preferences(attention: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """Heads whose END attention to role a beats that to role b (see `prefers`): layer, head, value,
+    ci_low, ci_high (of the attention to a), largest first."""
+    end = attention[attention.dest_role == "END"].set_index(["layer", "head", "src_role"])
+    rows = []
+    for (layer, head), part in end.groupby(level=["layer", "head"]):
+        x, y = (tuple(part.loc[(layer, head, r), ["value", "ci_low", "ci_high"]]) for r in (a, b))
+        if prefers(x, y):
+            rows.append({"layer": layer, "head": head, "value": x[0], "ci_low": x[1], "ci_high": x[2]})
+    return pd.DataFrame(rows, columns=["layer", "head", "value", "ci_low", "ci_high"]).sort_values("value", ascending=False)
+
+
 def head_label(layer: int, head: int) -> str:
     return f"{int(layer)}.{int(head)}"
 

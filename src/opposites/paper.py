@@ -16,7 +16,8 @@ from opposites.config import model_kind
 from opposites.outline import Item, Outline
 from opposites.provenance import versions
 from opposites.summary import summarize
-from opposites.texutil import code, fmt, pct, tex_escape
+from opposites import circuit_metrics, derived
+from opposites.texutil import code, fmt, fmt_ci, pct, tex_escape
 
 
 class LatexError(RuntimeError):
@@ -30,7 +31,7 @@ def environment(template_dir: str | Path) -> jinja2.Environment:
         block_end_string="%>", variable_start_string="<<", variable_end_string=">>",
         comment_start_string="<#", comment_end_string="#>", trim_blocks=True, lstrip_blocks=True,
         undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
-    env.filters |= {"fmt": fmt, "pct": pct, "tex": tex_escape, "code": code}
+    env.filters |= {"fmt": fmt, "ci": fmt_ci, "pct": pct, "tex": tex_escape, "code": code}
     return env
 
 
@@ -93,7 +94,7 @@ def context(outline: Outline, config: dict, results: str, bib: str) -> dict:
         }
     return {"outline": outline, "config": config, "model": config["model"], "tasks": tasks,
             "S": summarize(data, tasks), "data": data, "items": items, "versions": versions(),
-            "bib": Path(bib).stem}
+            "bib": Path(bib).stem, "methods": {"circuits": circuit_metrics, "derived": derived}}
 
 
 def render(template_dir: str | Path, outline: Outline, config: dict, results: str, bib: str, out: str | Path) -> None:

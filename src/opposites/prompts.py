@@ -130,6 +130,7 @@ def validate_spec(task: str, spec: dict[str, Any]) -> None:
 
 
 WORD_LISTS = ("pairs", "synonyms", "unrelated", "names", "categories")  # words used as single tokens
+CONGRUENCE_WORDS = ("pairs", "big", "small")  # the size task's congruence: lists, single tokens too
 
 
 def _words(value) -> list[str]:
@@ -147,16 +148,19 @@ def check_task(task: str, tokenizer) -> None:
     word and its tokens (or the placeholder), instead of a crash deep inside an analysis."""
     spec = load_spec(task)
     where = f"src/opposites/tasks/{task}.yaml"
-    for key in WORD_LISTS:
-        for word in dict.fromkeys(_words(spec.get(key, []))):
+    lists = [(key, spec.get(key, [])) for key in WORD_LISTS]
+    lists += [(f"congruence: {key}", spec.get("congruence", {}).get(key, [])) for key in CONGRUENCE_WORDS]
+    for key, value in lists:
+        for word in dict.fromkeys(_words(value)):
             ids = token_ids(tokenizer, " " + word.strip())
             if len(ids) != 1:
                 pieces = [tokenizer.decode([i]) for i in ids]
                 raise TaskError(f"{where}: {key} word {word!r} is {len(ids)} GPT-2 tokens ({pieces}), but every "
                                 "word must be one token after a space; replace it with a single-token word.")
     filled = set(FAMILIES[spec["family"]][0](spec, random.Random(0)).clean)
-    for template in spec["templates"]:
-        unknown = sorted(set(PLACEHOLDER.findall(template)) - filled)
+    # recency templates (IOI) also take the third name S3, which the recency analysis draws
+    for template, extra in [(t, set()) for t in spec["templates"]] + [(t, {"S3"}) for t in spec.get("recency_templates", [])]:
+        unknown = sorted(set(PLACEHOLDER.findall(template)) - filled - extra)
         if unknown:
             raise TaskError(f"{where}: template {template!r} has placeholder(s) {unknown} that the "
                             f"{spec['family']} family never fills (it fills {sorted(filled)}); fix the template.")

@@ -31,6 +31,12 @@ def _quantiles(resampled: Tensor) -> tuple[Tensor, Tensor]:
     return low, high
 
 
+def interval(resampled: Tensor) -> list[float]:
+    """[low, high] 95% percentile interval of resampled values (resample,)."""
+    low, high = _quantiles(resampled.double())
+    return [low.item(), high.item()]
+
+
 @dataclass
 class Estimate:
     """A mean over prompts (per component: any leading shape) with its 95% interval."""

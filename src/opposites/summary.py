@@ -109,6 +109,7 @@ def summarize(data: dict, tasks: list[str], k: int = 5) -> dict:
                        "heads": head_facts(data, t)}
     for t in tasks:
         per_task[t]["mechanism"] = mechanism_facts(data, t)
+        per_task[t]["recency"] = recency_facts(data["recency"][t]) if t in data.get("recency", {}) else None
     for t in opposite_tasks(tasks):
         classes = classify_components(data["head_logits"][t])
         per_task[t]["classes"] = {"counts": {c: int((classes.cls == c).sum()) for c in CLASSES},
@@ -137,11 +138,20 @@ def mechanism_facts(data: dict, task: str) -> dict:
             "mappers_carry": carries(mapping["ablation"]) if mapping else False}
 
 
+def recency_facts(res: dict) -> dict:
+    """The dissociating IOI prompts: the model's preference and the heads following each rule."""
+    label = lambda h: head_label(h["layer"], h["head"])  # noqa: E731
+    low, high = res["io_minus_s3"]["ci95"]
+    return {**res, "io_s3_excludes_zero": low > 0 or high < 0,
+            "ioi_heads": [label(h) for h in res["heads"] if h["rule"] == "IOI"],
+            "recent_heads": [label(h) for h in res["heads"] if h["rule"] == "most recent subject"]}
+
+
 def circuit_facts(data: dict, tasks: list[str]) -> dict:
     circuits = {t: data["circuit"][t] for t in tasks}
     cmp = compare(circuits, opposite_tasks(tasks), gpt2_classes(circuits, ioi_head_classes()))
     best = max(cmp["pairs"], key=lambda p: p["heads_jaccard"]) if cmp["pairs"] else None
-    per = {t: {"n_edges": c["n_edges"], "total": c["total_edges"], "recovered": c["recovered"],
+    per = {t: {"n_edges": c["n_edges"], "total": c["total_edges"], "recovered": c["recovered"], "n": c["n_prompts"],
                "n_heads": len(head_nodes(c)), "heads": sorted(head_nodes(c))[:8], "method": c["method"],
                "main": c["methods"][c["method"]], "methods": c["methods"], "stability": c["stability"],
                "unstable": [f"{e['src']}->{e['dst']}" for e in c["stability"]["inclusion"] if e["frequency"] < 0.5]}

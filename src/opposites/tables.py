@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from opposites.derived import classify_components, end_attention_to_roles, ioi_head_classes, opposite_tasks
+import pandas as pd
+
+from opposites.derived import (classify_components, end_attention_to_roles, ioi_head_classes, largest_abs,
+                               opposite_tasks, role_preferences)
 from opposites.derived import head_routes as derived_head_routes  # the table of the same name is below
 from opposites.overlap import compare, gpt2_classes
 from opposites.prompts import load_spec
@@ -71,6 +74,76 @@ def copy_top(data: dict, tasks: list[str]) -> str:
 
 
 @table
+def subject_heads(data: dict, tasks: list[str]) -> str:
+    """Heads reading the answer's source (ADJ1; IOI: IO) vs the most recent subject (NAME2; IOI: S2),
+    and residual patching at those two positions."""
+    rows = []
+    for task in tasks:
+        spec = load_spec(task)
+        if "recent_subject" not in spec:
+            continue
+        source, recent = spec["copy_role"], spec["recent_subject"]
+        att, resid = data["attention"][task], data["patch_resid"][task]
+        cells = []
+        for a, b in ((source, recent), (recent, source)):
+            heads = role_preferences(att, a, b)
+            cells.append("; ".join(f"{r.layer}.{r.head}: {fmt_ci(r.value, [r.ci_low, r.ci_high])}"
+                                   for r in heads.head(3).itertuples())
+                         + (f" (+{len(heads) - 3})" if len(heads) > 3 else "") or "none")
+        for role in (source, recent):
+            r = largest_abs(resid[resid.role == role], 1).iloc[0]
+            cells.append(f"{fmt_ci(r.value, [r.ci_low, r.ci_high])} (L{int(r.layer)})")
+        rows.append([tex_escape(task), tex_escape(source), tex_escape(recent), *cells])
+    return tabular(r"l l l p{3.0cm} p{3.0cm} p{2.5cm} p{2.5cm}",
+                   ["task", "source", "subject", "heads: END $\\to$ source", "heads: END $\\to$ subject",
+                    "patch at source", "patch at subject"], rows)
+
+
+@table
+def recency(data: dict, tasks: list[str]) -> str:
+    """Dissociating IOI prompts: which name the model prefers, and the heads following each rule."""
+    rows = []
+    for task in tasks:
+        res, att = data["recency"][task], data["attention"][task]
+        pref = "; ".join(f"{n} {fmt_ci(res['preferred'][n], res['preferred_ci95'][n])}" for n in ("IO", "S", "S3"))
+        cells = []
+        for rule, name in (("IOI", "IO"), ("most recent subject", "S3")):
+            heads = sorted((h for h in res["heads"] if h["rule"] == rule), key=lambda h: -h[name]["value"])
+            cells.append("; ".join(f"{h['layer']}.{h['head']}: {fmt_ci(h[name]['value'], h[name]['ci95'])} "
+                                   f"({fmt(end_attention_to_roles(att, h['layer'], h['head'], ['IO']))})"
+                                   for h in heads[:3]) + (f" (+{len(heads) - 3})" if len(heads) > 3 else "") or "none")
+        rows.append([tex_escape(task), str(res["n"]), pref, fmt_ci(res["io_minus_s3"]["value"], res["io_minus_s3"]["ci95"]),
+                     *cells])
+    return tabular(r"l r p{2.6cm} p{1.9cm} p{3.6cm} p{3.6cm}",
+                   ["task", "$n$", "highest logit (share)", "logit IO $-$ S3",
+                    "IOI-rule heads: END $\\to$ IO (on IOI prompts)", "recent-subject heads: END $\\to$ S3 (IOI: $\\to$ IO)"],
+                   rows)
+
+
+@table
+def congruence(data: dict, tasks: list[str]) -> str:
+    rows = []
+    for task in tasks:
+        res = data["congruence"][task]
+        cells = []
+        for part in ("congruent", "incongruent"):
+            r = res[part]
+            cells.append(f"{fmt_ci(r['logit_diff']['value'], r['logit_diff']['ci95'])}; "
+                         f"{fmt_ci(r['accuracy']['value'], r['accuracy']['ci95'])}")
+        patch = pd.DataFrame(res["patch"])
+        for component in ("resid", "mlp"):
+            part = patch[patch.component == component]
+            top = largest_abs(part, 1).iloc[0] if len(part) else None
+            cells.append("--" if top is None or not top.normaliser_ok else
+                         f"{tex_escape(top.role)} L{int(top.layer)}: {fmt_ci(top.value, [top.ci_low, top.ci_high])}")
+        rows.append([tex_escape(task), str(res["n"]), cells[0], cells[1], fmt_ci(res["pull"]["value"], res["pull"]["ci95"]),
+                     cells[2], cells[3]])
+    return tabular(r"l r p{2.3cm} p{2.3cm} p{2.0cm} p{2.4cm} p{2.4cm}",
+                   ["task", "$n$", "congruent: logit diff; accuracy", "incongruent: logit diff; accuracy",
+                    "pull (difference)", "largest residual patch", "largest MLP patch"], rows)
+
+
+@table
 def neurons(data: dict, tasks: list[str]) -> str:
     rows = []
     for task in tasks:
@@ -113,12 +186,14 @@ def circuit_methods(data: dict, tasks: list[str]) -> str:
         c = data["circuit"][task]
         for method, m in c["methods"].items():
             stab = c["stability"] if method == c["method"] else None
-            rows.append([tex_escape(task), tex_escape(method), fmt(m["cpr"]), fmt(m["cmd"]),
-                         f"{m['grid_size']} $\\to$ {m['n_edges']}", fmt(m["recovered"]), fmt(m["completeness_lost"]),
+            rows.append([tex_escape(task), tex_escape(method), fmt_ci(m["cpr"], m["cpr_ci95"]),
+                         fmt_ci(m["cmd"], m["cmd_ci95"]), f"{m['grid_size']} $\\to$ {m['n_edges']}",
+                         fmt_ci(m["recovered"], m["recovered_ci95"]),
+                         fmt_ci(m["completeness_lost"], m["completeness_lost_ci95"]),
                          str(m["exact_evaluations"]), fmt(m.get("spearman_vs_exact")),
                          fmt(stab["mean_jaccard"]) if stab and stab["mean_jaccard"] is not None else "--"])
     return tabular("l l r r r r r r r r", ["task", "method", "CPR", "CMD", "edges", "recovered", "lost w/o",
-                                           "exact evals", r"$\rho$ exact", "stability"], rows)
+                                           "new evals", r"$\rho$ exact", "stability"], rows)
 
 
 @table

@@ -23,11 +23,13 @@ class Analysis:
     settings: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
     families: tuple[str, ...] | None = None  # task families it applies to (None: all)
+    needs: str | None = None  # a task-file key it reads: it applies only to tasks that have it
 
     def applies(self, task: str) -> bool:
         from opposites.prompts import load_spec
 
-        return self.families is None or load_spec(task)["family"] in self.families
+        spec = load_spec(task)
+        return (self.families is None or spec["family"] in self.families) and (self.needs is None or self.needs in spec)
 
     @property
     def run(self) -> Callable[..., Any]:
@@ -54,6 +56,8 @@ ANALYSES: dict[str, Analysis] = {
     "patch_layers": Analysis(target="patching:patch_layers", ext="csv", stage="patching", settings=PATCH),
     "patch_heads": Analysis(target="patching:patch_heads", ext="csv", stage="patching", settings=PATCH),
     "patch_attribution": Analysis(target="patching:patch_attribution", ext="csv", stage="patching", settings=PATCH),
+    "congruence": Analysis(target="congruence:run", ext="json", stage="patching", settings=PATCH,
+                           needs="congruence"),
     "patch_followup": Analysis(target="patch_followup:run", ext="json", stage="patching", settings=PATCH,
                                requires=("logit_lens", "head_dla")),
     "attention": Analysis(target="heads:attention", ext="csv", stage="heads", settings=("seed",)),
@@ -65,6 +69,7 @@ ANALYSES: dict[str, Analysis] = {
     "mapping": Analysis(target="mechanism:mapping", ext="json", stage="heads", settings=("seed",),
                         requires=("head_logits", "movers"), families=("opposite",)),
     "copy_scores": Analysis(target="heads:copy_scores", ext="csv", stage="heads"),
+    "recency": Analysis(target="recency:run", ext="json", stage="heads", settings=("seed",), needs="recency_templates"),
     "similarity": Analysis(target="meaning:similarity", ext="csv", stage="heads", settings=("seed",),
                            families=("opposite",)),
     "neurons": Analysis(target="meaning:neurons", ext="csv", stage="heads", settings=("seed",)),

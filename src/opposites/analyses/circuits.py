@@ -15,23 +15,23 @@ the prompts."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
 from tqdm import tqdm
 
-from opposites.circuit_metrics import FRACTIONS, cpr_cmd, fraction_sizes, jaccard, prune_dangling, smallest_stable
+from opposites.circuit_metrics import (EXACT_MAX_EDGES, FRACTIONS, REFINE_MAX, REFINE_MAX_EDGES, cpr_cmd, fraction_sizes,
+                                       jaccard, prune_dangling, smallest_stable)
 from opposites.core import batches, direction
 from opposites.nodes import Edge, component_nodes
 from opposites.patching.edges import Graph, edge_attribution, edge_forward
 from opposites.patching.engine import Weights
-from opposites.stats import resample_weights
+from opposites.stats import interval, resample_weights
 
 METHODS = ("EAP-IG", "EAP")  # the first is the paper's circuit; "exact" joins where affordable
-EXACT_MAX_EDGES = 2000  # exact per-edge scores (one forward per edge) up to this many edges
-REFINE_MAX = 64  # refinement tries at most this many removals (one exact evaluation each)
 VARIANT_BYTES = 2 ** 30  # memory for batched exact evaluations (several circuits per forward)
+ATTRIBUTION_BYTES = 2 ** 30  # memory for the gradient passes of EAP and EAP-IG
 
 
 @dataclass
@@ -43,6 +43,7 @@ class Runs:
     batches: list[dict]
     clean: torch.Tensor  # (prompt,)
     corrupted: torch.Tensor
+    measured: dict = field(default_factory=dict)  # edge set -> (prompt,) exact logit differences
 
     def prompt_weights(self, w: torch.Tensor | None = None) -> torch.Tensor:
         """(prompt,) weights of a bootstrap resample, or all prompts equally (w None)."""
@@ -54,6 +55,10 @@ class Runs:
         w = self.prompt_weights(w)
         c, k = self.clean @ w, self.corrupted @ w
         return (lds @ w - k) / (c - k)
+
+    def intervals(self, lds: torch.Tensor, seed: int) -> torch.Tensor:
+        """(circuit, resample) recoveries over bootstrap resamples of the prompts (for intervals)."""
+        return self.recovery(lds, resample_weights(len(self.clean), seed))
 
 
 def prepare(model, rows, batch_size) -> Runs:
@@ -73,7 +78,7 @@ def exact_lds(runs: Runs, keeps: torch.Tensor) -> torch.Tensor:
     """(circuit, prompt) logit differences with each circuit's edges kept (keeps: (circuit, writer,
     reader)), several circuits per forward as memory allows."""
     per_prompt = []
-    for r in runs.batches:
+    for r in tqdm(runs.batches, desc=f"{len(keeps)} circuits", leave=False, disable=len(keeps) < 4):
         b = r["corrupted_out"]  # (writer, batch, pos, d_model)
         step = max(1, VARIANT_BYTES // (3 * b.numel() * b.element_size()))
         parts = []
@@ -93,11 +98,18 @@ def recovered(runs: Runs, keep: torch.Tensor) -> float:
 # ---- scores ---------------------------------------------------------------------------------------
 
 def attribution_scores(runs: Runs, ig_steps: int) -> torch.Tensor:
-    """(writer, reader, prompt) EAP (ig_steps 0) or EAP-IG scores, in raw logit-difference units."""
+    """(writer, reader, prompt) EAP (ig_steps 0) or EAP-IG scores, in raw logit-difference units.
+    The backward pass keeps every reader's input of every prompt, so prompts go through it in
+    chunks that fit ATTRIBUTION_BYTES."""
     out = []
     for r in tqdm(runs.batches, desc="EAP-IG" if ig_steps else "EAP", leave=False):
         b = r["batch"]
-        out.append(edge_attribution(runs.weights, b.clean, b.corrupted, r["dir"], r["bias"], ig_steps)[0].double().cpu())
+        per_prompt = 8 * len(runs.graph.readers) * b.clean.shape[1] * runs.weights.W_E.shape[1] * 4  # bytes
+        step = max(1, ATTRIBUTION_BYTES // per_prompt)
+        for i in range(0, len(b.clean), step):
+            j = slice(i, i + step)
+            s = edge_attribution(runs.weights, b.clean[j], b.corrupted[j], r["dir"][j], r["bias"][j], ig_steps)[0]
+            out.append(s.double().cpu())
     return torch.cat(out, -1)
 
 
@@ -123,17 +135,38 @@ def scores_by_method(runs: Runs, ig_steps: int) -> dict[str, torch.Tensor]:
     return scores
 
 
+_SHARED = "_opposites_edge_runs"  # model attribute: the last edges() call's runs and per-prompt scores
+
+
+def _shared_key(rows, batch_size, ig_steps) -> tuple:
+    return tuple(r["clean"] for r in rows), batch_size, ig_steps
+
+
 def edges(model, rows, batch_size, ig_steps: int) -> pd.DataFrame:
     """Every edge's score by every method, normalised like patching: the estimated share of the
-    clean-minus-corrupted logit difference that restoring this edge alone recovers."""
+    clean-minus-corrupted logit difference that restoring this edge alone recovers. The prepared runs
+    and the per-prompt scores stay on the model for circuit() in the same job (same prompts, batch
+    size and ig_steps), which would otherwise compute them again."""
     runs = prepare(model, rows, batch_size)
     scale = (runs.clean - runs.corrupted).mean()
     ws, rs = runs.graph.allowed.nonzero(as_tuple=True)
+    scores = scores_by_method(runs, ig_steps)
+    object.__setattr__(model, _SHARED, (_shared_key(rows, batch_size, ig_steps), runs, scores[METHODS[0]]))
     parts = [pd.DataFrame({"method": method, "src": [str(runs.graph.writers[i]) for i in ws.tolist()],
                            "dst": [str(runs.graph.readers[i]) for i in rs.tolist()],
                            "score": (s.mean(-1)[ws, rs] / scale).tolist()})
-             for method, s in scores_by_method(runs, ig_steps).items()]
+             for method, s in scores.items()]
     return pd.concat(parts, ignore_index=True)
+
+
+def _runs_and_scores(model, rows, batch_size, ig_steps) -> tuple[Runs, torch.Tensor | None]:
+    """What edges() left on the model for these prompts (taken off it), else fresh runs and no scores."""
+    shared = getattr(model, _SHARED, None)
+    if shared is not None:
+        object.__delattr__(model, _SHARED)
+        if shared[0] == _shared_key(rows, batch_size, ig_steps):
+            return shared[1], shared[2]
+    return prepare(model, rows, batch_size), None
 
 
 # ---- selection ------------------------------------------------------------------------------------
@@ -154,12 +187,21 @@ class Discovery:
             keep[self.writer[e.src], self.reader[e.dst]] = True
         return keep
 
+    def lds(self, circuits: list[list[Edge]]) -> torch.Tensor:
+        """(circuit, prompt) exact logit differences. Each distinct edge set is evaluated once per
+        Runs: the methods' selections and the stability resamples share what was measured."""
+        keys = [frozenset((e.src, e.dst) for e in c) for c in circuits]
+        todo = {k: c for k, c in zip(keys, circuits) if k not in self.runs.measured}
+        if todo:
+            self.evaluations += len(todo)
+            lds = exact_lds(self.runs, torch.stack([self.mask(c) for c in todo.values()]))
+            self.runs.measured.update(zip(todo, lds))
+        return torch.stack([self.runs.measured[k] for k in keys])
+
     def recover(self, circuits: list[list[Edge]]) -> list[float]:
         if not circuits:
             return []
-        self.evaluations += len(circuits)
-        keeps = torch.stack([self.mask(c) for c in circuits])
-        return self.runs.recovery(exact_lds(self.runs, keeps), self.w).tolist()
+        return self.runs.recovery(self.lds(circuits), self.w).tolist()
 
     def top(self, size: int) -> list[Edge]:
         return prune_dangling(self.ranked[:size])
@@ -172,9 +214,12 @@ class Discovery:
 
     def refine(self, circuit: list[Edge], target: float) -> tuple[list[Edge], float]:
         """Try removing edges one at a time, weakest |score| first; keep a removal while recovery
-        stays at or above the target (dangling edges left behind are dropped too)."""
+        stays at or above the target (dangling edges left behind are dropped too). Circuits above
+        REFINE_MAX_EDGES are returned as they are."""
         value = self.recover([circuit])[0]
-        for e in sorted(circuit, key=lambda e: abs(e.score))[:REFINE_MAX]:
+        if len(circuit) > REFINE_MAX_EDGES:
+            return circuit, value
+        for e in tqdm(sorted(circuit, key=lambda e: abs(e.score))[:REFINE_MAX], desc="refinement", leave=False):
             if e not in circuit:
                 continue
             trial = prune_dangling([x for x in circuit if x != e])
@@ -214,15 +259,23 @@ def _node_order(label: str) -> tuple:
     return label != "embed", label == "logits", label
 
 
-def _describe(d: Discovery, found: dict) -> dict:
-    kept = found["edges"]
-    without = d.runs.graph.allowed & ~d.mask(kept)  # the circuit's edges cut from the clean run
+def _describe(d: Discovery, found: dict, seed: int) -> dict:
+    """The selected circuit's numbers, each with a 95% interval over bootstrap resamples of the
+    prompts (the same per-prompt exact logit differences, reweighted)."""
+    kept, runs = found["edges"], d.runs
+    without = runs.graph.allowed & ~d.mask(kept)  # the circuit's edges cut from the clean run
     sizes = fraction_sizes(len(d.ranked))
     mib = d.curve(sizes)  # measured during selection already: the grid holds these sizes
     faith = [mib[s] for s in sizes]
     cpr, cmd = cpr_cmd(list(FRACTIONS), faith)
+    lost_lds = exact_lds(runs, without[None])
+    boot = runs.intervals(torch.cat([d.lds([kept]), lost_lds, d.lds([d.top(s) for s in sizes])]), seed)
+    boot_mib = [cpr_cmd(list(FRACTIONS), col.tolist()) for col in boot[2:].T]  # (resample,) of (CPR, CMD)
     return {"n_edges": len(kept), "grid_size": found["grid_size"], "recovered": found["recovered"],
-            "completeness_lost": 1 - recovered(d.runs, without), "cpr": cpr, "cmd": cmd,
+            "recovered_ci95": interval(boot[0]),
+            "completeness_lost": 1 - runs.recovery(lost_lds)[0].item(), "completeness_lost_ci95": interval(1 - boot[1]),
+            "cpr": cpr, "cmd": cmd, "cpr_ci95": interval(torch.tensor([c for c, _ in boot_mib], dtype=torch.float64, device="cpu")),
+            "cmd_ci95": interval(torch.tensor([c for _, c in boot_mib], dtype=torch.float64, device="cpu")),
             "exact_evaluations": d.evaluations,
             "nodes": sorted((str(n) for n in component_nodes(kept)), key=_node_order),
             "edges": [e.record() for e in kept],
@@ -238,12 +291,12 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
     reweighted): each kept edge's inclusion frequency and the mean Jaccard between resampled circuits.
     `clock` (benchmarks) records the wall time of each phase."""
     clock = clock or Clock()
-    runs = prepare(model, rows, batch_size)
+    runs, per_prompt = _runs_and_scores(model, rows, batch_size, ig_steps)
     clock.lap("runs")
     methods = {}
     for method, df in edges.groupby("method", sort=False):
         d = Discovery(runs, ranked_records(df))
-        methods[method] = _describe(d, d.select(circuit_share))
+        methods[method] = _describe(d, d.select(circuit_share), seed)
         clock.lap(f"selection {method}")
     if "exact" in methods:
         by = {m: df.set_index(["src", "dst"]).score for m, df in edges.groupby("method", sort=False)}
@@ -253,7 +306,7 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
     main = methods[METHODS[0]]
     resampled = []
     if stability_resamples:
-        per_prompt = attribution_scores(runs, ig_steps)
+        per_prompt = attribution_scores(runs, ig_steps) if per_prompt is None else per_prompt
         W = resample_weights(len(runs.clean), seed, stability_resamples)  # (prompt, resample)
         for i in tqdm(range(stability_resamples), desc="stability", leave=False):
             d = Discovery(runs, ranked_edges(runs, per_prompt, W[:, i]), W[:, i])
@@ -267,7 +320,7 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
                  "mean_jaccard": sum(pairs) / len(pairs) if pairs else None,
                  "circuits": [sorted(f"{s}->{t}" for s, t in c) for c in resampled]}
     return {"target": circuit_share, "method": METHODS[0], "ig_steps": ig_steps,
-            "total_edges": int(runs.graph.allowed.sum()),
+            "total_edges": int(runs.graph.allowed.sum()), "n_prompts": len(runs.clean),
             "clean_logit_diff": runs.clean.mean().item(), "corrupted_logit_diff": runs.corrupted.mean().item(),
             "n_edges": main["n_edges"], "recovered": main["recovered"], "nodes": main["nodes"], "edges": main["edges"],
             "methods": methods, "stability": stability}

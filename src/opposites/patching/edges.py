@@ -70,20 +70,51 @@ class Graph:
         return mask
 
 
-def _cut(outs: list[Tensor], corrupt: Tensor | None, keep: Tensor | None, readers: slice) -> Tensor | None:
-    """Sum over the writers so far of (1 - keep) * (current - corrupted output), per reader:
-    (readers, variant * batch, pos, d_model); None when nothing is cut. keep is (variant, writer,
-    reader): the batch axis holds each variant's copy of the prompts, variant-major."""
-    if keep is None:
-        return None
-    n, V = len(outs), keep.shape[0]
-    cut = (~keep[:, :n, readers]).to(device=outs[0].device, dtype=outs[0].dtype)  # (variant, writer, reader)
-    if not cut.any():
-        return None
-    diff = torch.stack(outs) - corrupt[:n]  # (writer, variant * batch, pos, d_model)
-    diff = diff.view(n, V, -1, *diff.shape[2:])  # (writer, variant, batch, pos, d_model)
-    out = torch.einsum("vwr,wvbpm->rvbpm", cut, diff)
-    return out.reshape(out.shape[0], -1, *out.shape[3:])
+class _Cuts:
+    """What cutting edges takes from each reader's input, kept as the forward runs: every writer's
+    (current - corrupted) output per variant, and their running sum. A reader loses the sum over its
+    cut edges; per variant that is computed as a sparse product over whichever is fewer, the cut
+    edges or the kept ones (all writers so far minus the kept ones), so a small circuit costs about
+    its own size rather than the whole graph's."""
+
+    def __init__(self, corrupt: Tensor, keep: Tensor):
+        self.corrupt, self.keep = corrupt, keep  # (writer, batch, pos, d_model); (variant, writer, reader)
+        V, n_writers, size = keep.shape[0], corrupt.shape[0], corrupt[0].numel()
+        self.diff = corrupt.new_empty(V, n_writers, size)  # (variant, writer, batch * pos * d_model)
+        self.total = corrupt.new_zeros(V, size)
+        self.n = 0
+
+    def add(self, out: Tensor) -> None:
+        """Record the next writer's output, (variant * batch, pos, d_model)."""
+        d = out.reshape(self.keep.shape[0], -1) - self.corrupt[self.n].reshape(1, -1)
+        self.diff[:, self.n] = d
+        self.total += d
+        self.n += 1
+
+    def lost(self, readers: Tensor, shape: torch.Size) -> Tensor | None:
+        """(reader, variant * batch, pos, d_model) input lost per reader; None when nothing is cut."""
+        keep = self.keep[:, : self.n, readers.to(self.keep.device)].to(self.diff.device)  # (variant, writer, reader)
+        if keep.all():
+            return None
+        parts = []
+        for v, k in enumerate(keep):
+            kept = int(k.sum())
+            if kept * 2 <= k.numel():  # fewer kept than cut: everything minus the kept edges
+                parts.append(self.total[v] - _sparse_sum(k.T, self.diff[v, : self.n]))
+            else:
+                parts.append(_sparse_sum(~k.T, self.diff[v, : self.n]))
+        return torch.stack(parts, 1).view(keep.shape[2], *shape)
+
+
+def _sparse_sum(mask: Tensor, rows: Tensor) -> Tensor:
+    """(reader, size): for each reader, the sum of the rows (writer, size) its mask (reader, writer)
+    selects; a sparse product below a few percent density (measured on CPU), a dense one above."""
+    idx = mask.nonzero().T
+    if idx.shape[1] > 0.04 * mask.numel():
+        return mask.to(rows.dtype) @ rows
+    m = torch.sparse_coo_tensor(idx, torch.ones(idx.shape[1], dtype=rows.dtype, device=rows.device), mask.shape,
+                                check_invariants=False, is_coalesced=True)
+    return torch.sparse.mm(m, rows)
 
 
 def embed(weights: Weights, tokens: Tensor) -> Tensor:
@@ -98,44 +129,67 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
     (writer, batch, pos, d_model), reader-input leaves for gradients when grad_leaves). `keep`
     (writer, reader), or (variant, writer, reader) for several circuits in one pass: then the logit
     differences are (variant * batch,), variant-major. `x` replaces the embedding (EAP-IG's
-    interpolated inputs)."""
+    interpolated inputs).
+
+    With `keep`, a head or MLP none of whose input edges is kept reads exactly the corrupted run's
+    residual, so its output is the corrupted one (`corrupt`) and is not recomputed: a small circuit
+    costs the forward of its own nodes."""
     g = Graph(weights.n_layers, weights.n_heads)
     x = embed(weights, tokens) if x is None else x  # (batch, pos, d_model)
+    cuts, V = None, 1
     if keep is not None:
         keep = keep[None] if keep.dim() == 2 else keep
         V = keep.shape[0]
         x, dir, bias = x.repeat(V, 1, 1), dir.repeat(V, 1), bias.repeat(V)
-        corrupt = corrupt.repeat(1, V, 1, 1)
-    outs, leaves = [x], []
+        cuts = _Cuts(corrupt, keep)
+    outs, leaves = [], []
     resid = x
     H = weights.n_heads
 
-    def reader_inputs(readers: slice) -> Tensor:
-        n = readers.stop - readers.start
-        inp = resid.expand(n, *resid.shape)
-        cut = _cut(outs, corrupt, keep, readers)
-        if cut is not None:
-            inp = inp - cut
+    def write(out: Tensor) -> None:
+        outs.append(out)
+        if cuts is not None:
+            cuts.add(out)
+
+    def reader_inputs(readers: Tensor) -> Tensor:
+        inp = resid.expand(len(readers), *resid.shape)
+        lost = None if cuts is None else cuts.lost(readers, resid.shape)
+        if lost is not None:
+            inp = inp - lost
         if grad_leaves:
             leaf = torch.zeros_like(inp, requires_grad=True)
             leaves.append(leaf)
             inp = inp + leaf
         return inp  # (reader, batch, pos, d_model)
 
+    def active(readers: Tensor, n_writers: int) -> bool:
+        return cuts is None or bool(keep[:, :n_writers, readers.to(keep.device)].any())
+
+    dev = x.device
+    write(x)
     for l in range(weights.n_layers):
-        layer_readers = g.reader_slice(l)
-        inp = reader_inputs(slice(layer_readers.start, layer_readers.stop - 1)).view(3, H, *resid.shape)  # (qkv, head, batch, pos, d)
-        h = engine.layer_norm(inp, weights.ln1[l], weights.eps)
-        q, k, v = (torch.einsum("hbpm,hmd->bphd", h[i], W[l]) + b[l]
-                   for i, (W, b) in enumerate(((weights.W_Q, weights.b_Q), (weights.W_K, weights.b_K), (weights.W_V, weights.b_V))))
-        z, _ = engine.attend(weights, q, k, v)
-        heads = torch.einsum("bphd,hdm->hbpm", z, weights.W_O[l])  # (head, batch, pos, d_model)
-        outs += list(heads)
+        first, w0 = g.reader_slice(l).start, g.writers_before(l)
+        A = torch.tensor([h for h in range(H) if active(first + torch.arange(3, device=dev) * H + h, w0)],
+                         dtype=torch.long, device=dev)
+        if len(A) < H:  # heads left out give their corrupted outputs
+            heads = torch.stack([corrupt[w0 + h].repeat(V, 1, 1) for h in range(H)])
+        if len(A):
+            inp = reader_inputs(torch.cat([first + i * H + A for i in range(3)])).view(3, len(A), *resid.shape)
+            h = engine.layer_norm(inp, weights.ln1[l], weights.eps)  # (qkv, head, batch, pos, d_model)
+            q, k, v = (torch.einsum("hbpm,hmd->bphd", h[i], W[l][A]) + b[l][A]
+                       for i, (W, b) in enumerate(((weights.W_Q, weights.b_Q), (weights.W_K, weights.b_K), (weights.W_V, weights.b_V))))
+            z, _ = engine.attend(weights, q, k, v)
+            out = torch.einsum("bphd,hdm->hbpm", z, weights.W_O[l][A])  # (head, batch, pos, d_model)
+            heads = out if len(A) == H else heads.index_copy(0, A, out)
+        for head in heads:
+            write(head)
         resid = resid + heads.sum(0) + weights.b_O[l]
-        m = engine.mlp(weights, l, reader_inputs(slice(layer_readers.stop - 1, layer_readers.stop))[0])
-        outs.append(m)
+        mlp_reader, w_mlp = torch.tensor([first + 3 * H], device=dev), g.writers_before(l, mlp=True)
+        m = (engine.mlp(weights, l, reader_inputs(mlp_reader)[0]) if active(mlp_reader, w_mlp)
+             else corrupt[w_mlp].repeat(V, 1, 1))
+        write(m)
         resid = resid + m
-    final = reader_inputs(slice(len(g.readers) - 1, len(g.readers)))[0]
+    final = reader_inputs(torch.tensor([len(g.readers) - 1], device=dev))[0]
     ld = engine.read_logit_diff(weights, final[:, -1], dir, bias)
     return ld, torch.stack(outs), leaves
 

@@ -71,8 +71,7 @@ class Weights:
 
 
 def layer_norm(x: Tensor, wb: tuple[Tensor, Tensor], eps: float) -> Tensor:
-    x = x - x.mean(-1, keepdim=True)
-    return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt() * wb[0] + wb[1]
+    return torch.nn.functional.layer_norm(x, x.shape[-1:], wb[0], wb[1], eps)
 
 
 def gelu_new(x: Tensor) -> Tensor:

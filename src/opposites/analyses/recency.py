@@ -1,0 +1,86 @@
+"""The most recent subject against the IOI rule. In an IOI prompt the repeated name S is also the
+subject of the last clause, so "attend to the name that was not repeated" (IO) and "attend to the
+most recent subject" cannot be told apart. Here the last clause gets a third name as subject (the
+task file's `recency_templates`, e.g. "When Mary and John went to the store, John said that Tom gave
+a drink to"): the IOI rule still points at IO (Mary), the most recent subject is S3 (Tom).
+
+Per head: END's attention to IO, to S (both occurrences) and to S3, with 95% intervals, and the rule
+the head follows (its interval for one name lies wholly above the other's, with at least
+MIN_ATTENTION of END's weight). Per prompt: which of the three names the model puts highest."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from opposites.core import batches
+from opposites.derived import MIN_ATTENTION, prefers
+from opposites.prompts import fill, load_spec
+from opposites.stats import mean_ci
+
+NAMES = ("IO", "S", "S3")
+
+
+def prompts(rows: list[dict], task: str, tokenizer, seed: int) -> list[dict]:
+    """One dissociating prompt per task row: its IO, S, place and object, and a third name (seeded)."""
+    spec = load_spec(task)
+    rng = random.Random(f"recency-{task}-{seed}")
+    out = []
+    for r in rows:
+        words = r["words"]
+        s3 = rng.choice([n for n in spec["names"] if n not in (words["IO"], words["S1"])])
+        template = rng.choice(spec["recency_templates"])
+        filled = fill(template, {**words, "S3": s3}, tokenizer, ["IO", "S1", "S2", "S3"])
+        if filled is None:
+            continue
+        text, positions = filled
+        out.append({"id": len(out), "clean": text, "corrupted": text, "answer": " " + words["IO"],
+                    "wrong": " " + s3, "s": " " + words["S1"], "positions": positions})
+    return out
+
+
+def _end_attention(pattern: torch.Tensor, pos: dict[str, int]) -> torch.Tensor:
+    """(name, layer, head) attention from END to IO, S (S1 + S2) and S3; pattern (layer, head, q, k)."""
+    end = pattern[:, :, pos["END"]]  # (layer, head, k)
+    return torch.stack([end[..., pos["IO"]], end[..., pos["S1"]] + end[..., pos["S2"]], end[..., pos["S3"]]])
+
+
+def rule(att: dict[str, dict]) -> str:
+    """'IOI' or 'most recent subject' when that name's interval lies above the other's (and above
+    MIN_ATTENTION), else ''."""
+    io, s3 = ((att[n]["value"], *att[n]["ci95"]) for n in ("IO", "S3"))
+    return "IOI" if prefers(io, s3) else "most recent subject" if prefers(s3, io) else ""
+
+
+def run(model, rows: list[dict], batch_size: int, seed: int) -> dict:
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    dis = prompts(rows, rows[0]["task"], model.tokenizer, seed)
+    names = {f"blocks.{l}.attn.hook_pattern" for l in range(L)}
+    att, logits3 = [], []
+    for batch in batches(model, dis, batch_size, desc="recency"):
+        logits, cache = model.run_with_cache(batch.clean, names_filter=lambda n: n in names)
+        pattern = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"] for l in range(L)], 1)  # (b, layer, head, q, k)
+        att += [_end_attention(pattern[i], r["positions"]) for i, r in enumerate(batch.rows)]
+        s = torch.tensor([model.to_single_token(r["s"]) for r in batch.rows], device=logits.device)
+        last = logits[:, -1]  # (batch, vocab)
+        logits3.append(torch.stack([last.gather(1, t[:, None])[:, 0] for t in (batch.answer, s, batch.wrong)], -1))
+    att_t = torch.stack(att, -1).double().cpu()  # (name, layer, head, prompt)
+    lg = torch.cat(logits3).double().cpu()  # (prompt, name): IO, S, S3
+    est = mean_ci(att_t, seed)
+    heads = []
+    for l in range(L):
+        for h in range(H):
+            a = {n: {"value": est.value[i, l, h].item(), "ci95": [est.ci_low[i, l, h].item(), est.ci_high[i, l, h].item()]}
+                 for i, n in enumerate(NAMES)}
+            heads.append({"layer": l, "head": h, **a, "rule": rule(a)})
+    diff = lambda a, b: mean_ci(lg[:, a] - lg[:, b], seed)  # noqa: E731
+    io_s3, io_s = diff(0, 2), diff(0, 1)
+    top = lg.argmax(-1)
+    shares = {n: mean_ci((top == i).double(), seed) for i, n in enumerate(NAMES)}
+    return {"n": len(dis), "example": dis[0]["clean"] if dis else "", "min_attention": MIN_ATTENTION,
+            "io_minus_s3": {"value": io_s3.value.item(), "ci95": [io_s3.ci_low.item(), io_s3.ci_high.item()]},
+            "io_minus_s": {"value": io_s.value.item(), "ci95": [io_s.ci_low.item(), io_s.ci_high.item()]},
+            "preferred": {n: e.value.item() for n, e in shares.items()},
+            "preferred_ci95": {n: [e.ci_low.item(), e.ci_high.item()] for n, e in shares.items()},
+            "heads": heads}
