@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from opposites.figures.style import color, figure, per_task, task_rows
+from opposites.figures.style import color, figure, panels, per_task, task_rows
 
 RELATION_COLORS = {"opposite": "#d95f02", "synonym": "#1b9e77", "random": "0.6"}
 
@@ -46,3 +46,27 @@ def neuron_acts(data: dict, tasks: list[str]):
         ax.legend(frameon=False, fontsize=6)
 
     return per_task(tasks, draw, height=2.3, max_cols=2)
+
+
+@figure
+def relation_probe(data: dict, tasks: list[str]):
+    """Left: held-out accuracy of the relation-type probe by layer, true and shuffled labels, with
+    chance; right: the heads whose END output the relation types separate most."""
+    task = tasks[0]
+    res = data["relation"][task]
+    fig, (left, right) = panels(2, width=6.0, height=2.3, max_cols=2)
+    x = np.array([r["layer"] for r in res["layers"]])
+    for key, c, label in (("accuracy", color(task), "labels"), ("shuffled", "0.6", "shuffled labels")):
+        v = np.array([r[key]["value"] for r in res["layers"]])
+        lo, hi = (np.array([r[key]["ci95"][i] for r in res["layers"]]) for i in (0, 1))
+        left.errorbar(x, v, yerr=[v - lo, hi - v], marker="o", ms=3, lw=1, capsize=2, color=c, label=label)
+    left.axhline(res["chance"], color="k", lw=0.6, ls=":", label="chance")
+    left.set(xlabel="residual before layer (last: after the final layer)", ylabel="held-out accuracy", ylim=(-0.02, 1.05),
+             title=f"{' / '.join(res['classes'])} (n test = {res['n_test']})")
+    left.legend(frameon=False, fontsize=6)
+    top = res["heads"][:8]
+    right.barh(range(len(top))[::-1], [h["separation"] for h in top], color=color(task))
+    right.set_yticks(range(len(top))[::-1], [f"{h['layer']}.{h['head']}" for h in top])
+    right.set(xlabel="variance explained by relation type", title="heads' END output")
+    fig.tight_layout()
+    return fig
