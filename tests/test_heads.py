@@ -319,3 +319,29 @@ def test_relation_probe_on_a_model_separates_tokens_not_shuffled_labels(toy, row
     assert res["layers"][0]["accuracy"]["value"] > 0.95
     assert all(r["shuffled"]["value"] < 0.7 for r in res["layers"])
     assert len(res["heads"]) == toy.cfg.n_layers * toy.cfg.n_heads
+
+
+def test_subject_space_finds_a_head_planted_inside_it(toy, rows, monkeypatch):
+    """Head 1.0's key weights are planted inside layer 1's subject space and head 1.1's orthogonal to
+    it: 1.0 has all its key norm inside (above every random subspace) and is the most aligned head,
+    1.1 has none; the random floor is the subspace's share of dimensions."""
+    from opposites.analyses import heads as heads_analysis
+    from opposites.analyses import subjects
+    from opposites.derived import SUBSPACE_DIM
+
+    r = rows["size"]
+    subj, _ = subjects._residuals(toy, r, 8, ["NAME1", "NAME2"])
+    basis = subjects.space(subjects._normalised(subj[1].flatten(0, 1)), SUBSPACE_DIM)  # (d_model, k)
+    W_K = toy.W_K.detach().double().clone()
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(W_K.shape[2:], generator=gen, dtype=torch.float64)
+    W_K[1, 0] = basis @ (basis.T @ noise)
+    W_K[1, 1] = noise - basis @ (basis.T @ noise)
+    monkeypatch.setattr(subjects, "key_weights", lambda model: W_K)
+    res = subjects.run(toy, r, 8, seed=0, attention=heads_analysis.attention(toy, r, 8, seed=0))
+    by = {(h["layer"], h["head"]): h for h in res["heads"]}
+    assert by[(1, 0)]["share"] == pytest.approx(1.0) and by[(1, 0)]["percentile"] == 1.0
+    assert by[(1, 1)]["share"] == pytest.approx(0.0, abs=1e-9) and by[(1, 1)]["percentile"] == 0.0
+    assert (res["most_aligned"]["layer"], res["most_aligned"]["head"]) == (1, 0)
+    assert by[(1, 0)]["random_mean"] == pytest.approx(SUBSPACE_DIM / W_K.shape[2], rel=0.2)
+    assert [x["space"] for x in res["similarity"]] == ["embed"] + ["resid"] * toy.cfg.n_layers

@@ -17,6 +17,8 @@ LENS_ORDER = {"resid_pre": 0, "resid_mid": 1, "resid_post": 2}
 
 
 MIN_ATTENTION = 0.2  # a head "follows" a role only with at least this share of END's attention on it
+SUBSPACE_DIM = 8  # the subject space: this many top principal directions of the subject residuals
+RANDOM_SUBSPACES = 200  # random subspaces of the same size, the floor a head's share is set against
 
 
 def prefers(a: tuple[float, float, float], b: tuple[float, float, float], minimum: float = MIN_ATTENTION) -> bool:

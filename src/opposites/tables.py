@@ -144,6 +144,28 @@ def congruence(data: dict, tasks: list[str]) -> str:
 
 
 @table
+def subject_space(data: dict, tasks: list[str]) -> str:
+    rows = []
+    for task in tasks:
+        res = data["subjects"][task]
+        sim = {(x["space"], x["layer"]): x for x in res["similarity"]}
+        emb, last = sim[("embed", -1)], sim[("resid", max(x["layer"] for x in res["similarity"]))]
+        best = res["most_aligned"]
+        above = sum(h["percentile"] >= 0.95 for h in res["heads"])
+        rows.append([tex_escape(task), tex_escape(", ".join(res["subject_roles"])),
+                     f"{fmt_ci(emb['within'], emb['within_ci95'])} / {fmt_ci(emb['across'], emb['across_ci95'])}",
+                     f"{fmt_ci(last['within'], last['within_ci95'])} / {fmt_ci(last['across'], last['across_ci95'])}",
+                     f"{best['layer']}.{best['head']}: {fmt(best['share'])} ({fmt(best['random_mean'])}); {fmt(best['end_attention'])}",
+                     f"{above} of {len(res['heads'])}",
+                     fmt_ci(res["spearman_share_attention"], res["spearman_share_attention_ci95"]),
+                     ", ".join(f"L{n['layer']}N{n['neuron']}" for n in res["neurons"][:3]) or "--"])
+    return tabular(r"l p{1.2cm} p{2.2cm} p{2.2cm} p{2.1cm} r p{1.5cm} p{1.5cm}",
+                   ["task", "subjects", "$W_E$: within / across", "last layer: within / across",
+                    "most aligned head: share (random); END attention", "heads $\\geq$ 95th pct",
+                    r"$\rho$", "neurons into the space"], rows)
+
+
+@table
 def neurons(data: dict, tasks: list[str]) -> str:
     rows = []
     for task in tasks:

@@ -69,6 +69,8 @@ ANALYSES: dict[str, Analysis] = {
     "mapping": Analysis(target="mechanism:mapping", ext="json", stage="heads", settings=("seed",),
                         requires=("head_logits", "movers"), families=("opposite",)),
     "copy_scores": Analysis(target="heads:copy_scores", ext="csv", stage="heads"),
+    "subjects": Analysis(target="subjects:run", ext="json", stage="heads", settings=("seed",), requires=("attention",),
+                         needs="subject_roles"),
     "relation": Analysis(target="relation:run", ext="json", stage="heads", settings=("seed",), needs="relation_probe"),
     "recency": Analysis(target="recency:run", ext="json", stage="heads", settings=("seed",), needs="recency_templates"),
     "similarity": Analysis(target="meaning:similarity", ext="csv", stage="heads", settings=("seed",),
