@@ -90,9 +90,10 @@ def subject_heads(data: dict, tasks: list[str]) -> str:
             cells.append("; ".join(f"{r.layer}.{r.head}: {fmt_ci(r.value, [r.ci_low, r.ci_high])}"
                                    for r in heads.head(3).itertuples())
                          + (f" (+{len(heads) - 3})" if len(heads) > 3 else "") or "none")
-        for role in (source, recent):
-            r = largest_abs(resid[resid.role == role], 1).iloc[0]
-            cells.append(f"{fmt_ci(r.value, [r.ci_low, r.ci_high])} (L{int(r.layer)})")
+        for role in (source, recent):  # after layer 0, where patching the changed word undoes the corruption
+            part = resid[(resid.role == role) & (resid.layer > 0)]
+            r = largest_abs(part, 1).iloc[0] if len(part) else None
+            cells.append("--" if r is None or not r.normaliser_ok else f"{fmt_ci(r.value, [r.ci_low, r.ci_high])} (L{int(r.layer)})")
         rows.append([tex_escape(task), tex_escape(source), tex_escape(recent), *cells])
     return tabular(r"l l l p{3.0cm} p{3.0cm} p{2.5cm} p{2.5cm}",
                    ["task", "source", "subject", "heads: END $\\to$ source", "heads: END $\\to$ subject",

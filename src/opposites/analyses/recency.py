@@ -5,8 +5,9 @@ task file's `recency_templates`, e.g. "When Mary and John went to the store, Joh
 a drink to"): the IOI rule still points at IO (Mary), the most recent subject is S3 (Tom).
 
 Per head: END's attention to IO, to S (both occurrences) and to S3, with 95% intervals, and the rule
-the head follows (its interval for one name lies wholly above the other's, with at least
-MIN_ATTENTION of END's weight). Per prompt: which of the three names the model puts highest."""
+the head follows (its interval for one name lies wholly above both other names', with at least
+MIN_ATTENTION of END's weight). S3 is also the name nearest to END, so "most recent subject" and
+"most recent name" coincide in these prompts. Per prompt: which of the three names the model puts highest."""
 
 from __future__ import annotations
 
@@ -47,10 +48,12 @@ def _end_attention(pattern: torch.Tensor, pos: dict[str, int]) -> torch.Tensor:
 
 
 def rule(att: dict[str, dict]) -> str:
-    """'IOI' or 'most recent subject' when that name's interval lies above the other's (and above
-    MIN_ATTENTION), else ''."""
-    io, s3 = ((att[n]["value"], *att[n]["ci95"]) for n in ("IO", "S3"))
-    return "IOI" if prefers(io, s3) else "most recent subject" if prefers(s3, io) else ""
+    """'IOI' when END's attention interval on IO lies above those on S and S3 (and its mean reaches
+    MIN_ATTENTION), 'most recent subject' when S3's lies above IO's and S's, else ''."""
+    io, s, s3 = ((att[n]["value"], *att[n]["ci95"]) for n in NAMES)
+    if prefers(io, s3) and prefers(io, s):
+        return "IOI"
+    return "most recent subject" if prefers(s3, io) and prefers(s3, s) else ""
 
 
 def run(model, rows: list[dict], batch_size: int, seed: int) -> dict:

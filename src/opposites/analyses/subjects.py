@@ -65,7 +65,7 @@ def _similarity(subj: torch.Tensor, other: torch.Tensor, seed: int) -> dict:
     prompt's other roles. subj (prompt, role, d), other (prompt, role, d); centred over all of them."""
     mean = torch.cat([subj.flatten(0, 1), other.flatten(0, 1)]).mean(0)
     s, o = subj - mean, other - mean
-    nxt = torch.roll(torch.arange(len(s)), -1)  # a different prompt for each prompt
+    nxt = torch.roll(torch.arange(len(s), device=s.device), -1)  # a different prompt for each prompt
     cos = lambda a, b: torch.cosine_similarity(a, b, dim=-1)  # noqa: E731
     within = cos(s[:, 0], s[nxt, 0])  # (prompt,)
     across = cos(s[:, :1], o[nxt]).mean(-1)
