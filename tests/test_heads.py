@@ -104,6 +104,23 @@ def test_neuron_effects_sum_to_the_mlp_lens(toy64, rows):
     torch.testing.assert_close(total.double(), torch.tensor(mlp, dtype=torch.float64), atol=1e-6, rtol=0)
 
 
+def plant_layer0_pattern(model, monkeypatch, edit) -> None:
+    """Make run_with_cache return layer 0's attention pattern as edit(pattern (head, q, k), tokens)
+    leaves it, prompt by prompt (the model's own forward is unchanged)."""
+    original = model.run_with_cache
+
+    def planted(tokens, **kwargs):
+        logits, cache = original(tokens, **kwargs)
+        cache = {name: cache[name] for name in cache.keys()}
+        pattern = cache["blocks.0.attn.hook_pattern"].clone()  # (batch, head, q, k)
+        for i, seq in enumerate(tokens):
+            edit(pattern[i], seq)
+        cache["blocks.0.attn.hook_pattern"] = pattern
+        return logits, cache
+
+    monkeypatch.setattr(model, "run_with_cache", planted)
+
+
 def test_attention_finds_a_planted_pattern_at_its_role(toy, rows, monkeypatch):
     """Head 0.1's pattern is replaced (as the model returns it) by one that puts all of every query's
     weight on the position of the token equal to the answer (IOI: the IO name, which occurs once),
@@ -112,21 +129,14 @@ def test_attention_finds_a_planted_pattern_at_its_role(toy, rows, monkeypatch):
     would move it elsewhere. Rows still sum to 1, and intervals bracket the means."""
     r = rows["ioi"]
     answer_of = {tuple(toy.to_tokens(x["clean"])[0].tolist()): toy.to_single_token(x["answer"]) for x in r}
-    original = toy.run_with_cache
 
-    def planted(tokens, **kwargs):
-        logits, cache = original(tokens, **kwargs)
-        cache = {name: cache[name] for name in cache.keys()}
-        pattern = cache["blocks.0.attn.hook_pattern"].clone()  # (batch, head, q, k)
-        for i, seq in enumerate(tokens):
-            k = (seq == answer_of[tuple(seq.tolist())]).nonzero()[0, 0].item()
-            pattern[i, 1] = 0
-            pattern[i, 1, k:, k] = 1
-            pattern[i, 1, :k, 0] = 1
-        cache["blocks.0.attn.hook_pattern"] = pattern
-        return logits, cache
+    def edit(pattern, seq):  # (head, q, k) of one prompt
+        k = (seq == answer_of[tuple(seq.tolist())]).nonzero()[0, 0].item()
+        pattern[1] = 0
+        pattern[1, k:, k] = 1
+        pattern[1, :k, 0] = 1
 
-    monkeypatch.setattr(toy, "run_with_cache", planted)
+    plant_layer0_pattern(toy, monkeypatch, edit)
     att = heads.attention(toy, r, 8, seed=0).set_index(["layer", "head", "dest_role", "src_role"])
     head = att.loc[(0, 1)]
     assert head.loc[("END", "IO"), "value"] == pytest.approx(1.0)
@@ -249,21 +259,14 @@ def test_recency_sorts_planted_heads_by_the_rule_they_follow(toy, rows, monkeypa
     r = rows["ioi"]
     dis = {tuple(toy.to_tokens(x["clean"])[0].tolist()): x for x in recency.prompts(r, "ioi", toy.tokenizer, 0)}
     assert dis and all(x["positions"]["S3"] > x["positions"]["S2"] for x in dis.values())
-    original = toy.run_with_cache
 
-    def planted(tokens, **kwargs):
-        logits, cache = original(tokens, **kwargs)
-        cache = {name: cache[name] for name in cache.keys()}
-        pattern = cache["blocks.0.attn.hook_pattern"].clone()  # (batch, head, q, k)
-        for i, seq in enumerate(tokens):
-            pos = dis[tuple(seq.tolist())]["positions"]
-            for head, role in ((0, "S3"), (1, "IO")):
-                pattern[i, head, -1] = 0
-                pattern[i, head, -1, pos[role]] = 1
-        cache["blocks.0.attn.hook_pattern"] = pattern
-        return logits, cache
+    def edit(pattern, seq):  # (head, q, k) of one prompt
+        pos = dis[tuple(seq.tolist())]["positions"]
+        for head, role in ((0, "S3"), (1, "IO")):
+            pattern[head, -1] = 0
+            pattern[head, -1, pos[role]] = 1
 
-    monkeypatch.setattr(toy, "run_with_cache", planted)
+    plant_layer0_pattern(toy, monkeypatch, edit)
     res = recency.run(toy, r, 8, seed=0)
     by = {(h["layer"], h["head"]): h for h in res["heads"]}
     assert by[(0, 0)]["rule"] == "most recent subject" and by[(0, 0)]["S3"]["value"] == pytest.approx(1.0)
