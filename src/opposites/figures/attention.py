@@ -5,24 +5,27 @@ from __future__ import annotations
 import numpy as np
 
 from opposites.derived import top_abs_heads
-from opposites.figures.style import color, figure, per_task, task_rows
+from opposites.figures.style import color, figure, per_task, task_columns
 
 
 @figure
 def attention_patterns(data: dict, tasks: list[str]):
+    """One column per task, one row per head."""
     n_heads = 3
 
-    def draw_row(row, task):
+    def draw_col(col, task):
         ex = data["attention_example"][task]
         labels = [t.replace("<|endoftext|>", "BOS") for t in ex["tokens"]]
-        for ax, head in zip(row, ex["heads"][:n_heads]):
+        for ax in col[len(ex["heads"][:n_heads]):]:
+            ax.set_visible(False)
+        for ax, head in zip(col, ex["heads"][:n_heads]):
             ax.imshow(np.array(head["pattern"]), cmap="Blues", vmin=0, vmax=1)
-            ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=5)
-            ax.set_yticks(range(len(labels)), labels, fontsize=5)
-            ax.set_title(f"{task}: {head['label']} ({head['reason']})", fontsize=7)
+            ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=5.5)
+            ax.set_yticks(range(len(labels)), labels, fontsize=5.5)
+            ax.set_title(f"{task}: {head['label']} ({head['reason']})", fontsize=6.5)
             ax.grid(False)
 
-    return task_rows(tasks, n_heads, draw_row, height=2.2)
+    return task_columns(tasks, n_heads, draw_col, height=1.9)
 
 
 @figure
@@ -61,9 +64,9 @@ def head_logit(data: dict, tasks: list[str]):
 def copy_scores(data: dict, tasks: list[str]):
     types = ["copy", "negative_copy", "opposite"]
 
-    def draw_row(row, task):
+    def draw_col(col, task):
         df = data["copy_scores"][task]
-        for ax, kind in zip(row, types):
+        for ax, kind in zip(col, types):
             part = df[df.score_type == kind]
             if part.empty:
                 ax.set_visible(False)
@@ -74,4 +77,4 @@ def copy_scores(data: dict, tasks: list[str]):
             ax.grid(False)
             ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
 
-    return task_rows(tasks, 3, draw_row, height=2.0)
+    return task_columns(tasks, 3, draw_col, height=1.7)

@@ -8,7 +8,7 @@ import pandas as pd
 
 from opposites.derived import attribution_vs_exact, head_label, largest_abs, top_patched_heads
 from opposites.figures.style import (color, figure, heatmap, mark_significant, not_meaningful, per_task,
-                                     role_heatmap, task_rows)
+                                     role_heatmap, task_columns)
 
 
 @figure
@@ -22,12 +22,12 @@ def patch_resid(data: dict, tasks: list[str]):
 
 @figure
 def patch_attn_mlp(data: dict, tasks: list[str]):
-    def draw_row(row, task):
+    def draw_col(col, task):
         df = data["patch_layers"][task]
-        for ax, component in zip(row, ("attn", "mlp")):
+        for ax, component in zip(col, ("attn", "mlp")):
             role_heatmap(ax, df[df.component == component], f"{task}: {component} output")
 
-    return task_rows(tasks, 2, draw_row, height=2.4)
+    return task_columns(tasks, 2, draw_col, height=2.4)
 
 
 @figure

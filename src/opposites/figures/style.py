@@ -58,6 +58,16 @@ def task_rows(tasks: list[str], n_cols: int, draw_row: Callable, height: float, 
     return fig
 
 
+def task_columns(tasks: list[str], n_rows: int, draw_col: Callable, height: float, width: float = 6.8):
+    """A figure with one column of n_rows panels per task (wide rather than tall, so it fits beside
+    text at a readable size); draw_col(column_of_axes, task) fills each column."""
+    fig, axes = plt.subplots(n_rows, len(tasks), figsize=(width, height * n_rows), squeeze=False)
+    for col, task in zip(axes.T, tasks):
+        draw_col(col, task)
+    fig.tight_layout()
+    return fig
+
+
 def heatmap(ax, df, title: str, value: str = "value"):
     """Layer x head grid of `value`, diverging around 0, each panel on its own symmetric scale."""
     grid = df.pivot(index="layer", columns="head", values=value).to_numpy()  # (layer, head)
@@ -72,7 +82,7 @@ def heatmap(ax, df, title: str, value: str = "value"):
 
 def not_meaningful(ax, title: str) -> bool:
     """Blank a panel whose normalised metric has a normaliser indistinguishable from 0 (say so)."""
-    ax.text(0.5, 0.5, "clean and corrupted not distinguishable:\nnormalised patching not meaningful",
+    ax.text(0.5, 0.5, "clean and corrupted\nnot distinguishable:\nnormalised patching\nnot meaningful",
             ha="center", va="center", fontsize=6, transform=ax.transAxes)
     ax.set(title=title, xticks=[], yticks=[])
     ax.grid(False)
