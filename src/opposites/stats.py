@@ -48,6 +48,10 @@ class Estimate:
     def excludes_zero(self) -> Tensor:
         return (self.ci_low > 0) | (self.ci_high < 0)
 
+    def record(self) -> dict:
+        """A scalar estimate as results JSON holds it: {"value": v, "ci95": [low, high]}."""
+        return {"value": self.value.item(), "ci95": [self.ci_low.item(), self.ci_high.item()]}
+
 
 def mean_ci(x: Tensor, seed: int, n_resamples: int = N_RESAMPLES) -> Estimate:
     """Mean over the last axis (prompts) of x (..., n), with a bootstrap interval."""

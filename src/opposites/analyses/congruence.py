@@ -48,10 +48,6 @@ def prompts(task: str, tokenizer, n_prompts: int, seed: int) -> list[dict]:
     return rows
 
 
-def _ci(est) -> dict:
-    return {"value": est.value.item(), "ci95": [est.ci_low.item(), est.ci_high.item()]}
-
-
 def run(model, rows: list[dict], batch_size: int, patch_direction: str, seed: int) -> dict:
     pairs = prompts(rows[0]["task"], model.tokenizer, len(rows), seed)
 
@@ -64,8 +60,7 @@ def run(model, rows: list[dict], batch_size: int, patch_direction: str, seed: in
     axes = {"layer": list(range(model.cfg.n_layers)), "role": ROLES}
     patch = pd.concat([table(t, s, axes, seed).assign(component=name) for name, t in s.patched.items()])
     return {"n": len(pairs), "example_congruent": pairs[0]["clean"], "example_incongruent": pairs[0]["corrupted"],
-            "congruent": {"logit_diff": _ci(mean_ci(clean, seed)), "accuracy": _ci(mean_ci((clean > 0).double(), seed))},
-            "incongruent": {"logit_diff": _ci(mean_ci(corrupted, seed)),
-                            "accuracy": _ci(mean_ci((corrupted > 0).double(), seed))},
-            "pull": _ci(mean_ci(clean - corrupted, seed)),
+            **{name: {"logit_diff": mean_ci(ld, seed).record(), "accuracy": mean_ci((ld > 0).double(), seed).record()}
+               for name, ld in (("congruent", clean), ("incongruent", corrupted))},
+            "pull": mean_ci(clean - corrupted, seed).record(),
             "patch": patch.to_dict("records")}

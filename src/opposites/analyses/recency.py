@@ -77,13 +77,11 @@ def run(model, rows: list[dict], batch_size: int, seed: int) -> dict:
             a = {n: {"value": est.value[i, l, h].item(), "ci95": [est.ci_low[i, l, h].item(), est.ci_high[i, l, h].item()]}
                  for i, n in enumerate(NAMES)}
             heads.append({"layer": l, "head": h, **a, "rule": rule(a)})
-    diff = lambda a, b: mean_ci(lg[:, a] - lg[:, b], seed)  # noqa: E731
-    io_s3, io_s = diff(0, 2), diff(0, 1)
     top = lg.argmax(-1)
     shares = {n: mean_ci((top == i).double(), seed) for i, n in enumerate(NAMES)}
     return {"n": len(dis), "example": dis[0]["clean"] if dis else "", "min_attention": MIN_ATTENTION,
-            "io_minus_s3": {"value": io_s3.value.item(), "ci95": [io_s3.ci_low.item(), io_s3.ci_high.item()]},
-            "io_minus_s": {"value": io_s.value.item(), "ci95": [io_s.ci_low.item(), io_s.ci_high.item()]},
+            "io_minus_s3": mean_ci(lg[:, 0] - lg[:, 2], seed).record(),
+            "io_minus_s": mean_ci(lg[:, 0] - lg[:, 1], seed).record(),
             "preferred": {n: e.value.item() for n, e in shares.items()},
             "preferred_ci95": {n: [e.ci_low.item(), e.ci_high.item()] for n, e in shares.items()},
             "heads": heads}

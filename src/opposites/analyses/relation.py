@@ -85,8 +85,7 @@ def run(model, rows: list[dict], batch_size: int, seed: int) -> dict:
 
     def accuracy(x: torch.Tensor, y_train: torch.Tensor) -> dict:
         hit = (fit_predict(x[train], y_train, x[~train], k) == labels[~train]).double()
-        est = mean_ci(hit, seed)
-        return {"value": est.value.item(), "ci95": [est.ci_low.item(), est.ci_high.item()]}
+        return mean_ci(hit, seed).record()
 
     layers = [{"layer": l, "accuracy": accuracy(resid[l], labels[train]), "shuffled": accuracy(resid[l], shuffled)}
               for l in range(len(resid))]

@@ -44,12 +44,17 @@ def share_inside(basis: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     return (basis.T @ W).pow(2).sum((-2, -1)) / W.pow(2).sum((-2, -1))
 
 
+def other_roles(task: str, roles: list[str]) -> list[str]:
+    """The task's roles that hold no subject, and END."""
+    return [r for r in load_spec(task)["roles"] if r not in roles] + ["END"]
+
+
 def _residuals(model, rows, batch_size, roles: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(layer, prompt, subject role, d_model) at the subject positions and (layer, prompt, other
     role, d_model) at the other roles and END, before each layer."""
     L = model.cfg.n_layers
     names = {f"blocks.{l}.hook_resid_pre" for l in range(L)}
-    others = [r for r in load_spec(rows[0]["task"])["roles"] if r not in roles] + ["END"]
+    others = other_roles(rows[0]["task"], roles)
     subj, other = [], []
     for batch in batches(model, rows, batch_size, desc="subjects"):
         _, cache = model.run_with_cache(batch.clean, names_filter=lambda n: n in names)
@@ -84,7 +89,7 @@ def run(model, rows: list[dict], batch_size: int, seed: int, attention=None) -> 
     tokens = lambda rs: torch.tensor([[model.to_single_token(" " + r["words"][x]) if x in r["words"] else  # noqa: E731
                                        model.to_tokens(r["clean"])[0, r["positions"][x]].item() for x in rs]
                                       for r in rows], device=model.W_E.device)
-    others = [r for r in load_spec(rows[0]["task"])["roles"] if r not in roles] + ["END"]
+    others = other_roles(rows[0]["task"], roles)
     W_E = model.W_E.detach().double().cpu()
     similarity.insert(0, {"space": "embed", "layer": -1,
                           **_similarity(W_E[tokens(roles).cpu()], W_E[tokens(others).cpu()], seed)})
@@ -92,9 +97,8 @@ def run(model, rows: list[dict], batch_size: int, seed: int, attention=None) -> 
     gen = torch.Generator(device="cpu").manual_seed(seed)
     d = W_K.shape[2]
     k = min(SUBSPACE_DIM, subj.shape[1] * subj.shape[2] - 1)
-    heads = []
-    for l in range(L):
-        basis = space(_normalised(subj[l].flatten(0, 1)), k)  # (d_model, k)
+    heads, bases = [], [space(_normalised(subj[l].flatten(0, 1)), k) for l in range(L)]  # (d_model, k) each
+    for l, basis in enumerate(bases):
         rand = [torch.linalg.qr(torch.randn(d, k, generator=gen, dtype=torch.float64, device="cpu"))[0]
                 for _ in range(RANDOM_SUBSPACES)]
         rand_share = torch.stack([share_inside(q, W_K[l]) for q in rand])  # (random, head)
@@ -102,10 +106,9 @@ def run(model, rows: list[dict], batch_size: int, seed: int, attention=None) -> 
         for h in range(H):
             heads.append({"layer": l, "head": h, "share": share[h].item(), "random_mean": rand_share[:, h].mean().item(),
                           "percentile": (rand_share[:, h] < share[h]).double().mean().item(),
-                          "end_attention": end_attention_to_roles(attention, l, h, roles) if attention is not None else None,
-                          "basis_layer": l})
+                          "end_attention": end_attention_to_roles(attention, l, h, roles) if attention is not None else None})
     best = max(heads, key=lambda x: x["share"] - x["random_mean"])
-    basis = space(_normalised(subj[best["layer"]].flatten(0, 1)), k)
+    basis = bases[best["layer"]]
     W_out = model.W_out.detach().double().cpu()[: best["layer"]]  # (earlier layer, d_mlp, d_model)
     proj = (W_out @ basis).norm(dim=-1)  # (layer, d_mlp)
     top = proj.flatten().topk(min(10, proj.numel())).indices.tolist() if proj.numel() else []

@@ -73,9 +73,8 @@ class Graph:
 class _Cuts:
     """What cutting edges takes from each reader's input, kept as the forward runs: every writer's
     (current - corrupted) output per variant, and their running sum. A reader loses the sum over its
-    cut edges; per variant that is computed as a sparse product over whichever is fewer, the cut
-    edges or the kept ones (all writers so far minus the kept ones), so a small circuit costs about
-    its own size rather than the whole graph's."""
+    cut edges; per variant that sum runs over whichever is fewer, the cut edges or the kept ones
+    (all writers so far minus the kept ones), sparse or dense by density (`_sparse_sum`)."""
 
     def __init__(self, corrupt: Tensor, keep: Tensor):
         self.corrupt, self.keep = corrupt, keep  # (writer, batch, pos, d_model); (variant, writer, reader)
@@ -126,7 +125,7 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
                  keep: Tensor | None = None, grad_leaves: bool = False,
                  x: Tensor | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:
     """Forward with one input per reader. Returns (logit diff per prompt, writer outputs
-    (writer, batch, pos, d_model), reader-input leaves for gradients when grad_leaves). `keep`
+    (writer, batch, pos, d_model; None with `keep`), reader-input leaves for gradients when grad_leaves). `keep`
     (writer, reader), or (variant, writer, reader) for several circuits in one pass: then the logit
     differences are (variant * batch,), variant-major. `x` replaces the embedding (EAP-IG's
     interpolated inputs).
@@ -146,9 +145,10 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
     resid = x
     H = weights.n_heads
 
-    def write(out: Tensor) -> None:
-        outs.append(out)
-        if cuts is not None:
+    def write(out: Tensor) -> None:  # with keep, the cuts hold what is needed: no writer outputs kept
+        if cuts is None:
+            outs.append(out)
+        else:
             cuts.add(out)
 
     def reader_inputs(readers: Tensor) -> Tensor:
@@ -191,7 +191,7 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
         resid = resid + m
     final = reader_inputs(torch.tensor([len(g.readers) - 1], device=dev))[0]
     ld = engine.read_logit_diff(weights, final[:, -1], dir, bias)
-    return ld, torch.stack(outs), leaves
+    return ld, (torch.stack(outs) if cuts is None else None), leaves
 
 
 def edge_attribution(weights: Weights, clean: Tensor, corrupted: Tensor, dir: Tensor, bias: Tensor,
