@@ -38,3 +38,9 @@ def test_ratio_flags_a_normaliser_that_is_noise():
     noise = torch.randn(64, generator=gen) * 0.2
     _, bad = ratio_ci(patched, corrupted + noise, corrupted, seed=0)  # clean = corrupted + noise
     assert not bool(bad.excludes_zero())
+
+
+def test_record_is_the_estimate_as_results_hold_it():
+    est = mean_ci(torch.tensor([1.0, 2.0, 4.0, 7.0], dtype=torch.float64), seed=0)
+    assert est.record() == {"value": est.value.item(), "ci95": [est.ci_low.item(), est.ci_high.item()]}
+    assert est.record()["ci95"][0] < est.record()["value"] < est.record()["ci95"][1]

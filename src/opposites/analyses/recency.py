@@ -79,7 +79,7 @@ def run(model, rows: list[dict], batch_size: int, seed: int) -> dict:
             heads.append({"layer": l, "head": h, **a, "rule": rule(a)})
     top = lg.argmax(-1)
     shares = {n: mean_ci((top == i).double(), seed) for i, n in enumerate(NAMES)}
-    return {"n": len(dis), "example": dis[0]["clean"] if dis else "", "min_attention": MIN_ATTENTION,
+    return {"n": len(dis), "example": dis[0]["clean"] if dis else "", "min_attention": MIN_ATTENTION, "chance": 1 / len(NAMES),
             "io_minus_s3": mean_ci(lg[:, 0] - lg[:, 2], seed).record(),
             "io_minus_s": mean_ci(lg[:, 0] - lg[:, 1], seed).record(),
             "preferred": {n: e.value.item() for n, e in shares.items()},
