@@ -27,3 +27,15 @@ rule paper:
 rule figures:
     input:
         [item.path(R) for item in OUTLINE.items()],
+
+
+# On a cluster (profiles/slurm) these run on the submitting machine, never as jobs: they only read
+# results and write figures, tables and the PDF, with LaTeX, which compute nodes may lack. The same
+# list is opposites.cluster.LOCAL_RULES (the Slurm profile gives them no resources).
+localrules:
+    paper,
+    figures,
+    figure,
+    table,
+    paper_pdf,
+    archive,

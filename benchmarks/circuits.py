@@ -48,7 +48,8 @@ def main() -> None:
     n_edges = c["total_edges"]
     print(f"scoring ({n_edges} edges; {', '.join(sorted(set(edges.method)))}; EAP-IG {args.ig_steps} steps): {t_edges:.1f} s")
     for phase, seconds in clock.laps.items():
-        evals = c["methods"][phase.split()[-1]]["exact_evaluations"] if phase.startswith("selection") else None
+        evals = (c["methods"][phase.split()[-1]]["exact_evaluations"] if phase.startswith("selection")
+                 else c["stability"]["exact_evaluations"] if phase == "stability" else None)
         print(f"  {phase}: {seconds:.1f} s" + (f" ({evals} exact evaluations)" if evals else ""))
     for method, m in c["methods"].items():
         print(f"{method}: {m['n_edges']} edges (grid {m['grid_size']}), recovers {m['recovered']:.3f}, "

@@ -13,6 +13,11 @@ def setup_threads(snakemake) -> None:
 
 
 def setup_logging(snakemake) -> logging.Logger:
+    """Log to stderr and the rule's log file; and end this job if Snakemake itself is killed
+    (opposites.lifeline), so that no job runs on orphaned."""
+    from opposites import lifeline
+
+    lifeline.watch()
     handlers = [logging.StreamHandler(sys.stderr)]
     if snakemake.log:
         handlers.append(logging.FileHandler(snakemake.log[0], mode="w"))

@@ -60,7 +60,7 @@ def rows(tokenizer):
     return {t: make_prompts(t, tokenizer, 12, seed=0, min_prompts=4)[0] for t in ("ioi", "size", "antonym", "isa")}
 
 
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "environment.yml", "workflow", "scripts", "paper")
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "environment.yml", "workflow", "scripts", "paper", "profiles")
 
 
 def copy_workflow(dest: Path) -> Path:

@@ -21,10 +21,38 @@ def test_graph_shape_matches_acdc_count_for_gpt2_small():
 
 
 def test_keeping_all_edges_is_clean_and_none_is_corrupted(toy64, rows):
+    """The edge forward itself (exact_lds takes these two circuits from the prepared runs)."""
     runs = circuits.prepare(toy64, rows["ioi"], 8)
-    g = runs.graph
-    assert circuits.recovered(runs, g.allowed.clone()) == pytest.approx(1.0, abs=1e-4)
-    assert circuits.recovered(runs, torch.zeros_like(g.allowed)) == pytest.approx(0.0, abs=1e-4)
+    g, r = runs.graph, runs.batches[0]
+    n = len(r["batch"].clean)
+    for keep, ref in ((g.allowed, runs.clean[:n]), (torch.zeros_like(g.allowed), runs.corrupted[:n])):
+        ld = edge_forward(runs.weights, r["batch"].clean, r["dir"], r["bias"], r["corrupted_out"], keep)[0]
+        torch.testing.assert_close(ld.double(), ref, atol=1e-5, rtol=0)
+    assert circuits.recovered(runs, g.allowed.clone()) == pytest.approx(1.0, abs=1e-12)
+    assert circuits.recovered(runs, torch.zeros_like(g.allowed)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_resample_is_measured_on_its_drawn_prompts_only(toy64, rows):
+    """exact_lds on a subset of the prompts equals the full evaluation there (NaN elsewhere), so a
+    resample's recovery is the same either way; the walk down the grid picks the same circuit as the
+    whole curve."""
+    runs = circuits.prepare(toy64, rows["size"], 8)
+    gen = torch.Generator().manual_seed(1)
+    keeps = (torch.rand(3, *runs.graph.allowed.shape, generator=gen) < 0.3) & runs.graph.allowed
+    drawn = torch.rand(len(runs.clean), generator=gen) < 0.5
+    full, part = circuits.exact_lds(runs, keeps), circuits.exact_lds(runs, keeps, drawn)
+    torch.testing.assert_close(part[:, drawn], full[:, drawn], atol=1e-5, rtol=0)
+    assert part[:, ~drawn].isnan().all() and not full.isnan().any()
+    w = drawn.double() / drawn.sum()
+    torch.testing.assert_close(runs.recovery(part, w), runs.recovery(full, w), atol=1e-5, rtol=0)
+    e = circuits.edges(toy64, rows["size"], 8, ig_steps=1)
+    ranked = circuits.ranked_records(e.query("method == 'EAP'"))
+    for target in (0.5, 0.8, 0.95):
+        whole = circuits.Discovery(runs, ranked, w).select(target)
+        down = circuits.Discovery(circuits.prepare(toy64, rows["size"], 8), ranked, w)
+        walked = down.select(target, whole_curve=False)
+        assert walked["edges"] == whole["edges"] and walked["grid_size"] == whole["grid_size"]
+        assert len(walked["curve"]) <= len(whole["curve"])
 
 
 def test_batched_circuits_equal_one_at_a_time(toy64, rows, monkeypatch):
@@ -59,7 +87,8 @@ def test_circuit_is_the_same_with_the_runs_edges_left_behind(toy64, rows):
     fresh = circuits.circuit(toy64, r, 8, 0.8, 2, 3, 0, edges=e)
     assert shared == fresh
     circuits.edges(toy64, r, 8, ig_steps=2)
-    assert circuits._runs_and_scores(toy64, r, 8, ig_steps=3)[1] is None  # other ig_steps: recomputed
+    runs, scores = circuits._runs_and_scores(toy64, r, 8, ig_steps=3)  # other ig_steps: recomputed
+    torch.testing.assert_close(scores["EAP-IG"], circuits.attribution_scores(runs, 3), atol=1e-10, rtol=0)
 
 
 def test_dangling_edges_are_dropped_and_change_nothing(toy64, rows):
@@ -329,3 +358,20 @@ def test_graph_nodes_are_typed_in_computation_order():
     assert g.writers[:4] == [Node("embed"), Node("head", 0, 0), Node("head", 0, 1), Node("mlp", 0)]
     assert g.readers[:3] == [Node("head", 0, 0, "q"), Node("head", 0, 1, "q"), Node("head", 0, 0, "k")]
     assert g.readers[-1] == Node("logits")
+
+
+def test_spearman_with_interval_against_plain_ranks():
+    """The rank correlation of prompt-mean scores equals scipy-free plain ranks' Pearson correlation;
+    identical scores give 1 in every resample, reversed ones -1, and noise an interval around 0."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(50, 12, generator=gen, dtype=torch.float64)
+    b = a + 0.5 * torch.randn(50, 12, generator=gen, dtype=torch.float64)
+    rho = circuits.spearman(a, b, seed=0)
+    ra = a.mean(1).argsort().argsort().double()
+    rb = b.mean(1).argsort().argsort().double()
+    assert rho.value.item() == pytest.approx(torch.corrcoef(torch.stack([ra, rb]))[0, 1].item(), abs=1e-12)
+    assert rho.ci_low < rho.value < rho.ci_high and rho.ci_high <= 1
+    same, flipped = circuits.spearman(a, a, 0), circuits.spearman(a, -a, 0)
+    assert same.ci_low.item() == pytest.approx(1) and flipped.ci_high.item() == pytest.approx(-1)
+    noise = circuits.spearman(a, torch.randn(50, 12, generator=gen, dtype=torch.float64), 0)
+    assert noise.ci_low < 0 < noise.ci_high

@@ -33,6 +33,8 @@ def test_repo_outline_is_valid_and_drives_targets():
     assert len(ids) == len(set(ids)) and "head_dla" in ids
     assert o.item("head_dla").tasks == ("ioi", "size")
     assert o.item("head_dla").path("results/toy") == "results/toy/figures/head_dla.pdf"
+    assert "relation_probe" not in ids and "congruence" in ids  # is-a's probe needs the isa task
+    assert {i.id for s in o.sections for i in s.supplement} == {i.id for i in o.items() if i.appendix}
 
 
 @pytest.mark.parametrize("item,match", [

@@ -53,6 +53,38 @@ def test_pdf_text_has_the_baseline_numbers(built):
     assert "results/toy/figures/head_dla.pdf" in text
 
 
+def pdf_pages(pdf) -> list[str]:
+    out = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    return out.split("\f")
+
+
+def test_floats_stay_in_their_section_and_the_main_text_is_short(built):
+    """Main-text figures and tables appear between their section's heading and the next one (never
+    floating past it), appendix items after the supplement's heading, and the main text (up to the
+    references) takes at most 14 pages (26 before the supplement and the smaller floats)."""
+    o = outline.load(built / "paper/outline.yaml", ["ioi", "size", "antonym", "isa"])
+    pages = pdf_pages(built / "results/toy/paper/paper.pdf")
+
+    def page_of(pattern: str) -> int:
+        hits = [i for i, p in enumerate(pages) if re.search(pattern, p, re.M)]
+        assert hits, pattern
+        return hits[0]
+
+    heading = {s.id: page_of(rf"^\s*\d+\s+{re.escape(s.title)}\s*$") for s in o.sections}
+    supplement = page_of(r"^\s*A\s+Supplementary figures and tables\s*$")
+    ends = [heading[s.id] for s in o.sections[1:]] + [supplement]
+    number = {"figure": 0, "table": 0}
+    for section, end in zip(o.sections, ends):
+        for item in section.main:
+            number[item.kind] += 1
+            at = page_of(rf"^\s*{item.kind.title()} {number[item.kind]}:")
+            assert heading[section.id] <= at <= end, (item.id, at, heading[section.id], end)
+    for item in [i for s in o.sections for i in s.supplement]:
+        number[item.kind] += 1
+        assert page_of(rf"^\s*{item.kind.title()} {number[item.kind]}:") >= supplement, item.id
+    assert page_of(r"^\s*References\s*$") + 1 <= 14
+
+
 def test_results_record_provenance(built):
     meta = json.loads((built / "results/toy/size/head_dla.meta.json").read_text())
     assert meta["config"]["model"] == "toy" and "torch" in meta["versions"] and meta["seconds"] > 0

@@ -39,6 +39,7 @@ class Item:
     tasks: tuple[str, ...]
     caption: str
     width: str = "\\linewidth"
+    appendix: bool = False  # shown in the supplementary appendix; its section's text still refers to it
 
     @property
     def folder(self) -> str:
@@ -60,6 +61,14 @@ class Section:
     title: str
     items: tuple[Item, ...] = field(default_factory=tuple)
 
+    @property
+    def main(self) -> list[Item]:
+        return [i for i in self.items if not i.appendix]
+
+    @property
+    def supplement(self) -> list[Item]:
+        return [i for i in self.items if i.appendix]
+
 
 @dataclass(frozen=True)
 class Outline:
@@ -79,7 +88,7 @@ class Outline:
 
 def load(path: str | Path, tasks: list[str]) -> Outline:
     """Read and check the outline; `tasks` are the configured tasks (an item's `tasks` default to all
-    of them, and tasks not configured are left out)."""
+    of them, and tasks not configured are left out; an item left with no task is left out)."""
     from opposites.analyses import SOURCES, applies
     from opposites.figures import module_file, plot_function
     from opposites.tables import TABLES
@@ -108,8 +117,10 @@ def load(path: str | Path, tasks: list[str]) -> Outline:
             item_tasks = [t for t in it.get("tasks", tasks) if t in tasks
                           and all(applies(a, t) for a in it.get("analyses", []))]
             check_latex(it.get("caption", ""), f"the caption of outline item {iid!r}")
+            if not item_tasks:  # none of its analyses applies to a configured task: nothing to show
+                continue
             items.append(Item(iid, kind, s["id"], tuple(it.get("analyses", [])), tuple(item_tasks),
-                              it.get("caption", ""), it.get("width", "\\linewidth")))
+                              it.get("caption", ""), it.get("width", "\\linewidth"), bool(it.get("appendix", False))))
         check_latex(s["title"], f"the title of outline section {s['id']!r}")
         sections.append(Section(s["id"], s["title"], tuple(items)))
     return Outline(raw["title"], raw.get("abstract", ""), tuple(sections))

@@ -38,10 +38,11 @@ def datasets(data: dict, tasks: list[str]) -> str:
                      tex_escape(example["clean"]) + r" $\to$ \texttt{" + tex_escape(example["answer"].strip()) + "}",
                      tex_escape(spec["corruption"]) + "; contrast: " + tex_escape(spec["contrast"]),
                      str(base["n_prompts"]), fmt_ci(base["logit_diff_mean"], base["logit_diff_mean_ci95"]),
+                     fmt_ci(base["accuracy"], base["accuracy_ci95"]),
                      " / ".join(fmt(base[k]) for k in ("top1", "top1_wrong", "top1_other")), own])
-    return tabular(r"l p{3.2cm} p{3.8cm} r p{2.0cm} p{1.6cm} p{1.6cm}",
+    return tabular(r"l p{3.2cm} p{3.8cm} r p{2.0cm} p{1.6cm} p{1.6cm} p{1.6cm}",
                    ["task", "example", "corruption; contrast", "$n$", "logit diff [95\\% CI]",
-                    "top-1: answer / wrong / other", "corrupted: own answer wins"], rows)
+                    "answer beats wrong [95\\% CI]", "top-1: answer / wrong / other", "corrupted: own answer wins"], rows)
 
 
 @table
@@ -213,7 +214,8 @@ def circuit_methods(data: dict, tasks: list[str]) -> str:
                          fmt_ci(m["cmd"], m["cmd_ci95"]), f"{m['grid_size']} $\\to$ {m['n_edges']}",
                          fmt_ci(m["recovered"], m["recovered_ci95"]),
                          fmt_ci(m["completeness_lost"], m["completeness_lost_ci95"]),
-                         str(m["exact_evaluations"]), fmt(m.get("spearman_vs_exact")),
+                         str(m["exact_evaluations"]),
+                         fmt_ci(m["spearman_vs_exact"], m["spearman_vs_exact_ci95"]) if "spearman_vs_exact" in m else "--",
                          fmt(stab["mean_jaccard"]) if stab and stab["mean_jaccard"] is not None else "--"])
     return tabular("l l r r r r r r r r", ["task", "method", "CPR", "CMD", "edges", "recovered", "lost w/o",
                                            "new evals", r"$\rho$ exact", "stability"], rows)

@@ -27,7 +27,7 @@ from opposites.core import batches, direction
 from opposites.nodes import Edge, component_nodes
 from opposites.patching.edges import Graph, edge_attribution, edge_forward
 from opposites.patching.engine import Weights
-from opposites.stats import interval, resample_weights
+from opposites.stats import Estimate, interval, resample_weights
 
 METHODS = ("EAP-IG", "EAP")  # the first is the paper's circuit; "exact" joins where affordable
 VARIANT_BYTES = 2 ** 30  # memory for batched exact evaluations (several circuits per forward)
@@ -54,6 +54,8 @@ class Runs:
         weighted by w (prompt,) (a bootstrap resample; None: all equally)."""
         w = self.prompt_weights(w)
         c, k = self.clean @ w, self.corrupted @ w
+        if w.dim() == 1:  # one resample: prompts it did not draw may be unmeasured (NaN)
+            lds, w = lds[:, w > 0], w[w > 0]
         return (lds @ w - k) / (c - k)
 
     def intervals(self, lds: torch.Tensor, seed: int) -> torch.Tensor:
@@ -74,20 +76,32 @@ def prepare(model, rows, batch_size) -> Runs:
     return Runs(weights, Graph(weights.n_layers, weights.n_heads), out, torch.cat(clean), torch.cat(corrupted))
 
 
-def exact_lds(runs: Runs, keeps: torch.Tensor) -> torch.Tensor:
+def exact_lds(runs: Runs, keeps: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
     """(circuit, prompt) logit differences with each circuit's edges kept (keeps: (circuit, writer,
-    reader)), several circuits per forward as memory allows."""
-    per_prompt = []
-    for r in tqdm(runs.batches, desc=f"{len(keeps)} circuits", leave=False, disable=len(keeps) < 4):
-        b = r["corrupted_out"]  # (writer, batch, pos, d_model)
-        step = max(1, VARIANT_BYTES // (3 * b.numel() * b.element_size()))
-        parts = []
-        for i in range(0, len(keeps), step):
-            chunk = keeps[i:i + step].to(b.device)
-            ld = edge_forward(runs.weights, r["batch"].clean, r["dir"], r["bias"], b, chunk)[0]
-            parts.append(ld.view(len(chunk), -1).double().cpu())
-        per_prompt.append(torch.cat(parts))
-    return torch.cat(per_prompt, 1)
+    reader)), several circuits per forward as memory allows. `prompts` (prompt,) bool: evaluate
+    only these (a bootstrap resample's drawn prompts); the others are NaN. Keeping every edge is the
+    clean run and keeping none the corrupted run, by definition: those are not evaluated."""
+    out = torch.full((len(keeps), len(runs.clean)), float("nan"), dtype=torch.float64, device="cpu")
+    everything = (keeps == runs.graph.allowed).flatten(1).all(1)
+    nothing = ~keeps.flatten(1).any(1)
+    out[everything], out[nothing] = runs.clean, runs.corrupted
+    todo = (~everything & ~nothing).nonzero()[:, 0]
+    start = 0
+    for r in tqdm(runs.batches, desc=f"{len(todo)} circuits", leave=False, disable=len(todo) < 4):
+        n = len(r["batch"].clean)
+        idx = torch.arange(n, device="cpu") if prompts is None else prompts[start:start + n].nonzero()[:, 0]
+        if len(todo) and len(idx):
+            b, tokens, d, bias = r["corrupted_out"], r["batch"].clean, r["dir"], r["bias"]
+            if len(idx) < n:  # (writer, batch, pos, d_model) and the rest, cut to the drawn prompts
+                i = idx.to(b.device)
+                b, tokens, d, bias = b[:, i], tokens[i], d[i], bias[i]
+            step = max(1, VARIANT_BYTES // (3 * b.numel() * b.element_size()))
+            for j in range(0, len(todo), step):
+                rows = todo[j:j + step]
+                ld = edge_forward(runs.weights, tokens, d, bias, b, keeps[rows].to(b.device))[0]
+                out[rows[:, None], start + idx] = ld.view(len(rows), -1).double().cpu()
+        start += n
+    return out
 
 
 def recovered(runs: Runs, keep: torch.Tensor) -> float:
@@ -151,7 +165,7 @@ def edges(model, rows, batch_size, ig_steps: int) -> pd.DataFrame:
     scale = (runs.clean - runs.corrupted).mean()
     ws, rs = runs.graph.allowed.nonzero(as_tuple=True)
     scores = scores_by_method(runs, ig_steps)
-    object.__setattr__(model, _SHARED, (_shared_key(rows, batch_size, ig_steps), runs, scores[METHODS[0]]))
+    object.__setattr__(model, _SHARED, (_shared_key(rows, batch_size, ig_steps), runs, scores))
     parts = [pd.DataFrame({"method": method, "src": [str(runs.graph.writers[i]) for i in ws.tolist()],
                            "dst": [str(runs.graph.readers[i]) for i in rs.tolist()],
                            "score": (s.mean(-1)[ws, rs] / scale).tolist()})
@@ -159,14 +173,15 @@ def edges(model, rows, batch_size, ig_steps: int) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def _runs_and_scores(model, rows, batch_size, ig_steps) -> tuple[Runs, torch.Tensor | None]:
-    """What edges() left on the model for these prompts (taken off it), else fresh runs and no scores."""
+def _runs_and_scores(model, rows, batch_size, ig_steps) -> tuple[Runs, dict[str, torch.Tensor]]:
+    """What edges() left on the model for these prompts (taken off it), else fresh runs and scores."""
     shared = getattr(model, _SHARED, None)
     if shared is not None:
         object.__delattr__(model, _SHARED)
         if shared[0] == _shared_key(rows, batch_size, ig_steps):
             return shared[1], shared[2]
-    return prepare(model, rows, batch_size), None
+    runs = prepare(model, rows, batch_size)
+    return runs, scores_by_method(runs, ig_steps)
 
 
 # ---- selection ------------------------------------------------------------------------------------
@@ -188,15 +203,19 @@ class Discovery:
         return keep
 
     def lds(self, circuits: list[list[Edge]]) -> torch.Tensor:
-        """(circuit, prompt) exact logit differences. Each distinct edge set is evaluated once per
-        Runs: the methods' selections and the stability resamples share what was measured."""
+        """(circuit, prompt) exact logit differences, measured on the prompts this discovery weighs
+        (a resample: the prompts it drew; others may be NaN). Each edge set is evaluated once per
+        prompt and Runs: the methods' selections and the stability resamples share what was measured."""
         keys = [frozenset((e.src, e.dst) for e in c) for c in circuits]
-        todo = {k: c for k, c in zip(keys, circuits) if k not in self.runs.measured}
+        need = self.runs.prompt_weights(self.w) > 0  # (prompt,)
+        measured = self.runs.measured
+        todo = {k: c for k, c in zip(keys, circuits) if k not in measured or measured[k][need].isnan().any()}
         if todo:
             self.evaluations += len(todo)
-            lds = exact_lds(self.runs, torch.stack([self.mask(c) for c in todo.values()]))
-            self.runs.measured.update(zip(todo, lds))
-        return torch.stack([self.runs.measured[k] for k in keys])
+            lds = exact_lds(self.runs, torch.stack([self.mask(c) for c in todo.values()]), None if need.all() else need)
+            for k, new in zip(todo, lds):
+                measured[k] = new if k not in measured else torch.where(new.isnan(), measured[k], new)
+        return torch.stack([measured[k] for k in keys])
 
     def recover(self, circuits: list[list[Edge]]) -> list[float]:
         if not circuits:
@@ -228,10 +247,20 @@ class Discovery:
                 circuit, value = trial, got
         return circuit, value
 
-    def select(self, target: float) -> dict:
+    def select(self, target: float, whole_curve: bool = True) -> dict:
+        """The smallest grid size that reaches the target and stays there, refined. whole_curve=False
+        (stability resamples) measures the grid from the largest size down and stops at the first
+        size below the target: the same choice, without the curve below it."""
         total = len(self.ranked)
         grid = sorted(set(fraction_sizes(total)) | {min(total, 2 ** i) for i in range(total.bit_length() + 1)})
-        curve = self.curve(grid)
+        if whole_curve:
+            curve = self.curve(grid)
+        else:
+            curve = {}
+            for s in reversed(grid):
+                curve.update(self.curve([s]))
+                if curve[s] < target:
+                    break
         size = smallest_stable(curve, target) or total
         circuit, value = self.refine(self.top(size), target)
         return {"grid_size": size, "curve": curve, "edges": circuit, "recovered": value}
@@ -291,29 +320,31 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
     reweighted): each kept edge's inclusion frequency and the mean Jaccard between resampled circuits.
     `clock` (benchmarks) records the wall time of each phase."""
     clock = clock or Clock()
-    runs, per_prompt = _runs_and_scores(model, rows, batch_size, ig_steps)
+    runs, per_prompt = _runs_and_scores(model, rows, batch_size, ig_steps)  # method -> (writer, reader, prompt)
     clock.lap("runs")
     methods = {}
     for method, df in edges.groupby("method", sort=False):
         d = Discovery(runs, ranked_records(df))
         methods[method] = _describe(d, d.select(circuit_share), seed)
         clock.lap(f"selection {method}")
-    if "exact" in methods:
-        by = {m: df.set_index(["src", "dst"]).score for m, df in edges.groupby("method", sort=False)}
+    if "exact" in per_prompt:
+        ws, rs = runs.graph.allowed.nonzero(as_tuple=True)
+        exact = per_prompt["exact"][ws, rs]  # (edge, prompt)
         for method in METHODS:
-            methods[method]["spearman_vs_exact"] = _spearman(torch.tensor(by[method].values, device="cpu"),
-                                                             torch.tensor(by["exact"].loc[by[method].index].values, device="cpu"))
+            rho = spearman(per_prompt[method][ws, rs], exact, seed)
+            methods[method] |= {"spearman_vs_exact": rho.value.item(),
+                                "spearman_vs_exact_ci95": [rho.ci_low.item(), rho.ci_high.item()]}
     main = methods[METHODS[0]]
-    resampled = []
+    resampled, evaluations = [], 0
     if stability_resamples:
-        per_prompt = attribution_scores(runs, ig_steps) if per_prompt is None else per_prompt
         W = resample_weights(len(runs.clean), seed, stability_resamples)  # (prompt, resample)
         for i in tqdm(range(stability_resamples), desc="stability", leave=False):
-            d = Discovery(runs, ranked_edges(runs, per_prompt, W[:, i]), W[:, i])
-            resampled.append({(str(e.src), str(e.dst)) for e in d.select(circuit_share)["edges"]})
+            d = Discovery(runs, ranked_edges(runs, per_prompt[METHODS[0]], W[:, i]), W[:, i])
+            resampled.append({(str(e.src), str(e.dst)) for e in d.select(circuit_share, whole_curve=False)["edges"]})
+            evaluations += d.evaluations
     clock.lap("stability")
     pairs = [jaccard(a, b) for i, a in enumerate(resampled) for b in resampled[i + 1:]]
-    stability = {"resamples": stability_resamples,
+    stability = {"resamples": stability_resamples, "exact_evaluations": evaluations,
                  "inclusion": [{"src": e["src"], "dst": e["dst"],
                                 "frequency": sum((e["src"], e["dst"]) in c for c in resampled) / max(1, len(resampled))}
                                for e in main["edges"]],
@@ -339,9 +370,25 @@ class Clock:
         self.t = now
 
 
-def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
-    return torch.corrcoef(torch.stack([ra, rb]))[0, 1].item()
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks along the first axis (ties broken by position)."""
+    return x.argsort(dim=0, stable=True).argsort(dim=0, stable=True).double()
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Correlation of the columns of a and b (n, ...) -> (...)."""
+    a, b = a - a.mean(0), b - b.mean(0)
+    return (a * b).sum(0) / (a.norm(dim=0) * b.norm(dim=0))
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor, seed: int) -> Estimate:
+    """Rank correlation across edges of two per-prompt scores (edge, prompt), averaged over prompts,
+    with a 95% interval over bootstrap resamples of the prompts (both means resampled together)."""
+    value = _pearson(_ranks(a.mean(1)), _ranks(b.mean(1)))
+    W = resample_weights(a.shape[1], seed)  # (prompt, resample)
+    boot = _pearson(_ranks(a @ W), _ranks(b @ W))  # (resample,)
+    low, high = interval(boot)
+    return Estimate(value, torch.tensor(low, device="cpu"), torch.tensor(high, device="cpu"), a.shape[1])
 
 
 def faithfulness(model, rows, batch_size, circuit=None) -> pd.DataFrame:
