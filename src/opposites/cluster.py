@@ -82,29 +82,49 @@ def _read(tsv: Path) -> dict[str, float]:
     return out
 
 
-def measure(results: str | Path) -> dict[str, Measured]:
-    """Every rule's measurements under results/<model>/benchmarks/, by rule name (sorted); the local
-    rules are left out: they never go to Slurm."""
+@dataclass(frozen=True)
+class Job:
+    """One job's benchmark file: its rule, wildcards and measurements (s, max_rss in MB, cpu_time)."""
+
+    rule: str
+    fields: dict
+    s: float
+    max_rss_mb: float
+    cpu_time: float
+
+
+def jobs(results: str | Path) -> list[Job]:
+    """Every job's benchmark under results/<model>/benchmarks/, local rules included, in path order."""
     results = Path(results)
     patterns = {key: _pattern(key) for key in paths.BENCH}
-    runs: dict[str, list[dict[str, float]]] = {}
+    out = []
     for tsv in sorted((results / "benchmarks").rglob("*.tsv")):
         rel = tsv.relative_to(results).as_posix()
         for key, pattern in patterns.items():
             m = pattern.match(rel)
             if m:
-                runs.setdefault(rule_name(key, m.groupdict()), []).append(_read(tsv))
+                row = _read(tsv)
+                out.append(Job(rule_name(key, m.groupdict()), m.groupdict(), row["s"], row["max_rss"], row["cpu_time"]))
                 break
-    if not runs:
+    if not out:
         raise FileNotFoundError(f"no benchmark files under {results / 'benchmarks'}: build first "
                                 f"(snakemake --cores 2 paper ...), then measure")
+    return out
+
+
+def measure(results: str | Path) -> dict[str, Measured]:
+    """Every rule's measurements under results/<model>/benchmarks/, by rule name (sorted); the local
+    rules are left out: they never go to Slurm."""
+    runs: dict[str, list[Job]] = {}
+    for job in jobs(results):
+        runs.setdefault(job.rule, []).append(job)
     out = {}
     for rule in sorted(runs):
         if rule in LOCAL_RULES:
             continue
         rows = runs[rule]
-        out[rule] = Measured(rule, len(rows), max(r["s"] for r in rows), max(r["max_rss"] for r in rows),
-                             max(r["cpu_time"] / r["s"] if r["s"] > 0 else 0.0 for r in rows))
+        out[rule] = Measured(rule, len(rows), max(r.s for r in rows), max(r.max_rss_mb for r in rows),
+                             max(r.cpu_time / r.s if r.s > 0 else 0.0 for r in rows))
     return out
 
 
