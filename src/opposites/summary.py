@@ -6,11 +6,10 @@ from itertools import combinations
 
 import pandas as pd
 
-from opposites.derived import (accumulated_lens, attribution_vs_exact, classify_components, end_attention_to_roles, ioi_head_classes,
+from opposites.derived import (accumulated_lens, classify_components, ioi_head_classes,
                                head_label, head_routes, opposite_tasks, signed_top_heads, top_abs_heads)
 from opposites.nodes import head_nodes
 from opposites.overlap import compare, gpt2_classes
-from opposites.prompts import load_spec
 
 
 CLASSES = ("opposite-mapping", "copy-like", "copy-suppressing")
@@ -37,7 +36,7 @@ def lens_facts(lens: pd.DataFrame) -> dict:
 
 
 def patch_facts(data: dict, task: str) -> dict:
-    """What the patching section names: strongest head, residual position, attribution agreement."""
+    """What the patching section names: strongest head, residual positions, where the changed word travels."""
     heads = data["patch_heads"][task]
     z = heads[heads.activation == "z"]
     top = z.loc[z.value.abs().idxmax()]
@@ -45,10 +44,6 @@ def patch_facts(data: dict, task: str) -> dict:
     last = resid[resid.layer == resid.layer.max()]
     first = resid[resid.layer == 0]
     peak = lambda df: df.loc[df.value.abs().idxmax()]  # noqa: E731
-    merged = attribution_vs_exact(heads, data["patch_attribution"][task])
-    follow = data["patch_followup"][task]
-    path = pd.DataFrame(follow["path"])
-    best_path = None if path.empty else path.loc[path.value.abs().idxmax()].to_dict()
     role = data["prompts"][task][0]["changed"][0]  # where the corruption changes a word
     at = lambda r: resid[resid.role == r].set_index("layer").value  # noqa: E731
     held = [int(l) for l, v in at(role).items() if v >= 0.5]
@@ -60,34 +55,14 @@ def patch_facts(data: dict, task: str) -> dict:
         "top_head_ci": [float(top.ci_low), float(top.ci_high)],
         "resid_first": peak(first).to_dict(), "resid_last": peak(last).to_dict(),
         "n": int(resid.n.iloc[0]), "normaliser_ok": bool(resid.normaliser_ok.iloc[0]),
-        "attr_r": float(merged.exact.corr(merged.attribution)), "attr_n": len(merged),
-        "attr_r_z": float(merged[merged.activation == "z"].exact.corr(merged[merged.activation == "z"].attribution)),
-        "selection": follow["selection"], "best_path": best_path,
     }
 
 
 def head_facts(data: dict, task: str) -> dict:
     """Attention, copying and neurons: what the 'Attention and copying' and 'Meaning' sections name."""
-    dla = data["head_dla"][task]
-    top = dla.loc[dla.value.abs().idxmax()]
-    layer, head = int(top.layer), int(top["head"])
-    att = data["attention"][task]
-    end = att[(att.dest_role == "END") & (att.layer == layer) & (att["head"] == head)]
-    focus = end.loc[end.value.idxmax()]
-    hl = data["head_logit"][task]
-    hl = hl[(hl.layer == layer) & (hl["head"] == head)]
-    copy = data["copy_scores"][task]
-    scores = {}
-    for kind, part in copy.groupby("score_type"):
-        best = part.loc[part.value.idxmax()]
-        scores[kind] = {"head": head_label(best.layer, best["head"]), "value": float(best.value),
-                        "mean": float(part.value.mean()),
-                        "qk": end_attention_to_roles(att, int(best.layer), int(best["head"]), [load_spec(task)["copy_role"]])}
     n = data["neurons"][task].iloc[0]
     routes = head_routes(data["patch_heads"][task])
     facts = {"routes": {r: sorted(routes[routes.route == r]["head"]) for r in routes.route.unique()},
-             "head": head_label(layer, head), "focus_role": str(focus.src_role), "focus_value": float(focus.value),
-             "logit_r": float(hl.contribution.corr(hl.answer_logit)), "scores": scores,
              "neuron": {"label": f"L{int(n.layer)}N{int(n.neuron)}", "value": float(n.value), "act": float(n.act_task),
                         "control": float(n.act_control), "tokens": [t for t in n.top_tokens.split("|")]}}
     if task in data.get("similarity", {}):
