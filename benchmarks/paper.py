@@ -29,13 +29,15 @@ WORKFLOW = ("Snakefile", "config.yaml", "environment.yml", "workflow", "scripts"
 LIMIT_MB = 4096
 
 
-def build(work: Path, model: str, n_prompts: int, cores: int) -> float:
+def build(work: Path, model: str, n_prompts: int | None, cores: int, quiet: bool = False) -> float:
+    """Copy the workflow into `work`, build the paper there (n_prompts None: config.yaml's); wall seconds."""
     for name in WORKFLOW:
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    settings = [f"model={model}"] + ([f"n_prompts={n_prompts}"] if n_prompts is not None else [])
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), "paper",
-                           "--config", f"model={model}", f"n_prompts={n_prompts}"], cwd=work)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), "paper", "--config", *settings],
+                          cwd=work, capture_output=quiet, text=True)
     if proc.returncode:
         sys.exit(f"the build failed (exit {proc.returncode}); its logs are under {work}/results")
     return time.perf_counter() - start

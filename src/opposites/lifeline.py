@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -61,13 +62,11 @@ def watch(interval: float = 2.0, on_gone: Callable[[int], None] = _stop) -> thre
     if found is None:
         return None
     pid, start = found
-    stop = threading.Event()
 
     def run() -> None:
-        while not stop.wait(interval):
-            if not alive(pid, start):
-                on_gone(pid)
-                return
+        while alive(pid, start):
+            time.sleep(interval)
+        on_gone(pid)
 
     thread = threading.Thread(target=run, name="lifeline", daemon=True)
     thread.start()
