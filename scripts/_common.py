@@ -5,11 +5,14 @@ import sys
 
 
 def setup_threads(snakemake) -> None:
-    """Use the job's own threads (Snakemake's `threads`, 1 by default): parallel jobs then share the
-    cores instead of each starting one torch thread per core."""
+    """Use the job's own threads (Snakemake's `threads`, 1 by default), at most the cores this
+    process may run on (a Slurm job's allocation): parallel jobs then share the cores instead of
+    each starting one torch thread per core."""
+    import os
+
     import torch
 
-    torch.set_num_threads(max(1, snakemake.threads))
+    torch.set_num_threads(max(1, min(snakemake.threads, len(os.sched_getaffinity(0)))))
 
 
 def setup_logging(snakemake) -> logging.Logger:

@@ -10,7 +10,7 @@ from opposites.circuit_metrics import PLANTED_MIN_AUC, cpr_cmd, prune_dangling, 
 from opposites.nodes import Edge, Node
 from opposites.overlap import compare
 from opposites.core import batches, direction
-from opposites.patching.edges import Graph, edge_attribution, edge_forward
+from opposites.patching.edges import Graph, edge_attribution, edge_forward, shared_prefix
 from opposites.patching.engine import Weights
 
 
@@ -26,7 +26,8 @@ def test_keeping_all_edges_is_clean_and_none_is_corrupted(toy64, rows):
     g, r = runs.graph, runs.batches[0]
     n = len(r["batch"].clean)
     for keep, ref in ((g.allowed, runs.clean[:n]), (torch.zeros_like(g.allowed), runs.corrupted[:n])):
-        ld = edge_forward(runs.weights, r["batch"].clean, r["dir"], r["bias"], r["corrupted_out"], keep)[0]
+        ld = edge_forward(runs.weights, r["batch"].clean, r["dir"], r["bias"], r["corrupted_out"], keep,
+                          prefix=r["prefix"])[0]
         torch.testing.assert_close(ld.double(), ref, atol=1e-5, rtol=0)
     assert circuits.recovered(runs, g.allowed.clone()) == pytest.approx(1.0, abs=1e-12)
     assert circuits.recovered(runs, torch.zeros_like(g.allowed)) == pytest.approx(0.0, abs=1e-12)
@@ -197,6 +198,36 @@ def test_exact_edge_patching_matches_a_reader_by_reader_reference(toy64, rows, d
     torch.testing.assert_close(ours, ref, atol=1e-9, rtol=0)  # float64
     for run in (edge_forward(w, b.clean, d, bias)[0], edge_forward(w, b.corrupted, d, bias)[0]):
         assert (ref - run).abs().max() > 1e-6  # kept and cut edges both matter (1000x the tolerance)
+
+
+@pytest.mark.parametrize("task", ["ioi", "antonym"])
+def test_the_shared_prefix_is_computed_once_with_the_same_results(toy64, rows, task):
+    """Forwards that start at the first position where clean and corrupted differ (the prefix's keys
+    and values computed once) give the full forwards' results: writer outputs from there on, exact
+    edge patching of sparse and dense circuits (also on a subset of the prompts), EAP and EAP-IG."""
+    b = next(batches(toy64, rows[task], 8))
+    w = Weights.from_bridge(toy64)
+    g = Graph(w.n_layers, w.n_heads)
+    d, bias = direction(toy64, b)
+    pre = shared_prefix(w, b.clean, b.corrupted)
+    assert 1 <= pre.n < b.clean.shape[1] and (b.clean[:, :pre.n] == b.corrupted[:, :pre.n]).all()
+    ld, corrupt, _ = edge_forward(w, b.corrupted, d, bias)
+    ld_pre, corrupt_pre, _ = edge_forward(w, b.corrupted, d, bias, prefix=pre)
+    torch.testing.assert_close(ld_pre, ld, atol=1e-9, rtol=0)
+    torch.testing.assert_close(corrupt_pre, corrupt[:, :, pre.n:], atol=1e-9, rtol=0)
+    gen = torch.Generator().manual_seed(2)
+    keeps = g.allowed & (torch.rand(2, *g.allowed.shape, generator=gen) < torch.tensor([0.1, 0.9])[:, None, None])
+    full = edge_forward(w, b.clean, d, bias, corrupt, keeps)[0]
+    torch.testing.assert_close(edge_forward(w, b.clean, d, bias, corrupt_pre, keeps, prefix=pre)[0], full, atol=1e-9, rtol=0)
+    i = torch.arange(len(b.clean) - 1, -1, -2)  # every other prompt, reordered
+    part = edge_forward(w, b.clean[i], d[i], bias[i], corrupt_pre[:, i], keeps, prefix=pre.select(i))[0]
+    torch.testing.assert_close(part, full.view(2, -1)[:, i].flatten(), atol=1e-9, rtol=0)
+    for steps in (0, 3):
+        ref = edge_attribution(w, b.clean, b.corrupted, d, bias, steps)
+        ours = edge_attribution(w, b.clean, b.corrupted, d, bias, steps, prefix=pre)
+        assert ref[0].abs().max() > 0
+        for a, r in zip(ours, ref):
+            torch.testing.assert_close(a, r, atol=1e-9, rtol=0)
 
 
 def test_edge_attribution_matches_transformer_lens(toy64, rows):

@@ -8,7 +8,7 @@ import transformer_lens.patching as tlp
 
 from opposites import models
 from opposites.analyses.patching import dataset_sweep
-from opposites.core import batches, logit_diff
+from opposites.core import batches, direction, logit_diff
 from opposites.patching import exact
 from opposites.patching.attribution import head_attribution
 from opposites.patching.engine import Weights
@@ -328,3 +328,25 @@ def test_congruence_swaps_the_things_and_patching_agrees_with_the_model(toy64, r
     for role in ("ADJ1", "END", "other"):
         assert patch[("resid", 0, role)] == pytest.approx(0.0, abs=1e-8)
     assert abs(patch[("resid", 0, "E1")]) > 1e-3 or abs(patch[("resid", 0, "E2")]) > 1e-3
+
+
+def test_the_engine_uses_the_models_own_gelu(tmp_path, rows):
+    """GPT-2's gelu_new (tanh approximation) and the exact GELU: the engine's forward equals the
+    model's logit difference under either, and the two differ (so the wrong one would show)."""
+    from opposites.patching.edges import edge_forward
+
+    def exact_gelu(net):
+        models.randomize_norms_and_biases(net)
+        net.config.activation_function = "gelu"
+
+    b, lds = None, {}
+    for act, edit in (("gelu_new", models.randomize_norms_and_biases), ("gelu", exact_gelu)):
+        model = models.load("toy", models.build_gpt2(tmp_path / act, 2, 4, 64, seed=3, edit=edit), "cpu", dtype=torch.float64)
+        assert model.cfg.act_fn == act
+        b = next(batches(model, rows["size"], 8))
+        d, bias = direction(model, b)
+        lds[act] = edge_forward(Weights.from_bridge(model), b.clean, d, bias)[0]
+        logits = model(b.clean)[:, -1]
+        ref = logits.gather(1, b.answer[:, None])[:, 0] - logits.gather(1, b.wrong[:, None])[:, 0]
+        torch.testing.assert_close(lds[act], ref, atol=1e-9, rtol=0)
+    assert (lds["gelu"] - lds["gelu_new"]).abs().max() > 1e-6

@@ -1,4 +1,5 @@
 # Validate the config, check the model is reachable, and derive every target from the outline.
+import os
 import sys
 from pathlib import Path
 
@@ -37,6 +38,10 @@ PAPER_TEX = paths.fill(paths.PAPER_TEX, R)
 PAPER_PDF = paths.fill(paths.PAPER_PDF, R)
 ENV = "../../environment.yml"  # conda directive paths are relative to the rule file
 GPUS = 0 if config["device"] == "cpu" else 1  # analysis jobs use one GPU where one is present
+# Stages that are matrix products end to end take every core `--cores` allows (Snakemake caps
+# `threads` at it): a patching or circuits job never runs on one thread beside an idle core. The
+# others run side by side, one thread each. Under Slurm the profile's cpus_per_task decides.
+STAGE_THREADS = {"patching": os.cpu_count() or 1, "circuits": os.cpu_count() or 1}
 ANALYSIS_MEM_MB = 6000  # measured peak of an analysis job on GPT-2 small: 5.0 GB (ioi circuits, 64 prompts)
 
 

@@ -56,10 +56,11 @@ ANALYSES: dict[str, Analysis] = {
     "patch_layers": Analysis(target="patching:patch_layers", ext="csv", stage="patching", settings=PATCH),
     "patch_heads": Analysis(target="patching:patch_heads", ext="csv", stage="patching", settings=PATCH),
     "patch_attribution": Analysis(target="patching:patch_attribution", ext="csv", stage="patching", settings=PATCH),
-    "congruence": Analysis(target="congruence:run", ext="json", stage="patching", settings=PATCH,
-                           needs="congruence"),
     "patch_followup": Analysis(target="patch_followup:run", ext="json", stage="patching", settings=PATCH,
                                requires=("logit_lens", "head_dla")),
+    # congruence patches prompts of its own: after the analyses that share the task's prepared runs (prepared_pairs)
+    "congruence": Analysis(target="congruence:run", ext="json", stage="patching", settings=PATCH,
+                           needs="congruence"),
     "attention": Analysis(target="heads:attention", ext="csv", stage="heads", settings=("seed",)),
     "attention_example": Analysis(target="heads:attention_example", ext="json", stage="heads",
                                   requires=("head_dla", "patch_heads")),

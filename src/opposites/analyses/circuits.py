@@ -25,7 +25,7 @@ from opposites.circuit_metrics import (EXACT_MAX_EDGES, FRACTIONS, REFINE_MAX, R
                                        jaccard, prune_dangling, smallest_stable)
 from opposites.core import batches, direction
 from opposites.nodes import Edge, component_nodes
-from opposites.patching.edges import Graph, edge_attribution, edge_forward
+from opposites.patching.edges import Graph, edge_attribution, edge_forward, shared_prefix
 from opposites.patching.engine import Weights
 from opposites.stats import Estimate, interval, resample_weights
 
@@ -68,9 +68,10 @@ def prepare(model, rows, batch_size) -> Runs:
     out, clean, corrupted = [], [], []
     for batch in batches(model, rows, batch_size, desc="edge runs"):
         d, bias = direction(model, batch)
-        ld_clean, _, _ = edge_forward(weights, batch.clean, d, bias)
-        ld_corrupted, corrupted_out, _ = edge_forward(weights, batch.corrupted, d, bias)
-        out.append({"batch": batch, "dir": d, "bias": bias, "corrupted_out": corrupted_out})
+        prefix = shared_prefix(weights, batch.clean, batch.corrupted)  # positions computed once
+        ld_clean, _, _ = edge_forward(weights, batch.clean, d, bias, prefix=prefix)
+        ld_corrupted, corrupted_out, _ = edge_forward(weights, batch.corrupted, d, bias, prefix=prefix)
+        out.append({"batch": batch, "dir": d, "bias": bias, "corrupted_out": corrupted_out, "prefix": prefix})
         clean.append(ld_clean.double().cpu())
         corrupted.append(ld_corrupted.double().cpu())
     return Runs(weights, Graph(weights.n_layers, weights.n_heads), out, torch.cat(clean), torch.cat(corrupted))
@@ -91,14 +92,14 @@ def exact_lds(runs: Runs, keeps: torch.Tensor, prompts: torch.Tensor | None = No
         n = len(r["batch"].clean)
         idx = torch.arange(n, device="cpu") if prompts is None else prompts[start:start + n].nonzero()[:, 0]
         if len(todo) and len(idx):
-            b, tokens, d, bias = r["corrupted_out"], r["batch"].clean, r["dir"], r["bias"]
+            b, tokens, d, bias, prefix = r["corrupted_out"], r["batch"].clean, r["dir"], r["bias"], r["prefix"]
             if len(idx) < n:  # (writer, batch, pos, d_model) and the rest, cut to the drawn prompts
                 i = idx.to(b.device)
-                b, tokens, d, bias = b[:, i], tokens[i], d[i], bias[i]
+                b, tokens, d, bias, prefix = b[:, i], tokens[i], d[i], bias[i], prefix.select(i)
             step = max(1, VARIANT_BYTES // (3 * b.numel() * b.element_size()))
             for j in range(0, len(todo), step):
                 rows = todo[j:j + step]
-                ld = edge_forward(runs.weights, tokens, d, bias, b, keeps[rows].to(b.device))[0]
+                ld = edge_forward(runs.weights, tokens, d, bias, b, keeps[rows].to(b.device), prefix=prefix)[0]
                 out[rows[:, None], start + idx] = ld.view(len(rows), -1).double().cpu()
         start += n
     return out
@@ -118,11 +119,12 @@ def attribution_scores(runs: Runs, ig_steps: int) -> torch.Tensor:
     out = []
     for r in tqdm(runs.batches, desc="EAP-IG" if ig_steps else "EAP", leave=False):
         b = r["batch"]
-        per_prompt = 8 * len(runs.graph.readers) * b.clean.shape[1] * runs.weights.W_E.shape[1] * 4  # bytes
+        per_prompt = 8 * len(runs.graph.readers) * (b.clean.shape[1] - r["prefix"].n) * runs.weights.W_E.shape[1] * 4  # bytes
         step = max(1, ATTRIBUTION_BYTES // per_prompt)
         for i in range(0, len(b.clean), step):
             j = slice(i, i + step)
-            s = edge_attribution(runs.weights, b.clean[j], b.corrupted[j], r["dir"][j], r["bias"][j], ig_steps)[0]
+            s = edge_attribution(runs.weights, b.clean[j], b.corrupted[j], r["dir"][j], r["bias"][j], ig_steps,
+                                 r["prefix"].select(j))[0]
             out.append(s.double().cpu())
     return torch.cat(out, -1)
 

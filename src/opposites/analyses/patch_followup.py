@@ -50,7 +50,7 @@ def run(model, rows, batch_size, patch_direction: str, seed: int, logit_lens=Non
         masks = exact.role_masks(pair, roles)
         return {"layer_heads": exact.head_by_role(pair, masks, layers=attn_layers),
                 "heads": exact.head_by_role(pair, masks, heads=heads),
-                "mlp": exact.mlp_out_by_role(pair, masks)}
+                "mlp": exact.mlp_out_by_role(pair, masks, layers=mlp_layers)}
 
     fine = dataset_sweep(model, rows, batch_size, patch_direction, by_role)
     parts = []

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from opposites.core import batches
 from opposites.patching import exact
@@ -39,11 +40,27 @@ class Sweep:
         return _tree(lambda t: exact.normalise(t.double(), c, k), self.patched)
 
 
+_SHARED = "_opposites_patch_pairs"  # model attribute: the last prompts' prepared pairs
+
+
+def prepared_pairs(model, rows: list[dict], batch_size: int, patch_direction: str) -> list[exact.Pair]:
+    """The prompts' batches with their clean and corrupted runs, prepared once per job: they stay
+    on the model for the stage's next analysis of the same prompts (only the latest prompts)."""
+    key = (tuple((r["clean"], r["corrupted"]) for r in rows), batch_size, patch_direction)
+    shared = getattr(model, _SHARED, None)
+    if shared is None or shared[0] != key:
+        object.__setattr__(model, _SHARED, None)  # free the previous prompts' runs first
+        pairs = list(exact.batches_of_pairs(model, batches(model, rows, batch_size, desc="patching runs"), patch_direction))
+        shared = (key, pairs)
+        object.__setattr__(model, _SHARED, shared)
+    return shared[1]
+
+
 def dataset_sweep(model, rows: list[dict], batch_size: int, patch_direction: str,
                   fn: Callable[[exact.Pair], Any]) -> Sweep:
     """fn's per-prompt patched logit differences over all batches, concatenated along prompts."""
     parts, clean, corrupted = [], [], []
-    for pair in exact.batches_of_pairs(model, batches(model, rows, batch_size, desc="patching"), patch_direction):
+    for pair in tqdm(prepared_pairs(model, rows, batch_size, patch_direction), desc="patching", unit="batch", leave=False):
         parts.append(fn(pair))
         clean.append(pair.clean_ld)
         corrupted.append(pair.corrupted_ld)

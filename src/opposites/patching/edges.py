@@ -13,6 +13,10 @@ weights -> r can be cut by giving r the corrupted run's output of weights instea
                             (Hanna et al. 2024) averages it over `ig_steps` runs whose input
                             embeddings lie on the straight line from corrupted to clean (midpoints
                             alpha = (k - 1/2) / ig_steps), which fixes EAP's zero-gradient failures.
+
+Both compute only the positions from the first one where the clean and corrupted prompts differ
+(`Prefix`): before it the two runs, and so every mix of them, are the same, every edge carries
+(clean - corrupted) = 0 there, and those positions' keys and values are computed once.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch import Tensor
 from opposites.nodes import Node
 from opposites.patching import engine
 from opposites.patching.engine import Weights
+from opposites.patching.exact import first_difference
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,30 @@ def _sparse_sum(mask: Tensor, rows: Tensor) -> Tensor:
     return torch.sparse.mm(m, rows)
 
 
+@dataclass
+class Prefix:
+    """The first n positions, identical in a batch's clean and corrupted prompts: each layer's keys
+    and values there, (batch, n, head, d_head). Forwards given a Prefix compute positions n on."""
+    n: int
+    k: list[Tensor]
+    v: list[Tensor]
+
+    def select(self, i) -> "Prefix":
+        """The prompts i (an index or slice of the batch)."""
+        return Prefix(self.n, [t[i] for t in self.k], [t[i] for t in self.v])
+
+    def kv(self, layer: int, heads: Tensor, repeat: int) -> tuple[Tensor, Tensor]:
+        """Keys and values of `heads`, the batch repeated `repeat` times (variant-major)."""
+        return tuple(t[layer][:, :, heads].repeat(repeat, 1, 1, 1) for t in (self.k, self.v))
+
+
+def shared_prefix(weights: Weights, clean: Tensor, corrupted: Tensor) -> Prefix:
+    """The prefix clean and corrupted share (at least BOS), with its keys and values."""
+    n = first_difference(clean, corrupted)
+    run = engine.full_forward(weights, clean[:, :n])
+    return Prefix(n, [run[f"k.{l}"] for l in range(weights.n_layers)], [run[f"v.{l}"] for l in range(weights.n_layers)])
+
+
 def embed(weights: Weights, tokens: Tensor) -> Tensor:
     """The embedding writer's output, (batch, pos, d_model)."""
     return weights.W_E[tokens] + weights.W_pos[: tokens.shape[1]]
@@ -123,18 +152,20 @@ def embed(weights: Weights, tokens: Tensor) -> Tensor:
 
 def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, corrupt: Tensor | None = None,
                  keep: Tensor | None = None, grad_leaves: bool = False,
-                 x: Tensor | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:
+                 x: Tensor | None = None, prefix: Prefix | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:
     """Forward with one input per reader. Returns (logit diff per prompt, writer outputs
     (writer, batch, pos, d_model; None with `keep`), reader-input leaves for gradients when grad_leaves). `keep`
     (writer, reader), or (variant, writer, reader) for several circuits in one pass: then the logit
     differences are (variant * batch,), variant-major. `x` replaces the embedding (EAP-IG's
-    interpolated inputs).
+    interpolated inputs). With a `prefix`, positions before prefix.n are not computed: `pos` in x,
+    `corrupt`, the writer outputs and the leaves counts from prefix.n.
 
     With `keep`, a head or MLP none of whose input edges is kept reads exactly the corrupted run's
     residual, so its output is the corrupted one (`corrupt`) and is not recomputed: a small circuit
     costs the forward of its own nodes."""
     g = Graph(weights.n_layers, weights.n_heads)
-    x = embed(weights, tokens) if x is None else x  # (batch, pos, d_model)
+    start = 0 if prefix is None else prefix.n
+    x = embed(weights, tokens)[:, start:] if x is None else x  # (batch, pos, d_model)
     cuts, V = None, 1
     if keep is not None:
         keep = keep[None] if keep.dim() == 2 else keep
@@ -178,6 +209,9 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
             h = engine.layer_norm(inp, weights.ln1[l], weights.eps)  # (qkv, head, batch, pos, d_model)
             q, k, v = (torch.einsum("hbpm,hmd->bphd", h[i], W[l][A]) + b[l][A]
                        for i, (W, b) in enumerate(((weights.W_Q, weights.b_Q), (weights.W_K, weights.b_K), (weights.W_V, weights.b_V))))
+            if prefix is not None:
+                k_pre, v_pre = prefix.kv(l, A, V)
+                k, v = torch.cat([k_pre, k], 1), torch.cat([v_pre, v], 1)
             z, _ = engine.attend(weights, q, k, v)
             out = torch.einsum("bphd,hdm->hbpm", z, weights.W_O[l][A])  # (head, batch, pos, d_model)
             heads = out if len(A) == H else heads.index_copy(0, A, out)
@@ -195,27 +229,27 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
 
 
 def edge_attribution(weights: Weights, clean: Tensor, corrupted: Tensor, dir: Tensor, bias: Tensor,
-                     ig_steps: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+                     ig_steps: int = 0, prefix: Prefix | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """(writer, reader, prompt) estimated change of the logit difference when the edge alone carries
     the clean writer output into the corrupted run (0 where no edge): EAP with ig_steps = 0, EAP-IG
     with ig_steps > 0; and the clean and corrupted logit differences per prompt."""
     g = Graph(weights.n_layers, weights.n_heads)
     with torch.no_grad():
-        ld_clean, clean_out, _ = edge_forward(weights, clean, dir, bias)
-    x_clean, x_corr = clean_out[0], embed(weights, corrupted)  # the embedding writer's outputs
+        ld_clean, clean_out, _ = edge_forward(weights, clean, dir, bias, prefix=prefix)
+    x_clean, x_corr = clean_out[0], embed(weights, corrupted)[:, 0 if prefix is None else prefix.n:]  # embedding outputs
     alphas = [(k - 0.5) / ig_steps for k in range(1, ig_steps + 1)] if ig_steps else [0.0]
     grads = None
     for alpha in alphas:
         with torch.enable_grad():
             ld, outs, leaves = edge_forward(weights, corrupted, dir, bias, grad_leaves=True,
-                                            x=x_corr + alpha * (x_clean - x_corr))
+                                            x=x_corr + alpha * (x_clean - x_corr), prefix=prefix)
             step = torch.autograd.grad(ld.sum(), leaves)
         grads = step if grads is None else [a + b for a, b in zip(grads, step)]
     if alphas == [0.0]:  # EAP: the gradient run is the corrupted run itself
         ld_corrupted, corr_out = ld.detach(), outs.detach()
     else:  # EAP-IG's runs lie between the inputs: the corrupted run is one more forward
         with torch.no_grad():
-            ld_corrupted, corr_out, _ = edge_forward(weights, corrupted, dir, bias)
+            ld_corrupted, corr_out, _ = edge_forward(weights, corrupted, dir, bias, prefix=prefix)
     diff = clean_out - corr_out  # (writer, batch, pos, d_model)
     scores = torch.zeros(len(g.writers), len(g.readers), diff.shape[1], dtype=diff.dtype, device=diff.device)
     start = 0

@@ -48,6 +48,7 @@ class Weights:
     n_layers: int
     n_heads: int
     d_head: int
+    act_fn: str = "gelu_new"
     flops: list[float] = field(default_factory=lambda: [0.0])  # matmul FLOPs counter
 
     @classmethod
@@ -67,14 +68,19 @@ class Weights:
             ln2=[(det(block.ln2.w), det(block.ln2.b)) for block in blocks],
             ln_f=(det(model.ln_final.w), det(model.ln_final.b)),
             W_U=det(model.W_U), b_U=det(model.b_U),
-            eps=cfg.eps, n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_head=cfg.d_head)
+            eps=cfg.eps, n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_head=cfg.d_head, act_fn=cfg.act_fn)
 
 
 def layer_norm(x: Tensor, wb: tuple[Tensor, Tensor], eps: float) -> Tensor:
     return torch.nn.functional.layer_norm(x, x.shape[-1:], wb[0], wb[1], eps)
 
 
-def gelu_new(x: Tensor) -> Tensor:
+def gelu(x: Tensor, act_fn: str) -> Tensor:
+    """The model's activation: GPT-2's gelu_new (GELU's tanh approximation, written out as
+    transformers writes it: torch's fused kernel is faster but differs in the last bits, which a
+    small normaliser turns into visible changes of patching results) or the exact GELU."""
+    if act_fn == "gelu":
+        return torch.nn.functional.gelu(x)
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
 
 
@@ -111,7 +117,7 @@ def attn_out(weights: Weights, layer: int, z: Float[Tensor, "... pos head d_head
 
 
 def mlp(weights: Weights, layer: int, x: Float[Tensor, "... pos d_model"]) -> Tensor:
-    h = gelu_new(layer_norm(x, weights.ln2[layer], weights.eps) @ weights.W_in[layer] + weights.b_in[layer])
+    h = gelu(layer_norm(x, weights.ln2[layer], weights.eps) @ weights.W_in[layer] + weights.b_in[layer], weights.act_fn)
     _count(weights, 4 * x[..., 0].numel() * weights.W_in[layer].numel())
     return h @ weights.W_out[layer] + weights.b_out[layer]
 

@@ -144,9 +144,13 @@ def attn_out_by_role(pair: Pair, masks: Tensor) -> Tensor:
                         for l in range(pair.weights.n_layers)])
 
 
-def mlp_out_by_role(pair: Pair, masks: Tensor) -> Tensor:
-    return torch.stack([by_mask(pair, l + 1, "pre", pair.src[f"mlp_out.{l}"] - pair.base[f"mlp_out.{l}"], masks)
-                        for l in range(pair.weights.n_layers)])
+def mlp_out_by_role(pair: Pair, masks: Tensor, layers: list[int] | None = None) -> Tensor:
+    """(layer, role, batch); only `layers` when given (the others NaN)."""
+    L = pair.weights.n_layers
+    out = torch.full((L, masks.shape[0], pair.n), float("nan"), dtype=pair.base_ld.dtype, device=pair.base_ld.device)
+    for l in range(L) if layers is None else layers:
+        out[l] = by_mask(pair, l + 1, "pre", pair.src[f"mlp_out.{l}"] - pair.base[f"mlp_out.{l}"], masks)
+    return out
 
 
 def new_z(pair: Pair, layer: int, activation: str) -> Tensor:
