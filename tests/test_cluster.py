@@ -47,6 +47,9 @@ def test_resources_are_the_measurement_with_headroom(results):
     big = m["circuits_ioi"].resources()  # 600 s, 5000 MB, 1.9 cores busy
     assert big == {"mem_mb": 8700, "runtime": 21, "cpus_per_task": 2}  # 5000*1.5+1200; (1200+35)/60 up
     assert m["lens_size"].resources() == {"mem_mb": 2300, "runtime": cluster.MIN_RUNTIME_MIN, "cpus_per_task": 1}
+    # a job on two threads that kept 1.5 cores busy asks for both; 1.1 (one thread and its helpers) for one
+    for cores, cpus in ((1.5, 2), (1.1, 1), (0.5, 1), (2.3, 3)):
+        assert cluster.Measured("r", 1, 100.0, 1000.0, cores).resources()["cpus_per_task"] == cpus
 
 
 def test_no_benchmarks_says_build_first(tmp_path):

@@ -350,3 +350,12 @@ def test_the_engine_uses_the_models_own_gelu(tmp_path, rows):
         ref = logits.gather(1, b.answer[:, None])[:, 0] - logits.gather(1, b.wrong[:, None])[:, 0]
         torch.testing.assert_close(lds[act], ref, atol=1e-9, rtol=0)
     assert (lds["gelu"] - lds["gelu_new"]).abs().max() > 1e-6
+
+
+def test_mlp_patching_restricted_to_some_layers_equals_the_full_sweep_there(toy64, rows):
+    pair = next(exact.batches_of_pairs(toy64, batches(toy64, rows["size"], 8), "denoising"))
+    masks = exact.role_masks(pair, ["ADJ1", "END"])
+    full = exact.mlp_out_by_role(pair, masks)
+    some = exact.mlp_out_by_role(pair, masks, layers=[1])
+    torch.testing.assert_close(some[1], full[1], atol=0, rtol=0)
+    assert some[0].isnan().all() and not full.isnan().any() and (full[1] - pair.base_ld).abs().max() > 0

@@ -63,3 +63,26 @@ def test_a_damaged_result_is_refused_naming_the_file_and_the_fix(tmp_path):
     result.write_text("\n".join(result.read_text().splitlines()[:3]) + "\n")  # half the rows
     with pytest.raises(analyses.DamagedResult, match=r"head_dla.csv does not match the checksum in head_dla.meta.json .* delete"):
         analyses.load_result(str(result))
+
+
+def test_a_patching_stage_prepares_each_prompts_runs_once(toy, rows, monkeypatch):
+    """The patching analyses of one job share the prepared clean and corrupted runs of their prompts
+    (results as if each prepared its own); other prompts (congruence's) get runs of their own."""
+    from opposites.analyses import patching
+    from opposites.patching import exact
+
+    calls = []
+    prepare = exact.prepare
+    monkeypatch.setattr(exact, "prepare", lambda *a: calls.append(a[2].rows[0]["clean"]) or prepare(*a))
+    r, other = rows["size"], rows["antonym"]
+    settings = {"patch_direction": "denoising", "seed": 0}
+    done = analyses.run_stage(["patch_resid", "patch_layers"], toy, r, 4, settings, None, lambda *a: None, seed=0)
+    n_batches = len(calls)
+    assert n_batches >= 1 and len({c for c in calls}) == n_batches  # each batch prepared once for both
+    patching.patch_resid(toy, other, 4, "denoising", 0)
+    assert len(calls) > n_batches  # new prompts: prepared anew
+    object.__setattr__(toy, patching._SHARED, None)  # nothing shared: each analysis on its own
+    for name in ("patch_resid", "patch_layers"):
+        alone = analyses.run(name, toy, r, 4, settings, {})
+        object.__setattr__(toy, patching._SHARED, None)
+        assert alone.equals(done[name])

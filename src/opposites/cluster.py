@@ -34,6 +34,8 @@ JOB_OVERHEAD_S = 35
 # Slurm counts time limits in minutes, and a limit a minute away from the measured time kills jobs
 # on any slower node, so no rule asks for less than this.
 MIN_RUNTIME_MIN = 5
+CORE_SLACK = 0.2  # cores kept busy are rounded up past this: a job on 2 threads that kept 1.5 busy
+#                   needs both, a one-thread job whose helper threads added 0.1 does not
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Measured:
         """Slurm resources for this rule: measured peak times headroom, plus the job's own overhead."""
         mem = math.ceil((self.max_rss_mb * MEM_HEADROOM + JOB_OVERHEAD_MB) / 100) * 100
         runtime = max(MIN_RUNTIME_MIN, math.ceil((self.s * RUNTIME_HEADROOM + JOB_OVERHEAD_S) / 60))
-        return {"mem_mb": mem, "runtime": runtime, "cpus_per_task": max(1, round(self.cores))}
+        return {"mem_mb": mem, "runtime": runtime, "cpus_per_task": max(1, math.ceil(self.cores - CORE_SLACK))}
 
 
 def _pattern(rule: str) -> re.Pattern:
@@ -172,10 +174,9 @@ def render_profile(measured: dict[str, Measured], measured_on: str, command: str
         f"Measured on: {measured_on}.",
         f"Per rule (its largest job): mem_mb = peak RSS x {MEM_HEADROOM} + {JOB_OVERHEAD_MB} MB (the job's "
         f"own two Snakemake processes); runtime = wall time x {RUNTIME_HEADROOM} + {JOB_OVERHEAD_S} s, in "
-        f"minutes, at least {MIN_RUNTIME_MIN}; cpus_per_task = the cores the job kept busy (cpu_time / s, "
-        "rounded, at least 1). Numbers measured on one model do not carry over to another: GPT-2 small's "
-        "analysis jobs peak near 5 GB (workflow/rules/common.smk), so measure a GPT-2-size build before "
-        "running one through this profile.",
+        f"minutes, at least {MIN_RUNTIME_MIN}; cpus_per_task = the cores the job kept busy (cpu_time / s) "
+        f"less {CORE_SLACK}, rounded up, at least 1. Numbers measured on one model do not carry over to "
+        "another: measure a build of the model you will run (a toy build under-asks for GPT-2).",
         "GPUs: analysis rules declare `resources: gpu=1` unless `--config device=cpu` "
         "(workflow/rules/common.smk), and the executor turns that into `sbatch --gpus=1`; with device=cpu "
         "they ask for none. The paper, figure and table rules run on the submitting machine "

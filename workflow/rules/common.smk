@@ -42,7 +42,7 @@ GPUS = 0 if config["device"] == "cpu" else 1  # analysis jobs use one GPU where 
 # `threads` at it): a patching or circuits job never runs on one thread beside an idle core. The
 # others run side by side, one thread each. Under Slurm the profile's cpus_per_task decides.
 STAGE_THREADS = {"patching": os.cpu_count() or 1, "circuits": os.cpu_count() or 1}
-ANALYSIS_MEM_MB = 6000  # measured peak of an analysis job on GPT-2 small: 5.0 GB (ioi circuits, 64 prompts)
+ANALYSIS_MEM_MB = 6000  # an analysis job on GPT-2 small peaks at 3.7 GB (benchmarks/paper.py, 64 prompts)
 
 
 wildcard_constraints:
