@@ -62,7 +62,7 @@ def compare(model, n_prompts: int) -> None:
     c, k = logit_diff(clean_logits, batch).mean().item(), logit_diff(corr_logits, batch).mean().item()
     metric = lambda logits: (logit_diff(logits, batch).mean() - k) / (c - k)  # noqa: E731
     print(f"model {model.cfg.model_name}: {w.n_layers} layers x {w.n_heads} heads; {n_prompts} prompts x {P} tokens; "
-          f"clean and corrupted differ from position {exact.first_difference(batch.clean, batch.corrupted)}; "
+          f"clean and corrupted differ from position {engine.first_difference(batch.clean, batch.corrupted)}; "
           f"torch threads {torch.get_num_threads()}")
     cases = [
         ("residual stream (layer x pos)", tlp.get_act_patch_resid_pre,

@@ -30,7 +30,6 @@ from torch import Tensor
 from opposites.nodes import Node
 from opposites.patching import engine
 from opposites.patching.engine import Weights
-from opposites.patching.exact import first_difference
 
 
 @dataclass(frozen=True)
@@ -140,7 +139,7 @@ class Prefix:
 
 def shared_prefix(weights: Weights, clean: Tensor, corrupted: Tensor) -> Prefix:
     """The prefix clean and corrupted share (at least BOS), with its keys and values."""
-    n = first_difference(clean, corrupted)
+    n = engine.first_difference(clean, corrupted)
     run = engine.full_forward(weights, clean[:, :n])
     return Prefix(n, [run[f"k.{l}"] for l in range(weights.n_layers)], [run[f"v.{l}"] for l in range(weights.n_layers)])
 

@@ -71,6 +71,13 @@ class Weights:
             eps=cfg.eps, n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_head=cfg.d_head, act_fn=cfg.act_fn)
 
 
+def first_difference(a: Tensor, b: Tensor) -> int:
+    """First position where any row of token batches a and b differ (length if none): before it both
+    runs compute the same, so patching (exact.py) and edge patching (edges.py) start there."""
+    diff = (a != b).any(0).nonzero()
+    return int(diff[0]) if len(diff) else a.shape[1]
+
+
 def layer_norm(x: Tensor, wb: tuple[Tensor, Tensor], eps: float) -> Tensor:
     return torch.nn.functional.layer_norm(x, x.shape[-1:], wb[0], wb[1], eps)
 

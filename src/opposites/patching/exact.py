@@ -53,19 +53,13 @@ class Pair:
         return self.base["resid_final"].shape[1]
 
 
-def first_difference(a: Tensor, b: Tensor) -> int:
-    """First position where any row of a and b differ (length if none)."""
-    diff = (a != b).any(0).nonzero()
-    return int(diff[0]) if len(diff) else a.shape[1]
-
-
 def prepare(model, weights: Weights, batch: Batch, patch_direction: str) -> Pair:
     tokens = {"clean": batch.clean, "corrupted": batch.corrupted}
     base_name, src_name = RUNS[patch_direction]
     d, bias = direction(model, batch)  # the engine's final LayerNorm applies its own bias
     runs = {name: engine.full_forward(weights, tokens[name]) for name in (base_name, src_name)}
     ld = {name: engine.read_logit_diff(weights, run["resid_final"][:, -1], d, bias) for name, run in runs.items()}
-    return Pair(weights, runs[base_name], runs[src_name], first_difference(batch.clean, batch.corrupted),
+    return Pair(weights, runs[base_name], runs[src_name], engine.first_difference(batch.clean, batch.corrupted),
                 d.detach(), bias.detach(), ld[base_name], ld[src_name], tokens[base_name], batch.rows,
                 ld["clean"], ld["corrupted"])
 
