@@ -68,6 +68,53 @@ def test_batched_circuits_equal_one_at_a_time(toy64, rows, monkeypatch):
     assert (together[0] - together[1]).abs().max() > 0  # the circuits differ
 
 
+def test_a_traced_forward_resumed_at_the_first_changed_layer_is_the_whole_forward(toy64, rows):
+    """A circuit measured from another circuit's Trace (starting at the first layer whose readers'
+    edges differ, on a resample's drawn prompts too) gives what the whole forward gives, whichever
+    layer the edges differ in (the logits reader included)."""
+    runs = circuits.prepare(toy64, rows["size"], 8)
+    g = runs.graph
+    gen = torch.Generator().manual_seed(0)
+    base = (torch.rand(*g.allowed.shape, generator=gen) < 0.5) & g.allowed
+    drawn = torch.rand(len(runs.clean), generator=gen) < 0.6
+    for prompts in (None, drawn):
+        _, traces = circuits.traced_lds(runs, base, prompts)
+        for layer in range(g.n_layers + 1):  # drop the kept edges into one layer's readers (n_layers: the logits)
+            trial = base.clone()
+            readers = (g.reader_layer(torch.arange(len(g.readers))) == layer).nonzero()[:, 0]
+            trial[:, readers] = False
+            assert traces[0].start_layer(g, trial) == layer
+            resumed, _ = circuits.traced_lds(runs, trial, prompts, traces)
+            whole = circuits.exact_lds(runs, trial[None], prompts)[0]
+            torch.testing.assert_close(resumed, whole, atol=1e-10, rtol=0, equal_nan=True)
+            assert (resumed - circuits.exact_lds(runs, base[None], prompts)[0]).nan_to_num().abs().max() > 1e-6
+
+
+def test_refinement_from_traces_is_plain_greedy_refinement(toy64, rows):
+    """Greedy refinement (trials started from the kept circuit's traces) keeps the same edges and
+    recovery as trying each removal with a whole exact evaluation: on a bootstrap resample's drawn
+    prompts, then on all prompts (sharing what the resample measured)."""
+    from opposites.stats import resample_weights
+
+    runs = circuits.prepare(toy64, rows["ioi"], 8)
+    ranked = circuits.ranked_records(circuits.edges(toy64, rows["ioi"], 8, ig_steps=1).query("method == 'EAP'"))
+    for w in (resample_weights(len(runs.clean), 0, 1)[:, 0], None):
+        d = circuits.Discovery(runs, ranked, w)
+        start = d.top(60)
+        plain = lambda c: runs.recovery(circuits.exact_lds(runs, d.mask(c)[None], None if w is None else w > 0), w)[0].item()  # noqa: E731
+        target = 0.8 * plain(start)
+        kept, value = d.refine(start, target)
+        circuit, expected = start, plain(start)
+        for e in sorted(start, key=lambda e: abs(e.score))[:circuits.REFINE_MAX]:
+            if e in circuit:
+                trial = prune_dangling([x for x in circuit if x != e])
+                got = plain(trial)
+                if got >= target:
+                    circuit, expected = trial, got
+        assert len(kept) < len(start) and kept == circuit
+        assert value == pytest.approx(expected, abs=1e-9)
+
+
 def test_attribution_in_chunks_equals_one_pass(toy64, rows, monkeypatch):
     """The gradient passes go through the prompts in memory-sized chunks: one prompt at a time gives
     the same per-prompt scores as the whole batch at once."""

@@ -174,6 +174,38 @@ def test_planted_head_is_found(tmp_path, rows):
     assert others.abs().max().item() < 1e-6
 
 
+def test_chosen_heads_patch_like_the_whole_grid(toy64, rows):
+    """heads_all_pos on a list of heads from several layers, in any order, equals those heads of the
+    full grid; patch_heads patches q, k, v and pattern exactly for the QKV_HEADS heads of largest
+    |z| effect, with the values and intervals the full grid gives them."""
+    from opposites.analyses import patching as analyses
+    from opposites.derived import top_patched_heads
+
+    pair = exact.prepare(toy64, Weights.from_bridge(toy64), one_batch(toy64, rows["ioi"]), "denoising")
+    heads = [(1, 3), (0, 2), (1, 0), (0, 0)]
+    for act in ("q", "pattern"):
+        grid = exact.head_all_pos(pair, act)
+        torch.testing.assert_close(exact.heads_all_pos(pair, heads, act), torch.stack([grid[l, h] for l, h in heads]),
+                                   atol=1e-5, rtol=0)
+
+    k, analyses.QKV_HEADS = analyses.QKV_HEADS, 3  # patch_heads reads the name it imported
+    try:
+        df = analyses.patch_heads(toy64, rows["ioi"], 16, "denoising", 0)
+    finally:
+        analyses.QKV_HEADS = k
+    full = dataset_sweep(toy64, rows["ioi"], 16, "denoising",
+                         lambda p: {a: exact.head_all_pos(p, a) for a in ("z", "v")})
+    top = top_patched_heads(df, 3)
+    assert len(df[df.activation == "z"]) == toy64.cfg.n_layers * toy64.cfg.n_heads
+    for act in ("q", "k", "v", "pattern"):
+        assert [tuple(x) for x in df[df.activation == act][["layer", "head"]].to_numpy()] == top
+    v = analyses.table(full.patched["v"], full, analyses._heads(toy64), 0).set_index(["layer", "head"])
+    got = df[df.activation == "v"].set_index(["layer", "head"])
+    for col in ("value", "ci_low", "ci_high"):
+        torch.testing.assert_close(torch.tensor(got[col].to_numpy()), torch.tensor(v.loc[top, col].to_numpy()),
+                                   atol=1e-6, rtol=0)
+
+
 def test_attribution_matches_transformer_lens(toy64, rows):
     """Our batched head-output attribution equals TransformerLens 4's attribution_patch (node
     granularity, attn_head_out summed over positions), run per prompt and averaged."""

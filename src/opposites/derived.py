@@ -66,6 +66,9 @@ def top_abs_heads(df: pd.DataFrame, k: int) -> list[tuple[int, int]]:
     return [(int(r.layer), int(r.head)) for r in largest_abs(df, k).itertuples()]
 
 
+QKV_HEADS = 12  # heads whose query, key, value and pattern patch_heads patches exactly: the largest |z| effects
+
+
 def top_patched_heads(patch_heads: pd.DataFrame, k: int = 3) -> list[tuple[int, int]]:
     """The k heads whose output (z) patching moves the metric most."""
     return top_abs_heads(patch_heads[patch_heads.activation == "z"], k)

@@ -39,10 +39,13 @@ LATEX_TEXT = [(r"\\%", "%"), (r"\\&", "&"), (r"\\_", "_"), (r"\\to\b", "→"), (
               (r"\\(?:emph|textbf|texttt|textit)\{([^}]*)\}", r"\1"), (r"~", " "), (r"\$", "")]
 
 
+METHODS = {"circuits": circuit_metrics, "derived": derived}  # constants that captions and prose name
+
+
 def caption_text(item: Item, config: dict) -> str:
     """An outline caption as plain reStructuredText for Snakemake's report: its template filled from
     the config, LaTeX markup turned into text, and rst's markup characters escaped."""
-    text = environment(".").from_string(item.caption).render(config=config)
+    text = environment(".").from_string(item.caption).render(config=config, methods=METHODS)
     for pattern, repl in LATEX_TEXT:
         text = re.sub(pattern, repl, text)
     return re.sub(r"([|*`_\\])", r"\\\1", " ".join(text.split()))
@@ -94,7 +97,7 @@ def context(outline: Outline, config: dict, results: str, bib: str) -> dict:
         }
     return {"outline": outline, "config": config, "model": config["model"], "tasks": tasks,
             "S": summarize(data, tasks), "data": data, "items": items, "versions": versions(),
-            "bib": Path(bib).stem, "methods": {"circuits": circuit_metrics, "derived": derived}}
+            "bib": Path(bib).stem, "methods": METHODS}
 
 
 def render(template_dir: str | Path, outline: Outline, config: dict, results: str, bib: str, out: str | Path) -> None:

@@ -25,7 +25,7 @@ from opposites.circuit_metrics import (EXACT_MAX_EDGES, FRACTIONS, REFINE_MAX, R
                                        jaccard, prune_dangling, smallest_stable)
 from opposites.core import batches, direction
 from opposites.nodes import Edge, component_nodes
-from opposites.patching.edges import Graph, edge_attribution, edge_forward, shared_prefix
+from opposites.patching.edges import Graph, Trace, edge_attribution, edge_forward, shared_prefix
 from opposites.patching.engine import Weights
 from opposites.stats import Estimate, interval, resample_weights
 
@@ -77,6 +77,23 @@ def prepare(model, rows, batch_size) -> Runs:
     return Runs(weights, Graph(weights.n_layers, weights.n_heads), out, torch.cat(clean), torch.cat(corrupted))
 
 
+def _drawn(runs: Runs, prompts: torch.Tensor | None):
+    """Per batch: (first prompt's index, the indices evaluated (batch order), and what edge_forward
+    needs of them: corrupted writer outputs (writer, batch, pos, d_model), clean tokens, direction,
+    bias and prefix), the batch cut to the drawn prompts when `prompts` (prompt,) bool is given."""
+    start = 0
+    for r in runs.batches:
+        n = len(r["batch"].clean)
+        idx = torch.arange(n, device="cpu") if prompts is None else prompts[start:start + n].nonzero()[:, 0]
+        inputs = r["corrupted_out"], r["batch"].clean, r["dir"], r["bias"], r["prefix"]
+        if 0 < len(idx) < n:  # (writer, batch, pos, d_model) and the rest, cut to the drawn prompts
+            i = idx.to(inputs[0].device)
+            b, tokens, d, bias, prefix = inputs
+            inputs = b[:, i], tokens[i], d[i], bias[i], prefix.select(i)
+        yield start, idx, inputs
+        start += n
+
+
 def exact_lds(runs: Runs, keeps: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
     """(circuit, prompt) logit differences with each circuit's edges kept (keeps: (circuit, writer,
     reader)), several circuits per forward as memory allows. `prompts` (prompt,) bool: evaluate
@@ -87,22 +104,35 @@ def exact_lds(runs: Runs, keeps: torch.Tensor, prompts: torch.Tensor | None = No
     nothing = ~keeps.flatten(1).any(1)
     out[everything], out[nothing] = runs.clean, runs.corrupted
     todo = (~everything & ~nothing).nonzero()[:, 0]
-    start = 0
-    for r in tqdm(runs.batches, desc=f"{len(todo)} circuits", leave=False, disable=len(todo) < 4):
-        n = len(r["batch"].clean)
-        idx = torch.arange(n, device="cpu") if prompts is None else prompts[start:start + n].nonzero()[:, 0]
-        if len(todo) and len(idx):
-            b, tokens, d, bias, prefix = r["corrupted_out"], r["batch"].clean, r["dir"], r["bias"], r["prefix"]
-            if len(idx) < n:  # (writer, batch, pos, d_model) and the rest, cut to the drawn prompts
-                i = idx.to(b.device)
-                b, tokens, d, bias, prefix = b[:, i], tokens[i], d[i], bias[i], prefix.select(i)
-            step = max(1, VARIANT_BYTES // (3 * b.numel() * b.element_size()))
-            for j in range(0, len(todo), step):
-                rows = todo[j:j + step]
-                ld = edge_forward(runs.weights, tokens, d, bias, b, keeps[rows].to(b.device), prefix=prefix)[0]
-                out[rows[:, None], start + idx] = ld.view(len(rows), -1).double().cpu()
-        start += n
+    if not len(todo):
+        return out
+    for start, idx, (b, tokens, d, bias, prefix) in tqdm(_drawn(runs, prompts), total=len(runs.batches),
+                                                         desc=f"{len(todo)} circuits", leave=False, disable=len(todo) < 4):
+        step = max(1, VARIANT_BYTES // (3 * b.numel() * b.element_size()))
+        for j in range(0, len(todo) if len(idx) else 0, step):
+            rows = todo[j:j + step]
+            ld = edge_forward(runs.weights, tokens, d, bias, b, keeps[rows].to(b.device), prefix=prefix)[0]
+            out[rows[:, None], start + idx] = ld.view(len(rows), -1).double().cpu()
     return out
+
+
+def traced_lds(runs: Runs, keep: torch.Tensor, prompts: torch.Tensor | None = None,
+               base: list[Trace] | None = None) -> tuple[torch.Tensor, list[Trace]]:
+    """exact_lds of one circuit keep (writer, reader), with each batch's forward recorded (Trace);
+    given `base` (another circuit's traces, the same `prompts`), each batch starts at the first layer
+    whose readers' edges differ: greedy refinement's trials differ from the kept circuit by a few
+    edges, often in late layers."""
+    out = torch.full((len(runs.clean),), float("nan"), dtype=torch.float64, device="cpu")
+    traces = []
+    for i, (start, idx, (b, tokens, d, bias, prefix)) in enumerate(_drawn(runs, prompts)):
+        if not len(idx):
+            traces.append(None)
+            continue
+        ld, trace, _ = edge_forward(runs.weights, tokens, d, bias, b, keep.to(b.device), prefix=prefix, record=True,
+                                    resume=None if base is None else base[i])
+        out[start + idx] = ld.double().cpu()
+        traces.append(trace)
+    return out, traces
 
 
 def recovered(runs: Runs, keep: torch.Tensor) -> float:
@@ -224,6 +254,25 @@ class Discovery:
             return []
         return self.runs.recovery(self.lds(circuits), self.w).tolist()
 
+    def record(self, circuit: list[Edge], base: list[Trace] | None = None) -> list[Trace]:
+        """Measure one circuit with its forwards recorded (traced_lds; from `base`, another circuit's
+        traces, where given). What Runs.measured already holds for it is kept."""
+        key = frozenset((e.src, e.dst) for e in circuit)
+        need = self.runs.prompt_weights(self.w) > 0
+        self.evaluations += 1
+        lds, traces = traced_lds(self.runs, self.mask(circuit), None if need.all() else need, base)
+        old = self.runs.measured.get(key)
+        self.runs.measured[key] = lds if old is None else torch.where(old.isnan(), lds, old)
+        return traces
+
+    def measure(self, circuit: list[Edge], base: list[Trace]) -> tuple[float, list[Trace] | None]:
+        """recover() of one circuit; not measured yet, it is measured starting from `base`, and its
+        traces are returned too (None: it was measured before)."""
+        known = self.runs.measured.get(frozenset((e.src, e.dst) for e in circuit))
+        need = self.runs.prompt_weights(self.w) > 0
+        traces = self.record(circuit, base) if known is None or known[need].isnan().any() else None
+        return self.recover([circuit])[0], traces
+
     def top(self, size: int) -> list[Edge]:
         return prune_dangling(self.ranked[:size])
 
@@ -240,13 +289,18 @@ class Discovery:
         value = self.recover([circuit])[0]
         if len(circuit) > REFINE_MAX_EDGES:
             return circuit, value
+        traces = None  # the kept circuit's forwards: each trial starts where its edges differ
         for e in tqdm(sorted(circuit, key=lambda e: abs(e.score))[:REFINE_MAX], desc="refinement", leave=False):
             if e not in circuit:
                 continue
             trial = prune_dangling([x for x in circuit if x != e])
-            got = self.recover([trial])[0]
+            if not trial:  # nothing kept: the corrupted run, by definition
+                got, trial_traces = self.recover([trial])[0], None
+            else:
+                traces = traces or self.record(circuit)
+                got, trial_traces = self.measure(trial, traces)
             if got >= target:
-                circuit, value = trial, got
+                circuit, value, traces = trial, got, trial_traces
         return circuit, value
 
     def select(self, target: float, whole_curve: bool = True) -> dict:

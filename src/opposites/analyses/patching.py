@@ -16,6 +16,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from opposites.core import batches
+from opposites.derived import QKV_HEADS, top_abs_heads
 from opposites.patching import exact
 from opposites.patching.attribution import ACTIVATIONS, head_attribution
 from opposites.prompts import load_spec
@@ -111,10 +112,20 @@ def _heads(model) -> dict[str, list]:
 
 
 def patch_heads(model, rows, batch_size, patch_direction: str, seed: int) -> pd.DataFrame:
+    """Every head's output (z) patched over all positions; its query, key, value and attention
+    pattern patched for the QKV_HEADS heads whose output matters most (largest |z| effect): what the
+    paper reads of them (the top heads' routes; the attribution-vs-exact comparison). Attribution
+    patching (patch_attribution) estimates all five for every head."""
+    z = dataset_sweep(model, rows, batch_size, patch_direction, lambda pair: exact.head_all_pos(pair, "z"))
+    z_table = table(z.patched, z, _heads(model), seed).assign(activation="z")
+    heads = top_abs_heads(z_table, QKV_HEADS)  # = top_patched_heads(z_table, QKV_HEADS)
     s = dataset_sweep(model, rows, batch_size, patch_direction,
-                      lambda pair: {act: exact.head_all_pos(pair, act) for act in ACTIVATIONS})
-    parts = [table(t, s, _heads(model), seed).assign(activation=act) for act, t in s.patched.items()]
-    return pd.concat(parts)[["layer", "head", "activation", "value", "ci_low", "ci_high", "n", "normaliser_ok"]]
+                      lambda pair: {act: exact.heads_all_pos(pair, heads, act) for act in ACTIVATIONS if act != "z"})
+    layer_head = pd.DataFrame(heads, columns=["layer", "head"])
+    parts = [table(t, s, {"i": list(range(len(heads)))}, seed).drop(columns="i").assign(activation=act)
+             for act, t in s.patched.items()]
+    parts = [z_table] + [pd.concat([layer_head, p], axis=1) for p in parts]
+    return pd.concat(parts, ignore_index=True)[["layer", "head", "activation", "value", "ci_low", "ci_high", "n", "normaliser_ok"]]
 
 
 def patch_attribution(model, rows, batch_size, patch_direction: str, seed: int) -> pd.DataFrame:

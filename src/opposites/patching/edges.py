@@ -62,6 +62,10 @@ class Graph:
         start = layer * (3 * self.n_heads + 1)
         return slice(start, start + 3 * self.n_heads + 1)
 
+    def reader_layer(self, readers: Tensor) -> Tensor:
+        """The layer of each reader index (n_layers for the logits)."""
+        return torch.div(readers, 3 * self.n_heads + 1, rounding_mode="floor")
+
     @cached_property
     def allowed(self) -> Tensor:
         """(writer, reader) mask of the edges that exist."""
@@ -88,11 +92,13 @@ class _Cuts:
         self.n = 0
 
     def add(self, out: Tensor) -> None:
-        """Record the next writer's output, (variant * batch, pos, d_model)."""
-        d = out.reshape(self.keep.shape[0], -1) - self.corrupt[self.n].reshape(1, -1)
-        self.diff[:, self.n] = d
-        self.total += d
-        self.n += 1
+        """Record the next writers' outputs, (writer, variant * batch, pos, d_model)."""
+        W = out.shape[0]
+        d = out.reshape(W, self.keep.shape[0], -1) - self.corrupt[self.n:self.n + W].reshape(W, 1, -1)
+        self.diff[:, self.n:self.n + W] = d.transpose(0, 1)
+        for w in range(W):  # one writer at a time: the running sum adds in writer order
+            self.total += d[w]
+        self.n += W
 
     def lost(self, readers: Tensor, shape: torch.Size) -> Tensor | None:
         """(reader, variant * batch, pos, d_model) input lost per reader; None when nothing is cut."""
@@ -118,6 +124,23 @@ def _sparse_sum(mask: Tensor, rows: Tensor) -> Tensor:
     m = torch.sparse_coo_tensor(idx, torch.ones(idx.shape[1], dtype=rows.dtype, device=rows.device), mask.shape,
                                 check_invariants=False, is_coalesced=True)
     return torch.sparse.mm(m, rows)
+
+
+@dataclass
+class Trace:
+    """One circuit's exact forward (edge_forward with one `keep`, recorded), kept so that a circuit
+    whose edges differ from it only in readers of layer L or later starts at layer L: before it both
+    forwards compute the same. Per layer start (and once more before the logits): the residual
+    stream and the running sum of every writer's change; and each writer's change (writer, size)."""
+    keep: Tensor  # (writer, reader)
+    resid: list[Tensor]  # n_layers + 1 of (batch, pos, d_model)
+    total: list[Tensor]  # n_layers + 1 of (1, size)
+    diff: Tensor  # (1, writer, size)
+
+    def start_layer(self, graph: Graph, keep: Tensor) -> int:
+        """The first layer whose readers' input edges differ between this trace's circuit and `keep`."""
+        changed = (self.keep != keep).any(0).nonzero()[:, 0]  # (reader,)
+        return int(graph.reader_layer(changed).min()) if len(changed) else graph.n_layers
 
 
 @dataclass
@@ -151,13 +174,17 @@ def embed(weights: Weights, tokens: Tensor) -> Tensor:
 
 def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, corrupt: Tensor | None = None,
                  keep: Tensor | None = None, grad_leaves: bool = False,
-                 x: Tensor | None = None, prefix: Prefix | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:
+                 x: Tensor | None = None, prefix: Prefix | None = None,
+                 record: bool = False, resume: Trace | None = None) -> tuple[Tensor, Tensor | Trace | None, list[Tensor]]:
     """Forward with one input per reader. Returns (logit diff per prompt, writer outputs
     (writer, batch, pos, d_model; None with `keep`), reader-input leaves for gradients when grad_leaves). `keep`
     (writer, reader), or (variant, writer, reader) for several circuits in one pass: then the logit
     differences are (variant * batch,), variant-major. `x` replaces the embedding (EAP-IG's
     interpolated inputs). With a `prefix`, positions before prefix.n are not computed: `pos` in x,
-    `corrupt`, the writer outputs and the leaves counts from prefix.n.
+    `corrupt`, the writer outputs and the leaves counts from prefix.n. With one `keep`: `record`
+    returns the forward's Trace in place of the writer outputs, and `resume` (another circuit's
+    Trace on the same tokens, corrupt and prefix) starts at the first layer where the two differ,
+    computing exactly what the whole forward would from there.
 
     With `keep`, a head or MLP none of whose input edges is kept reads exactly the corrupted run's
     residual, so its output is the corrupted one (`corrupt`) and is not recomputed: a small circuit
@@ -171,13 +198,15 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
         V = keep.shape[0]
         x, dir, bias = x.repeat(V, 1, 1), dir.repeat(V, 1), bias.repeat(V)
         cuts = _Cuts(corrupt, keep)
+    assert not (record or resume) or V == 1, "traces are of single circuits"
+    trace = Trace(keep[0], [], [], cuts.diff) if record else None
     outs, leaves = [], []
     resid = x
     H = weights.n_heads
 
-    def write(out: Tensor) -> None:  # with keep, the cuts hold what is needed: no writer outputs kept
+    def write(out: Tensor) -> None:  # (writer, batch, pos, d_model); with keep, the cuts hold what is needed
         if cuts is None:
-            outs.append(out)
+            outs.extend(out)
         else:
             cuts.add(out)
 
@@ -192,17 +221,37 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
             inp = inp + leaf
         return inp  # (reader, batch, pos, d_model)
 
-    def active(readers: Tensor, n_writers: int) -> bool:
-        return cuts is None or bool(keep[:, :n_writers, readers.to(keep.device)].any())
+    def active(readers: slice, n_writers: int) -> Tensor:
+        """(reader,) bool: readers with some kept input edge."""
+        n = readers.stop - readers.start
+        if cuts is None:
+            return torch.ones(n, dtype=torch.bool, device=dev)
+        return keep[:, :n_writers, readers].any(0).any(0).to(dev)
 
     dev = x.device
-    write(x)
-    for l in range(weights.n_layers):
+    first_layer = 0
+    if resume is None:
+        write(x[None])
+    else:  # the state where layer first_layer begins is the traced circuit's
+        first_layer = resume.start_layer(g, keep[0])
+        cuts.n = g.writers_before(first_layer) if first_layer < weights.n_layers else len(g.writers)
+        cuts.diff[:, :cuts.n] = resume.diff[:, :cuts.n]
+        cuts.total = resume.total[first_layer].clone()
+        resid = resume.resid[first_layer]
+        if trace is not None:
+            trace.resid, trace.total = resume.resid[:first_layer], resume.total[:first_layer]
+
+    def checkpoint() -> None:
+        if trace is not None:
+            trace.resid.append(resid)
+            trace.total.append(cuts.total.clone())
+
+    for l in range(first_layer, weights.n_layers):
+        checkpoint()
         first, w0 = g.reader_slice(l).start, g.writers_before(l)
-        A = torch.tensor([h for h in range(H) if active(first + torch.arange(3, device=dev) * H + h, w0)],
-                         dtype=torch.long, device=dev)
+        A = active(slice(first, first + 3 * H), w0).view(3, H).any(0).nonzero()[:, 0]  # heads with a kept input
         if len(A) < H:  # heads left out give their corrupted outputs
-            heads = torch.stack([corrupt[w0 + h].repeat(V, 1, 1) for h in range(H)])
+            heads = corrupt[w0:w0 + H].repeat(1, V, 1, 1)  # (head, variant * batch, pos, d_model)
         if len(A):
             inp = reader_inputs(torch.cat([first + i * H + A for i in range(3)])).view(3, len(A), *resid.shape)
             h = engine.layer_norm(inp, weights.ln1[l], weights.eps)  # (qkv, head, batch, pos, d_model)
@@ -214,17 +263,17 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
             z, _ = engine.attend(weights, q, k, v)
             out = torch.einsum("bphd,hdm->hbpm", z, weights.W_O[l][A])  # (head, batch, pos, d_model)
             heads = out if len(A) == H else heads.index_copy(0, A, out)
-        for head in heads:
-            write(head)
+        write(heads)
         resid = resid + heads.sum(0) + weights.b_O[l]
         mlp_reader, w_mlp = torch.tensor([first + 3 * H], device=dev), g.writers_before(l, mlp=True)
-        m = (engine.mlp(weights, l, reader_inputs(mlp_reader)[0]) if active(mlp_reader, w_mlp)
+        m = (engine.mlp(weights, l, reader_inputs(mlp_reader)[0]) if active(slice(first + 3 * H, first + 3 * H + 1), w_mlp)
              else corrupt[w_mlp].repeat(V, 1, 1))
-        write(m)
+        write(m[None])
         resid = resid + m
+    checkpoint()
     final = reader_inputs(torch.tensor([len(g.readers) - 1], device=dev))[0]
     ld = engine.read_logit_diff(weights, final[:, -1], dir, bias)
-    return ld, (torch.stack(outs) if cuts is None else None), leaves
+    return ld, (torch.stack(outs) if cuts is None else trace), leaves
 
 
 def edge_attribution(weights: Weights, clean: Tensor, corrupted: Tensor, dir: Tensor, bias: Tensor,

@@ -169,6 +169,17 @@ def head_all_pos(pair: Pair, activation: str = "z") -> Tensor:
     return torch.stack(out)
 
 
+def heads_all_pos(pair: Pair, heads: list[tuple[int, int]], activation: str) -> Tensor:
+    """(len(heads), batch): head_all_pos for the listed (layer, head)s only, in their order."""
+    out = torch.empty(len(heads), pair.n, dtype=pair.base_ld.dtype, device=pair.base_ld.device)
+    for layer in sorted({l for l, _ in heads}):
+        idx = [i for i, (l, _) in enumerate(heads) if l == layer]
+        chosen = torch.tensor([heads[i][1] for i in idx], dtype=torch.long, device=pair.dir.device)
+        writes = head_writes(pair, layer, new_z(pair, layer, activation))[chosen]  # (chosen, batch, pos, d_model)
+        out[idx] = sweep(pair, layer, "mid", len(idx), lambda variants: writes[variants])
+    return out
+
+
 def head_by_role(pair: Pair, masks: Tensor, layers: list[int] | None = None,
                  heads: list[tuple[int, int]] | None = None) -> Tensor:
     """(layer, head, role, batch) head-output patching at one role's positions at a time (NaN where
