@@ -77,13 +77,15 @@ def test_a_traced_forward_resumed_at_the_first_changed_layer_is_the_whole_forwar
     gen = torch.Generator().manual_seed(0)
     base = (torch.rand(*g.allowed.shape, generator=gen) < 0.5) & g.allowed
     drawn = torch.rand(len(runs.clean), generator=gen) < 0.6
+    drawn[:len(runs.batches[0]["batch"].clean)] = False  # a batch with no prompt drawn
     for prompts in (None, drawn):
         _, traces = circuits.traced_lds(runs, base, prompts)
+        assert (traces[0] is None) == (prompts is not None)
         for layer in range(g.n_layers + 1):  # drop the kept edges into one layer's readers (n_layers: the logits)
             trial = base.clone()
             readers = (g.reader_layer(torch.arange(len(g.readers))) == layer).nonzero()[:, 0]
             trial[:, readers] = False
-            assert traces[0].start_layer(g, trial) == layer
+            assert traces[-1][1].start_layer(g, trial) == layer
             resumed, _ = circuits.traced_lds(runs, trial, prompts, traces)
             whole = circuits.exact_lds(runs, trial[None], prompts)[0]
             torch.testing.assert_close(resumed, whole, atol=1e-10, rtol=0, equal_nan=True)
@@ -113,6 +115,7 @@ def test_refinement_from_traces_is_plain_greedy_refinement(toy64, rows):
                     circuit, expected = trial, got
         assert len(kept) < len(start) and kept == circuit
         assert value == pytest.approx(expected, abs=1e-9)
+        assert d.refine(start, target) == (kept, value)  # again: every trial measured already, traces recorded anew
 
 
 def test_attribution_in_chunks_equals_one_pass(toy64, rows, monkeypatch):

@@ -1,11 +1,12 @@
 """Shared tensor helpers: equal-length batches, the answer-minus-wrong direction, the final LayerNorm,
-and the decomposition of the final-position residual stream into components."""
+the decomposition of the final-position residual stream into components, and what one job's
+analyses share (job_memo)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from jaxtyping import Float, Int
@@ -113,3 +114,17 @@ def read_out(model, state: EndState, x: Float[Tensor, "... batch d_model"], froz
     if frozen:
         return (ln_final(model, x, state.scale) * state.dir).sum(-1)
     return (ln_final(model, x) * state.dir).sum(-1) + state.bias_diff
+
+
+def job_memo(model, name: str, key: Any, make: Callable[[], Any], release: bool = False) -> Any:
+    """make()'s result for `key`, computed once per job: it stays on the model object (attribute
+    `name`) for the job's next analysis that asks with the same key; another key frees it first and
+    computes afresh. release=True takes it off the model (the last analysis that needs it)."""
+    held = getattr(model, name, None)
+    if held is None or held[0] != key:
+        object.__setattr__(model, name, None)  # free the previous value before computing the next
+        held = (key, make())
+        object.__setattr__(model, name, held)
+    if release:
+        object.__delattr__(model, name)
+    return held[1]

@@ -139,6 +139,7 @@ def head_routes(patch_heads: pd.DataFrame, k: int = 3) -> pd.DataFrame:
     route: 'values' or 'attention' when that effect's interval excludes 0 and it is ROUTE_RATIO times
     the other's size; 'both' when an interval excludes 0 otherwise; 'unclear' when neither does;
     'not meaningful' when the normaliser's interval includes 0 (normaliser_ok false)."""
+    assert k <= QKV_HEADS, f"patch_heads has value and pattern patching for its top {QKV_HEADS} heads only"
     grid = patch_heads.set_index(["activation", "layer", "head"])
     meaningful = bool(patch_heads.normaliser_ok.all()) if "normaliser_ok" in patch_heads else True
     rows = []

@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from opposites.circuit_metrics import (EXACT_MAX_EDGES, FRACTIONS, REFINE_MAX, REFINE_MAX_EDGES, cpr_cmd, fraction_sizes,
                                        jaccard, prune_dangling, smallest_stable)
-from opposites.core import batches, direction
+from opposites.core import batches, direction, job_memo
 from opposites.nodes import Edge, component_nodes
-from opposites.patching.edges import Graph, Trace, edge_attribution, edge_forward, shared_prefix
+from opposites.patching.edges import Graph, edge_attribution, edge_forward, shared_prefix
 from opposites.patching.engine import Weights
 from opposites.stats import Estimate, interval, resample_weights
 
@@ -116,22 +116,27 @@ def exact_lds(runs: Runs, keeps: torch.Tensor, prompts: torch.Tensor | None = No
     return out
 
 
+Traces = list  # per batch: (prompt indices, Trace) or None, as traced_lds returns them
+
+
 def traced_lds(runs: Runs, keep: torch.Tensor, prompts: torch.Tensor | None = None,
-               base: list[Trace] | None = None) -> tuple[torch.Tensor, list[Trace]]:
+               base: Traces | None = None) -> tuple[torch.Tensor, Traces]:
     """exact_lds of one circuit keep (writer, reader), with each batch's forward recorded (Trace);
     given `base` (another circuit's traces, the same `prompts`), each batch starts at the first layer
     whose readers' edges differ: greedy refinement's trials differ from the kept circuit by a few
     edges, often in late layers."""
     out = torch.full((len(runs.clean),), float("nan"), dtype=torch.float64, device="cpu")
-    traces = []
+    traces = []  # per batch: (the prompts it holds, its Trace); None for a batch with none drawn
     for i, (start, idx, (b, tokens, d, bias, prefix)) in enumerate(_drawn(runs, prompts)):
         if not len(idx):
             traces.append(None)
             continue
+        resume = None if base is None or base[i] is None else base[i][1]
+        assert resume is None or torch.equal(base[i][0], idx), "a trace resumes only on the prompts it was recorded on"
         ld, trace, _ = edge_forward(runs.weights, tokens, d, bias, b, keep.to(b.device), prefix=prefix, record=True,
-                                    resume=None if base is None else base[i])
+                                    resume=resume)
         out[start + idx] = ld.double().cpu()
-        traces.append(trace)
+        traces.append((idx, trace))
     return out, traces
 
 
@@ -184,8 +189,14 @@ def scores_by_method(runs: Runs, ig_steps: int) -> dict[str, torch.Tensor]:
 _SHARED = "_opposites_edge_runs"  # model attribute: the last edges() call's runs and per-prompt scores
 
 
-def _shared_key(rows, batch_size, ig_steps) -> tuple:
-    return tuple(r["clean"] for r in rows), batch_size, ig_steps
+def _runs_and_scores(model, rows, batch_size, ig_steps, release: bool = False) -> tuple[Runs, dict[str, torch.Tensor]]:
+    """The prompts' prepared runs and per-prompt scores, computed once per job (job_memo): edges()
+    leaves them on the model for circuit(), which takes them off (release)."""
+    def make():
+        runs = prepare(model, rows, batch_size)
+        return runs, scores_by_method(runs, ig_steps)
+
+    return job_memo(model, _SHARED, (tuple(r["clean"] for r in rows), batch_size, ig_steps), make, release)
 
 
 def edges(model, rows, batch_size, ig_steps: int) -> pd.DataFrame:
@@ -193,27 +204,14 @@ def edges(model, rows, batch_size, ig_steps: int) -> pd.DataFrame:
     clean-minus-corrupted logit difference that restoring this edge alone recovers. The prepared runs
     and the per-prompt scores stay on the model for circuit() in the same job (same prompts, batch
     size and ig_steps), which would otherwise compute them again."""
-    runs = prepare(model, rows, batch_size)
+    runs, scores = _runs_and_scores(model, rows, batch_size, ig_steps)
     scale = (runs.clean - runs.corrupted).mean()
     ws, rs = runs.graph.allowed.nonzero(as_tuple=True)
-    scores = scores_by_method(runs, ig_steps)
-    object.__setattr__(model, _SHARED, (_shared_key(rows, batch_size, ig_steps), runs, scores))
     parts = [pd.DataFrame({"method": method, "src": [str(runs.graph.writers[i]) for i in ws.tolist()],
                            "dst": [str(runs.graph.readers[i]) for i in rs.tolist()],
                            "score": (s.mean(-1)[ws, rs] / scale).tolist()})
              for method, s in scores.items()]
     return pd.concat(parts, ignore_index=True)
-
-
-def _runs_and_scores(model, rows, batch_size, ig_steps) -> tuple[Runs, dict[str, torch.Tensor]]:
-    """What edges() left on the model for these prompts (taken off it), else fresh runs and scores."""
-    shared = getattr(model, _SHARED, None)
-    if shared is not None:
-        object.__delattr__(model, _SHARED)
-        if shared[0] == _shared_key(rows, batch_size, ig_steps):
-            return shared[1], shared[2]
-    runs = prepare(model, rows, batch_size)
-    return runs, scores_by_method(runs, ig_steps)
 
 
 # ---- selection ------------------------------------------------------------------------------------
@@ -254,7 +252,7 @@ class Discovery:
             return []
         return self.runs.recovery(self.lds(circuits), self.w).tolist()
 
-    def record(self, circuit: list[Edge], base: list[Trace] | None = None) -> list[Trace]:
+    def record(self, circuit: list[Edge], base: Traces | None = None) -> Traces:
         """Measure one circuit with its forwards recorded (traced_lds; from `base`, another circuit's
         traces, where given). What Runs.measured already holds for it is kept."""
         key = frozenset((e.src, e.dst) for e in circuit)
@@ -265,7 +263,7 @@ class Discovery:
         self.runs.measured[key] = lds if old is None else torch.where(old.isnan(), lds, old)
         return traces
 
-    def measure(self, circuit: list[Edge], base: list[Trace]) -> tuple[float, list[Trace] | None]:
+    def measure(self, circuit: list[Edge], base: Traces) -> tuple[float, Traces | None]:
         """recover() of one circuit; not measured yet, it is measured starting from `base`, and its
         traces are returned too (None: it was measured before)."""
         known = self.runs.measured.get(frozenset((e.src, e.dst) for e in circuit))
@@ -301,6 +299,7 @@ class Discovery:
                 got, trial_traces = self.measure(trial, traces)
             if got >= target:
                 circuit, value, traces = trial, got, trial_traces
+            trial_traces = None  # a rejected trial's forwards are not kept while the next one runs
         return circuit, value
 
     def select(self, target: float, whole_curve: bool = True) -> dict:
@@ -376,7 +375,7 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
     reweighted): each kept edge's inclusion frequency and the mean Jaccard between resampled circuits.
     `clock` (benchmarks) records the wall time of each phase."""
     clock = clock or Clock()
-    runs, per_prompt = _runs_and_scores(model, rows, batch_size, ig_steps)  # method -> (writer, reader, prompt)
+    runs, per_prompt = _runs_and_scores(model, rows, batch_size, ig_steps, release=True)  # method -> (writer, reader, prompt)
     clock.lap("runs")
     methods = {}
     for method, df in edges.groupby("method", sort=False):

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from opposites.core import batches
+from opposites.core import batches, job_memo
 from opposites.derived import QKV_HEADS, top_abs_heads
 from opposites.patching import exact
 from opposites.patching.attribution import ACTIVATIONS, head_attribution
@@ -48,13 +48,8 @@ def prepared_pairs(model, rows: list[dict], batch_size: int, patch_direction: st
     """The prompts' batches with their clean and corrupted runs, prepared once per job: they stay
     on the model for the stage's next analysis of the same prompts (only the latest prompts)."""
     key = (tuple((r["clean"], r["corrupted"]) for r in rows), batch_size, patch_direction)
-    shared = getattr(model, _SHARED, None)
-    if shared is None or shared[0] != key:
-        object.__setattr__(model, _SHARED, None)  # free the previous prompts' runs first
-        pairs = list(exact.batches_of_pairs(model, batches(model, rows, batch_size, desc="patching runs"), patch_direction))
-        shared = (key, pairs)
-        object.__setattr__(model, _SHARED, shared)
-    return shared[1]
+    return job_memo(model, _SHARED, key, lambda: list(exact.batches_of_pairs(
+        model, batches(model, rows, batch_size, desc="patching runs"), patch_direction)))
 
 
 def dataset_sweep(model, rows: list[dict], batch_size: int, patch_direction: str,
@@ -129,7 +124,8 @@ def patch_heads(model, rows, batch_size, patch_direction: str, seed: int) -> pd.
 
 
 def patch_attribution(model, rows, batch_size, patch_direction: str, seed: int) -> pd.DataFrame:
-    """Attribution-patching estimates of the patch_heads grid (same metric)."""
+    """Attribution-patching estimates of every head's z, q, k, v and pattern patching (patch_heads'
+    metric; patch_heads measures q, k, v and pattern exactly for QKV_HEADS heads only)."""
     s = dataset_sweep(model, rows, batch_size, patch_direction, head_attribution)
     parts = [table(t, s, _heads(model), seed).assign(activation=act) for act, t in s.patched.items()]
     return pd.concat(parts)[["layer", "head", "activation", "value", "ci_low", "ci_high", "n", "normaliser_ok"]]

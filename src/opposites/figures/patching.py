@@ -87,13 +87,12 @@ def patch_path(data: dict, tasks: list[str]):
 def attribution_scatter(data: dict, tasks: list[str]):
     def draw(ax, task):
         merged = attribution_vs_exact(data["patch_heads"][task], data["patch_attribution"][task])
-        for act, part in merged.groupby("activation"):
-            ax.scatter(part.exact, part.attribution, s=6, label=act, alpha=0.8)
+        for act, part in merged.groupby("activation", sort=False):
+            ax.scatter(part.exact, part.attribution, s=6, alpha=0.8,
+                       label=f"{act}: r = {part.exact.corr(part.attribution):.2f}, {len(part)} heads")
         lo, hi = merged[["exact", "attribution"]].min().min(), merged[["exact", "attribution"]].max().max()
         ax.plot([lo, hi], [lo, hi], color="k", lw=0.6)
-        ax.set(title=f"{task} (r = {merged.exact.corr(merged.attribution):.2f})", xlabel="exact patching",
-               ylabel="attribution patching")
-        if task == tasks[0]:
-            ax.legend(frameon=False, fontsize=6, markerscale=2)
+        ax.set(title=task, xlabel="exact patching", ylabel="attribution patching")
+        ax.legend(frameon=False, fontsize=5, markerscale=2)
 
     return per_task(tasks, draw, height=2.4, max_cols=2)

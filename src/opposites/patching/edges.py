@@ -198,7 +198,7 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
         V = keep.shape[0]
         x, dir, bias = x.repeat(V, 1, 1), dir.repeat(V, 1), bias.repeat(V)
         cuts = _Cuts(corrupt, keep)
-    assert not (record or resume) or V == 1, "traces are of single circuits"
+    assert not (record or resume) or (keep is not None and V == 1), "traces are of single circuits (one keep)"
     trace = Trace(keep[0], [], [], cuts.diff) if record else None
     outs, leaves = [], []
     resid = x
