@@ -216,6 +216,11 @@ def edges(model, rows, batch_size, ig_steps: int) -> pd.DataFrame:
 
 # ---- selection ------------------------------------------------------------------------------------
 
+def edge_set(circuit: list[Edge]) -> frozenset:
+    """A circuit's key in Runs.measured: its (src, dst) pairs."""
+    return frozenset((e.src, e.dst) for e in circuit)
+
+
 class Discovery:
     """Selection for one ranking of the edges, on all prompts or one bootstrap resample (w)."""
 
@@ -225,6 +230,13 @@ class Discovery:
         self.reader = {node: i for i, node in enumerate(runs.graph.readers)}
         self.evaluations = 0
         self.measured: dict[int, float] = {}
+        self.drawn = runs.prompt_weights(w) > 0  # (prompt,): the prompts this discovery weighs
+        self.prompts = None if self.drawn.all() else self.drawn  # exact_lds's `prompts` (None: all)
+
+    def missing(self, key: frozenset) -> bool:
+        """Runs.measured lacks this edge set on some prompt this discovery weighs."""
+        known = self.runs.measured.get(key)
+        return known is None or bool(known[self.drawn].isnan().any())
 
     def mask(self, edge_list: list[Edge]) -> torch.Tensor:
         keep = torch.zeros_like(self.runs.graph.allowed)
@@ -236,13 +248,12 @@ class Discovery:
         """(circuit, prompt) exact logit differences, measured on the prompts this discovery weighs
         (a resample: the prompts it drew; others may be NaN). Each edge set is evaluated once per
         prompt and Runs: the methods' selections and the stability resamples share what was measured."""
-        keys = [frozenset((e.src, e.dst) for e in c) for c in circuits]
-        need = self.runs.prompt_weights(self.w) > 0  # (prompt,)
+        keys = [edge_set(c) for c in circuits]
         measured = self.runs.measured
-        todo = {k: c for k, c in zip(keys, circuits) if k not in measured or measured[k][need].isnan().any()}
+        todo = {k: c for k, c in zip(keys, circuits) if self.missing(k)}
         if todo:
             self.evaluations += len(todo)
-            lds = exact_lds(self.runs, torch.stack([self.mask(c) for c in todo.values()]), None if need.all() else need)
+            lds = exact_lds(self.runs, torch.stack([self.mask(c) for c in todo.values()]), self.prompts)
             for k, new in zip(todo, lds):
                 measured[k] = new if k not in measured else torch.where(new.isnan(), measured[k], new)
         return torch.stack([measured[k] for k in keys])
@@ -255,10 +266,9 @@ class Discovery:
     def record(self, circuit: list[Edge], base: Traces | None = None) -> Traces:
         """Measure one circuit with its forwards recorded (traced_lds; from `base`, another circuit's
         traces, where given). What Runs.measured already holds for it is kept."""
-        key = frozenset((e.src, e.dst) for e in circuit)
-        need = self.runs.prompt_weights(self.w) > 0
+        key = edge_set(circuit)
         self.evaluations += 1
-        lds, traces = traced_lds(self.runs, self.mask(circuit), None if need.all() else need, base)
+        lds, traces = traced_lds(self.runs, self.mask(circuit), self.prompts, base)
         old = self.runs.measured.get(key)
         self.runs.measured[key] = lds if old is None else torch.where(old.isnan(), lds, old)
         return traces
@@ -266,9 +276,7 @@ class Discovery:
     def measure(self, circuit: list[Edge], base: Traces) -> tuple[float, Traces | None]:
         """recover() of one circuit; not measured yet, it is measured starting from `base`, and its
         traces are returned too (None: it was measured before)."""
-        known = self.runs.measured.get(frozenset((e.src, e.dst) for e in circuit))
-        need = self.runs.prompt_weights(self.w) > 0
-        traces = self.record(circuit, base) if known is None or known[need].isnan().any() else None
+        traces = self.record(circuit, base) if self.missing(edge_set(circuit)) else None
         return self.recover([circuit])[0], traces
 
     def top(self, size: int) -> list[Edge]:

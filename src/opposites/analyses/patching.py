@@ -16,7 +16,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from opposites.core import batches, job_memo
-from opposites.derived import QKV_HEADS, top_abs_heads
+from opposites.derived import QKV_HEADS, top_patched_heads
 from opposites.patching import exact
 from opposites.patching.attribution import ACTIVATIONS, head_attribution
 from opposites.prompts import load_spec
@@ -113,7 +113,7 @@ def patch_heads(model, rows, batch_size, patch_direction: str, seed: int) -> pd.
     patching (patch_attribution) estimates all five for every head."""
     z = dataset_sweep(model, rows, batch_size, patch_direction, lambda pair: exact.head_all_pos(pair, "z"))
     z_table = table(z.patched, z, _heads(model), seed).assign(activation="z")
-    heads = top_abs_heads(z_table, QKV_HEADS)  # = top_patched_heads(z_table, QKV_HEADS)
+    heads = top_patched_heads(z_table, QKV_HEADS)
     s = dataset_sweep(model, rows, batch_size, patch_direction,
                       lambda pair: {act: exact.heads_all_pos(pair, heads, act) for act in ACTIVATIONS if act != "z"})
     layer_head = pd.DataFrame(heads, columns=["layer", "head"])

@@ -162,15 +162,13 @@ def new_z(pair: Pair, layer: int, activation: str) -> Tensor:
 
 def head_all_pos(pair: Pair, activation: str = "z") -> Tensor:
     """(layer, head, batch)"""
-    out = []
-    for layer in range(pair.weights.n_layers):
-        writes = head_writes(pair, layer, new_z(pair, layer, activation))  # (head, batch, pos, d_model)
-        out.append(sweep(pair, layer, "mid", pair.weights.n_heads, lambda variants: writes[variants]))
-    return torch.stack(out)
+    L, H = pair.weights.n_layers, pair.weights.n_heads
+    return heads_all_pos(pair, [(l, h) for l in range(L) for h in range(H)], activation).view(L, H, pair.n)
 
 
 def heads_all_pos(pair: Pair, heads: list[tuple[int, int]], activation: str) -> Tensor:
-    """(len(heads), batch): head_all_pos for the listed (layer, head)s only, in their order."""
+    """(len(heads), batch): each listed (layer, head)'s `activation` patched over all positions, in
+    the list's order."""
     out = torch.empty(len(heads), pair.n, dtype=pair.base_ld.dtype, device=pair.base_ld.device)
     for layer in sorted({l for l, _ in heads}):
         idx = [i for i, (l, _) in enumerate(heads) if l == layer]
