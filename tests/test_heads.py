@@ -58,6 +58,20 @@ def test_planted_copy_head_ranks_first(tmp_path, rows):
     assert df.value.between(0, 1).all()
 
 
+def test_negative_copy_is_the_copy_score_of_the_negated_ov_circuit(tmp_path, rows, monkeypatch):
+    """negative_copy reads -OV from the same unembedding as copy: it must equal the copy score of a
+    model whose OV writes are negated (computed from scratch), and the planted copy head, which
+    pushes each word up, must not push it up under -OV."""
+    model = planted_ov(tmp_path, "ioi")
+    df = heads.copy_scores(model, rows["ioi"], 8)
+    ov_writes = heads.ov_writes
+    monkeypatch.setattr(heads, "ov_writes", lambda m, words: -ov_writes(m, words))
+    negated = heads.copy_scores(model, rows["ioi"], 8)
+    assert scores(df, "negative_copy").equals(scores(negated, "copy"))
+    assert scores(df, "copy").equals(scores(negated, "negative_copy"))
+    assert scores(df, "negative_copy")[(1, 0)] < 0.1 < 0.9 < scores(df, "copy")[(1, 0)]
+
+
 def test_planted_opposite_head_ranks_first(tmp_path, rows):
     model = planted_ov(tmp_path, "size")
     df = heads.copy_scores(model, rows["size"], 8)
@@ -322,6 +336,21 @@ def test_relation_probe_on_a_model_separates_tokens_not_shuffled_labels(toy, row
     assert res["layers"][0]["accuracy"]["value"] > 0.95
     assert all(r["shuffled"]["value"] < 0.7 for r in res["layers"])
     assert len(res["heads"]) == toy.cfg.n_layers * toy.cfg.n_heads
+
+
+def test_relation_features_batched_by_length_match_one_prompt_at_a_time(toy, rows):
+    """The probe's features come from forwards of equal-length prompts together: each prompt's END
+    residuals and head outputs equal its own single forward's, in the rows' order (prompts of three
+    tasks, several lengths, a batch size that splits a length group)."""
+    from opposites.analyses import relation
+
+    _, prompts = relation.class_prompts("isa", toy.tokenizer, 6, seed=0)
+    assert len({len(toy.to_tokens(r["clean"])[0]) for r in prompts}) > 1
+    resid, heads = relation._end_features(toy, prompts, 2)
+    for i, r in enumerate(prompts):
+        one_resid, one_heads = relation._end_features(toy, [r], 1)
+        torch.testing.assert_close(resid[:, i], one_resid[:, 0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(heads[:, :, i], one_heads[:, :, 0], rtol=0, atol=1e-5)
 
 
 def test_subject_space_finds_a_head_planted_inside_it(toy, rows, monkeypatch):

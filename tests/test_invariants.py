@@ -43,6 +43,16 @@ def test_head_dla_table_matches_per_prompt_mean(toy, rows):
     torch.testing.assert_close(torch.tensor(df.value.to_numpy()), per.mean(-1).flatten().double(), atol=1e-6, rtol=0)
 
 
+def test_shared_end_states_follow_the_prompts_answers(toy, rows):
+    """The lens stage's analyses share one forward per batch (core.end_states); prompts with the
+    same text but answer and wrong swapped must not get the first prompts' run: their DLA is negated."""
+    r = rows["size"]
+    swapped = [{**x, "answer": x["wrong"], "wrong": x["answer"]} for x in r]
+    dla = head_dla.per_prompt(toy, r, 8)
+    torch.testing.assert_close(head_dla.per_prompt(toy, swapped, 8), -dla, atol=1e-6, rtol=0)
+    torch.testing.assert_close(head_dla.per_prompt(toy, r, 8), dla, atol=0, rtol=0)
+
+
 def _tl_reference(toy, batch):
     _, cache = toy.run_with_cache(batch.clean)
     d, _ = direction(toy, batch)  # (batch, d_model)

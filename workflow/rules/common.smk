@@ -38,10 +38,12 @@ PAPER_TEX = paths.fill(paths.PAPER_TEX, R)
 PAPER_PDF = paths.fill(paths.PAPER_PDF, R)
 ENV = "../../environment.yml"  # conda directive paths are relative to the rule file
 GPUS = 0 if config["device"] == "cpu" else 1  # analysis jobs use one GPU where one is present
-# Stages that are matrix products end to end take every core `--cores` allows (Snakemake caps
-# `threads` at it): a patching or circuits job never runs on one thread beside an idle core. The
-# others run side by side, one thread each. Under Slurm the profile's cpus_per_task decides.
-STAGE_THREADS = {"patching": os.cpu_count() or 1, "circuits": os.cpu_count() or 1}
+# Every analysis job runs on one thread, side by side with the others (--cores N runs N at once):
+# two one-thread jobs get through more work on 2 cores than one two-thread job at a time (a circuits
+# job on 2 threads runs only 1.48x faster than on 1; benchmarks/paper.py). The circuits jobs are the
+# longest and need nothing but the prompts: they start first, so that no long job is left running
+# alone at the end. Under Slurm every job asks for the cores its measured run kept busy (the profile).
+STAGE_PRIORITY = {"circuits": 1}
 ANALYSIS_MEM_MB = 6000  # an analysis job on GPT-2 small peaks at 3.7 GB (benchmarks/paper.py, 64 prompts)
 
 

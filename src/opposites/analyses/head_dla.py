@@ -6,17 +6,14 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from opposites.core import batches, end_state, read_out
+from opposites.core import end_states, read_out
 from opposites.stats import mean_ci
 
 
 def per_prompt(model, rows: list[dict], batch_size: int) -> torch.Tensor:
     """(layer, head, prompt) attributions."""
-    parts = []
-    for batch in batches(model, rows, batch_size, desc="head DLA"):
-        state = end_state(model, batch)
-        parts.append(read_out(model, state, state.heads))  # (layer, head, batch)
-    return torch.cat(parts, dim=-1)
+    return torch.cat([read_out(model, state, state.heads) for _, state in end_states(model, rows, batch_size)],
+                     dim=-1)  # (layer, head, batch) per batch
 
 
 def run(model, rows: list[dict], batch_size: int, seed: int) -> pd.DataFrame:

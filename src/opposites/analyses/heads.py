@@ -113,15 +113,18 @@ def copy_scores(model, rows, batch_size, k: int = 5) -> pd.DataFrame:
     opp_ids = [{model.to_single_token(o) for o in opp.get(w, ())} for w in words]
     writes = ov_writes(model, words)
     L, H = writes.shape[:2]
-    out = []
-    for sign, name in ((1, "copy"), (-1, "negative_copy")):
-        for layer in range(L):
-            top = (ln_final(model, sign * writes[layer]) @ model.W_U).topk(k, dim=-1).indices  # (head, word, k)
+    table = {1: [], -1: []}  # the table's order: copy and opposite layer by layer, then negative_copy
+    for layer in range(L):
+        # the final LayerNorm (no bias here: ln_final) and W_U are linear in sign, bit for bit, so -OV's
+        # logits are the negated logits of OV: one unembedding per layer serves both
+        logits = ln_final(model, writes[layer]) @ model.W_U  # (head, word, vocab)
+        for sign, name in ((1, "copy"), (-1, "negative_copy")):
+            top = (sign * logits).topk(k, dim=-1).indices  # (head, word, k)
             hit = (top == ids[None, :, None]).any(-1).double().mean(-1)  # (head,)
-            out += [(layer, h, name, hit[h].item()) for h in range(H)]
+            table[sign] += [(layer, h, name, hit[h].item()) for h in range(H)]
             if sign == 1 and opp:
                 has = [i for i, o in enumerate(opp_ids) if o]
                 hits = torch.tensor([[bool(set(top[h, i].tolist()) & opp_ids[i]) for i in has] for h in range(H)],
                                     device="cpu")
-                out += [(layer, h, "opposite", hits[h].double().mean().item()) for h in range(H)]
-    return pd.DataFrame(out, columns=["layer", "head", "score_type", "value"])
+                table[1] += [(layer, h, "opposite", hits[h].double().mean().item()) for h in range(H)]
+    return pd.DataFrame(table[1] + table[-1], columns=["layer", "head", "score_type", "value"])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from opposites.core import batches, end_state, read_out
+from opposites.core import end_states, read_out
 from opposites.stats import mean_ci
 
 
@@ -42,8 +42,8 @@ def per_prompt(model, state) -> list[tuple[str, str, int, torch.Tensor]]:
 def run(model, rows: list[dict], batch_size: int, seed: int) -> pd.DataFrame:
     """Mean over prompts of every lens value, with its 95% bootstrap interval and n."""
     parts: dict[tuple[str, str, int], list[torch.Tensor]] = {}
-    for batch in batches(model, rows, batch_size, desc="logit lens"):
-        for kind, label, layer, values in per_prompt(model, end_state(model, batch)):
+    for _, state in end_states(model, rows, batch_size):
+        for kind, label, layer, values in per_prompt(model, state):
             parts.setdefault((kind, label, layer), []).append(values.detach().double().cpu())
     keys = list(parts)
     est = mean_ci(torch.stack([torch.cat(parts[k]) for k in keys]), seed)  # (row, prompt) -> (row,)

@@ -19,7 +19,7 @@ import random
 import pandas as pd
 import torch
 
-from opposites.core import batches, end_state, ln_final
+from opposites.core import batches, end_states, ln_final
 from opposites.derived import head_label
 from opposites.nodes import Node
 from opposites.prompts import fill, load_spec
@@ -38,8 +38,7 @@ def _relative(model, token: torch.Tensor, unrelated: torch.Tensor) -> torch.Tens
 def head_logits(model, rows: list[dict], batch_size: int, seed: int) -> pd.DataFrame:
     unrelated = unrelated_ids(model, rows[0]["task"])
     parts: dict[str, list[torch.Tensor]] = {"answer": [], "wrong": []}
-    for batch in batches(model, rows, batch_size, desc="answer/wrong logits"):
-        s = end_state(model, batch)
+    for batch, s in end_states(model, rows, batch_size):
         comps = torch.cat([s.heads.flatten(0, 1), s.mlp])  # (head... then MLP layers, batch, d_model)
         normed = ln_final(model, comps, s.scale)
         for target, token in (("answer", batch.answer), ("wrong", batch.wrong)):

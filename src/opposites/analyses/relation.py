@@ -13,7 +13,10 @@ token-identity baseline the later layers are read against."""
 
 from __future__ import annotations
 
+from itertools import groupby
+
 import torch
+from tqdm import tqdm
 
 from opposites.prompts import load_spec, make_prompts
 from opposites.stats import mean_ci
@@ -58,19 +61,26 @@ def split(labels: torch.Tensor, seed: int) -> torch.Tensor:
     return train
 
 
-def _end_features(model, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+def _end_features(model, rows: list[dict], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(layer + 1, prompt, d_model) residual at END before each layer and after the last; (layer,
-    head, prompt, d_model) each head's output at END. One prompt at a time (the tasks' lengths differ)."""
+    head, prompt, d_model) each head's output at END. Prompts of equal token length share a forward
+    (the tasks' lengths differ), at most batch_size at a time; the result keeps the rows' order."""
     L = model.cfg.n_layers
     names = {f"blocks.{l}.hook_resid_pre" for l in range(L)} | {f"blocks.{L - 1}.hook_resid_post"} | \
             {f"blocks.{l}.attn.hook_z" for l in range(L)}
-    resid, heads = [], []
-    for r in rows:
-        _, cache = model.run_with_cache(model.to_tokens(r["clean"]), names_filter=lambda n: n in names)
-        resid.append(torch.stack([cache[f"blocks.{l}.hook_resid_pre"][0, -1] for l in range(L)]
-                                 + [cache[f"blocks.{L - 1}.hook_resid_post"][0, -1]]))
-        heads.append(torch.stack([torch.einsum("hd,hdm->hm", cache[f"blocks.{l}.attn.hook_z"][0, -1], model.W_O[l])
-                                  for l in range(L)]))
+    tokens = [model.to_tokens(r["clean"])[0] for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: (len(tokens[i]), i))
+    chunks = [list(g) for _, g in groupby(order, key=lambda i: len(tokens[i]))]
+    chunks = [c[j:j + batch_size] for c in chunks for j in range(0, len(c), batch_size)]
+    resid, heads = [None] * len(rows), [None] * len(rows)
+    for chunk in tqdm(chunks, desc="relation features", unit="batch", leave=False):
+        _, cache = model.run_with_cache(torch.stack([tokens[i] for i in chunk]), names_filter=lambda n: n in names)
+        r = torch.stack([cache[f"blocks.{l}.hook_resid_pre"][:, -1] for l in range(L)]
+                        + [cache[f"blocks.{L - 1}.hook_resid_post"][:, -1]], 1)  # (chunk, layer + 1, d_model)
+        h = torch.stack([torch.einsum("bhd,hdm->bhm", cache[f"blocks.{l}.attn.hook_z"][:, -1], model.W_O[l])
+                         for l in range(L)], 1)  # (chunk, layer, head, d_model)
+        for k, i in enumerate(chunk):
+            resid[i], heads[i] = r[k], h[k]
     return torch.stack(resid, 1).double().cpu(), torch.stack(heads, 2).double().cpu()
 
 
@@ -80,7 +90,7 @@ def run(model, rows: list[dict], batch_size: int, seed: int) -> dict:
     train = split(labels, seed)
     shuffled = labels[train][torch.randperm(int(train.sum()), generator=torch.Generator(device="cpu").manual_seed(seed + 1),
                                             device="cpu")]
-    resid, heads = _end_features(model, prompts)
+    resid, heads = _end_features(model, prompts, batch_size)
     k = len(classes)
 
     def accuracy(x: torch.Tensor, y_train: torch.Tensor) -> dict:
