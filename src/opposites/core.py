@@ -112,7 +112,7 @@ _END_STATES = "_opposites_end_states"  # model attribute: the last prompts' batc
 def end_states(model, rows: list[dict], batch_size: int) -> list[tuple[Batch, EndState]]:
     """Every batch of the prompts with its EndState, one forward per batch per job (job_memo): the
     lens stage's analyses (logit lens, head DLA, answer/wrong logits) read the same run."""
-    key = (tuple((r["clean"], r["answer"], r["wrong"]) for r in rows), batch_size)
+    key = (tuple((r["id"], r["clean"], r["answer"], r["wrong"]) for r in rows), batch_size)
     return job_memo(model, _END_STATES, key,
                     lambda: [(b, end_state(model, b)) for b in batches(model, rows, batch_size, desc="end states")])
 
