@@ -1,5 +1,4 @@
 # Validate the config, check the model is reachable, and derive every target from the outline.
-import os
 import sys
 from pathlib import Path
 

@@ -13,11 +13,9 @@ token-identity baseline the later layers are read against."""
 
 from __future__ import annotations
 
-from itertools import groupby
-
 import torch
-from tqdm import tqdm
 
+from opposites.core import batches
 from opposites.prompts import load_spec, make_prompts
 from opposites.stats import mean_ci
 
@@ -68,19 +66,16 @@ def _end_features(model, rows: list[dict], batch_size: int) -> tuple[torch.Tenso
     L = model.cfg.n_layers
     names = {f"blocks.{l}.hook_resid_pre" for l in range(L)} | {f"blocks.{L - 1}.hook_resid_post"} | \
             {f"blocks.{l}.attn.hook_z" for l in range(L)}
-    tokens = [model.to_tokens(r["clean"])[0] for r in rows]
-    order = sorted(range(len(rows)), key=lambda i: (len(tokens[i]), i))
-    chunks = [list(g) for _, g in groupby(order, key=lambda i: len(tokens[i]))]
-    chunks = [c[j:j + batch_size] for c in chunks for j in range(0, len(c), batch_size)]
+    index = {id(r): i for i, r in enumerate(rows)}  # batches() groups the rows by length
     resid, heads = [None] * len(rows), [None] * len(rows)
-    for chunk in tqdm(chunks, desc="relation features", unit="batch", leave=False):
-        _, cache = model.run_with_cache(torch.stack([tokens[i] for i in chunk]), names_filter=lambda n: n in names)
+    for batch in batches(model, rows, batch_size, desc="relation features"):
+        _, cache = model.run_with_cache(batch.clean, names_filter=lambda n: n in names)
         r = torch.stack([cache[f"blocks.{l}.hook_resid_pre"][:, -1] for l in range(L)]
-                        + [cache[f"blocks.{L - 1}.hook_resid_post"][:, -1]], 1)  # (chunk, layer + 1, d_model)
+                        + [cache[f"blocks.{L - 1}.hook_resid_post"][:, -1]], 1)  # (batch, layer + 1, d_model)
         h = torch.stack([torch.einsum("bhd,hdm->bhm", cache[f"blocks.{l}.attn.hook_z"][:, -1], model.W_O[l])
-                         for l in range(L)], 1)  # (chunk, layer, head, d_model)
-        for k, i in enumerate(chunk):
-            resid[i], heads[i] = r[k], h[k]
+                         for l in range(L)], 1)  # (batch, layer, head, d_model)
+        for k, row in enumerate(batch.rows):
+            resid[index[id(row)]], heads[index[id(row)]] = r[k], h[k]
     return torch.stack(resid, 1).double().cpu(), torch.stack(heads, 2).double().cpu()
 
 
