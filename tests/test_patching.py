@@ -240,6 +240,24 @@ def test_flop_counter_matches_the_analytic_minimum(toy64, rows):
     assert w.flops[0] == pytest.approx(minimum, rel=1e-9)
 
 
+def test_role_patching_runs_only_from_each_roles_first_position(toy64, rows):
+    """Attention is causal: a patch at END changes nothing before it, so patching END alone runs one
+    position (the minimum), and a batch of roles costs the sum of each role's own suffix."""
+    from opposites.patching import engine
+
+    batch = one_batch(toy64, rows["ioi"])
+    w = Weights.from_bridge(toy64)
+    pair = exact.prepare(toy64, w, batch, "denoising")
+    P, L = batch.clean.shape[1], w.n_layers
+    roles = ["S2", "END"]
+    starts = [batch.rows[0]["positions"][role] for role in roles]  # one layout: the same for every prompt
+    assert starts[0] < P - 1 and starts[0] >= pair.prefix
+    w.flops[0] = 0.0
+    exact.resid_pre_by_role(pair, exact.role_masks(pair, roles))
+    minimum = pair.n * sum(engine.suffix_flops(w, l, "pre", P - start, P) for l in range(L) for start in starts)
+    assert w.flops[0] == pytest.approx(minimum, rel=1e-9)
+
+
 def test_followup_selection_follows_lens_steps_and_dla():
     import pandas as pd
 

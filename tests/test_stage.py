@@ -86,3 +86,15 @@ def test_a_patching_stage_prepares_each_prompts_runs_once(toy, rows, monkeypatch
         alone = analyses.run(name, toy, r, 4, settings, {})
         object.__setattr__(toy, patching._SHARED, None)
         assert alone.equals(done[name])
+
+
+def test_a_stage_runs_before_the_stages_that_wait_on_it():
+    """Scheduling priorities: the prompts outrank every stage, and a stage outranks every stage that
+    reads its results (so chains of jobs start early and short jobs fill the end)."""
+    P = analyses.PRIORITY
+    assert set(P) == {"prompts", *analyses.STAGES}
+    assert all(P["prompts"] > P[stage] for stage in analyses.STAGES)
+    waits = {(analyses.ANALYSES[dep].stage, a.stage) for a in analyses.ANALYSES.values() for dep in a.requires
+             if analyses.ANALYSES[dep].stage != a.stage}
+    assert waits  # lens -> patching -> heads at least
+    assert all(P[before] > P[after] for before, after in waits), waits

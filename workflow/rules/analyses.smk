@@ -23,7 +23,7 @@ for _stage in STAGES:
                 task=_task,
                 model_dir=MODEL_DIR if OFFLINE else None,
                 settings=settings_of(_names, config),
-            priority: STAGE_PRIORITY.get(_stage, 0)
+            priority: PRIORITY.get(_stage, 0)
             resources:
                 gpu=GPUS,  # a scheduler (Slurm) places analysis jobs on GPU nodes; locally unconstrained
                 mem_mb=ANALYSIS_MEM_MB,

@@ -5,7 +5,7 @@ from pathlib import Path
 from opposites import archive
 from opposites import config as cfg
 from opposites import models, paths
-from opposites.analyses import ANALYSES, SOURCES, STAGES, applies, result_path, settings_of, stage_analyses
+from opposites.analyses import ANALYSES, PRIORITY, SOURCES, STAGES, applies, result_path, settings_of, stage_analyses
 from opposites.outline import load as load_outline
 from opposites.prompts import check_task, make_prompts, task_file
 import opposites.training as training
@@ -39,10 +39,9 @@ ENV = "../../environment.yml"  # conda directive paths are relative to the rule 
 GPUS = 0 if config["device"] == "cpu" else 1  # analysis jobs use one GPU where one is present
 # Every analysis job runs on one thread, side by side with the others (--cores N runs N at once):
 # two one-thread jobs get through more work on 2 cores than one two-thread job at a time (a circuits
-# job on 2 threads runs only 1.48x faster than on 1; benchmarks/paper.py). The circuits jobs are the
-# longest and need nothing but the prompts: they start first, so that no long job is left running
-# alone at the end. Under Slurm every job asks for the cores its measured run kept busy (the profile).
-STAGE_PRIORITY = {"circuits": 1}
+# job on 2 threads runs only 1.48x faster than on 1; benchmarks/paper.py). Jobs that unlock others
+# start first (PRIORITY, src/opposites/analyses). Under Slurm every job asks for the cores its
+# measured run kept busy (the profile).
 ANALYSIS_MEM_MB = 6000  # an analysis job on GPT-2 small peaks at 3.7 GB (benchmarks/paper.py, 64 prompts)
 
 

@@ -9,6 +9,7 @@ rule prompts:
         min_prompts=config["min_prompts"],
         seed=config["seed"],
         tokenizer_source=MODEL_DIR if OFFLINE else MODEL,
+    priority: PRIORITY["prompts"]
     conda:
         ENV
     log:

@@ -87,6 +87,15 @@ for _name, _a in ANALYSES.items():
     STAGES.setdefault(_a.stage, []).append(_name)
 
 
+# Scheduling: of the jobs ready to run, those that unlock the most work after them go first. The
+# prompts (everything waits on them), the lens (patching waits on it), patching (the heads job waits
+# on it), then circuits (no analysis waits on them, and they are the longest), then heads; figures and
+# tables (0) last. So long jobs start early and short ones fill the end: the GPT-2-size build on 2
+# cores keeps 1.96 jobs running on average (circuits first, as before: 1.77-1.82, with a patching job
+# and then its heads job running alone at the end).
+PRIORITY = {"prompts": 5, "lens": 4, "patching": 3, "circuits": 2, "heads": 1}
+
+
 def stage_analyses(stage: str, task: str) -> list[str]:
     return [a for a in STAGES[stage] if ANALYSES[a].applies(task)]
 

@@ -67,19 +67,22 @@ def prepare(model, weights: Weights, batch: Batch, patch_direction: str) -> Pair
 # ---- the generic sweep ---------------------------------------------------------------------------
 
 def sweep(pair: Pair, layer: int, stage: str, n_variants: int,
-          delta: Callable[[slice], Tensor], max_seqs: int = 2048) -> Tensor:
+          delta: Callable[[slice], Tensor], max_seqs: int = 2048, first: int | None = None) -> Tensor:
     """(variant, batch): the logit difference of each prompt for each variant of the residual stream
     at (layer, stage), stage 'pre' (before the layer; layer == n_layers: the final residual) or 'mid'
     (after its attention). delta(variant slice) -> (variants, batch, pos, d_model) change of the
-    base residual there; only positions from pair.prefix on are run."""
+    base residual there; only positions from `first` (default pair.prefix) on are run: attention is
+    causal, so positions before every variant's first change keep the base run's values (and keys
+    and values, which the suffix reads from the cache)."""
+    first = pair.prefix if first is None else first
     key = f"resid_{stage}.{layer}" if layer < pair.weights.n_layers else "resid_final"
-    x0 = pair.base[key][:, pair.prefix:]  # (batch, suffix, d_model)
+    x0 = pair.base[key][:, first:]  # (batch, suffix, d_model)
     out = []
     step = max(1, max_seqs // pair.n)
     for start in range(0, n_variants, step):
         variants = slice(start, min(start + step, n_variants))
-        x = x0 + delta(variants)[..., pair.prefix:, :]  # (variant, batch, suffix, d_model)
-        out.append(engine.run_from(pair.weights, layer, stage, x, pair.base, pair.prefix, pair.dir, pair.bias))
+        x = x0 + delta(variants)[..., first:, :]  # (variant, batch, suffix, d_model)
+        out.append(engine.run_from(pair.weights, layer, stage, x, pair.base, first, pair.dir, pair.bias))
     return torch.cat(out)
 
 
@@ -119,11 +122,15 @@ def head_writes(pair: Pair, layer: int, z_new: Tensor) -> Tensor:
 def by_mask(pair: Pair, layer: int, stage: str, change: Tensor, masks: Tensor) -> Tensor:
     """(mask, batch): patch `change` where each mask is 1. A mask that touches only the shared
     prefix (where both runs are identical) changes nothing: its rows are the base run's."""
-    live = masks[:, :, pair.prefix:].flatten(1).any(1).nonzero()[:, 0]  # (live mask,)
+    touched = masks[:, :, pair.prefix:].ne(0).any(1)  # (mask, suffix): positions any prompt patches
+    live = touched.any(1)
     out = pair.base_ld.expand(masks.shape[0], pair.n).clone()
-    if len(live):
-        live_masks = masks[live]
-        out[live] = sweep(pair, layer, stage, len(live), lambda variants: at_masks(change, live_masks, variants))
+    firsts = pair.prefix + touched.int().argmax(1)  # (mask,) the first position each mask changes
+    for first in firsts[live].unique().tolist():  # masks that start later run fewer positions
+        group = (live & (firsts == first)).nonzero()[:, 0]
+        group_masks = masks[group]
+        out[group] = sweep(pair, layer, stage, len(group), lambda variants: at_masks(change, group_masks, variants),
+                           first=first)
     return out
 
 
