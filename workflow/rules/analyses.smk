@@ -23,7 +23,7 @@ for _stage in STAGES:
                 task=_task,
                 model_dir=MODEL_DIR if OFFLINE else None,
                 settings=settings_of(_names, config),
-            priority: PRIORITY.get(_stage, 0)
+            priority: PRIORITY[_stage]  # every stage has one (tests/test_stage.py)
             resources:
                 gpu=GPUS,  # a scheduler (Slurm) places analysis jobs on GPU nodes; locally unconstrained
                 mem_mb=ANALYSIS_MEM_MB,
