@@ -1,5 +1,5 @@
-"""Attention, copy/opposite scores, similarity and neurons: planted circuits with known answers,
-invariants, and ranges."""
+"""Attention, copy/opposite scores, similarity, neurons and the mechanism's ablations: planted
+circuits with known answers, TransformerLens references, invariants, and ranges."""
 
 import pytest
 import torch
@@ -377,3 +377,29 @@ def test_subject_space_finds_a_head_planted_inside_it(toy, rows, monkeypatch):
     assert (res["most_aligned"]["layer"], res["most_aligned"]["head"]) == (1, 0)
     assert by[(1, 0)]["random_mean"] == pytest.approx(SUBSPACE_DIM / W_K.shape[2], rel=0.2)
     assert [x["space"] for x in res["similarity"]] == ["embed"] + ["resid"] * toy.cfg.n_layers
+
+
+def test_mean_ablation_matches_transformerlens_hooks(toy, rows):
+    """The movers' and mappers' ablation test (mechanism.ablated_logit_diff, on the patching engine,
+    from the clean run at the first ablated layer) against TransformerLens's own forward with hooks
+    that mean-ablate the same heads' z and MLP outputs, on the toy model (non-default LayerNorms
+    and biases, several prompt lengths)."""
+    from opposites.analyses import mechanism
+    from opposites.core import batches, logit_diff
+
+    r = rows["size"]
+    L = toy.cfg.n_layers
+    clean = mechanism.ablated_logit_diff(toy, r, 8, [])
+    for heads_, mlps in [([], []), ([(0, 1)], []), ([(1, 0), (1, 2), (L - 1, 3)], [L - 1]), ([(2, 1)], [0, 2])]:
+        def mean_z(z, hook, layer):
+            for l, h in heads_:
+                if l == layer:
+                    z[:, :, h] = z[:, :, h].mean(0, keepdim=True)
+            return z
+
+        hooks = [(f"blocks.{l}.attn.hook_z", lambda z, hook, l=l: mean_z(z, hook, l)) for l in {l for l, _ in heads_}]
+        hooks += [(f"blocks.{l}.hook_mlp_out", lambda out, hook: out.mean(0, keepdim=True).expand_as(out)) for l in mlps]
+        ref = torch.cat([logit_diff(toy.run_with_hooks(b.clean, fwd_hooks=hooks), b) for b in batches(toy, r, 8)])
+        ours = mechanism.ablated_logit_diff(toy, r, 8, heads_, mlps)
+        torch.testing.assert_close(ours, ref.double(), atol=1e-5, rtol=0, msg=lambda m: f"{heads_}, {mlps}: {m}")
+        assert not heads_ or (ours - clean).abs().max() > 1e-4  # each ablation changes more than the tolerance

@@ -15,9 +15,11 @@ import random
 
 import torch
 
-from opposites.core import batches, logit_diff
+from opposites.core import batches, direction, job_memo
 from opposites.derived import classify_components, head_label, top_patched_heads
 from opposites.nodes import Node
+from opposites.patching import engine
+from opposites.patching.engine import Weights
 from opposites.prompts import load_spec
 from opposites.stats import mean_ci
 
@@ -28,23 +30,26 @@ N_CONTROL_DRAWS = 5  # random head sets of the same size
 
 
 def ablated_logit_diff(model, rows, batch_size, heads: list[tuple[int, int]], mlps: list[int] = ()) -> torch.Tensor:
-    """(prompt,) logit difference with the given heads' z and MLP layers' outputs mean-ablated."""
-    def mean_heads(z, hook, layer):
-        for l, h in heads:
-            if l == layer:
-                z[:, :, h] = z[:, :, h].mean(0, keepdim=True)
-        return z
-
-    def mean_mlp(out, hook):
-        return out.mean(0, keepdim=True).expand_as(out)
-
-    hooks = [(f"blocks.{l}.attn.hook_z", lambda z, hook, l=l: mean_heads(z, hook, l)) for l in {l for l, _ in heads}]
-    hooks += [(f"blocks.{l}.hook_mlp_out", mean_mlp) for l in mlps]
+    """(prompt,) logit difference with the given heads' z and MLP layers' outputs mean-ablated (over
+    each batch's prompts; the patching engine, from the clean runs, which the job computes once)."""
     out = []
-    for batch in batches(model, rows, batch_size, desc="ablation"):
-        logits = model.run_with_hooks(batch.clean, fwd_hooks=hooks)
-        out.append(logit_diff(logits, batch).double().cpu())
+    for _, weights, run, d, bias in _clean_runs(model, rows, batch_size):
+        out.append(engine.mean_ablated(weights, run, heads, list(mlps), d, bias).double().cpu())
     return torch.cat(out)
+
+
+_SHARED = "_opposites_clean_runs"  # model attribute: the prompts' clean runs, shared by movers and mapping
+
+
+def _clean_runs(model, rows, batch_size) -> list[tuple]:
+    """Per batch of equal-length prompts: (batch, engine weights, full_forward of the clean prompts,
+    answer-minus-wrong direction, bias), computed once per job."""
+    def make():
+        weights = Weights.from_bridge(model)
+        return [(b, weights, engine.full_forward(weights, b.clean), *direction(model, b))
+                for b in batches(model, rows, batch_size, desc="clean runs")]
+
+    return job_memo(model, _SHARED, (tuple(r["clean"] for r in rows), batch_size), make)
 
 
 def _summary(ld: torch.Tensor, seed: int) -> dict:
