@@ -1,6 +1,7 @@
 """Wiring shared by the scripts: logging to snakemake.log and reading the config."""
 
 import logging
+import os
 import sys
 
 
@@ -15,6 +16,24 @@ def setup_threads(snakemake) -> None:
     torch.set_num_threads(max(1, min(snakemake.threads, len(os.sched_getaffinity(0)))))
 
 
+def setup_memory() -> None:
+    """Keep freed memory in the process for the next tensors instead of handing it back to the
+    system: by default glibc unmaps large freed blocks and trims the heap after frees, so every large
+    temporary of a patching or circuit forward faulted its pages in afresh (0.6 million page faults,
+    7-14% of an exact-patching sweep's time, measured). Blocks up to 32 MB (glibc's most) then come
+    from the heap, which is trimmed only past 2 GB free; peak memory stays the same (measured). No
+    effect where the C library is not glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+    libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+
+
 def setup_logging(snakemake) -> logging.Logger:
     """Log to stderr and the rule's log file; and end this job if Snakemake itself is killed
     (opposites.lifeline), so that no job runs on orphaned."""
@@ -27,3 +46,14 @@ def setup_logging(snakemake) -> logging.Logger:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         handlers=handlers, force=True)
     return logging.getLogger(snakemake.rule)
+
+
+def finish() -> None:
+    """End a job whose outputs are all written: flush the logs and exit without Python's teardown
+    of its modules, which does nothing a finished job needs and takes 1.3 s once torch,
+    transformers and TransformerLens are loaded (16 analysis jobs in the GPT-2-size build). Called
+    as a script's last line only: a job that fails raises before it, with Python's usual exit."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

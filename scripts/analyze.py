@@ -1,7 +1,7 @@
 """Run the analyses of one stage for one model and task (one model load); write each result and
 its provenance file."""
 
-from _common import setup_logging, setup_threads
+from _common import finish, setup_logging, setup_memory, setup_threads
 
 from opposites import analyses, models
 from opposites.io import write_csv, write_json
@@ -11,6 +11,7 @@ from opposites.provenance import meta
 sm = snakemake  # noqa: F821
 log = setup_logging(sm)
 setup_threads(sm)
+setup_memory()
 model = models.load(sm.config["model"], sm.params.model_dir, sm.config["device"])
 rows = read_jsonl(sm.input.prompts)
 
@@ -24,3 +25,4 @@ def write(name, result, seconds):
 
 analyses.run_stage(sm.params.analyses, model, rows, sm.config["batch_size"], sm.params.settings,
                    load=lambda dep: analyses.load_result(sm.input[dep]), write=write, seed=sm.config["seed"])
+finish()

@@ -1,6 +1,6 @@
 """Generate results/<model>/<task>/prompts.jsonl from the task's templates and word lists."""
 
-from _common import setup_logging
+from _common import finish, setup_logging
 from transformers import AutoTokenizer
 
 from opposites.prompts import make_prompts, write_jsonl
@@ -12,3 +12,4 @@ rows, dropped = make_prompts(sm.wildcards.task, tokenizer, sm.params.n_prompts, 
 log.info("task %s: %d prompts kept, %d candidates dropped (%s)", sm.wildcards.task, len(rows),
          sum(dropped.values()), ", ".join(f"{k}: {v}" for k, v in dropped.items()) or "none")
 write_jsonl(rows, sm.output[0])
+finish()

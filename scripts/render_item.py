@@ -1,6 +1,6 @@
 """Render one outline item (a figure PDF or a LaTeX table) from its result files."""
 
-from _common import setup_logging
+from _common import finish, setup_logging
 
 from opposites.analyses import load_all
 from opposites.figures import render
@@ -17,3 +17,4 @@ if item.kind == "figure":
 else:
     atomic_write_text(sm.output[0], TABLES[item.id](data, list(item.tasks)))
 log.info("wrote %s %s", item.kind, sm.output[0])
+finish()

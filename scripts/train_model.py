@@ -2,7 +2,7 @@
 pipeline's own evaluation prompts (the same rows the prompts rule writes, drawn with the config's
 seed and never in the training corpus) and write it only if it learned every task."""
 
-from _common import setup_logging
+from _common import finish, setup_logging
 
 from opposites import training
 from opposites.models import gpt2_tokenizer
@@ -16,3 +16,4 @@ eval_rows = {t: make_prompts(t, tokenizer, p.n_prompts, p.seed, p.min_prompts)[0
 record = training.train(p.tasks, sm.output[0], p.seed, eval_rows, **p.train)
 log.info("trained %d parameters in %.1f s; %s", record["n_parameters"], record["train_seconds"],
          "; ".join(f"{t}: top-1 {m['top1']:.3f}, logit diff {m['logit_diff']:.2f}" for t, m in record["metrics"].items()))
+finish()

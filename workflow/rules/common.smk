@@ -1,4 +1,5 @@
 # Validate the config, check the model is reachable, and derive every target from the outline.
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -8,7 +9,6 @@ from opposites import models, paths
 from opposites.analyses import ANALYSES, PRIORITY, SOURCES, STAGES, applies, result_path, settings_of, stage_analyses
 from opposites.outline import load as load_outline
 from opposites.prompts import check_task, make_prompts, task_file
-import opposites.training as training
 
 cfg.validate(config)
 R = f"results/{cfg.model_slug(config['model'])}"
@@ -18,7 +18,8 @@ if ARCHIVED:
     archive.settle(R)
 else:
     models.check_available(config["model"])
-models.pick_device(config["device"])  # device=cuda without CUDA: one sentence now, not a traceback per job
+if config["device"].startswith("cuda"):  # (auto and cpu need no check, nor torch at parse)
+    models.pick_device(config["device"])  # device=cuda without CUDA: one sentence now, not a traceback per job
 _tokenizer = models.gpt2_tokenizer()  # GPT-2's (every model here uses it)
 for _task in config["tasks"]:
     check_task(_task, _tokenizer)  # a multi-token word or unknown placeholder: one sentence at start-up
