@@ -23,6 +23,7 @@ from pathlib import Path
 
 from opposites import cluster
 from opposites import config as cfg
+from opposites.io import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ("Snakefile", "config.yaml", "environment.yml", "workflow", "scripts", "paper", "profiles")
@@ -54,10 +55,16 @@ def report(results: Path, wall: float, cores: int) -> None:
     print("\njob time by stage (analysis stages summed over tasks):")
     for name, s in sorted(stage.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<14} {s:8.1f} s")
-    print("\nanalysis jobs (stage, task): time, peak memory, cores kept busy:")
+    print("\nanalysis jobs (stage, task): time, peak memory, cores kept busy (CPU time / time; Snakemake samples CPU "
+          "time every 0.5 s for 15 s, then every 30 s, so a job can end up to 30 s after its last sample: a lower bound):")
     for j in sorted((j for j in jobs if "stage" in j.fields), key=lambda j: -j.s):
         flag = "  OVER 4 GB" if j.max_rss_mb > LIMIT_MB else ""
         print(f"  {j.rule:<20} {j.s:8.1f} s {j.max_rss_mb:8.0f} MB {j.cpu_time / max(j.s, 1e-9):5.2f}{flag}")
+    analysis = sum(read_json(m)["seconds"] for m in results.glob("*/*.meta.json"))  # the analyses' own time
+    in_jobs = sum(j.s for j in jobs if "stage" in j.fields)
+    print(f"\nthe analyses themselves (their provenance files): {analysis:.0f} s, {analysis / cores / 60:.1f} min on "
+          f"{cores} cores if nothing else ran; the rest of the analysis jobs' time (start-up: imports, model boot, "
+          f"writing): {in_jobs - analysis:.0f} s; every other job: {total - in_jobs:.0f} s")
     worst = max(jobs, key=lambda j: j.max_rss_mb)
     print(f"\nlargest peak: {worst.rule} {worst.max_rss_mb:.0f} MB (target < {LIMIT_MB} MB)")
 
