@@ -19,8 +19,9 @@ def setup_threads(snakemake) -> None:
 def setup_memory() -> None:
     """Keep freed memory in the process for the next tensors instead of handing it back to the
     system: by default glibc unmaps large freed blocks and trims the heap after frees, so every large
-    temporary of a patching or circuit forward faulted its pages in afresh (0.6 million page faults,
-    7-14% of an exact-patching sweep's time, measured). Blocks up to 32 MB (glibc's most) then come
+    temporary of a patching or circuit forward faulted its pages in afresh (up to 0.6 million page
+    faults in three patching sweeps; a tenth of an exact circuit evaluation's time went to the
+    system, measured). Blocks up to 32 MB (glibc's most) then come
     from the heap, which is trimmed only past 2 GB free; peak memory stays the same (measured). No
     effect where the C library is not glibc."""
     import ctypes

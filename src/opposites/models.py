@@ -126,8 +126,6 @@ def check_available(model: str) -> None:
 
 
 def pick_device(device: str) -> str:
-    if device == "cpu":
-        return device
     import torch
 
     if device == "auto":

@@ -32,22 +32,26 @@ N_CONTROL_DRAWS = 5  # random head sets of the same size
 def ablated_logit_diff(model, rows, batch_size, heads: list[tuple[int, int]], mlps: list[int] = ()) -> torch.Tensor:
     """(prompt,) logit difference with the given heads' z and MLP layers' outputs mean-ablated (over
     each batch's prompts; the patching engine, from the clean runs, which the job computes once)."""
-    out = []
-    for _, weights, run, d, bias in _clean_runs(model, rows, batch_size):
-        out.append(engine.mean_ablated(weights, run, heads, list(mlps), d, bias).double().cpu())
-    return torch.cat(out)
+    weights, runs = _clean_runs(model, rows, batch_size)
+    return torch.cat([engine.mean_ablated(weights, run, heads, list(mlps), d, bias).double().cpu()
+                      for run, d, bias in runs])
 
 
 _SHARED = "_opposites_clean_runs"  # model attribute: the prompts' clean runs, shared by movers and mapping
 
 
-def _clean_runs(model, rows, batch_size) -> list[tuple]:
-    """Per batch of equal-length prompts: (batch, engine weights, full_forward of the clean prompts,
-    answer-minus-wrong direction, bias), computed once per job."""
+def _clean_runs(model, rows, batch_size) -> tuple[Weights, list[tuple]]:
+    """The engine's weights and, per batch of equal-length prompts, the clean run's residual stream
+    before each layer and at the end (what mean_ablated reads of full_forward), the answer-minus-wrong
+    direction and bias; computed once per job."""
     def make():
         weights = Weights.from_bridge(model)
-        return [(b, weights, engine.full_forward(weights, b.clean), *direction(model, b))
-                for b in batches(model, rows, batch_size, desc="clean runs")]
+        runs = []
+        for b in batches(model, rows, batch_size, desc="clean runs"):
+            run = engine.full_forward(weights, b.clean)
+            run = {k: v for k, v in run.items() if k.startswith(("resid_pre.", "resid_final"))}
+            runs.append((run, *direction(model, b)))
+        return weights, runs
 
     return job_memo(model, _SHARED, (tuple(r["clean"] for r in rows), batch_size), make)
 
