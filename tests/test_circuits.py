@@ -92,6 +92,51 @@ def test_a_traced_forward_resumed_at_the_first_changed_layer_is_the_whole_forwar
             assert (resumed - circuits.exact_lds(runs, base[None], prompts)[0]).nan_to_num().abs().max() > 1e-6
 
 
+def test_a_resumed_forward_recomputes_only_the_components_its_change_reaches(toy64, rows, monkeypatch):
+    """Resuming from a sparse circuit's trace, removing one kept edge recomputes just the heads and
+    MLPs whose input that changes (the edge's reader, then every active component keeping an edge
+    from one whose output changed), and still gives the whole forward's logit differences."""
+    from opposites.patching import edges as edges_module
+
+    runs = circuits.prepare(toy64, rows["size"], 8)
+    g, H = runs.graph, runs.weights.n_heads
+    gen = torch.Generator().manual_seed(1)
+    base = (torch.rand(*g.allowed.shape, generator=gen) < 0.15) & g.allowed
+    _, traces = circuits.traced_lds(runs, base)
+    layer_of = g.reader_layer(torch.arange(len(g.readers)))
+    component = lambda r: ("mlp" if r % (3 * H + 1) == 3 * H else r % (3 * H + 1) % H, int(layer_of[r]))  # noqa: E731
+    writer = {("embed", -1): 0} | {(h, l): g.writers_before(l) + h for l in range(g.n_layers) for h in range(H)} | \
+             {("mlp", l): g.writers_before(l, mlp=True) for l in range(g.n_layers)}
+    clean_base, effects, layers_reached = circuits.exact_lds(runs, base[None])[0], [], []
+    for w, r in [(int(w), int(r)) for w, r in base.nonzero() if layer_of[r] == 0][:6]:
+        trial = base.clone()
+        trial[w, r] = False
+        readers_of = lambda c: [r for r in range(len(g.readers) - 1) if component(r) == c]  # noqa: E731
+        moved, expected = set(), set()
+        for c in sorted(writer, key=writer.get)[1:]:  # computation order: what the change reaches
+            if any(base[:, r].ne(trial[:, r]).any() or trial[[writer[m] for m in moved], r].any() for r in readers_of(c)):
+                active = lambda keep: any(keep[:, r].any() for r in readers_of(c))  # noqa: E731
+                if active(base) or active(trial):
+                    moved.add(c)
+                if active(trial):
+                    expected.add(c)
+        ran = set()
+        real_heads, real_mlp = edges_module._head_outputs, edges_module.engine.mlp
+        monkeypatch.setattr(edges_module, "_head_outputs", lambda weights, l, inp, A, *a: (
+            ran.update((h, l) for h in A.tolist()), real_heads(weights, l, inp, A, *a))[1])
+        monkeypatch.setattr(edges_module.engine, "mlp", lambda weights, l, x: (ran.add(("mlp", l)), real_mlp(weights, l, x))[1])
+        resumed, _ = circuits.traced_lds(runs, trial, None, traces)
+        monkeypatch.undo()
+        assert ran == expected
+        active_later = {c for c in writer if c[1] >= 0 and any(trial[:, r].any() for r in readers_of(c))}
+        assert ran < active_later  # fewer than the components a forward from the changed layer would run
+        whole = circuits.exact_lds(runs, trial[None])[0]
+        torch.testing.assert_close(resumed, whole, atol=1e-10, rtol=0)
+        effects.append((resumed - clean_base).abs().max().item())
+        layers_reached.append(len({l for _, l in expected}))
+    assert max(effects) > 1e-6 and max(layers_reached) >= 3  # removals that change the result, through several layers
+
+
 def test_refinement_from_traces_is_plain_greedy_refinement(toy64, rows):
     """Greedy refinement (trials started from the kept circuit's traces) keeps the same edges and
     recovery as trying each removal with a whole exact evaluation: on a bootstrap resample's drawn

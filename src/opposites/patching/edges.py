@@ -79,48 +79,74 @@ class Graph:
 
 
 class _Cuts:
-    """What cutting edges takes from each reader's input, kept as the forward runs: every writer's
-    (current - corrupted) output per variant, and their running sum. A reader loses the sum over its
-    cut edges; per variant that sum runs over whichever is fewer, the cut edges or the kept ones
-    (all writers so far minus the kept ones), sparse or dense by density (`_sparse_sum`)."""
+    """What cutting edges takes from each reader's input, kept as the forward runs: the change
+    (current - corrupted output) of each writer, per variant, and their running sum. A writer none
+    of whose input edges is kept writes exactly its corrupted output: its change is 0, so it is
+    counted but not stored (`rows` lists the stored writers) and adds nothing. A reader loses the sum
+    over its cut edges; per variant that sum runs over whichever is fewer, the cut edges or the kept
+    ones (all writers so far minus the kept ones), sparse or dense by the density of all its edges
+    (`_sparse_sum`): the same sums as over every writer, without the zero terms."""
 
     def __init__(self, corrupt: Tensor, keep: Tensor):
         self.corrupt, self.keep = corrupt, keep  # (writer, batch, pos, d_model); (variant, writer, reader)
         V, n_writers, size = keep.shape[0], corrupt.shape[0], corrupt[0].numel()
-        self.diff = corrupt.new_empty(V, n_writers, size)  # (variant, writer, batch * pos * d_model)
+        self.diff = corrupt.new_empty(V, n_writers, size)  # (variant, stored writer, batch * pos * d_model)
+        self.rows: list[int] = []  # the writer of each stored row, ascending
         self.total = corrupt.new_zeros(V, size)
-        self.n = 0
+        self.n = 0  # writers recorded
 
-    def add(self, out: Tensor) -> None:
-        """Record the next writers' outputs, (writer, variant * batch, pos, d_model)."""
-        W = out.shape[0]
-        d = out.reshape(W, self.keep.shape[0], -1) - self.corrupt[self.n:self.n + W].reshape(W, 1, -1)
-        self.diff[:, self.n:self.n + W] = d.transpose(0, 1)
-        for w in range(W):  # one writer at a time: the running sum adds in writer order
-            self.total += d[w]
-        self.n += W
+    def add(self, count: int, live: list[int], out: Tensor | None) -> None:
+        """Record the next `count` writers: those at offsets `live` (ascending) with their outputs
+        `out` (live, variant * batch, pos, d_model); the others wrote their corrupted output."""
+        writers, m, V = [self.n + i for i in live], len(self.rows), self.keep.shape[0]
+        if writers:
+            corrupt = self.corrupt[writers].reshape(len(writers), 1, -1)
+            if V == 1:  # straight into the stored rows
+                torch.sub(out.reshape(len(writers), 1, -1), corrupt, out=self.diff[0, m:m + len(writers)].unsqueeze(1))
+            else:
+                self.diff[:, m:m + len(writers)] = (out.reshape(len(writers), V, -1) - corrupt).transpose(0, 1)
+        self._stored(writers, m)
+        self.n += count
+
+    def add_changes(self, count: int, changes: dict[int, Tensor]) -> None:
+        """Record the next `count` writers given their changes: offset -> (variant, size), the
+        others' changes 0."""
+        m = len(self.rows)
+        for i, offset in enumerate(sorted(changes)):
+            self.diff[:, m + i] = changes[offset]
+        self._stored([self.n + offset for offset in sorted(changes)], m)
+        self.n += count
+
+    def _stored(self, writers: list[int], m: int) -> None:
+        for i in range(len(writers)):  # one writer at a time: the running sum adds in writer order
+            self.total += self.diff[:, m + i]
+        self.rows += writers
 
     def lost(self, readers: Tensor, shape: torch.Size) -> Tensor | None:
         """(reader, variant * batch, pos, d_model) input lost per reader; None when nothing is cut."""
-        keep = self.keep[:, : self.n, readers.to(self.keep.device)].to(self.diff.device)  # (variant, writer, reader)
+        keep = self.keep[:, : self.n, readers.to(self.keep.device)]  # (variant, writer, reader)
         if keep.all():
             return None
-        parts = []
+        stored = torch.tensor(self.rows, dtype=torch.long, device=keep.device)
+        m, parts = len(self.rows), []
         for v, k in enumerate(keep):
-            kept = int(k.sum())
-            if kept * 2 <= k.numel():  # fewer kept than cut: everything minus the kept edges
-                parts.append(self.total[v] - _sparse_sum(k.T, self.diff[v, : self.n]))
-            else:
-                parts.append(_sparse_sum(~k.T, self.diff[v, : self.n]))
+            fewer_kept = int(k.sum()) * 2 <= k.numel()  # sum the kept edges and take them from the total
+            edges = k if fewer_kept else ~k  # (writer, reader)
+            dense = int(edges.sum()) > DENSE * edges.numel()
+            s = _sparse_sum(edges[stored].T.to(self.diff.device), self.diff[v, :m], dense)
+            parts.append(self.total[v] - s if fewer_kept else s)
         return torch.stack(parts, 1).view(keep.shape[2], *shape)
 
 
-def _sparse_sum(mask: Tensor, rows: Tensor) -> Tensor:
+DENSE = 0.04  # edge density above which a dense product sums the changes (measured on CPU)
+
+
+def _sparse_sum(mask: Tensor, rows: Tensor, dense: bool) -> Tensor:
     """(reader, size): for each reader, the sum of the rows (writer, size) its mask (reader, writer)
-    selects; a sparse product below a few percent density (measured on CPU), a dense one above."""
-    idx = mask.nonzero().T
-    if idx.shape[1] > 0.04 * mask.numel():
+    selects; a dense product, or a sparse one (cheaper below a few percent of edges)."""
+    if dense:
         return mask.to(rows.dtype) @ rows
+    idx = mask.nonzero().T
     m = torch.sparse_coo_tensor(idx, torch.ones(idx.shape[1], dtype=rows.dtype, device=rows.device), mask.shape,
                                 check_invariants=False, is_coalesced=True)
     return torch.sparse.mm(m, rows)
@@ -130,12 +156,16 @@ def _sparse_sum(mask: Tensor, rows: Tensor) -> Tensor:
 class Trace:
     """One circuit's exact forward (edge_forward with one `keep`, recorded), kept so that a circuit
     whose edges differ from it only in readers of layer L or later starts at layer L: before it both
-    forwards compute the same. Per layer start (and once more before the logits): the residual
-    stream and the running sum of every writer's change; and each writer's change (writer, size)."""
+    forwards compute the same, and from it only the components whose input differs are
+    recomputed. Per layer start (and once more before the logits): the residual stream and the
+    running sum of every writer's change; the residual stream after each layer's heads; and the
+    stored writers' changes (_Cuts)."""
     keep: Tensor  # (writer, reader)
     resid: list[Tensor]  # n_layers + 1 of (batch, pos, d_model)
+    mid: list[Tensor]  # n_layers of (batch, pos, d_model): after each layer's heads
     total: list[Tensor]  # n_layers + 1 of (1, size)
-    diff: Tensor  # (1, writer, size)
+    diff: Tensor  # (1, stored writer, size)
+    rows: list[int]  # the writer of each stored row
 
     def start_layer(self, graph: Graph, keep: Tensor) -> int:
         """The first layer whose readers' input edges differ between this trace's circuit and `keep`."""
@@ -183,8 +213,10 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
     interpolated inputs). With a `prefix`, positions before prefix.n are not computed: `pos` in x,
     `corrupt`, the writer outputs and the leaves counts from prefix.n. With one `keep`: `record`
     returns the forward's Trace in place of the writer outputs, and `resume` (another circuit's
-    Trace on the same tokens, corrupt and prefix) starts at the first layer where the two differ,
-    computing exactly what the whole forward would from there.
+    Trace on the same tokens, corrupt and prefix) starts at the first layer where the two differ
+    and recomputes only the heads and MLPs whose input differs (some input edge added or removed, or
+    kept from a writer whose output differs); the others' outputs are the trace's. It gives the
+    whole forward's numbers up to float rounding.
 
     With `keep`, a head or MLP none of whose input edges is kept reads exactly the corrupted run's
     residual, so its output is the corrupted one (`corrupt`) and is not recomputed: a small circuit
@@ -199,20 +231,23 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
         x, dir, bias = x.repeat(V, 1, 1), dir.repeat(V, 1), bias.repeat(V)
         cuts = _Cuts(corrupt, keep)
     assert not (record or resume) or (keep is not None and V == 1), "traces are of single circuits (one keep)"
-    trace = Trace(keep[0], [], [], cuts.diff) if record else None
+    trace = Trace(keep[0], [], [], [], cuts.diff, cuts.rows) if record else None
     outs, leaves = [], []
     resid = x
     H = weights.n_heads
 
-    def write(out: Tensor) -> None:  # (writer, batch, pos, d_model); with keep, the cuts hold what is needed
+    def write(out: Tensor, live: list[int], computed: Tensor | None) -> None:
+        """The next writers' outputs (writer, batch, pos, d_model): those at offsets `live` were
+        `computed`, the others are the corrupted run's; with keep, the cuts hold what is needed."""
         if cuts is None:
             outs.extend(out)
         else:
-            cuts.add(out)
+            cuts.add(len(out), live, computed)
 
-    def reader_inputs(readers: Tensor) -> Tensor:
-        inp = resid.expand(len(readers), *resid.shape)
-        lost = None if cuts is None else cuts.lost(readers, resid.shape)
+    def reader_inputs(readers: Tensor, stream: Tensor | None = None) -> Tensor:
+        stream = resid if stream is None else stream
+        inp = stream.expand(len(readers), *stream.shape)
+        lost = None if cuts is None else cuts.lost(readers, stream.shape)
         if lost is not None:
             inp = inp - lost
         if grad_leaves:
@@ -231,15 +266,19 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
     dev = x.device
     first_layer = 0
     if resume is None:
-        write(x[None])
+        write(x[None], [0], x[None])
     else:  # the state where layer first_layer begins is the traced circuit's
         first_layer = resume.start_layer(g, keep[0])
         cuts.n = g.writers_before(first_layer) if first_layer < weights.n_layers else len(g.writers)
-        cuts.diff[:, :cuts.n] = resume.diff[:, :cuts.n]
+        cuts.rows = [w for w in resume.rows if w < cuts.n]
+        cuts.diff[:, :len(cuts.rows)] = resume.diff[:, :len(cuts.rows)]
         cuts.total = resume.total[first_layer].clone()
         resid = resume.resid[first_layer]
         if trace is not None:
-            trace.resid, trace.total = resume.resid[:first_layer], resume.total[:first_layer]
+            trace.rows = cuts.rows
+            trace.resid, trace.mid = resume.resid[:first_layer], resume.mid[:first_layer]
+            trace.total = resume.total[:first_layer]
+        return _resumed(weights, g, keep[0], cuts, resume, first_layer, prefix, trace, reader_inputs, dir, bias)
 
     def checkpoint() -> None:
         if trace is not None:
@@ -251,29 +290,113 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
         first, w0 = g.reader_slice(l).start, g.writers_before(l)
         A = active(slice(first, first + 3 * H), w0).view(3, H).any(0).nonzero()[:, 0]  # heads with a kept input
         if len(A) < H:  # heads left out give their corrupted outputs
-            heads = corrupt[w0:w0 + H].repeat(1, V, 1, 1)  # (head, variant * batch, pos, d_model)
+            heads = corrupt[w0:w0 + H].repeat(1, V, 1, 1) if V > 1 else corrupt[w0:w0 + H]  # (head, variant * batch, pos, d_model)
+        out = None
         if len(A):
             inp = reader_inputs(torch.cat([first + i * H + A for i in range(3)])).view(3, len(A), *resid.shape)
-            h = engine.layer_norm(inp, weights.ln1[l], weights.eps)  # (qkv, head, batch, pos, d_model)
-            q, k, v = (torch.einsum("hbpm,hmd->bphd", h[i], W[l][A]) + b[l][A]
-                       for i, (W, b) in enumerate(((weights.W_Q, weights.b_Q), (weights.W_K, weights.b_K), (weights.W_V, weights.b_V))))
-            if prefix is not None:
-                k_pre, v_pre = prefix.kv(l, A, V)
-                k, v = torch.cat([k_pre, k], 1), torch.cat([v_pre, v], 1)
-            z, _ = engine.attend(weights, q, k, v)
-            out = torch.einsum("bphd,hdm->hbpm", z, weights.W_O[l][A])  # (head, batch, pos, d_model)
+            out = _head_outputs(weights, l, inp, A, prefix, V)
             heads = out if len(A) == H else heads.index_copy(0, A, out)
-        write(heads)
+        write(heads, A.tolist(), out)
         resid = resid + heads.sum(0) + weights.b_O[l]
+        if trace is not None:
+            trace.mid.append(resid)
         mlp_reader, w_mlp = torch.tensor([first + 3 * H], device=dev), g.writers_before(l, mlp=True)
-        m = (engine.mlp(weights, l, reader_inputs(mlp_reader)[0]) if active(slice(first + 3 * H, first + 3 * H + 1), w_mlp)
-             else corrupt[w_mlp].repeat(V, 1, 1))
-        write(m[None])
+        if active(slice(first + 3 * H, first + 3 * H + 1), w_mlp):
+            m, live = engine.mlp(weights, l, reader_inputs(mlp_reader)[0]), [0]
+        else:
+            m, live = corrupt[w_mlp].repeat(V, 1, 1) if V > 1 else corrupt[w_mlp], []
+        write(m[None], live, m[None])
         resid = resid + m
     checkpoint()
     final = reader_inputs(torch.tensor([len(g.readers) - 1], device=dev))[0]
     ld = engine.read_logit_diff(weights, final[:, -1], dir, bias)
     return ld, (torch.stack(outs) if cuts is None else trace), leaves
+
+
+def _head_outputs(weights: Weights, l: int, inp: Tensor, A: Tensor, prefix: Prefix | None, V: int) -> Tensor:
+    """(head, variant * batch, pos, d_model) outputs of layer l's heads A from their q, k and v
+    inputs (3, head, variant * batch, pos, d_model)."""
+    h = engine.layer_norm(inp, weights.ln1[l], weights.eps)
+    q, k, v = (torch.einsum("hbpm,hmd->bphd", h[i], W[l][A]) + b[l][A]
+               for i, (W, b) in enumerate(((weights.W_Q, weights.b_Q), (weights.W_K, weights.b_K), (weights.W_V, weights.b_V))))
+    if prefix is not None:
+        k_pre, v_pre = prefix.kv(l, A, V)
+        k, v = torch.cat([k_pre, k], 1), torch.cat([v_pre, v], 1)
+    z, _ = engine.attend(weights, q, k, v)
+    return torch.einsum("bphd,hdm->hbpm", z, weights.W_O[l][A])
+
+
+def _resumed(weights: Weights, g: Graph, keep: Tensor, cuts: _Cuts, resume: Trace, first_layer: int,
+             prefix: Prefix | None, trace: Trace | None, reader_inputs, dir: Tensor, bias: Tensor):
+    """edge_forward's layers from first_layer on, from another circuit's trace: a head or MLP is
+    recomputed only when its input may differ from the trace's (one of its readers' edges differs,
+    or it keeps an edge from a writer whose output differs, `moved`); the others' changes are the
+    trace's. The residual stream is the trace's plus the moved writers' output changes (`shift`)."""
+    H, dev = weights.n_heads, resume.resid[0].device
+    changed = (resume.keep != keep).any(0)  # (reader,) readers whose input edges differ
+    old = {w: resume.diff[0, i] for i, w in enumerate(resume.rows)}  # writer -> its change in the trace
+    moved = torch.zeros(len(g.writers), dtype=torch.bool, device=keep.device)
+    shift = None  # (1, size): sum of the moved writers' output changes so far
+
+    def at(base: Tensor) -> Tensor:
+        return base if shift is None else base + shift.view(base.shape)
+
+    def redo(readers: slice) -> Tensor:
+        """(reader,) bool: readers whose input may differ from the trace's."""
+        n = cuts.n
+        return changed[readers] | (keep[:n][moved[:n]][:, readers].any(0) if moved[:n].any() else False)
+
+    def settle(count: int, recomputed: dict[int, Tensor | None]) -> None:
+        """Record the next `count` writers: those at the offsets recomputed with their new changes
+        (None: 0), the others with the trace's."""
+        nonlocal shift
+        changes = {}
+        for offset in range(count):
+            w = cuts.n + offset
+            before = old.get(w)
+            after = recomputed[offset] if offset in recomputed else before
+            if after is not None:
+                changes[offset] = after
+            if offset in recomputed and not (before is None and after is None):
+                step = after if before is None else -before if after is None else after - before
+                shift = step.clone() if shift is None else shift + step
+                moved[w] = True
+        cuts.add_changes(count, changes)
+
+    for l in range(first_layer, weights.n_layers):
+        resid = at(resume.resid[l])
+        if trace is not None:
+            trace.resid.append(resid)
+            trace.total.append(cuts.total.clone())
+        first, w0 = g.reader_slice(l).start, g.writers_before(l)
+        qkv = slice(first, first + 3 * H)
+        active = keep[:w0, qkv].any(0).view(3, H).any(0)
+        again = redo(qkv).view(3, H).any(0)  # heads to recompute
+        A = (active & again).nonzero()[:, 0].to(dev)
+        recomputed = {h: None for h in again.nonzero()[:, 0].tolist()}
+        if len(A):
+            inp = reader_inputs(torch.cat([first + i * H + A for i in range(3)]), resid).view(3, len(A), *resid.shape)
+            out = _head_outputs(weights, l, inp, A, prefix, 1)
+            for h, o in zip(A.tolist(), out):
+                recomputed[h] = (o - cuts.corrupt[w0 + h]).reshape(1, -1)
+        settle(H, recomputed)
+        mid = at(resume.mid[l])
+        if trace is not None:
+            trace.mid.append(mid)
+        w_mlp, mlp = g.writers_before(l, mlp=True), first + 3 * H
+        recomputed = {}
+        if redo(slice(mlp, mlp + 1)).any():
+            recomputed[0] = None
+            if keep[:w_mlp, mlp].any():
+                m = engine.mlp(weights, l, reader_inputs(torch.tensor([mlp], device=dev), mid)[0])
+                recomputed[0] = (m - cuts.corrupt[w_mlp]).reshape(1, -1)
+        settle(1, recomputed)
+    resid = at(resume.resid[weights.n_layers])
+    if trace is not None:
+        trace.resid.append(resid)
+        trace.total.append(cuts.total.clone())
+    final = reader_inputs(torch.tensor([len(g.readers) - 1], device=dev), resid)[0]
+    return engine.read_logit_diff(weights, final[:, -1], dir, bias), trace, []
 
 
 def edge_attribution(weights: Weights, clean: Tensor, corrupted: Tensor, dir: Tensor, bias: Tensor,
