@@ -123,8 +123,8 @@ def traced_lds(runs: Runs, keep: torch.Tensor, prompts: torch.Tensor | None = No
                base: Traces | None = None) -> tuple[torch.Tensor, Traces]:
     """exact_lds of one circuit keep (writer, reader), with each batch's forward recorded (Trace);
     given `base` (another circuit's traces, the same `prompts`), each batch starts at the first layer
-    whose readers' edges differ: greedy refinement's trials differ from the kept circuit by a few
-    edges, often in late layers."""
+    whose readers' edges differ and recomputes only the heads and MLPs the difference reaches: greedy
+    refinement's trials differ from the kept circuit by a few edges, often in late layers."""
     out = torch.full((len(runs.clean),), float("nan"), dtype=torch.float64, device="cpu")
     traces = []  # per batch: (the prompts it holds, its Trace); None for a batch with none drawn
     for i, (start, idx, (b, tokens, d, bias, prefix)) in enumerate(_drawn(runs, prompts)):

@@ -29,7 +29,7 @@ def circuit_graph(data: dict, tasks: list[str], max_edges: int = 60):
         edges = sorted((Edge.from_record(e) for e in c["edges"]), key=lambda e: -abs(e.score))[:max_edges]
         shown = {e.src for e in edges} | {e.dst.component for e in edges}
         top = max([x.layer + (0.5 if x.kind == "mlp" else 0) for x in shown if x.layer is not None] + [0]) + 1
-        xy = {x: node_xy(x, n_heads, top) for x in shown}
+        xy = {x: node_xy(x, n_heads, top) for x in sorted(shown, key=str)}  # a fixed drawing order: the same bytes every run
         lim = max([abs(e.score) for e in edges] + [1e-9])
         for e in edges:
             (x0, y0), (x1, y1) = xy[e.src], xy[e.dst.component]
