@@ -107,7 +107,6 @@ def test_deleting_a_figure_rebuilds_only_it(built):
     assert (built / "results/toy/figures/attn_mlp.pdf").exists()
 
 
-
 def test_every_figure_has_the_same_bytes_whatever_the_hash_seed(built, tmp_path):
     """Same results, same figure files: each figure drawn in two processes with different string
     hash seeds (set iteration order) is byte-identical (circuit_graph once drew its nodes in set order)."""

@@ -167,6 +167,11 @@ class Trace:
     diff: Tensor  # (1, stored writer, size)
     rows: list[int]  # the writer of each stored row
 
+    def layer_start(self, resid: Tensor, total: Tensor) -> None:
+        """Record the state where the next layer (or the logits) begins."""
+        self.resid.append(resid)
+        self.total.append(total.clone())
+
     def start_layer(self, graph: Graph, keep: Tensor) -> int:
         """The first layer whose readers' input edges differ between this trace's circuit and `keep`."""
         changed = (self.keep != keep).any(0).nonzero()[:, 0]  # (reader,)
@@ -273,7 +278,6 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
         cuts.rows = [w for w in resume.rows if w < cuts.n]
         cuts.diff[:, :len(cuts.rows)] = resume.diff[:, :len(cuts.rows)]
         cuts.total = resume.total[first_layer].clone()
-        resid = resume.resid[first_layer]
         if trace is not None:
             trace.rows = cuts.rows
             trace.resid, trace.mid = resume.resid[:first_layer], resume.mid[:first_layer]
@@ -282,8 +286,7 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
 
     def checkpoint() -> None:
         if trace is not None:
-            trace.resid.append(resid)
-            trace.total.append(cuts.total.clone())
+            trace.layer_start(resid, cuts.total)
 
     for l in range(first_layer, weights.n_layers):
         checkpoint()
@@ -343,8 +346,7 @@ def _resumed(weights: Weights, g: Graph, keep: Tensor, cuts: _Cuts, resume: Trac
 
     def redo(readers: slice) -> Tensor:
         """(reader,) bool: readers whose input may differ from the trace's."""
-        n = cuts.n
-        return changed[readers] | (keep[:n][moved[:n]][:, readers].any(0) if moved[:n].any() else False)
+        return changed[readers] | keep[:cuts.n][moved[:cuts.n], readers].any(0)
 
     def settle(count: int, recomputed: dict[int, Tensor | None]) -> None:
         """Record the next `count` writers: those at the offsets recomputed with their new changes
@@ -358,16 +360,15 @@ def _resumed(weights: Weights, g: Graph, keep: Tensor, cuts: _Cuts, resume: Trac
             if after is not None:
                 changes[offset] = after
             if offset in recomputed and not (before is None and after is None):
-                step = after if before is None else -before if after is None else after - before
-                shift = step.clone() if shift is None else shift + step
+                step = (0 if after is None else after) - (0 if before is None else before)
+                shift = step if shift is None else shift + step
                 moved[w] = True
         cuts.add_changes(count, changes)
 
     for l in range(first_layer, weights.n_layers):
         resid = at(resume.resid[l])
         if trace is not None:
-            trace.resid.append(resid)
-            trace.total.append(cuts.total.clone())
+            trace.layer_start(resid, cuts.total)
         first, w0 = g.reader_slice(l).start, g.writers_before(l)
         qkv = slice(first, first + 3 * H)
         active = keep[:w0, qkv].any(0).view(3, H).any(0)
@@ -393,8 +394,7 @@ def _resumed(weights: Weights, g: Graph, keep: Tensor, cuts: _Cuts, resume: Trac
         settle(1, recomputed)
     resid = at(resume.resid[weights.n_layers])
     if trace is not None:
-        trace.resid.append(resid)
-        trace.total.append(cuts.total.clone())
+        trace.layer_start(resid, cuts.total)
     final = reader_inputs(torch.tensor([len(g.readers) - 1], device=dev), resid)[0]
     return engine.read_logit_diff(weights, final[:, -1], dir, bias), trace, []
 
