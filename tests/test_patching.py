@@ -402,6 +402,30 @@ def test_the_engine_uses_the_models_own_gelu(tmp_path, rows):
     assert (lds["gelu"] - lds["gelu_new"]).abs().max() > 1e-6
 
 
+@pytest.mark.parametrize("act", ["gelu_new", "gelu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_blocked_in_place_activation_has_the_bits_of_the_plain_one(act, dtype, monkeypatch):
+    """engine.bias_act (in place, a block of rows at a time) equals gelu(pre + b) bit for bit:
+    several blocks and a shorter last one; and under autograd, the same values and gradients."""
+    from opposites.patching import engine
+
+    monkeypatch.setattr(engine, "BLOCK", 5 * 48)  # 5 rows of 48 per block: 23 rows = 4 blocks and 3 rows
+    gen = torch.Generator().manual_seed(0)
+    pre = 3 * torch.randn(23, 48, generator=gen, dtype=dtype)
+    b = torch.randn(48, generator=gen, dtype=dtype)
+    ref = engine.gelu(pre + b, act)
+    assert torch.equal(engine.bias_act(pre.clone(), b, act), ref)
+    assert torch.equal(engine.bias_act(pre.clone().view(23, 1, 48), b, act).view(23, 48), ref)
+    with torch.enable_grad():  # (loading a model elsewhere may have turned autograd off)
+        leaf = pre.clone().requires_grad_()
+        out = engine.bias_act(leaf, b, act)
+        assert torch.equal(out, ref) and torch.equal(leaf, pre)  # out of place: the input is untouched
+        out.sum().backward()
+        x = pre.clone().requires_grad_()
+        engine.gelu(x + b, act).sum().backward()
+    assert torch.equal(leaf.grad, x.grad)
+
+
 def test_mlp_patching_restricted_to_some_layers_equals_the_full_sweep_there(toy64, rows):
     pair = next(exact.batches_of_pairs(toy64, batches(toy64, rows["size"], 8), "denoising"))
     masks = exact.role_masks(pair, ["ADJ1", "END"])
