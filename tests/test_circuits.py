@@ -56,6 +56,21 @@ def test_a_resample_is_measured_on_its_drawn_prompts_only(toy64, rows):
         assert len(walked["curve"]) <= len(whole["curve"])
 
 
+def test_resamples_cut_the_batches_once_and_alternating_resamples_get_their_own_prompts(toy64, rows):
+    """The batches cut to a resample's prompts are kept for its next evaluations (the same objects)
+    and replaced when another resample comes: evaluations in any order equal fresh ones."""
+    runs = circuits.prepare(toy64, rows["size"], 8)
+    gen = torch.Generator().manual_seed(2)
+    keeps = (torch.rand(2, *runs.graph.allowed.shape, generator=gen) < 0.3) & runs.graph.allowed
+    a, b = (torch.rand(len(runs.clean), generator=gen) < 0.5 for _ in range(2))
+    assert not torch.equal(a, b)
+    assert circuits._drawn(runs, a) is circuits._drawn(runs, a.clone())
+    fresh = {k: circuits.exact_lds(circuits.prepare(toy64, rows["size"], 8), keeps, p) for k, p in (("a", a), ("b", b))}
+    for k, p in (("a", a), ("b", b), ("a", a), ("b", b)):
+        assert torch.equal(circuits.exact_lds(runs, keeps, p).isnan(), ~p[None].expand(2, -1))
+        torch.testing.assert_close(circuits.exact_lds(runs, keeps, p), fresh[k], atol=0, rtol=0, equal_nan=True)
+
+
 def test_batched_circuits_equal_one_at_a_time(toy64, rows, monkeypatch):
     """Several circuits per forward (variant-major batch) give each circuit's own logit differences."""
     runs = circuits.prepare(toy64, rows["size"], 8)
@@ -203,6 +218,41 @@ def test_dangling_edges_are_dropped_and_change_nothing(toy64, rows):
     assert len(pruned) < len(top)
     full, cut = d.recover([top, pruned])
     assert full == pytest.approx(cut, abs=1e-8)
+
+
+def _reachable(edges: list[Edge]) -> list[Edge]:
+    """prune_dangling's definition, by brute force: an edge stays when its writer is reached from
+    embed and its reader's component reaches the logits, through the given edges."""
+    def closure(start, step):
+        seen, todo = {start}, [start]
+        while todo:
+            n = todo.pop()
+            for m in step(n):
+                if m not in seen:
+                    seen.add(m)
+                    todo.append(m)
+        return seen
+    fed = closure(Node("embed"), lambda n: [e.dst.component for e in edges if e.src == n])
+    live = closure(Node("logits"), lambda n: [e.src for e in edges if e.dst.component == n])
+    return [e for e in edges if e.src in fed and e.dst.component in live]
+
+
+def test_dangling_edges_are_pruned_like_a_graph_search_on_random_circuits():
+    """prune_dangling (one pass each way, edges in computation order) against a plain graph search,
+    on random edge sets of a 4-layer graph in random order, from sparse to nearly complete."""
+    import random
+
+    g = Graph(4, 3)
+    allowed = [Edge(g.writers[w], g.readers[r]) for w, r in g.allowed.nonzero().tolist()]
+    rng = random.Random(0)
+    sizes = []
+    for n in (3, 10, 30, 60, 120, 200, len(allowed)):
+        for _ in range(20):
+            edges = rng.sample(allowed, min(n, len(allowed)))
+            kept = prune_dangling(edges)
+            assert kept == _reachable(edges)
+            sizes.append(len(kept))
+    assert 0 in sizes and any(0 < s < 120 for s in sizes) and len(allowed) in sizes  # all, none and some pruned
 
 
 def test_smallest_stable_skips_a_size_where_the_curve_dips_again():

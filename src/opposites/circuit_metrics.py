@@ -31,22 +31,14 @@ def prune_dangling(edges: list[Edge]) -> list[Edge]:
     edge reaches from embed gets only corrupted inputs, so it already writes its corrupted output, and
     a reader whose component reaches no kept edge to the logits changes nothing downstream: exact
     edge patching gives the same metric with or without the dropped edges."""
-    fed = {Node("embed")}
-    changed = True
-    while changed:  # forward: components some kept path from embed reaches
-        changed = False
-        for e in edges:
-            if e.src in fed and e.dst.component not in fed:
-                fed.add(e.dst.component)
-                changed = True
-    live = {Node("logits")}
-    changed = True
-    while changed:  # backward: components with a kept path to the logits
-        changed = False
-        for e in edges:
-            if e.dst.component in live and e.src not in live:
-                live.add(e.src)
-                changed = True
+    order = sorted(edges, key=lambda e: e.dst.step)  # every edge into a component before any edge out of it
+    fed, live = {Node("embed")}, {Node("logits")}
+    for e in order:  # forward: components some kept path from embed reaches
+        if e.src in fed:
+            fed.add(e.dst.component)
+    for e in reversed(order):  # backward: components with a kept path to the logits
+        if e.dst.component in live:
+            live.add(e.src)
     return [e for e in edges if e.src in fed and e.dst.component in live]
 
 

@@ -9,6 +9,7 @@ pair that converts, at the file boundary:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,22 @@ class Node:
             return f"MLP {self.layer}"
         return f"{self.layer}.{self.head}" + (f".{self.input}" if self.input else "")
 
-    @property
+    def __hash__(self) -> int:  # computed once: circuit discovery hashes nodes of 10^4-edge lists many times
+        if "_hash" not in self.__dict__:
+            self.__dict__["_hash"] = hash((self.kind, self.layer, self.head, self.input))
+        return self.__dict__["_hash"]
+
+    @cached_property
     def component(self) -> "Node":
         """The head or MLP a reader belongs to (a head's q/k/v input -> the head)."""
-        return Node(self.kind, self.layer, self.head)
+        return Node(self.kind, self.layer, self.head) if self.input else self
+
+    @cached_property
+    def step(self) -> tuple[float, int]:
+        """Where the node's component computes in the forward: the embedding, then per layer its
+        heads, then its MLP; the logits last. An edge always goes to a later step than its writer's."""
+        ends = {"embed": (float("-inf"), 0), "logits": (float("inf"), 0)}
+        return ends[self.kind] if self.kind in ends else (self.layer, 0 if self.is_head else 1)
 
     @property
     def is_head(self) -> bool:

@@ -44,6 +44,7 @@ class Runs:
     clean: torch.Tensor  # (prompt,)
     corrupted: torch.Tensor
     measured: dict = field(default_factory=dict)  # edge set -> (prompt,) exact logit differences
+    cut: tuple = (None, [])  # the last prompt selection _drawn cut the batches to, and the cut batches
 
     def prompt_weights(self, w: torch.Tensor | None = None) -> torch.Tensor:
         """(prompt,) weights of a bootstrap resample, or all prompts equally (w None)."""
@@ -77,11 +78,16 @@ def prepare(model, rows, batch_size) -> Runs:
     return Runs(weights, Graph(weights.n_layers, weights.n_heads), out, torch.cat(clean), torch.cat(corrupted))
 
 
-def _drawn(runs: Runs, prompts: torch.Tensor | None):
+def _drawn(runs: Runs, prompts: torch.Tensor | None) -> list:
     """Per batch: (first prompt's index, the indices evaluated (batch order), and what edge_forward
     needs of them: corrupted writer outputs (writer, batch, pos, d_model), clean tokens, direction,
-    bias and prefix), the batch cut to the drawn prompts when `prompts` (prompt,) bool is given."""
-    start = 0
+    bias and prefix), the batch cut to the drawn prompts when `prompts` (prompt,) bool is given. The
+    last selection's cut batches are kept (runs.cut): a resample evaluates many circuits on one."""
+    if prompts is not None:
+        if runs.cut[0] is not None and torch.equal(runs.cut[0], prompts):
+            return runs.cut[1]
+        runs.cut = (None, [])  # the old cut is freed before the new one is made
+    out, start = [], 0
     for r in runs.batches:
         n = len(r["batch"].clean)
         idx = torch.arange(n, device="cpu") if prompts is None else prompts[start:start + n].nonzero()[:, 0]
@@ -90,8 +96,11 @@ def _drawn(runs: Runs, prompts: torch.Tensor | None):
             i = idx.to(inputs[0].device)
             b, tokens, d, bias, prefix = inputs
             inputs = b[:, i], tokens[i], d[i], bias[i], prefix.select(i)
-        yield start, idx, inputs
+        out.append((start, idx, inputs))
         start += n
+    if prompts is not None:
+        runs.cut = (prompts.clone(), out)
+    return out
 
 
 def exact_lds(runs: Runs, keeps: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
@@ -230,6 +239,7 @@ class Discovery:
         self.reader = {node: i for i, node in enumerate(runs.graph.readers)}
         self.evaluations = 0
         self.measured: dict[int, float] = {}
+        self.tops: dict[int, list[Edge]] = {}  # size -> top(size)
         self.drawn = runs.prompt_weights(w) > 0  # (prompt,): the prompts this discovery weighs
         self.prompts = None if self.drawn.all() else self.drawn  # exact_lds's `prompts` (None: all)
 
@@ -240,8 +250,8 @@ class Discovery:
 
     def mask(self, edge_list: list[Edge]) -> torch.Tensor:
         keep = torch.zeros_like(self.runs.graph.allowed)
-        for e in edge_list:
-            keep[self.writer[e.src], self.reader[e.dst]] = True
+        ws = torch.tensor([self.writer[e.src] for e in edge_list], dtype=torch.long, device="cpu")
+        keep[ws, torch.tensor([self.reader[e.dst] for e in edge_list], dtype=torch.long, device="cpu")] = True
         return keep
 
     def lds(self, circuits: list[list[Edge]]) -> torch.Tensor:
@@ -280,7 +290,10 @@ class Discovery:
         return self.recover([circuit])[0], traces
 
     def top(self, size: int) -> list[Edge]:
-        return prune_dangling(self.ranked[:size])
+        """The `size` best-ranked edges without the dangling ones."""
+        if size not in self.tops:
+            self.tops[size] = prune_dangling(self.ranked[:size])
+        return self.tops[size]
 
     def curve(self, sizes: list[int]) -> dict[int, float]:
         """Exact recovery of the top-`size` circuits, each size evaluated once."""

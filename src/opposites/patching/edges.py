@@ -128,14 +128,20 @@ class _Cuts:
         if keep.all():
             return None
         stored = torch.tensor(self.rows, dtype=torch.long, device=keep.device)
-        m, parts = len(self.rows), []
+        m, out = len(self.rows), None
         for v, k in enumerate(keep):
             fewer_kept = int(k.sum()) * 2 <= k.numel()  # sum the kept edges and take them from the total
             edges = k if fewer_kept else ~k  # (writer, reader)
             dense = int(edges.sum()) > DENSE * edges.numel()
-            s = _sparse_sum(edges[stored].T.to(self.diff.device), self.diff[v, :m], dense)
-            parts.append(self.total[v] - s if fewer_kept else s)
-        return torch.stack(parts, 1).view(keep.shape[2], *shape)
+            s = _sparse_sum(edges[stored].T.to(self.diff.device), self.diff[v, :m], dense)  # (reader, size)
+            if len(keep) == 1:  # one variant: its part is the whole
+                return (self.total[v] - s if fewer_kept else s).view(keep.shape[2], *shape)
+            out = s.new_empty(len(s), len(keep), s.shape[1]) if out is None else out  # (reader, variant, size)
+            if fewer_kept:
+                torch.sub(self.total[v], s, out=out[:, v])
+            else:
+                out[:, v] = s
+        return out.view(keep.shape[2], *shape)
 
 
 DENSE = 0.04  # edge density above which a dense product sums the changes (measured on CPU)
@@ -192,7 +198,8 @@ class Prefix:
 
     def kv(self, layer: int, heads: Tensor, repeat: int) -> tuple[Tensor, Tensor]:
         """Keys and values of `heads`, the batch repeated `repeat` times (variant-major)."""
-        return tuple(t[layer][:, :, heads].repeat(repeat, 1, 1, 1) for t in (self.k, self.v))
+        every = len(heads) == self.k[layer].shape[2]
+        return tuple((t[layer] if every else t[layer][:, :, heads]).repeat(repeat, 1, 1, 1) for t in (self.k, self.v))
 
 
 def shared_prefix(weights: Weights, clean: Tensor, corrupted: Tensor) -> Prefix:
@@ -319,14 +326,15 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
 def _head_outputs(weights: Weights, l: int, inp: Tensor, A: Tensor, prefix: Prefix | None, V: int) -> Tensor:
     """(head, variant * batch, pos, d_model) outputs of layer l's heads A from their q, k and v
     inputs (3, head, variant * batch, pos, d_model)."""
+    pick = (lambda t: t) if len(A) == weights.n_heads else (lambda t: t[A])  # all heads: no copy of their weights
     h = engine.layer_norm(inp, weights.ln1[l], weights.eps)
-    q, k, v = (torch.einsum("hbpm,hmd->bphd", h[i], W[l][A]) + b[l][A]
+    q, k, v = (torch.einsum("hbpm,hmd->bphd", h[i], pick(W[l])) + pick(b[l])
                for i, (W, b) in enumerate(((weights.W_Q, weights.b_Q), (weights.W_K, weights.b_K), (weights.W_V, weights.b_V))))
     if prefix is not None:
         k_pre, v_pre = prefix.kv(l, A, V)
         k, v = torch.cat([k_pre, k], 1), torch.cat([v_pre, v], 1)
     z, _ = engine.attend(weights, q, k, v)
-    return torch.einsum("bphd,hdm->hbpm", z, weights.W_O[l][A])
+    return torch.einsum("bphd,hdm->hbpm", z, pick(weights.W_O[l]))
 
 
 def _resumed(weights: Weights, g: Graph, keep: Tensor, cuts: _Cuts, resume: Trace, first_layer: int,
