@@ -519,6 +519,17 @@ def test_node_text_round_trips(text):
     assert str(node) == text and Node.parse(str(node)) == node
 
 
+def test_a_node_pickles_by_its_fields_without_its_cached_hash():
+    """Nodes cache their hash, component and step; a string's hash differs between processes, so a
+    pickled node carries only its fields."""
+    import pickle
+
+    n = Node.parse("3.4.q")
+    assert hash(n) == hash(Node.parse("3.4.q")) and n.component == Node.parse("3.4") and n.step == (3, 0)
+    back = pickle.loads(pickle.dumps(n))
+    assert back == n and set(back.__dict__) == {"kind", "layer", "head", "input"}
+
+
 def test_node_parse_reads_the_fields_and_rejects_junk():
     assert Node.parse("9.6.k") == Node("head", 9, 6, "k") and Node.parse("9.6.k").component == Node("head", 9, 6)
     assert Node.parse("MLP 11") == Node("mlp", 11)

@@ -44,6 +44,9 @@ class Node:
             self.__dict__["_hash"] = hash((self.kind, self.layer, self.head, self.input))
         return self.__dict__["_hash"]
 
+    def __reduce__(self):  # pickled by its fields: a string's hash differs between processes
+        return Node, (self.kind, self.layer, self.head, self.input)
+
     @cached_property
     def component(self) -> "Node":
         """The head or MLP a reader belongs to (a head's q/k/v input -> the head)."""
