@@ -23,7 +23,7 @@ def setup_memory() -> None:
     faults in three patching sweeps; a tenth of an exact circuit evaluation's time went to the
     system, measured). Blocks up to 32 MB (glibc's most) then come
     from the heap, which is trimmed only past 2 GB free; peak memory stays the same (measured). No
-    effect where the C library is not glibc."""
+    effect where the C library is not glibc. Python's cycle collector runs less often too (below)."""
     import ctypes
     import gc
 

@@ -196,10 +196,9 @@ class Prefix:
         """The prompts i (an index or slice of the batch)."""
         return Prefix(self.n, [t[i] for t in self.k], [t[i] for t in self.v])
 
-    def kv(self, layer: int, heads: Tensor, repeat: int) -> tuple[Tensor, Tensor]:
-        """Keys and values of `heads`, the batch repeated `repeat` times (variant-major)."""
-        every = len(heads) == self.k[layer].shape[2]
-        return tuple((t[layer] if every else t[layer][:, :, heads]).repeat(repeat, 1, 1, 1) for t in (self.k, self.v))
+    def kv(self, layer: int, heads: Tensor | slice, repeat: int) -> tuple[Tensor, Tensor]:
+        """Keys and values of `heads` (indices or a slice), the batch repeated `repeat` times (variant-major)."""
+        return tuple(t[layer][:, :, heads].repeat(repeat, 1, 1, 1) for t in (self.k, self.v))
 
 
 def shared_prefix(weights: Weights, clean: Tensor, corrupted: Tensor) -> Prefix:
@@ -326,15 +325,15 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
 def _head_outputs(weights: Weights, l: int, inp: Tensor, A: Tensor, prefix: Prefix | None, V: int) -> Tensor:
     """(head, variant * batch, pos, d_model) outputs of layer l's heads A from their q, k and v
     inputs (3, head, variant * batch, pos, d_model)."""
-    pick = (lambda t: t) if len(A) == weights.n_heads else (lambda t: t[A])  # all heads: no copy of their weights
+    heads = slice(None) if len(A) == weights.n_heads else A  # every head: views of the weights, not copies
     h = engine.layer_norm(inp, weights.ln1[l], weights.eps)
-    q, k, v = (torch.einsum("hbpm,hmd->bphd", h[i], pick(W[l])) + pick(b[l])
+    q, k, v = (torch.einsum("hbpm,hmd->bphd", h[i], W[l][heads]) + b[l][heads]
                for i, (W, b) in enumerate(((weights.W_Q, weights.b_Q), (weights.W_K, weights.b_K), (weights.W_V, weights.b_V))))
     if prefix is not None:
-        k_pre, v_pre = prefix.kv(l, A, V)
+        k_pre, v_pre = prefix.kv(l, heads, V)
         k, v = torch.cat([k_pre, k], 1), torch.cat([v_pre, v], 1)
     z, _ = engine.attend(weights, q, k, v)
-    return torch.einsum("bphd,hdm->hbpm", z, pick(weights.W_O[l]))
+    return torch.einsum("bphd,hdm->hbpm", z, weights.W_O[l][heads])
 
 
 def _resumed(weights: Weights, g: Graph, keep: Tensor, cuts: _Cuts, resume: Trace, first_layer: int,
