@@ -53,11 +53,27 @@ def setup_logging(snakemake) -> logging.Logger:
     return logging.getLogger(snakemake.rule)
 
 
-def finish() -> None:
-    """End a job whose outputs are all written: flush the logs and exit without Python's teardown
-    of its modules, which does nothing a finished job needs and takes 1.3 s once torch,
-    transformers and TransformerLens are loaded (16 analysis jobs in the GPT-2-size build). Called
-    as a script's last line only: a job that fails raises before it, with Python's usual exit."""
+def check_code_inputs(snakemake) -> None:
+    """Warn (in the job's log) about any module of the opposites package this job ran that is not
+    among its rule's `code` inputs: an import the static import graph (opposites.codedeps) could not
+    see, so editing that module would not rerun this job."""
+    from pathlib import Path
+
+    declared = {Path(p).resolve() for p in snakemake.input.get("code", [])}
+    ran = {Path(m.__file__).resolve() for name, m in list(sys.modules.items())
+           if (name == "opposites" or name.startswith("opposites.")) and getattr(m, "__file__", None)}
+    for path in sorted(ran - declared):
+        logging.getLogger(snakemake.rule).warning(
+            "code dependency missed: this job ran %s, which is not among the rule's code inputs; "
+            "editing it would not rerun this job (see opposites/codedeps.py)", path)
+
+
+def finish(snakemake) -> None:
+    """End a job whose outputs are all written: check its code inputs (check_code_inputs), flush
+    the logs and exit without Python's teardown of its modules, which does nothing a finished job
+    needs and takes over a second once torch, transformers and TransformerLens are loaded. Called as
+    a script's last line only: a job that fails raises before it, with Python's usual exit."""
+    check_code_inputs(snakemake)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

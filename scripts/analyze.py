@@ -5,7 +5,6 @@ from _common import finish, setup_logging, setup_memory, setup_threads
 
 from opposites import analyses, models
 from opposites.io import write_csv, write_json
-from opposites.prompts import read_jsonl
 from opposites.provenance import meta
 
 sm = snakemake  # noqa: F821
@@ -13,16 +12,16 @@ log = setup_logging(sm)
 setup_threads(sm)
 setup_memory()
 model = models.load(sm.config["model"], sm.params.model_dir, sm.config["device"])
-rows = read_jsonl(sm.input.prompts)
+rows = analyses.load_result(sm.input.prompts)  # checked against its checksum
 
 
 def write(name, result, seconds):
     log.info("%s on %s: %d prompts in %.2f s", name, sm.params.task, len(rows), seconds)
     (write_json if analyses.ANALYSES[name].ext == "json" else write_csv)(result, sm.output[name])
-    write_json(meta(sm.config, seconds, result=sm.output[name], task=sm.params.task, analysis=name,
-                    device=str(model.cfg.device)), sm.output[f"{name}_meta"])
+    write_json(meta(sm.config, seconds, result=sm.output[name], code=sm.input.code, task=sm.params.task,
+                    analysis=name, stage=analyses.ANALYSES[name].stage, device=str(model.cfg.device)), sm.output[f"{name}_meta"])
 
 
 analyses.run_stage(sm.params.analyses, model, rows, sm.config["batch_size"], sm.params.settings,
                    load=lambda dep: analyses.load_result(sm.input[dep]), write=write, seed=sm.config["seed"])
-finish()
+finish(sm)

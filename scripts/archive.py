@@ -8,4 +8,4 @@ sm = snakemake  # noqa: F821
 log = setup_logging(sm)
 manifest = pack(sm.params.results, sm.output[0])
 log.info("archived %d files of %s into %s", len(manifest), sm.params.results, sm.output[0])
-finish()
+finish(sm)

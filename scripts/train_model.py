@@ -16,4 +16,4 @@ eval_rows = {t: make_prompts(t, tokenizer, p.n_prompts, p.seed, p.min_prompts)[0
 record = training.train(p.tasks, sm.output[0], p.seed, eval_rows, **p.train)
 log.info("trained %d parameters in %.1f s; %s", record["n_parameters"], record["train_seconds"],
          "; ".join(f"{t}: top-1 {m['top1']:.3f}, logit diff {m['logit_diff']:.2f}" for t, m in record["metrics"].items()))
-finish()
+finish(sm)

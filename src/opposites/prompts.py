@@ -7,12 +7,14 @@ dropping bad rows) is shared.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
 import re
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -57,11 +59,10 @@ def sample_category(spec: dict, rng: random.Random) -> Sample:
     return Sample({"ENTITY": entity}, {"ENTITY": swapped}, " " + cat, " " + other)
 
 
-FAMILIES: dict[str, tuple[Callable[[dict, random.Random], Sample], tuple[str, ...]]] = {
-    # family: (sampler, keys its word lists need besides templates and roles)
-    "ioi": (sample_ioi, ("names", "places", "objects")),
-    "opposite": (sample_opposite, ("names", "pairs")),
-    "category": (sample_category, ("categories",)),
+FAMILIES: dict[str, Callable[[dict, random.Random], Sample]] = {  # the keys each needs: tasks.schema.yaml
+    "ioi": sample_ioi,
+    "opposite": sample_opposite,
+    "category": sample_category,
 }
 # Families whose corrupted prompt is itself a task prompt whose own answer is the clean prompt's
 # `wrong` (the swapped adjective's opposite; the swapped entity's category). IOI's ABC corruption
@@ -80,13 +81,58 @@ def task_file(task: str) -> Path:
     return Path(str(resources.files("opposites").joinpath("tasks", f"{task}.yaml")))
 
 
+def related_tasks(task: str) -> list[str]:
+    """The task and every task its file names as a value (size's `control_task: isa`): the task
+    files whose words its analyses read."""
+    known = task_names()
+    return [task] + [v for v in load_spec(task).values() if isinstance(v, str) and v in known and v != task]
+
+
 def load_spec(task: str) -> dict[str, Any]:
+    """The task file, checked (schema and word lists); a copy, so callers may change it."""
     if task not in task_names():
         raise TaskError(f"unknown task {task!r}; known tasks are {', '.join(task_names())} "
                         "(add one as src/opposites/tasks/<task>.yaml).")
-    spec = yaml.safe_load(task_file(task).read_text())
+    file = task_file(task)
+    stat = file.stat()
+    return copy.deepcopy(_checked_spec(task, str(file), stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=64)
+def _checked_spec(task: str, file: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    """load_spec's work, once per version of the file (the Snakefile asks ~500 times per parse)."""
+    path = f"src/opposites/tasks/{task}.yaml"
+    try:
+        spec = yaml.load(Path(file).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise TaskError(f"{path}{where} is not valid YAML ({getattr(e, 'problem', None) or e}); fix the "
+                        "file (a missing colon, bracket or quote, or a tab for indentation, is the usual cause).") from None
+    check_schema(path, spec)
     validate_spec(task, spec)
     return spec
+
+
+def check_schema(path: str, spec: Any) -> None:
+    """The task file against tasks.schema.yaml: one sentence naming the file, the key, what is wrong
+    and who needs it."""
+    import jsonschema
+
+    schema = yaml.safe_load(resources.files("opposites").joinpath("tasks.schema.yaml").read_text())
+    error = next(iter(sorted(jsonschema.Draft202012Validator(schema).iter_errors(spec), key=lambda e: list(e.path))), None)
+    if error is None:
+        return
+    key = ".".join(map(str, error.absolute_path)) or "(top level)"
+    need = error.schema.get("description") or schema["properties"].get(str(error.absolute_path[0]) if error.absolute_path
+                                                                           else "", {}).get("description", "")
+    if error.validator in ("minItems", "minProperties"):
+        what = f"key '{key}' has {len(error.instance)} entries, fewer than the {error.validator_value} needed"
+    elif error.validator == "required":
+        what = f"{error.message.split()[0]} is missing"
+    else:
+        what = f"key '{key}' is invalid: {error.message}"
+    raise TaskError(f"{path}: {what}{f' ({need})' if need else ''}. Fix the file (tasks.schema.yaml lists every key).")
 
 
 def validate_spec(task: str, spec: dict[str, Any]) -> None:
@@ -95,9 +141,6 @@ def validate_spec(task: str, spec: dict[str, Any]) -> None:
     family = spec.get("family")
     if family not in FAMILIES:
         raise TaskError(f"{where}: family {family!r} is unknown; use one of {', '.join(FAMILIES)}.")
-    for key in ("templates", "roles") + FAMILIES[family][1]:
-        if not spec.get(key):
-            raise TaskError(f"{where}: key '{key}' is missing or empty; the {family} family needs it.")
     for template in spec["templates"]:
         missing = set(spec["roles"]) - set(PLACEHOLDER.findall(template))
         if missing:
@@ -157,7 +200,7 @@ def check_task(task: str, tokenizer) -> None:
                 pieces = [tokenizer.decode([i]) for i in ids]
                 raise TaskError(f"{where}: {key} word {word!r} is {len(ids)} GPT-2 tokens ({pieces}), but every "
                                 "word must be one token after a space; replace it with a single-token word.")
-    filled = set(FAMILIES[spec["family"]][0](spec, random.Random(0)).clean)
+    filled = set(FAMILIES[spec["family"]](spec, random.Random(0)).clean)
     # recency templates (IOI) also take the third name S3, which the recency analysis draws
     for template, extra in [(t, set()) for t in spec["templates"]] + [(t, {"S3"}) for t in spec.get("recency_templates", [])]:
         unknown = sorted(set(PLACEHOLDER.findall(template)) - filled - extra)
@@ -201,7 +244,7 @@ def n_tokens(tokenizer, word: str) -> int:
 def make_prompts(task: str, tokenizer, n_prompts: int, seed: int, min_prompts: int) -> tuple[list[dict], Counter]:
     """Rows for `task`; returns (rows, counts of dropped candidates by reason)."""
     spec = load_spec(task)
-    sampler = FAMILIES[spec["family"]][0]
+    sampler = FAMILIES[spec["family"]]
     rng = random.Random(f"{task}-{seed}")
     rows, seen, dropped = [], set(), Counter()
     for _ in range(20 * n_prompts):
@@ -240,5 +283,16 @@ def write_jsonl(rows: list[dict], path: str | Path) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows of a JSONL file; a line that is not JSON stops with its file and line number."""
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise TaskError(f"{path}, line {number}, is not valid JSON ({e.msg}): the file was cut or edited "
+                                f"after it was written. Delete {path} and rerun the same snakemake command, "
+                                "which rebuilds it.") from None
+    return rows

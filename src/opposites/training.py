@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from opposites.io import share_readable
 from opposites.models import gpt2_tokenizer
 from opposites.prompts import CORRUPTED_ANSWER_IS_WRONG, FAMILIES, TaskError, fill, load_spec, token_ids
 
@@ -62,7 +63,7 @@ def task_sentences(task: str, tokenizer, seed: int, exclude: set[str]) -> Iterat
     that make_prompts would drop (a role word or the answer not one token) and excluded prompts."""
     spec = load_spec(task)
     family = spec["family"]
-    sampler = FAMILIES[family][0]
+    sampler = FAMILIES[family]
     rng = random.Random(f"corpus-{task}-{seed}")
     misses = 0
     while misses < 10_000:
@@ -239,6 +240,7 @@ def save(net: GPT2LMHeadModel, tokenizer, record: dict, out_dir: Path) -> None:
         net.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+        share_readable(tmp)
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)
     finally:

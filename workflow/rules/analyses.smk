@@ -1,5 +1,13 @@
 # One job per stage and task (src/opposites/analyses: ANALYSES, STAGES): the analyses of a stage share
 # one model load; each still writes its own result and provenance file.
+
+
+def stage_code(stage, task):
+    """The code a stage job runs: analyze.py, its analyses' modules and what they import, the task
+    files of the task and of the tasks it refers to."""
+    return code("analyze.py", [ANALYSES[a].module for a in stage_analyses(stage, task)], related_tasks(task))
+
+
 for _stage in STAGES:
     for _task in TASKS:
         _names = stage_analyses(_stage, _task)
@@ -12,7 +20,7 @@ for _stage in STAGES:
             input:
                 prompts=paths.fill(paths.PROMPTS, R, task=_task),
                 model=model_input,
-                code=sorted({ANALYSES[a].module for a in _names}),
+                code=stage_code(_stage, _task),
                 **{dep: result_path(R, _task, dep) for a in _names for dep in ANALYSES[a].requires
                    if ANALYSES[dep].stage != _stage},
             output:
@@ -35,3 +43,10 @@ for _stage in STAGES:
                 bench("analyze", task=_task, stage=_stage)
             script:
                 "../../scripts/analyze.py"
+
+
+if ARCHIVED:  # unpacked results: say which stages' code differs from the code that made them
+    _expected = {(_t, _s): (stage_analyses(_s, _t), codedeps.code_hash(stage_code(_s, _t)))
+                 for _s in STAGES for _t in TASKS if stage_analyses(_s, _t)}
+    if _changed := archive.code_changes(R, _expected):
+        print(_changed, file=sys.stderr)

@@ -5,6 +5,7 @@ rule archive:
     input:
         results=ALL_RESULTS,
         outline_items=[item.path(R) for item in OUTLINE.items()],
+        code=code("archive.py"),
     output:
         f"{R}.tar.gz",
     params:

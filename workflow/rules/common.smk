@@ -3,21 +3,28 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from opposites import archive
+from opposites import archive, codedeps
 from opposites import config as cfg
-from opposites import models, paths
+from opposites import io as results_io
+from opposites import models, paths, provenance
 from opposites.analyses import ANALYSES, PRIORITY, SOURCES, STAGES, applies, result_path, settings_of, stage_analyses
 from opposites.outline import load as load_outline
-from opposites.prompts import check_task, make_prompts, task_file
+from opposites.prompts import check_task, make_prompts, related_tasks, task_file
 
 cfg.validate(config)
 R = f"results/{cfg.model_slug(config['model'])}"
+if _bad := results_io.unwritable_folder(R):
+    raise OSError(f"{_bad} is not writable, so the build cannot write its results there. Make it writable "
+                  f"(chmod -R u+w {R}; chattr -R -i {R} if it was made immutable), or build in a copy of the "
+                  "checkout that you may write to.")
 ARCHIVED = archive.is_unpacked(R)  # results unpacked from `snakemake archive`: no model needed
 if ARCHIVED:
     archive.verify(R)  # a tampered or incomplete archive stops here, naming the file
     archive.settle(R)
 else:
-    models.check_available(config["model"])
+    models.check_available(config["model"])  # a hub id neither cached nor reachable, a broken model folder
+if _drift := provenance.version_drift(R):  # results made with another torch/TransformerLens/transformers
+    print(_drift, file=sys.stderr)
 if config["device"].startswith("cuda"):  # (auto and cpu need no check, nor torch at parse)
     models.pick_device(config["device"])  # device=cuda without CUDA: one sentence now, not a traceback per job
 _tokenizer = models.gpt2_tokenizer()  # GPT-2's (every model here uses it)
@@ -32,6 +39,8 @@ for _task in config["tasks"]:
 MODEL = config["model"]
 OFFLINE = cfg.model_kind(MODEL) in models.BUILT  # toy, random:* and trained are built by the pipeline
 MODEL_DIR = paths.fill(paths.MODEL_DIR, R)
+if OFFLINE and not ARCHIVED and Path(MODEL_DIR).exists():
+    models.check_model_dir(MODEL_DIR, built=True)  # a built model damaged since (a cut weights file)
 TASKS = list(config["tasks"])
 OUTLINE = load_outline("paper/outline.yaml", TASKS)
 PAPER_TEX = paths.fill(paths.PAPER_TEX, R)
@@ -54,6 +63,18 @@ def model_input(wildcards=None):
     """The built model directory for toy/random/trained models; nothing for hub ids, local dirs and
     archived results (which ship without weights)."""
     return [MODEL_DIR] if OFFLINE and not ARCHIVED else []
+
+
+SCRIPTS = Path(workflow.basedir) / "scripts"
+
+
+def code(script, modules=(), tasks=()):
+    """A rule's code inputs: `script` (in scripts/), every module of the opposites package it or
+    `modules` import (transitively, read from the source at parse), and the package data those name
+    (of the task files, those of `tasks`). Relative to the workflow, so that a moved checkout stays
+    up to date. Editing any of them reruns exactly the jobs that run it."""
+    files = codedeps.closure([SCRIPTS / script, *modules])
+    return codedeps.relative(files + codedeps.data_files(files, tasks))
 
 
 def results_of(path):

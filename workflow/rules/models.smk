@@ -4,8 +4,7 @@ if cfg.model_kind(MODEL) == "trained":
 
     rule train_model:
         input:
-            tasks=[str(task_file(t)) for t in TASKS],
-            code=importlib.util.find_spec("opposites.training").origin,  # not imported: torch at parse costs 1 s
+            code=code("train_model.py", tasks=TASKS),
         output:
             directory(MODEL_DIR),
         params:
@@ -29,6 +28,8 @@ if cfg.model_kind(MODEL) == "trained":
 else:
 
     rule build_model:
+        input:
+            code=code("build_model.py"),
         output:
             directory(MODEL_DIR),
         params:

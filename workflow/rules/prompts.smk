@@ -1,9 +1,10 @@
 rule prompts:
     input:
-        spec=lambda wc: str(task_file(wc.task)),
+        code=lambda wc: code("make_prompts.py", tasks=[wc.task]),
         model=model_input,
     output:
-        paths.fill(paths.PROMPTS, R),
+        prompts=paths.fill(paths.PROMPTS, R),
+        meta=paths.fill(paths.META, R, analysis="prompts"),
     params:
         n_prompts=config["n_prompts"],
         min_prompts=config["min_prompts"],

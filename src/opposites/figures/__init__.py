@@ -1,8 +1,8 @@
 """Figures, one module per outline section: the figure with outline id X in section S is the function
 X in figures/S.py, decorated with @figure (style.py holds the decorator, rc settings and the plot
 primitives). Each takes data[analysis][task] (loaded result files) and the task list and returns a
-matplotlib Figure. A figure's rule depends on its own section's module, so editing one plot reruns
-only that section's figures."""
+matplotlib Figure. A figure's rule depends on its own section's module (and what that imports,
+opposites.codedeps), so editing one plot reruns only that section's figures."""
 
 from __future__ import annotations
 
@@ -15,13 +15,6 @@ HERE = Path(__file__).parent
 
 def module_file(section: str) -> str:
     return str(HERE / f"{section}.py")
-
-
-def code_files(section: str) -> list[str]:
-    """What a figure of `section` is drawn by: its section's module, the style module, this file, and
-    the torch-free data helpers they use."""
-    return [module_file(section), str(HERE / "style.py"), __file__, str(HERE.parent / "derived.py"),
-            str(HERE.parent / "nodes.py")]
 
 
 def plot_function(section: str, item_id: str) -> Callable | None:
