@@ -1,7 +1,7 @@
 """Benchmark of the trained model (issue 13): train with TRAIN_DEFAULTS on all four tasks into a
 temporary directory and print wall time, parameter count, and per-task top-1 and logit difference on
-the pipeline's evaluation prompts (64 per task, seed 0). Targets: < 300 s on 2 CPU cores, and every
-task at top-1 >= 0.95 with mean logit difference >= 3.
+the pipeline's evaluation prompts (64 per task, seed 0). Targets: every task at top-1 >= 0.95 with mean
+logit difference >= 3 (the gate); three seeds in at most 4 min on 2 cores (issue 33).
 
     python benchmarks/train.py [--seed 0] [--steps N] [--threads N]
 """
@@ -41,7 +41,7 @@ def main() -> None:
             report(e.metrics)
             raise SystemExit(1)
     wall = time.perf_counter() - start
-    print(f"train + evaluate + save: {wall:.1f} s wall (target < 300 s; training alone "
+    print(f"train + evaluate + save: {wall:.1f} s wall (training alone "
           f"{record['train_seconds']} s); {record['n_parameters']:,} parameters; "
           f"final loss {record['final_loss']:.3f}")
     report(record["metrics"])

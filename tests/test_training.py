@@ -34,6 +34,23 @@ def test_training_is_bitwise_deterministic(tokenizer):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_compact_model_expands_to_gpt2_ids_with_the_same_logits(tokenizer):
+    """Training runs on the corpus's own tokens; the expanded model, with GPT-2's 50,257 ids, gives
+    every corpus token the logit the compact model gave it, at every position."""
+    hp = training.hyperparameters({"n_layer": 1, "n_embd": 32, "steps": 3, "batch_size": 8})
+    sentences = training.corpus(TASKS, tokenizer, 64, seed=5)
+    vocab = torch.tensor(sorted({t for s in sentences for t in s}))
+    compact = training.build(hp, seed=1, vocab_size=len(vocab))
+    training.fit(compact, [torch.searchsorted(vocab, torch.tensor(s)).tolist() for s in sentences], hp, seed=1)
+    full = training.expand(compact, vocab, hp, seed=1)
+    ids = torch.tensor(sentences[:4][0])[None]
+    with torch.no_grad():
+        small = compact(input_ids=torch.searchsorted(vocab, ids)).logits  # (1, pos, len(vocab))
+        big = full(input_ids=ids).logits  # (1, pos, 50257)
+    assert big.shape[-1] == 50257 and torch.allclose(big[..., vocab], small, atol=1e-5)
+    assert full.transformer.wte.weight.data_ptr() == full.lm_head.weight.data_ptr()  # still tied
+
+
 def test_corpus_is_even_and_never_contains_an_evaluation_prompt(tokenizer):
     rows = eval_rows(tokenizer)
     exclude = {r["clean"] for task_rows in rows.values() for r in task_rows}

@@ -13,7 +13,7 @@ if cfg.model_kind(MODEL) == "trained":
             tasks=TASKS,
             n_prompts=config["n_prompts"],
             min_prompts=config["min_prompts"],
-        threads: 2  # the training's own torch threads (bitwise reproducible for a fixed count)
+        threads: config.get("train", {}).get("threads", 1)  # its torch threads (bitwise reproducible for a fixed count)
         resources:
             mem_mb=4000,
         conda:
