@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from itertools import combinations
 
 import numpy as np
@@ -16,18 +17,21 @@ def edge_set(c: dict) -> set[tuple[str, str]]:
     return {(e["src"], e["dst"]) for e in c["edges"]}
 
 
-def compare(circuits: dict[str, dict], opposite_tasks: list[str], classes: dict[str, list[str]]) -> dict:
+def compare(circuits: dict[str, dict], opposite_tasks: list[str], classes: dict[str, list[str]],
+            graphs: dict[str, list[tuple[str, str]]] | None = None) -> dict:
     """Head and edge overlap between every pair of tasks (counts and Jaccard, with a 95% interval over
     the circuits re-discovered on bootstrap resamples where the files have them: resample i of one
-    task against resample i of the other), the components (heads and MLPs; embed and logits are in
-    every circuit, so they are left out) shared by all opposite tasks, and the IOI classes of the
+    task against resample i of the other; with `graphs`, each task's whole edge graph, also the
+    overlap expected by chance: null_overlap), the components (heads and MLPs; embed and logits are
+    in every circuit, so they are left out) shared by all opposite tasks, and the IOI classes of the
     shared heads."""
     pairs = []
     for a, b in combinations(circuits, 2):
         ha, hb, ea, eb = head_nodes(circuits[a]), head_nodes(circuits[b]), edge_set(circuits[a]), edge_set(circuits[b])
+        null = null_overlap(ea, eb, graphs[a]) if graphs and a in graphs and set(graphs[a]) == set(graphs.get(b, ())) else {}
         pairs.append({"a": a, "b": b, "heads": len(ha & hb), "heads_jaccard": jaccard(ha, hb),
                       "edges": len(ea & eb), "edges_jaccard": jaccard(ea, eb),
-                      **_resampled_jaccard(circuits[a], circuits[b])})
+                      **_resampled_jaccard(circuits[a], circuits[b]), **null})
     opp = [t for t in opposite_tasks if t in circuits]
     shared = sorted(set.intersection(*(set(circuits[t]["nodes"]) - ENDS for t in opp))) if opp else []
     elsewhere = set().union(*(set(c["nodes"]) for t, c in circuits.items() if t not in opp))
@@ -64,3 +68,66 @@ def _resampled_jaccard(a: dict, b: dict) -> dict:
     edges = [jaccard(x, y) for x, y in zip(ra, rb)]
     return {"heads_jaccard_ci95": np.percentile(heads, [2.5, 97.5]).tolist(),
             "edges_jaccard_ci95": np.percentile(edges, [2.5, 97.5]).tolist()}
+
+
+NULL_DRAWS = 1000  # pairs of random circuits per pair of tasks
+NULL_SEED = 0
+
+
+def _stratum(edge: tuple[str, str]) -> tuple:
+    """What a random circuit keeps of a real one: the kind and layer of each end (and which input of
+    a head it reads), so the null has the same composition by layer and component type."""
+    src, dst = Node.parse(edge[0]), Node.parse(edge[1])
+    return src.kind, src.layer, dst.kind, dst.layer, dst.input
+
+
+def null_overlap(a: set[tuple[str, str]], b: set[tuple[str, str]], graph: list[tuple[str, str]],
+                 draws: int = NULL_DRAWS, seed: int = NULL_SEED) -> dict:
+    """The head and edge Jaccard between two circuits against chance: `draws` pairs of random
+    circuits drawn from the model's edge graph, each with the same number of edges in every stratum
+    (_stratum) as the real circuit it stands for. Returns, for heads and edges, the null's 2.5th,
+    50th and 97.5th percentiles and the observed value's percentile in the null (ties count half):
+    a percentile near 100 is more overlap than composition alone gives."""
+    graph = sorted(set(graph))
+    index = {e: i for i, e in enumerate(graph)}
+    pools: dict[tuple, list[int]] = defaultdict(list)
+    for i, e in enumerate(graph):
+        pools[_stratum(e)].append(i)
+    label = lambda n: str(n.component) if n.is_head else None  # noqa: E731
+    heads = sorted({h for e in graph for h in (label(Node.parse(e[0])), label(Node.parse(e[1]))) if h})
+    hid = {h: i for i, h in enumerate(heads)}
+    ends = np.array([[hid.get(label(Node.parse(s)), -1), hid.get(label(Node.parse(d)), -1)] for s, d in graph])  # (edges, 2)
+    rng = np.random.default_rng(seed)
+
+    def composition(edges):
+        counts = defaultdict(int)
+        for e in edges:
+            counts[_stratum(e)] += 1
+        return [(np.array(pools[st]), k) for st, k in sorted(counts.items(), key=str)]
+
+    def draw(comp) -> np.ndarray:  # (edges,) indices into graph
+        return np.concatenate([rng.choice(pool, size=k, replace=False) for pool, k in comp]) if comp else np.zeros(0, int)
+
+    def head_set(idx: np.ndarray) -> np.ndarray:
+        ids = ends[idx].ravel()
+        return np.unique(ids[ids >= 0])
+
+    def jac(x: np.ndarray, y: np.ndarray) -> float:
+        union = len(np.union1d(x, y))
+        return len(np.intersect1d(x, y)) / union if union else 0.0
+
+    comp_a, comp_b = composition(a), composition(b)
+    null = np.array([[jac(head_set(x), head_set(y)), jac(x, y)] for x, y in ((draw(comp_a), draw(comp_b)) for _ in range(draws))])
+    real_a, real_b = np.array([index[e] for e in a], int), np.array([index[e] for e in b], int)
+    observed = {"heads": jac(head_set(real_a), head_set(real_b)), "edges": jac(real_a, real_b)}
+    out = {}
+    for col, what in enumerate(("heads", "edges")):
+        below, equal = (null[:, col] < observed[what]).mean(), (null[:, col] == observed[what]).mean()
+        out[f"{what}_jaccard_null"] = np.percentile(null[:, col], [2.5, 50, 97.5]).tolist()
+        out[f"{what}_jaccard_percentile"] = float(100 * (below + equal / 2))
+    return out
+
+
+def graph_of(edge_scores) -> list[tuple[str, str]]:
+    """Every edge of the model's graph, from an `edges` result (one row per method and edge)."""
+    return sorted(set(zip(edge_scores["src"], edge_scores["dst"])))

@@ -9,7 +9,7 @@ import pandas as pd
 from opposites.derived import (accumulated_lens, classify_components, ioi_head_classes,
                                head_label, head_routes, opposite_tasks, signed_top_heads, top_abs_heads)
 from opposites.nodes import head_nodes
-from opposites.overlap import compare, gpt2_classes
+from opposites.overlap import compare, gpt2_classes, graph_of
 
 
 CLASSES = ("opposite-mapping", "copy-like", "copy-suppressing")
@@ -124,7 +124,8 @@ def recency_facts(res: dict) -> dict:
 
 def circuit_facts(data: dict, tasks: list[str]) -> dict:
     circuits = {t: data["circuit"][t] for t in tasks}
-    cmp = compare(circuits, opposite_tasks(tasks), gpt2_classes(circuits, ioi_head_classes()))
+    graphs = {t: graph_of(data["edges"][t]) for t in tasks} if "edges" in data else None
+    cmp = compare(circuits, opposite_tasks(tasks), gpt2_classes(circuits, ioi_head_classes()), graphs)
     best = max(cmp["pairs"], key=lambda p: p["heads_jaccard"]) if cmp["pairs"] else None
     per = {t: {"n_edges": c["n_edges"], "total": c["total_edges"], "recovered": c["recovered"], "n": c["n_prompts"],
                "n_heads": len(head_nodes(c)), "heads": sorted(head_nodes(c))[:8], "method": c["method"],

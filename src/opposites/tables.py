@@ -9,7 +9,7 @@ import pandas as pd
 from opposites.derived import (classify_components, end_attention_to_roles, ioi_head_classes, largest_abs,
                                opposite_tasks, role_preferences)
 from opposites.derived import head_routes as derived_head_routes  # the table of the same name is below
-from opposites.overlap import compare, gpt2_classes
+from opposites.overlap import compare, gpt2_classes, graph_of
 from opposites.prompts import load_spec
 from opposites.texutil import fmt, fmt_ci, tex_escape
 
@@ -193,14 +193,23 @@ def head_routes(data: dict, tasks: list[str]) -> str:
 @table
 def circuit_shared(data: dict, tasks: list[str]) -> str:
     circuits = {t: data["circuit"][t] for t in tasks}
-    cmp = compare(circuits, opposite_tasks(tasks), gpt2_classes(circuits, ioi_head_classes()))
+    graphs = {t: graph_of(data["edges"][t]) for t in tasks} if "edges" in data else None
+    cmp = compare(circuits, opposite_tasks(tasks), gpt2_classes(circuits, ioi_head_classes()), graphs)
+
+    def null(p, what):
+        if f"{what}_jaccard_null" not in p:
+            return "--", "--"
+        lo, mid, hi = p[f"{what}_jaccard_null"]
+        return f"{fmt(mid)} [{fmt(lo)}, {fmt(hi)}]", fmt(p[f"{what}_jaccard_percentile"], 0)
+
     rows = [[tex_escape(f"{p['a']} / {p['b']}"), str(p["heads"]), fmt_ci(p["heads_jaccard"], p["heads_jaccard_ci95"]),
-             str(p["edges"]), fmt_ci(p["edges_jaccard"], p["edges_jaccard_ci95"])] for p in cmp["pairs"]]
+             *null(p, "heads"), str(p["edges"]), fmt_ci(p["edges_jaccard"], p["edges_jaccard_ci95"]), *null(p, "edges")]
+            for p in cmp["pairs"]]
     shared = ", ".join(f"{x}" + (f" ({cmp['shared_classes'][x]})" if cmp["shared_classes"][x] else "")
                        for x in cmp["shared_by_opposites"]) or "none"
-    rows.append([r"\multicolumn{5}{l}{Shared by all opposite tasks (" + tex_escape(", ".join(cmp["opposite_tasks"]))
+    rows.append([r"\multicolumn{9}{l}{Shared by all opposite tasks (" + tex_escape(", ".join(cmp["opposite_tasks"]))
                  + "): " + tex_escape(shared) + "}"])
-    return tabular("l r r r r", ["tasks", "shared heads", "Jaccard", "shared edges", "Jaccard"], rows)
+    return tabular("l r r r r r r r r", ["tasks", "heads", "Jaccard", "null", "pct.", "edges", "Jaccard", "null", "pct."], rows)
 
 
 @table
