@@ -29,6 +29,11 @@ rule figures:
         [item.path(R) for item in OUTLINE.items()],
 
 
+onsuccess:
+    if Path(PAPER_PDF).exists():
+        print(f"The paper: {PAPER_PDF}")
+
+
 # On a cluster (profiles/slurm) these run on the submitting machine, never as jobs: they only read
 # results and write figures, tables and the PDF, with LaTeX, which compute nodes may lack. The same
 # list is opposites.cluster.LOCAL_RULES (the Slurm profile gives them no resources).

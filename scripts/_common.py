@@ -48,8 +48,10 @@ def setup_logging(snakemake) -> logging.Logger:
     handlers = [logging.StreamHandler(sys.stderr)]
     if snakemake.log:
         handlers.append(logging.FileHandler(snakemake.log[0], mode="w"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        handlers=handlers, force=True)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)  # libraries' INFO chatter (fontTools) stays out
+    for name in ("opposites", snakemake.rule):
+        logging.getLogger(name).setLevel(logging.INFO)
     return logging.getLogger(snakemake.rule)
 
 

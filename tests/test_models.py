@@ -37,7 +37,15 @@ def test_unreachable_hub_model_fails_fast_with_offline_options(monkeypatch):
     with pytest.raises(models.ModelUnavailable) as e:
         models.check_available("surely-not/a-cached-model-xyz")
     assert time.perf_counter() - start < 10
-    assert "model=toy" in str(e.value) and "HF_HUB_OFFLINE" in str(e.value)
+    assert "model=toy" in str(e.value) and "HF_HUB_OFFLINE" in str(e.value) and "Did you mean" not in str(e.value)
+    offline = str(e.value).split("Offline choices:")[1]
+    assert offline.index("model=trained") < offline.index("model=toy")  # the model with circuits first
+
+
+def test_a_misspelt_built_in_model_is_suggested(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(models.ModelUnavailable, match="Did you mean 'trained'\\?"):
+        models.check_available("trianed")
 
 
 def test_offline_models_need_no_hub():

@@ -4,6 +4,7 @@ torch and transformers are imported where used: the Snakefile reads this module 
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import socket
@@ -27,6 +28,7 @@ GPT2_SHAPES = {
 }
 
 
+OFFLINE_CHOICES = ("trained", "toy", *(f"random:{size}" for size in GPT2_SHAPES if size != "toy"))
 BUILT = ("toy", "random", "trained")  # model kinds the pipeline makes itself (results/<model>/model)
 
 
@@ -188,8 +190,11 @@ def check_available(model: str) -> None:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
     if offline or not _hub_reachable():
         why = "HF_HUB_OFFLINE is set" if offline else "huggingface.co cannot be reached"
+        near = difflib.get_close_matches(model, OFFLINE_CHOICES, n=1, cutoff=0.6)
+        guess = f"Did you mean {near[0]!r}? " if near else ""
         raise ModelUnavailable(
-            f"Model {model!r} is not in the Hugging Face cache and {why}. Build offline instead: "
+            f"Model {model!r} is not in the Hugging Face cache and {why}. {guess}Offline choices: "
+            "`--config model=trained` (a small GPT-2 trained here on the tasks: real circuits), "
             "`--config model=toy` (tiny random GPT-2, built locally), `--config model=random:gpt2` "
             "(GPT-2 small's shape, random weights), or `--config model=/path/to/local/hf_dir` "
             "(a directory written by save_pretrained, with its tokenizer); or download the model "

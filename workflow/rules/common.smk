@@ -1,5 +1,4 @@
 # Validate the config, check the model is reachable, and derive every target from the outline.
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -9,7 +8,7 @@ from opposites import io as results_io
 from opposites import models, paths, provenance
 from opposites.analyses import ANALYSES, PRIORITY, SOURCES, STAGES, applies, result_path, settings_of, stage_analyses
 from opposites.outline import load as load_outline
-from opposites.prompts import check_task, make_prompts, related_tasks, task_file
+from opposites.prompts import check_task, make_prompts, related_tasks
 
 cfg.validate(config)
 R = f"results/{cfg.model_slug(config['model'])}"

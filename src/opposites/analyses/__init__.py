@@ -38,7 +38,7 @@ class Analysis:
 
     @property
     def module(self) -> str:
-        """Source file, so that editing it reruns just the analyses defined there."""
+        """Source file: a stage job's code inputs are these and what they import (opposites.codedeps)."""
         return importlib.util.find_spec(f"opposites.analyses.{self.target.split(':')[0]}").origin
 
 
