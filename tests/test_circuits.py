@@ -400,7 +400,7 @@ def test_edge_attribution_matches_transformer_lens(toy64, rows):
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-4)
 
 
-def planted_chain(tmp_path, senders: int):
+def planted_chain(tmp_path, senders: int, write: float = 0.1):
     """2 layers x 2 heads, d_model 64. Token embeddings live in dims 0-31, positions are zero, MLPs
     write nothing, every head attends uniformly. The first `senders` heads of layer 0 read the tokens
     and write into dims 32-63; head 1.0 reads its value only from dims 32-63 and writes into dims
@@ -424,13 +424,14 @@ def planted_chain(tmp_path, senders: int):
             W_O[live * dh:] = 0
             if layer == 0:
                 W_O[:, :32] = 0  # senders write only into dims 32-63, and little (LayerNorm's mean and
-                W_O[:] *= 0.1  # scale mix every dim, so a big write would reach the logits directly)
+                W_O[:] *= write  # scale mix every dim, so a big write would reach the logits directly)
             else:
                 W_V[:32, :dh] = 0  # 1.0 reads only dims 32-63 ...
                 W_V[32:, :dh] -= W_V[32:, :dh].mean(0)  # ... and ignores LayerNorm's shift there
+                W_V[32:, :dh] *= 0.1 / write  # as strongly whatever the senders' write
                 W_O[:dh, 32:] = 0  # and writes, strongly, into the token dims
                 W_O[:dh] *= 30.0
-    d = models.build_gpt2(tmp_path / f"chain-{senders}", 2, 2, 64, seed=3, edit=edit)
+    d = models.build_gpt2(tmp_path / f"chain-{senders}-{write}", 2, 2, 64, seed=3, edit=edit)
     return models.load("toy", d, "cpu", dtype=torch.float64)
 
 
@@ -453,9 +454,14 @@ def test_planted_circuit_is_found(tmp_path, rows, senders):
         truth = [(s, d) in truth_set for s, d in zip(df.src, df.dst)]
         assert roc_auc(df.score.abs().tolist(), truth) > PLANTED_MIN_AUC, method
     c = circuits.circuit(model, rows["ioi"], 8, circuit_share=0.8, ig_steps=5, stability_resamples=4, seed=0, edges=edges)
+    assert set(c["methods"]) == {"EAP", "EAP-IG", "exact", "ACDC"}  # ACDC too: it must find the chain exactly
     for method, m in c["methods"].items():
         found = {(e["src"], e["dst"]) for e in m["edges"]}
-        if senders == 1:
+        if method == "ACDC":  # it also keeps the senders' small direct write to the logits (through the
+            #                   final LayerNorm) where cutting it costs more than its thresholds: a real effect
+            direct = {(f"0.{s}", "logits") for s in range(senders)}
+            assert {("embed", "0.0.v"), ("1.0", "logits")} <= found <= truth_set | direct, found
+        elif senders == 1:
             assert found == truth_set, method
             assert m["completeness_lost"] == pytest.approx(1.0, abs=0.05)
         else:
@@ -471,6 +477,20 @@ def test_planted_circuit_is_found(tmp_path, rows, senders):
         assert c["nodes"] == ["embed", "0.0", "1.0", "logits"]
         stab = c["stability"]
         assert stab["mean_jaccard"] == pytest.approx(1.0) and all(x["frequency"] == 1.0 for x in stab["inclusion"])
+
+
+def test_acdc_recovers_a_planted_chain_exactly(tmp_path, rows):
+    """With the sender's write to the residual 100x smaller than the token dims (its leak into the
+    logits through the final LayerNorm negligible), ACDC's circuit is exactly the planted chain, and
+    its threshold sweep's smallest circuit is never smaller than the chain."""
+    from opposites.analyses import acdc
+
+    model = planted_chain(tmp_path, 1, write=0.01)
+    runs = circuits.prepare(model, rows["ioi"], 8)
+    found = acdc.discover(circuits.Discovery(runs, []), 0.8, seed=0)
+    assert {(e["src"], e["dst"]) for e in found["edges"]} == PLANTED[1]
+    assert found["recovered"] >= 0.8 and min(p["n_edges"] for p in found["sweep"]) >= 3
+    assert found["mib_curve"][-1] == {"fraction": 1.0, "n_edges": found["grid_size"], "recovered": 1.0}
 
 
 def test_compare_counts_and_jaccard():

@@ -14,6 +14,8 @@ from opposites.nodes import Edge, Node
 
 # MIB's grid of circuit sizes, as fractions of all edges (0.1% ... 100%)
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+ACDC_THRESHOLDS = (0.003, 0.01, 0.03, 0.1)  # tau: the recovery an edge may cost and still be cut
+ACDC_MAX_EDGES = 2000  # ACDC runs on graphs up to this size: about one exact forward per edge and tau
 EXACT_MAX_EDGES = 2000  # exact per-edge scores (one forward per edge) up to this many edges
 REFINE_MAX = 64  # greedy refinement tries at most this many removals (one exact evaluation each)
 REFINE_MAX_EDGES = 8 * REFINE_MAX  # larger circuits are not refined: REFINE_MAX removals would change

@@ -21,8 +21,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from opposites.circuit_metrics import (EXACT_MAX_EDGES, FRACTIONS, REFINE_MAX, REFINE_MAX_EDGES, cpr_cmd, fraction_sizes,
+from opposites.circuit_metrics import (ACDC_MAX_EDGES, EXACT_MAX_EDGES, FRACTIONS, REFINE_MAX, REFINE_MAX_EDGES, cpr_cmd, fraction_sizes,
                                        jaccard, prune_dangling, smallest_stable)
+from opposites.analyses import acdc
 from opposites.core import batches, direction, job_memo
 from opposites.nodes import Edge, component_nodes
 from opposites.patching.edges import Graph, edge_attribution, edge_forward, shared_prefix
@@ -403,6 +404,9 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
         d = Discovery(runs, ranked_records(df))
         methods[method] = _describe(d, d.select(circuit_share), seed)
         clock.lap(f"selection {method}")
+    if int(runs.graph.allowed.sum()) <= ACDC_MAX_EDGES:  # ACDC: about one exact forward per edge and threshold
+        methods["ACDC"] = acdc.discover(Discovery(runs, []), circuit_share, seed)
+        clock.lap("selection ACDC")
     if "exact" in per_prompt:
         ws, rs = runs.graph.allowed.nonzero(as_tuple=True)
         exact = per_prompt["exact"][ws, rs]  # (edge, prompt)

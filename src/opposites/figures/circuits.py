@@ -46,7 +46,7 @@ def circuit_graph(data: dict, tasks: list[str], max_edges: int = 60):
     return per_task(tasks, draw, height=3.0, max_cols=2)
 
 
-METHOD_STYLE = {"EAP-IG": ("#1b9e77", "o"), "EAP": ("#d95f02", "s"), "exact": ("0.3", "^")}
+METHOD_STYLE = {"EAP-IG": ("#1b9e77", "o"), "EAP": ("#d95f02", "s"), "exact": ("0.3", "^"), "ACDC": ("#7570b3", "D")}
 
 
 @figure

@@ -1,0 +1,85 @@
+"""ACDC (Conmy et al. 2023, "Towards automated circuit discovery") on the exact edge forward, as a
+third way to find a circuit beside ranking by EAP or EAP-IG scores.
+
+Start from the whole graph; visit the readers from the logits backwards (reverse computation
+order), and each reader's incoming edges from the latest writer back; cut an edge when cutting it
+lowers the recovered share of the clean-minus-corrupted logit difference by less than the threshold
+tau (recovery: clean prompts, the corrupted writer output on every cut edge, as everywhere here).
+A reader whose component no kept edge leaves is dangling: its edges are cut without a forward.
+Each trial differs from the kept circuit by one edge, so it resumes from the kept circuit's trace
+(Discovery.measure). A sweep of tau gives circuits of several sizes: the paper's ACDC circuit is the
+smallest of them that reaches the target share; the sweep is its faithfulness curve.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from opposites.circuit_metrics import ACDC_THRESHOLDS, cpr_cmd, prune_dangling
+from opposites.nodes import Edge, component_nodes
+from opposites.stats import interval
+
+
+def whole_graph(d) -> list[Edge]:
+    g = d.runs.graph
+    ws, rs = g.allowed.nonzero(as_tuple=True)
+    return [Edge(g.writers[w], g.readers[r]) for w, r in zip(ws.tolist(), rs.tolist())]
+
+
+def prune(d, threshold: float) -> tuple[list[Edge], float]:
+    """One ACDC pass at `threshold`: the circuit and its recovery."""
+    circuit, value, traces = whole_graph(d), 1.0, None  # the whole graph is the clean run
+    for reader in reversed(d.runs.graph.readers):
+        incoming = [e for e in circuit if e.dst == reader]
+        if reader.kind != "logits" and not any(e.src == reader.component for e in circuit):
+            circuit = [e for e in circuit if e.dst != reader]  # dangling: these edges change nothing
+            continue
+        for edge in reversed(incoming):  # the latest writer first
+            trial = [e for e in circuit if e != edge]
+            if not prune_dangling(trial):  # nothing left on a path: the corrupted run, by definition
+                got, trial_traces = d.recover([trial])[0], None
+            else:
+                traces = traces or d.record(circuit)
+                got, trial_traces = d.measure(trial, traces)
+            if value - got < threshold:
+                circuit, value, traces = trial, got, trial_traces
+            trial_traces = None
+    circuit = prune_dangling(circuit)
+    return circuit, d.recover([circuit])[0]
+
+
+def discover(d, target: float, seed: int, thresholds=ACDC_THRESHOLDS) -> dict:
+    """The sweep, the chosen circuit (the smallest reaching `target`; else the largest), and its
+    numbers with 95% intervals over bootstrap resamples of the prompts, in the keys the other
+    methods' descriptions use (the "grid size" is the whole graph ACDC starts from)."""
+    from opposites.analyses.circuits import _node_order, exact_lds
+
+    total = int(d.runs.graph.allowed.sum())
+    sweep = [(tau, *prune(d, tau)) for tau in thresholds]  # (tau, circuit, recovery)
+    reaching = [s for s in sweep if s[2] >= target]
+    tau, kept, value = min(reaching, key=lambda s: len(s[1])) if reaching else max(sweep, key=lambda s: len(s[1]))
+    by_size = {}  # circuit size -> (circuit, recovery), the whole graph apart
+    for _, c, v in sweep:
+        if len(c) < total:
+            by_size.setdefault(len(c), (c, v))
+    points = [(n, by_size[n][1]) for n in sorted(by_size)] + [(total, 1.0)]
+    fractions, faith = [n / total for n, _ in points], [v for _, v in points]
+    cpr, cmd = cpr_cmd(fractions, faith)
+    runs = d.runs
+    without = runs.graph.allowed & ~d.mask(kept)
+    lost_lds = exact_lds(runs, without[None])
+    curve_lds = d.lds([by_size[n][0] for n in sorted(by_size)])
+    boot = runs.intervals(torch.cat([d.lds([kept]), lost_lds, curve_lds]), seed)  # (circuit, resample)
+    boot_curves = [cpr_cmd(fractions, col.tolist()[2:] + [1.0]) for col in boot.T]
+    return {"n_edges": len(kept), "grid_size": total, "threshold": tau, "recovered": value,
+            "recovered_ci95": interval(boot[0]),
+            "completeness_lost": 1 - runs.recovery(lost_lds)[0].item(), "completeness_lost_ci95": interval(1 - boot[1]),
+            "cpr": cpr, "cmd": cmd,
+            "cpr_ci95": interval(torch.tensor([c for c, _ in boot_curves], dtype=torch.float64, device="cpu")),
+            "cmd_ci95": interval(torch.tensor([c for _, c in boot_curves], dtype=torch.float64, device="cpu")),
+            "exact_evaluations": d.evaluations,
+            "nodes": sorted((str(n) for n in component_nodes(kept)), key=_node_order),
+            "edges": [e.record() for e in kept],
+            "curve": [{"n_edges": n, "recovered": v} for n, v in points],
+            "mib_curve": [{"fraction": f, "n_edges": n, "recovered": v} for f, (n, v) in zip(fractions, points)],
+            "sweep": [{"threshold": t, "n_edges": len(c), "recovered": v} for t, c, v in sweep]}
