@@ -115,6 +115,17 @@ def build(hp: dict, seed: int, vocab_size: int = 50257) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(config)
 
 
+def compact(net: GPT2LMHeadModel, vocab: torch.Tensor, hp: dict) -> GPT2LMHeadModel:
+    """`net` (GPT-2's vocabulary) with only the embedding rows of `vocab` (GPT-2 ids, sorted): row i
+    is token vocab[i]; every other weight as it is. Training starts from the seeded GPT-2 this way."""
+    small = build(hp, 0, vocab_size=len(vocab))  # its initial weights are replaced below
+    state = net.state_dict()
+    state["transformer.wte.weight"] = state["transformer.wte.weight"][vocab]
+    state["lm_head.weight"] = state["transformer.wte.weight"]
+    small.load_state_dict(state)
+    return small
+
+
 def expand(net: GPT2LMHeadModel, vocab: torch.Tensor, hp: dict, seed: int) -> GPT2LMHeadModel:
     """The model trained on the corpus's own tokens (`vocab`: their GPT-2 ids, sorted; row i of its
     embedding is token vocab[i]) as a standard GPT-2 with GPT-2's 50,257 ids: every weight copied,
@@ -247,9 +258,9 @@ def train(tasks, out_dir, seed: int, eval_rows: dict[str, list[dict]], **overrid
     # Trained on the corpus's own tokens only (a few hundred of GPT-2's 50,257: the full unembedding
     # and its softmax were nearly all of a step), then written as a standard GPT-2 (expand).
     vocab = torch.tensor(sorted({t for s in sentences for t in s}), device="cpu")
-    compact = [torch.searchsorted(vocab, torch.tensor(s, device="cpu")).tolist() for s in sentences]
-    net = build(hp, seed, vocab_size=len(vocab))
-    losses = fit(net, compact, hp, seed)
+    ids = [torch.searchsorted(vocab, torch.tensor(s, device="cpu")).tolist() for s in sentences]
+    net = compact(build(hp, seed), vocab, hp)
+    losses = fit(net, ids, hp, seed)
     net = expand(net, vocab, hp, seed)
     wall = time.perf_counter() - start
     metrics = {task: evaluate(net, tokenizer, rows) for task, rows in eval_rows.items()}
