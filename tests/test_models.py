@@ -1,4 +1,5 @@
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,3 +52,19 @@ def test_a_misspelt_built_in_model_is_suggested(monkeypatch):
 def test_offline_models_need_no_hub():
     models.check_available("toy")
     models.check_available("random:gpt2")
+
+
+def test_a_model_folder_is_checked_before_any_job(toy_dir, tmp_path):
+    """The start-up check names what makes a folder unusable (the workflow tests run it end to end)."""
+    import shutil
+
+    assert models.model_dir_problem(toy_dir) is None
+    cut = Path(shutil.copytree(toy_dir, tmp_path / "cut"))
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1])  # one byte short
+    assert "truncated or damaged weights file, model.safetensors" in models.model_dir_problem(cut)
+    bare = Path(shutil.copytree(toy_dir, tmp_path / "bare"))
+    (bare / "tokenizer.json").unlink()
+    assert "no tokenizer files" in models.model_dir_problem(bare)
+    with pytest.raises(models.ModelUnavailable, match=f"The model folder {bare} has no tokenizer files"):
+        models.check_model_dir(bare)

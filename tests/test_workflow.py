@@ -48,6 +48,17 @@ def test_pdf_text_has_the_baseline_numbers(built):
     assert "results/toy/figures/head_dla.pdf" in text
 
 
+def test_the_pdf_has_a_title_and_no_latex_source_in_its_text(built):
+    """The PDF's Title metadata is the paper's title, and no LaTeX source leaks into the text (a
+    table once printed `$-$0.69` literally)."""
+    pdf = built / "results/toy/paper/paper.pdf"
+    info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout
+    title = outline.load(built / "paper/outline.yaml", ["size"]).title
+    assert re.search(r"^Title:\s+" + re.escape(title.split()[0]), info, re.M), info
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    assert not re.findall(r".{0,20}[$\\].{0,20}", text)
+
+
 def pdf_pages(pdf) -> list[str]:
     out = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     return out.split("\f")

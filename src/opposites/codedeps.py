@@ -86,8 +86,11 @@ def imports(path: Path) -> tuple[Path, ...]:
 
 
 def closure(files) -> list[Path]:
-    """Every Python file reached from `files` (included) by imports, sorted."""
-    return list(_closure(frozenset(Path(f).resolve() for f in files)))
+    """Every Python file reached from `files` (included, with the __init__ of each package they
+    belong to, which importing them runs) by imports, sorted."""
+    start = {Path(f).resolve() for f in files}
+    start |= {p for f in list(start) if (name := _dotted(f)) for p in _with_parents(name)}
+    return list(_closure(frozenset(start)))
 
 
 @lru_cache(maxsize=None)

@@ -238,8 +238,8 @@ def component_classes(data: dict, tasks: list[str]) -> str:
         df = df.assign(size=df.answer.abs() + df.wrong.abs())
         for cls in ("opposite-mapping", "copy-like", "copy-suppressing"):
             part = df[df.cls == cls].nlargest(5, "size")
-            cells = ", ".join(f"{r.component} ({fmt(r.answer)}, {fmt(r.wrong)})" for r in part.itertuples()) or "none"
-            rows.append([tex_escape(task), cls, str(int((df.cls == cls).sum())), tex_escape(cells)])
+            cells = ", ".join(f"{tex_escape(r.component)} ({fmt(r.answer)}, {fmt(r.wrong)})" for r in part.itertuples()) or "none"
+            rows.append([tex_escape(task), cls, str(int((df.cls == cls).sum())), cells])  # fmt writes LaTeX: not escaped
         c = data["control"][task]
         rows.append([tex_escape(task), "control", str(c["n"]),
                      f"answer vs unrelated: clean {fmt_ci(c['answer_rel_clean'], c['answer_rel_clean_ci95'])}, "
