@@ -81,6 +81,7 @@ def test_wilson():
     """Published values: 0/10 -> [0, 0.2775]; 64/64 -> [0.9434, 1]; symmetric in k <-> n - k."""
     assert interchange.wilson(0, 10) == pytest.approx([0.0, 0.2775], abs=1e-4)
     assert interchange.wilson(64, 64) == pytest.approx([0.9434, 1.0], abs=1e-4)
+    assert all(interchange.wilson(0, n)[0] == 0 and interchange.wilson(n, n)[1] == 1 for n in range(1, 100))
     low, high = interchange.wilson(20, 64)
     assert [1 - high, 1 - low] == pytest.approx(interchange.wilson(44, 64))
 

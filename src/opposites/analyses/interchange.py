@@ -33,7 +33,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
     p = k / n
     centre, half = (p + z * z / (2 * n)), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     low, high = (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
-    return [min(low, p), max(high, p)]  # at k = 0 or n, rounding could put a bound past p
+    return [max(0.0, min(low, p)), min(1.0, max(high, p))]  # at k = 0 or n, rounding could put a bound past p
 
 
 def source_role(task: str) -> str:
