@@ -146,3 +146,20 @@ def test_das_finds_a_small_subspace_random_ones_do_not(located, task):
     good = [k for k in end["k"] if k["iia"] >= 0.8]
     assert good, end["k"]
     assert all(k["random_iia_mean"] <= 0.2 for k in good), good
+
+
+def test_table_and_prose_facts_follow_the_intervals(located):
+    """What the paper may claim is read off the intervals: on the trained model END carries the
+    value, the source word's position has lost it, and some k <= 8 is not distinguishable from the
+    full interchange; a result whose intervals do not support it makes no such claim."""
+    from opposites.summary import interchange_facts
+    from opposites.tables import interchange as table
+
+    data = {"interchange": {t: located[t][0] for t in located}, "das": {t: located[t][1] for t in located}}
+    for task in located:
+        facts = interchange_facts(data, task)
+        assert facts["end_carries"] and facts["role_left"] and facts["das_k"] is not None
+    assert table(data, list(located)).count(located["size"][0]["best_end"]["label"]) >= 1
+    weak = {**located["size"][0], "best_end": {**located["size"][0]["best_end"], "iia": 0.5, "iia_ci95": [0.38, 0.62]}}
+    facts = interchange_facts({"interchange": {"size": weak}, "das": {"size": located["size"][1]}}, "size")
+    assert not facts["end_carries"]  # an interval reaching 1/2: no claim that END carries the value
