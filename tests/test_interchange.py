@@ -61,6 +61,30 @@ def test_full_width_subspace_is_the_full_interchange(toy64, pair, make):
     assert effect > 1e-4 and (partial - full).abs().max() > 0.1 * effect
 
 
+def test_end_interventions_against_transformer_lens_patching(toy64, pair):
+    """Each head's z, each MLP's output and the residual before each layer at END, from the source:
+    the same logits as TransformerLens's own activation-patching reference (every position; it
+    stores its results in float32, hence the relative tolerance)."""
+    import transformer_lens.patching as tlp
+
+    from opposites.interventions import head_z, mlp_out
+
+    _, _, base, source = pair
+    token = int(source[0, 1])  # any token's logit will do
+    metric = lambda logits: logits[:, -1, token].sum()  # noqa: E731
+    _, cache = toy64.run_with_cache(source)
+    L, H = toy64.cfg.n_layers, toy64.cfg.n_heads
+    ours = lambda ivs: torch.tensor([run(toy64, base, source, [iv])[:, token].sum() for iv in ivs],  # noqa: E731
+                                    dtype=torch.float64)
+    heads = tlp.get_act_patch_attn_head_out_by_pos(toy64, base, cache, metric)[:, -1]  # (layer, head)
+    torch.testing.assert_close(ours([head_z(l, h) for l in range(L) for h in range(H)]).view(L, H), heads.double(),
+                               atol=1e-8, rtol=1e-6)
+    mlps = tlp.get_act_patch_mlp_out(toy64, base, cache, metric)[:, -1]
+    torch.testing.assert_close(ours([mlp_out(l) for l in range(L)]), mlps.double(), atol=1e-8, rtol=1e-6)
+    resid = tlp.get_act_patch_resid_pre(toy64, base, cache, metric)[:, -1]
+    torch.testing.assert_close(ours([resid_pre(l) for l in range(L)]), resid.double(), atol=1e-8, rtol=1e-6)
+
+
 def test_pairs_have_a_different_source_word_and_answer(tokenizer):
     for task, role in (("size", "ADJ1"), ("ioi", "IO"), ("isa", "ENTITY")):
         rows = make_prompts(task, tokenizer, 24, seed=SEED, min_prompts=8)[0]
