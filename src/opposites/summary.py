@@ -110,7 +110,25 @@ def mechanism_facts(data: dict, task: str) -> dict:
     movers = data["movers"][task]
     mapping = data.get("mapping", {}).get(task)
     return {"movers": movers, "movers_carry": carries(movers["ablation"]), "mapping": mapping,
-            "mappers_carry": carries(mapping["ablation"]) if mapping else False}
+            "mappers_carry": carries(mapping["ablation"]) if mapping else False,
+            "interchange": interchange_facts(data, task)}
+
+
+def interchange_facts(data: dict, task: str) -> dict | None:
+    """The located point and what its intervals support: END carries the source's value (IIA's
+    interval above 1/2); the source word's position no longer does there (its interval wholly below
+    END's); the smallest DAS subspace not distinguishable from the whole vector on held-out pairs (its
+    interval reaches the full interchange's, and lies above every random subspace's IIA)."""
+    sweep, das = data.get("interchange", {}).get(task), data.get("das", {}).get(task)
+    if sweep is None or das is None:
+        return None
+    end, role = sweep["best_end"], sweep["role_at_best_end"]
+    at_end = next(loc for loc in das["locations"] if loc["site"] == end["site"] and loc["position"] == "END")
+    full = at_end["full"]["iia_ci95"]
+    small = [k for k in at_end["k"] if k["iia_ci95"][1] >= full[0] and k["iia_ci95"][0] > k["random_iia_max"]]
+    return {"sweep": sweep, "das": at_end, "n_test": das["n_test"], "end_carries": end["iia_ci95"][0] > 0.5,
+            "role_left": role["iia_ci95"][1] < end["iia_ci95"][0], "das_k": small[0] if small else None,
+            "das_best": max(at_end["k"], key=lambda k: k["iia"]) if at_end["k"] else None}
 
 
 def recency_facts(res: dict) -> dict:

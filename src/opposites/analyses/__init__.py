@@ -81,6 +81,8 @@ ANALYSES: dict[str, Analysis] = {
     "circuit": Analysis(target="circuits:circuit", ext="json", stage="circuits",
                         settings=("circuit_share", "ig_steps", "stability_resamples", "seed"), requires=("edges",)),
     "faithfulness": Analysis(target="circuits:faithfulness", ext="csv", stage="circuits", requires=("circuit",)),
+    "interchange": Analysis(target="interchange:interchange", ext="json", stage="interchange", settings=("seed",)),
+    "das": Analysis(target="das:das", ext="json", stage="interchange", settings=("seed",), requires=("interchange",)),
 }
 STAGES: dict[str, list[str]] = {}
 for _name, _a in ANALYSES.items():
@@ -89,11 +91,12 @@ for _name, _a in ANALYSES.items():
 
 # Scheduling: of the jobs ready to run, those that unlock the most work after them go first. The
 # prompts (everything waits on them), the lens (patching waits on it), patching (the heads job waits
-# on it), then circuits (no analysis waits on them, and they are the longest), then heads; figures and
-# tables (0) last. So long jobs start early and short ones fill the end: the GPT-2-size build on 2
-# cores keeps 1.96 jobs running on average (circuits first, as before: 1.77-1.82, with a patching job
-# and then its heads job running alone at the end).
-PRIORITY = {"prompts": 5, "lens": 4, "patching": 3, "circuits": 2, "heads": 1}
+# on it), then circuits (no analysis waits on them, and they are the longest), then heads and
+# interchange (short; nothing waits on them); figures and tables (0) last. So long jobs start early
+# and short ones fill the end: the GPT-2-size build on 2 cores keeps 1.96 jobs running on average
+# (circuits first, as before: 1.77-1.82, with a patching job and then its heads job running alone at
+# the end).
+PRIORITY = {"prompts": 5, "lens": 4, "patching": 3, "circuits": 2, "heads": 1, "interchange": 1}
 
 
 def stage_analyses(stage: str, task: str) -> list[str]:

@@ -1,0 +1,132 @@
+"""Distributed alignment search (DAS) at the points the interchange sweep located.
+
+At a location (site and position), learn a k-dimensional subspace with orthonormal basis B (d x k)
+whose interchange alone, h <- h + B B^T (h_src - h_base), makes the base run give the source's
+answer: cross-entropy over the candidate answers on training pairs, Adam on an orthogonal
+parametrisation (torch.nn.utils.parametrizations.orthogonal). Scored by IIA on held-out pairs, split
+by word: pairs whose source word or source answer is linked (a word and its answer, transitively:
+an adjective pair, a category with its entities) fall on the same side, so no held-out
+counterfactual answer was trained on. Controls on the same held-out pairs: random orthonormal
+subspaces of the same k, and the full interchange. Built on opposites.interventions (TransformerLens
+hooks; see its docstring for why not pyvene)."""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from opposites.analyses.interchange import (PairBatch, candidate_ids, candidates, make_pairs, pair_batches, source_role,
+                                            wilson)
+from opposites.interventions import Intervention, run, source_activations
+
+KS = (1, 2, 4, 8)  # subspace dimensions
+STEPS = 150  # Adam steps, full batch
+LR = 0.02
+RANDOM_DRAWS = 5  # random subspaces per k
+
+
+def split_by_word(pairs: list[tuple[dict, dict]], role: str, seed: int) -> tuple[list, list]:
+    """(train, held-out) pairs: groups of linked words (source word - source answer) are shuffled
+    with a seeded RNG and go to the held-out side until it has half of the pairs."""
+    groups: list[set[str]] = []
+    for _, s in pairs:
+        linked = {s["words"][role], s["answer"].strip()}
+        touching = [g for g in groups if g & linked]
+        groups = [g for g in groups if not g & linked] + [linked.union(*touching)]
+    groups = sorted(groups, key=sorted)
+    random.Random(f"das-{pairs[0][0]['task']}-{seed}").shuffle(groups)
+    held, test_words = 0, set()
+    for g in groups:
+        n = sum(s["answer"].strip() in g for _, s in pairs)
+        if held + n <= len(pairs) / 2 or not test_words:
+            test_words |= g
+            held += n
+    test = [p for p in pairs if p[1]["answer"].strip() in test_words]
+    return [p for p in pairs if p[1]["answer"].strip() not in test_words], test
+
+
+def fit_subspaces(logits_of: Callable[[Tensor], Tensor], target: Tensor, d: int, ks: tuple[int, ...], seed: int,
+                  dtype=torch.float32, device="cpu", steps: int = STEPS, lr: float = LR) -> list[Tensor]:
+    """One (d, k) orthonormal basis per k, each minimising the cross-entropy of its logits against
+    target (pairs,). logits_of(bases) takes the bases stacked (n_k, d, max k; columns past k are 0)
+    and returns (n_k, pairs, candidates), so all k share each forward pass; each k's loss depends on
+    its own basis only, so their sum trains each as if alone. The model's weights get no gradient."""
+    torch.manual_seed(seed)
+    rotations = [nn.utils.parametrizations.orthogonal(nn.Linear(d, k, bias=False, dtype=dtype, device=device))
+                 for k in ks]  # weight (k, d), orthonormal rows
+
+    def bases() -> Tensor:  # (n_k, d, max k)
+        return torch.stack([F.pad(r.weight.T, (0, max(ks) - k)) for r, k in zip(rotations, ks)])
+
+    params = [p for r in rotations for p in r.parameters()]
+    opt = torch.optim.Adam(params, lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = sum(F.cross_entropy(logits, target) for logits in logits_of(bases()))
+            for p, g in zip(params, torch.autograd.grad(loss, params)):
+                p.grad = g
+            opt.step()
+    return [r.weight.T.detach() for r in rotations]
+
+
+def random_basis(d: int, k: int, generator: torch.Generator, dtype=torch.float32) -> Tensor:
+    """(d, k) orthonormal basis of a uniformly random k-dimensional subspace."""
+    return torch.linalg.qr(torch.randn(d, k, generator=generator, dtype=torch.float64, device="cpu"))[0].to(dtype)
+
+
+def iia(hits: Tensor) -> dict:
+    k, n = int(hits.sum()), len(hits)
+    return {"iia": k / n, "iia_ci95": wilson(k, n), "n": n}
+
+
+def das_at(model, train: list[PairBatch], test: list[PairBatch], ids: Tensor, site: str, position: str,
+           seed: int) -> dict:
+    """DAS for every k at one location, with the random and full-interchange controls."""
+    where = Intervention(site, position)
+    acts = {id(b): source_activations(model, b.source, [where]) for b in train + test}
+    d = next(iter(acts.values()))[site].shape[-1]
+    dtype = next(iter(acts.values()))[site].dtype
+
+    def logits_of(basis: Tensor | None, batches: list[PairBatch]) -> Tensor:  # (pairs, candidates)
+        iv = Intervention(site, position, basis=basis)
+        return torch.cat([run(model, b.base, acts[id(b)], [iv], b.positions, ids) for b in batches])
+
+    def stacked_logits(bases: Tensor) -> Tensor:  # bases (n_k, d, max k) -> (n_k, pairs, candidates)
+        n_k, out = len(bases), []
+        for b in train:  # the batch repeated once per k, each copy with its own basis
+            n = len(b.base)
+            iv = Intervention(site, position, basis=bases.repeat_interleave(n, 0))  # (n_k * n, d, max k)
+            rep = {key: v.repeat(n_k, *[1] * (v.dim() - 1)) for key, v in acts[id(b)].items()}
+            pos = {role: v.repeat(n_k) for role, v in b.positions.items()}
+            out.append(run(model, b.base.repeat(n_k, 1), rep, [iv], pos, ids).view(n_k, n, -1))
+        return torch.cat(out, 1)
+
+    def hits(basis: Tensor | None, batches: list[PairBatch]) -> Tensor:
+        return (logits_of(basis, batches).argmax(-1) == torch.cat([b.source_answer for b in batches])).cpu()
+
+    target = torch.cat([b.source_answer for b in train])
+    generator = torch.Generator().manual_seed(seed)
+    ks = tuple(k for k in KS if k < d)
+    per_k = []
+    for k, basis in zip(ks, fit_subspaces(stacked_logits, target, d, ks, seed, dtype, ids.device)):
+        draws = [iia(hits(random_basis(d, k, generator, dtype).to(ids.device), test))["iia"] for _ in range(RANDOM_DRAWS)]
+        per_k.append({"k": k, **iia(hits(basis, test)), "train_iia": iia(hits(basis, train))["iia"],
+                      "random_iia_mean": sum(draws) / len(draws), "random_iia_max": max(draws)})
+    return {"site": site, "position": position, "layer": where.layer, "d": d, "full": iia(hits(None, test)), "k": per_k}
+
+
+def das(model, rows: list[dict], batch_size: int, seed: int, interchange=None) -> dict:
+    """DAS at the END point the sweep located and at the source word's latest point."""
+    role = source_role(rows[0]["task"])
+    train, test = split_by_word(make_pairs(rows, role, seed), role, seed)
+    cands = candidates(rows)
+    ids = candidate_ids(model, cands)
+    train_b, test_b = pair_batches(model, train, cands, batch_size), pair_batches(model, test, cands, batch_size)
+    points = [interchange["best_end"], interchange["best_role"]]
+    return {"role": role, "n_train": len(train), "n_test": len(test),
+            "test_answers": sorted({s["answer"].strip() for _, s in test}),
+            "locations": [das_at(model, train_b, test_b, ids, p["site"], p["position"], seed) for p in points]}

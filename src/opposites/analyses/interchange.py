@@ -1,0 +1,159 @@
+"""Interchange interventions: where does the model hold the source word's value?
+
+Pairs of prompts of one template whose source word differs (the task's copy_role: ADJ1, IO, ENTITY)
+and whose answers differ: the base prompt is run with one location taken from the source prompt.
+If that location carries the source word's value (its adjective, name or entity), the base run's
+answer becomes the source prompt's answer. Locations: the residual stream at the source word's
+position and at END, before layer 0 and after each layer; each head's output (hook_z) at END; each
+MLP's output at END.
+  IIA: the share of pairs whose top candidate answer (among every answer and wrong word of the
+       task's prompts) becomes the source's answer, with a Wilson 95% interval;
+  graded: the logit of the source's answer minus the base's, summed over pairs, as a share of the
+       way from the base run (0) to the source run (1)."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from itertools import groupby
+
+import torch
+from torch import Tensor
+
+from opposites.interventions import (Intervention, head_z, mlp_out, resid_post, resid_pre, role_positions, run,
+                                     source_activations)
+from opposites.prompts import load_spec
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
+    """Wilson score interval of the proportion k/n (95% by default)."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = k / n
+    centre, half = (p + z * z / (2 * n)), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    low, high = (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+    return [max(0.0, min(low, p)), min(1.0, max(high, p))]  # at k = 0 or n, rounding could put a bound past p
+
+
+def source_role(task: str) -> str:
+    return load_spec(task)["copy_role"]
+
+
+def make_pairs(rows: list[dict], role: str, seed: int) -> list[tuple[dict, dict]]:
+    """One (base, source) pair per base prompt that has a partner: same template and token layout,
+    a different source word, and an answer that is neither the base's answer nor one of its words
+    (so it is not the repeated adjective, nor IOI's subject). Source drawn with a seeded RNG."""
+    rng = random.Random(f"interchange-{rows[0]['task']}-{seed}")
+    pairs = []
+    for base in rows:
+        fits = [s for s in rows if s["template"] == base["template"] and s["positions"] == base["positions"]
+                and s["words"][role] != base["words"][role] and s["answer"] != base["answer"]
+                and s["answer"].strip() not in base["words"].values()]
+        if fits:
+            pairs.append((base, rng.choice(fits)))
+    return pairs
+
+
+def candidates(rows: list[dict]) -> list[str]:
+    """Every answer and wrong word of the task's prompts (with the leading space)."""
+    return sorted({r["answer"] for r in rows} | {r["wrong"] for r in rows})
+
+
+@dataclass
+class PairBatch:
+    base: Tensor  # (batch, pos) tokens
+    source: Tensor  # (batch, pos)
+    positions: dict[str, Tensor]  # role -> (batch,) index, shared by base and source
+    base_answer: Tensor  # (batch,) index into the candidates
+    source_answer: Tensor  # (batch,)
+
+
+def pair_batches(model, pairs: list[tuple[dict, dict]], cands: list[str], batch_size: int) -> list[PairBatch]:
+    """Pairs batched by token length (no padding: END is the last position)."""
+    index = {w: i for i, w in enumerate(cands)}
+    ordered = sorted(pairs, key=lambda p: (p[0]["positions"]["END"], p[0]["id"]))
+    out = []
+    for _, group in groupby(ordered, key=lambda p: p[0]["positions"]["END"]):
+        group = list(group)
+        for i in range(0, len(group), batch_size):
+            chunk = group[i:i + batch_size]
+            base = model.to_tokens([b["clean"] for b, _ in chunk])
+            out.append(PairBatch(base, model.to_tokens([s["clean"] for _, s in chunk]),
+                                 role_positions([b for b, _ in chunk], base.device),
+                                 torch.tensor([index[b["answer"]] for b, _ in chunk], device=base.device),
+                                 torch.tensor([index[s["answer"]] for _, s in chunk], device=base.device)))
+    return out
+
+
+def candidate_ids(model, cands: list[str]) -> Tensor:
+    return torch.tensor([model.to_single_token(w) for w in cands], device=model.W_U.device)
+
+
+def locations(model, role: str) -> list[Intervention]:
+    """Residual at the source word and END before layer 0 and after each layer; heads and MLPs at END."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    resid = [resid_pre(0, p) for p in (role, "END")] + [resid_post(l, p) for l in range(L) for p in (role, "END")]
+    return resid + [head_z(l, h) for l in range(L) for h in range(H)] + [mlp_out(l) for l in range(L)]
+
+
+def kind(iv: Intervention) -> str:
+    return iv.site.rsplit("hook_", 1)[1]  # resid_pre, resid_post, z, mlp_out
+
+
+def label(iv: Intervention) -> str:
+    """Where, in words: before/after a layer (the residual), a head, an MLP."""
+    return {"resid_pre": f"before layer {iv.layer}", "resid_post": f"after layer {iv.layer}",
+            "z": f"head {iv.layer}.{iv.head}", "mlp_out": f"MLP {iv.layer}"}[kind(iv)]
+
+
+def score(logits: Tensor, b: PairBatch) -> tuple[Tensor, Tensor]:
+    """(batch,) whether the source's answer is the top candidate, and its logit minus the base's."""
+    rows = torch.arange(len(logits), device=logits.device)
+    return (logits.argmax(-1) == b.source_answer).cpu(), (logits[rows, b.source_answer] - logits[rows, b.base_answer]).cpu()
+
+
+def sweep(model, batches: list[PairBatch], ids: Tensor, where: list[Intervention]) -> list[dict]:
+    """IIA and graded IIA of each single-location interchange."""
+    hits, diffs = [[] for _ in where], [[] for _ in where]
+    base_d, source_d = [], []
+    for b in batches:
+        acts = source_activations(model, b.source, where)
+        base_d.append(score(run(model, b.base, acts, [], ids=ids), b)[1])
+        source_d.append(score(run(model, b.source, acts, [], ids=ids), b)[1])
+        for i, iv in enumerate(where):
+            hit, d = score(run(model, b.base, acts, [iv], b.positions, ids), b)
+            hits[i].append(hit)
+            diffs[i].append(d)
+    base_d, span = torch.cat(base_d), (torch.cat(source_d) - torch.cat(base_d)).double().sum().item()
+    out = []
+    for iv, hit, d in zip(where, hits, diffs):
+        hit = torch.cat(hit)
+        k, n = int(hit.sum()), len(hit)
+        out.append({"site": iv.site, "kind": kind(iv), "label": label(iv), "layer": iv.layer, "head": iv.head, "position": iv.position,
+                    "n": n, "iia": k / n, "iia_ci95": wilson(k, n),
+                    "graded": (torch.cat(d) - base_d).double().sum().item() / span if span else None})
+    return out
+
+
+def first_best(rows: list[dict], last: bool = False) -> dict:
+    """The first (or last) location in layer order whose IIA reaches the lower Wilson bound of the
+    largest: the earliest (latest) point not distinguishable from the best."""
+    top = max(rows, key=lambda r: r["iia"])
+    near = [r for r in rows if r["iia"] >= top["iia_ci95"][0]]
+    return near[-1] if last else near[0]
+
+
+def interchange(model, rows: list[dict], batch_size: int, seed: int) -> dict:
+    """The sweep, and the located points: where END first carries the source's value, and where
+    the source word's position last does."""
+    role = source_role(rows[0]["task"])
+    pairs, cands = make_pairs(rows, role, seed), candidates(rows)
+    batches = pair_batches(model, pairs, cands, batch_size)
+    result = sweep(model, batches, candidate_ids(model, cands), locations(model, role))
+    resid = [r for r in result if r["kind"] in ("resid_pre", "resid_post")]
+    end = first_best([r for r in resid if r["position"] == "END"])
+    at_role = first_best([r for r in resid if r["position"] == role], last=True)
+    same_site = next(r for r in resid if r["site"] == end["site"] and r["position"] == role)
+    return {"role": role, "n_pairs": len(pairs), "candidates": [c.strip() for c in cands], "locations": result,
+            "best_end": end, "best_role": at_role, "role_at_best_end": same_site}

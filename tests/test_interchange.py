@@ -1,0 +1,189 @@
+"""Interchange interventions and DAS (issue 31): the hook runner against independent computations
+(float64 toy model), the located points on the trained model, and DAS recovering a planted direction."""
+
+import pytest
+import torch
+
+from opposites import models
+from opposites.analyses import das, interchange
+from opposites.interventions import Intervention, interchange as swap, resid_post, resid_pre, role_positions, run
+from opposites.prompts import make_prompts
+
+SEED = 0
+
+
+@pytest.fixture(scope="module")
+def pair(toy64):
+    """Base and source prompts of the size task, paired as the analysis pairs them, one template."""
+    rows = make_prompts("size", toy64.tokenizer, 24, seed=SEED, min_prompts=8)[0]
+    pairs = interchange.make_pairs(rows, "ADJ1", SEED)
+    pairs = [p for p in pairs if p[0]["template"] == pairs[0][0]["template"]]
+    base, source = [b for b, _ in pairs], [s for _, s in pairs]
+    return base, source, toy64.to_tokens([r["clean"] for r in base]), toy64.to_tokens([r["clean"] for r in source])
+
+
+def last_logits(model, tokens):
+    return model(tokens)[:, -1]
+
+
+def test_full_residual_before_layer_0_is_the_source_run(toy64, pair):
+    _, _, base, source = pair
+    got = run(toy64, base, source, [Intervention("blocks.0.hook_resid_pre", "ALL")])
+    assert torch.allclose(got, last_logits(toy64, source), atol=1e-10, rtol=0)
+    assert not torch.allclose(got, last_logits(toy64, base), atol=1e-3)
+
+
+def test_no_intervention_is_the_base_run(toy64, pair):
+    _, _, base, source = pair
+    assert torch.allclose(run(toy64, base, source, []), last_logits(toy64, base), atol=1e-10, rtol=0)
+
+
+def test_role_position_is_that_prompt_s_token(toy64, pair):
+    """The residual before layer 0 at ADJ1 from the source = the base prompt with its ADJ1 token
+    replaced by the source's (positions resolved per prompt from row["positions"])."""
+    rows, _, base, source = pair
+    at = role_positions(rows, 'cpu')["ADJ1"]
+    edited = base.clone()
+    edited[torch.arange(len(base)), at] = source[torch.arange(len(base)), at]
+    got = run(toy64, base, source, [resid_pre(0, "ADJ1")], role_positions(rows, 'cpu'))
+    assert torch.allclose(got, last_logits(toy64, edited), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("make", [lambda B: resid_post(1, "END", B), lambda B: resid_pre(2, "ADJ1", B)])
+def test_full_width_subspace_is_the_full_interchange(toy64, pair, make):
+    rows, _, base, source = pair
+    d = toy64.cfg.d_model
+    basis = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64))[0]
+    full = run(toy64, base, source, [make(None)], role_positions(rows, 'cpu'))
+    assert torch.allclose(run(toy64, base, source, [make(basis)], role_positions(rows, 'cpu')), full, atol=1e-9, rtol=0)
+    effect = (full - last_logits(toy64, base)).abs().max()  # of the full interchange
+    partial = run(toy64, base, source, [make(basis[:, :2])], role_positions(rows, 'cpu'))
+    assert effect > 1e-4 and (partial - full).abs().max() > 0.1 * effect
+
+
+def test_end_interventions_against_transformer_lens_patching(toy64, pair):
+    """Each head's z, each MLP's output and the residual before each layer at END, from the source:
+    the same logits as TransformerLens's own activation-patching reference (every position; it
+    stores its results in float32, hence the relative tolerance)."""
+    import transformer_lens.patching as tlp
+
+    from opposites.interventions import head_z, mlp_out
+
+    _, _, base, source = pair
+    token = int(source[0, 1])  # any token's logit will do
+    metric = lambda logits: logits[:, -1, token].sum()  # noqa: E731
+    _, cache = toy64.run_with_cache(source)
+    L, H = toy64.cfg.n_layers, toy64.cfg.n_heads
+    ours = lambda ivs: torch.tensor([run(toy64, base, source, [iv])[:, token].sum() for iv in ivs],  # noqa: E731
+                                    dtype=torch.float64)
+    heads = tlp.get_act_patch_attn_head_out_by_pos(toy64, base, cache, metric)[:, -1]  # (layer, head)
+    torch.testing.assert_close(ours([head_z(l, h) for l in range(L) for h in range(H)]).view(L, H), heads.double(),
+                               atol=1e-8, rtol=1e-6)
+    mlps = tlp.get_act_patch_mlp_out(toy64, base, cache, metric)[:, -1]
+    torch.testing.assert_close(ours([mlp_out(l) for l in range(L)]), mlps.double(), atol=1e-8, rtol=1e-6)
+    resid = tlp.get_act_patch_resid_pre(toy64, base, cache, metric)[:, -1]
+    torch.testing.assert_close(ours([resid_pre(l) for l in range(L)]), resid.double(), atol=1e-8, rtol=1e-6)
+
+
+def test_pairs_have_a_different_source_word_and_answer(tokenizer):
+    for task, role in (("size", "ADJ1"), ("ioi", "IO"), ("isa", "ENTITY")):
+        rows = make_prompts(task, tokenizer, 24, seed=SEED, min_prompts=8)[0]
+        pairs = interchange.make_pairs(rows, role, SEED)
+        assert len(pairs) >= len(rows) // 2
+        assert pairs == interchange.make_pairs(rows, role, SEED)  # seeded
+        for b, s in pairs:
+            assert b["template"] == s["template"] and b["positions"] == s["positions"]
+            assert b["words"][role] != s["words"][role] and b["answer"] != s["answer"]
+            assert s["answer"].strip() not in b["words"].values()
+        train, test = das.split_by_word(pairs, role, SEED)
+        assert train and test and len(train) + len(test) == len(pairs)
+        seen = {w for _, s in train for w in (s["words"][role], s["answer"].strip())}
+        assert not seen & {s["answer"].strip() for _, s in test}  # held-out answers never trained on
+
+
+def test_wilson():
+    """Published values: 0/10 -> [0, 0.2775]; 64/64 -> [0.9434, 1]; symmetric in k <-> n - k."""
+    assert interchange.wilson(0, 10) == pytest.approx([0.0, 0.2775], abs=1e-4)
+    assert interchange.wilson(64, 64) == pytest.approx([0.9434, 1.0], abs=1e-4)
+    assert all(interchange.wilson(0, n)[0] == 0 and interchange.wilson(n, n)[1] == 1 for n in range(1, 100))
+    low, high = interchange.wilson(20, 64)
+    assert [1 - high, 1 - low] == pytest.approx(interchange.wilson(44, 64))
+
+
+def test_das_recovers_a_planted_direction():
+    """A readout that depends on the residual only through its projection on u, with a distractor
+    direction w that differs as much between base and source: DAS with k = 1 finds u."""
+    g = torch.Generator().manual_seed(1)
+    d, n = 16, 256
+    u, w = torch.linalg.qr(torch.randn(d, 2, generator=g))[0].T
+    h_base, h_source = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+
+    def readout(h):  # (n, d) -> (n, 2) logits: class 0 when u.h > 0; w shifts both logits alike
+        return 4 * torch.stack([h @ u, -(h @ u)], -1) + (h @ w)[:, None]
+
+    target = (h_source @ u < 0).long()  # the source's class
+    one, two = das.fit_subspaces(lambda bases: torch.stack([readout(swap(h_base, h_source, B)) for B in bases]),
+                                 target, d, (1, 2), seed=0)
+    assert two.shape == (d, 2) and torch.allclose(two.T @ two, torch.eye(2), atol=1e-5)
+    assert (two.T @ u).norm() >= 0.9  # u lies in the k = 2 subspace too
+    basis = one
+    assert abs(float(basis[:, 0] @ u)) >= 0.9
+    assert abs(float(basis[:, 0] @ w)) < 0.3
+    hit = (readout(swap(h_base, h_source, basis)).argmax(-1) == target).double().mean()
+    assert hit >= 0.9
+
+
+# ---- the trained model --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(trained_dir):
+    return models.load("trained", trained_dir, "cpu")
+
+
+@pytest.fixture(scope="module")
+def located(trained):
+    """The sweep and DAS for the two opposite tasks."""
+    out = {}
+    for task in ("size", "antonym"):
+        rows = make_prompts(task, trained.tokenizer, 64, seed=SEED, min_prompts=8)[0]
+        sweep = interchange.interchange(trained, rows, 32, SEED)
+        out[task] = (sweep, das.das(trained, rows, 32, SEED, interchange=sweep))
+    return out
+
+
+@pytest.mark.parametrize("task", ["size", "antonym"])
+def test_end_carries_the_source_value_after_the_movers(located, task):
+    """Located by the sweep: after some layer the END residual carries the source's value, and at
+    that point the source word's own position no longer does (the movers have read it)."""
+    sweep, _ = located[task]
+    best, same_site = sweep["best_end"], sweep["role_at_best_end"]
+    assert best["iia"] >= 0.9, best
+    assert same_site["iia"] <= 0.2, same_site
+    before = next(r for r in sweep["locations"] if r["site"] == "blocks.0.hook_resid_pre" and r["position"] == "END")
+    assert before["iia"] <= 0.2  # END's own token is the same in base and source
+
+
+@pytest.mark.parametrize("task", ["size", "antonym"])
+def test_das_finds_a_small_subspace_random_ones_do_not(located, task):
+    _, result = located[task]
+    end = result["locations"][0]
+    good = [k for k in end["k"] if k["iia"] >= 0.8]
+    assert good, end["k"]
+    assert all(k["random_iia_mean"] <= 0.2 for k in good), good
+
+
+def test_table_and_prose_facts_follow_the_intervals(located):
+    """What the paper may claim is read off the intervals: on the trained model END carries the
+    value, the source word's position has lost it, and some k <= 8 is not distinguishable from the
+    full interchange; a result whose intervals do not support it makes no such claim."""
+    from opposites.summary import interchange_facts
+    from opposites.tables import interchange as table
+
+    data = {"interchange": {t: located[t][0] for t in located}, "das": {t: located[t][1] for t in located}}
+    for task in located:
+        facts = interchange_facts(data, task)
+        assert facts["end_carries"] and facts["role_left"] and facts["das_k"] is not None
+    assert table(data, list(located)).count(located["size"][0]["best_end"]["label"]) >= 1
+    weak = {**located["size"][0], "best_end": {**located["size"][0]["best_end"], "iia": 0.5, "iia_ci95": [0.38, 0.62]}}
+    facts = interchange_facts({"interchange": {"size": weak}, "das": {"size": located["size"][1]}}, "size")
+    assert not facts["end_carries"]  # an interval reaching 1/2: no claim that END carries the value
