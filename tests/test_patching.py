@@ -8,7 +8,7 @@ import transformer_lens.patching as tlp
 
 from opposites import models
 from opposites.analyses.patching import dataset_sweep
-from opposites.core import batches, direction, logit_diff
+from opposites.core import batches, direction, logit_diff, prompt_clusters
 from opposites.patching import exact
 from opposites.patching.attribution import head_attribution
 from opposites.patching.engine import Weights
@@ -199,9 +199,9 @@ def test_chosen_heads_patch_like_the_whole_grid(toy64, rows):
     assert len(df[df.activation == "z"]) == toy64.cfg.n_layers * toy64.cfg.n_heads
     for act in ("q", "k", "v", "pattern"):
         assert [tuple(x) for x in df[df.activation == act][["layer", "head"]].to_numpy()] == top
-    v = analyses.table(full.patched["v"], full, analyses._heads(toy64), 0).set_index(["layer", "head"])
+    v = analyses.table(full.patched["v"], full, analyses._heads(toy64), 0, prompt_clusters(rows["ioi"])).set_index(["layer", "head"])
     got = df[df.activation == "v"].set_index(["layer", "head"])
-    for col in ("value", "ci_low", "ci_high"):
+    for col in ("value", "ci_low", "ci_high", "p_value"):
         torch.testing.assert_close(torch.tensor(got[col].to_numpy()), torch.tensor(v.loc[top, col].to_numpy()),
                                    atol=1e-6, rtol=0)
 
