@@ -11,6 +11,7 @@ from opposites.nodes import Edge, Node
 from opposites.overlap import compare
 from opposites.core import batches, direction
 from opposites.patching.edges import Graph, edge_attribution, edge_forward, shared_prefix
+from opposites.stats import average_ranks, pearson, spearman_ci
 from opposites.patching.engine import Weights
 
 
@@ -568,17 +569,21 @@ def test_graph_nodes_are_typed_in_computation_order():
 
 
 def test_spearman_with_interval_against_plain_ranks():
-    """The rank correlation of prompt-mean scores equals scipy-free plain ranks' Pearson correlation;
-    identical scores give 1 in every resample, reversed ones -1, and noise an interval around 0."""
+    """Before its bias correction the rank correlation of prompt-mean scores equals plain ranks'
+    Pearson correlation; the correction moves it away from 0 (noisy means pull a correlation towards
+    0) and its interval holds it; identical scores give 1 in every resample, reversed ones -1, and
+    noise an interval around 0."""
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(50, 12, generator=gen, dtype=torch.float64)
     b = a + 0.5 * torch.randn(50, 12, generator=gen, dtype=torch.float64)
-    rho = circuits.spearman(a, b, seed=0)
+    rho = spearman_ci(a, b, seed=0)
     ra = a.mean(1).argsort().argsort().double()
     rb = b.mean(1).argsort().argsort().double()
-    assert rho.value.item() == pytest.approx(torch.corrcoef(torch.stack([ra, rb]))[0, 1].item(), abs=1e-12)
+    plain = torch.corrcoef(torch.stack([ra, rb]))[0, 1].item()
+    assert pearson(average_ranks(a.mean(1)), average_ranks(b.mean(1))).item() == pytest.approx(plain, abs=1e-12)
+    assert plain < rho.value.item() <= 1
     assert rho.ci_low < rho.value < rho.ci_high and rho.ci_high <= 1
-    same, flipped = circuits.spearman(a, a, 0), circuits.spearman(a, -a, 0)
+    same, flipped = spearman_ci(a, a, 0), spearman_ci(a, -a, 0)
     assert same.ci_low.item() == pytest.approx(1) and flipped.ci_high.item() == pytest.approx(-1)
-    noise = circuits.spearman(a, torch.randn(50, 12, generator=gen, dtype=torch.float64), 0)
+    noise = spearman_ci(a, torch.randn(50, 12, generator=gen, dtype=torch.float64), 0)
     assert noise.ci_low < 0 < noise.ci_high

@@ -403,3 +403,22 @@ def test_mean_ablation_matches_transformerlens_hooks(toy, rows):
         ours = mechanism.ablated_logit_diff(toy, r, 8, heads_, mlps)
         torch.testing.assert_close(ours, ref.double(), atol=1e-5, rtol=0, msg=lambda m: f"{heads_}, {mlps}: {m}")
         assert not heads_ or (ours - clean).abs().max() > 1e-4  # each ablation changes more than the tolerance
+
+
+def test_ablation_reports_the_paired_logit_difference_change(toy, rows):
+    """Beside accuracy, each ablation reports the mean change of the logit difference from the
+    clean run, paired by prompt, with an interval that holds it; the movers-only test too."""
+    from opposites.analyses import mechanism
+
+    r = rows["size"]
+    clean = mechanism.ablated_logit_diff(toy, r, 8, [])
+    heads_ = [(1, 0), (2, 1)]
+    test = mechanism._test(toy, r, 8, 0, heads_)
+    named = test["named"]
+    change = (mechanism.ablated_logit_diff(toy, r, 8, heads_) - clean).mean().item()
+    assert named["logit_diff_change"] == pytest.approx(change, abs=1e-12) and abs(change) > 1e-6  # toy: small
+    assert named["logit_diff_change"] == pytest.approx(named["logit_diff"] - clean.mean().item(), abs=1e-12)
+    low, high = named["logit_diff_change_ci95"]
+    assert low <= named["logit_diff_change"] <= high
+    others = test["random_others"]
+    assert others["logit_diff_change_mean"] == pytest.approx(others["logit_diff_mean"] - clean.mean().item(), abs=1e-12)

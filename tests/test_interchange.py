@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from opposites import models
+from opposites import models, stats
 from opposites.analyses import das, interchange
 from opposites.interventions import Intervention, interchange as swap, resid_post, resid_pre, role_positions, run
 from opposites.prompts import make_prompts
@@ -103,11 +103,11 @@ def test_pairs_have_a_different_source_word_and_answer(tokenizer):
 
 def test_wilson():
     """Published values: 0/10 -> [0, 0.2775]; 64/64 -> [0.9434, 1]; symmetric in k <-> n - k."""
-    assert interchange.wilson(0, 10) == pytest.approx([0.0, 0.2775], abs=1e-4)
-    assert interchange.wilson(64, 64) == pytest.approx([0.9434, 1.0], abs=1e-4)
-    assert all(interchange.wilson(0, n)[0] == 0 and interchange.wilson(n, n)[1] == 1 for n in range(1, 100))
-    low, high = interchange.wilson(20, 64)
-    assert [1 - high, 1 - low] == pytest.approx(interchange.wilson(44, 64))
+    assert list(stats.wilson(0, 10)) == pytest.approx([0.0, 0.2775], abs=1e-4)
+    assert list(stats.wilson(64, 64)) == pytest.approx([0.9434, 1.0], abs=1e-4)
+    assert all(stats.wilson(0, n)[0] == 0 and stats.wilson(n, n)[1] == 1 for n in range(1, 100))
+    low, high = stats.wilson(20, 64)
+    assert [1 - high, 1 - low] == pytest.approx(list(stats.wilson(44, 64)))
 
 
 def test_das_recovers_a_planted_direction():

@@ -8,7 +8,7 @@ import transformer_lens.patching as tlp
 
 from opposites import models
 from opposites.analyses.patching import dataset_sweep
-from opposites.core import batches, direction, logit_diff
+from opposites.core import batches, direction, logit_diff, prompt_clusters
 from opposites.patching import exact
 from opposites.patching.attribution import head_attribution
 from opposites.patching.engine import Weights
@@ -199,9 +199,9 @@ def test_chosen_heads_patch_like_the_whole_grid(toy64, rows):
     assert len(df[df.activation == "z"]) == toy64.cfg.n_layers * toy64.cfg.n_heads
     for act in ("q", "k", "v", "pattern"):
         assert [tuple(x) for x in df[df.activation == act][["layer", "head"]].to_numpy()] == top
-    v = analyses.table(full.patched["v"], full, analyses._heads(toy64), 0).set_index(["layer", "head"])
+    v = analyses.table(full.patched["v"], full, analyses._heads(toy64), 0, prompt_clusters(rows["ioi"])).set_index(["layer", "head"])
     got = df[df.activation == "v"].set_index(["layer", "head"])
-    for col in ("value", "ci_low", "ci_high"):
+    for col in ("value", "ci_low", "ci_high", "p_value"):
         torch.testing.assert_close(torch.tensor(got[col].to_numpy()), torch.tensor(v.loc[top, col].to_numpy()),
                                    atol=1e-6, rtol=0)
 
@@ -433,3 +433,19 @@ def test_mlp_patching_restricted_to_some_layers_equals_the_full_sweep_there(toy6
     some = exact.mlp_out_by_role(pair, masks, layers=[1])
     torch.testing.assert_close(some[1], full[1], atol=0, rtol=0)
     assert some[0].isnan().all() and not full.isnan().any() and (full[1] - pair.base_ld).abs().max() > 0
+
+
+@pytest.mark.parametrize("pull, expected", [([0.1, 0.5], "E1 L1"), ([-0.1, 0.4], "not measurable"),
+                                            ([-0.5, -0.1], "not measurable")])
+def test_congruence_patching_is_not_measurable_without_a_positive_pull(pull, expected):
+    """The share of the pull restored is shown only when the pull's interval lies above 0; one that
+    includes 0 or has the wrong sign reads 'not measurable' instead of a normalised value."""
+    from opposites.tables import congruence
+
+    est = {"value": 0.2, "ci95": [0.1, 0.3]}
+    patch = [{"component": c, "layer": 1, "role": "E1", "value": 0.6, "ci_low": 0.4, "ci_high": 0.8,
+              "normaliser_ok": pull[0] > 0 or pull[1] < 0} for c in ("resid", "mlp")]
+    res = {"n": 8, "congruent": {"logit_diff": est, "accuracy": est}, "incongruent": {"logit_diff": est, "accuracy": est},
+           "pull": {"value": sum(pull) / 2, "ci95": pull}, "patch": patch}
+    row = next(line for line in congruence({"congruence": {"size": res}}, ["size"]).splitlines() if line.startswith("size"))
+    assert row.count(expected) == 2

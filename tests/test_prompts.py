@@ -100,6 +100,23 @@ def test_rows_record_their_words_and_the_role_the_corruption_changes(tokenizer, 
         assert fill(spec["templates"][r["template"]], r["words"], tokenizer, spec["roles"]) == (r["clean"], r["positions"])
 
 
+def test_the_resampling_unit_is_the_source_word_of_each_family(rows):
+    """Opposite: the unordered adjective pair (both orientations one cluster); category: the
+    ENTITY's category; IOI: the IO name. Prompts share units, so there are fewer units than prompts."""
+    from opposites.core import batch_order, prompt_clusters
+    from opposites.prompts import cluster_of
+
+    for r in rows["size"]:
+        assert cluster_of(r) == "/".join(sorted((r["words"]["ADJ1"], r["answer"].strip())))
+        flipped = {**r, "words": {**r["words"], "ADJ1": r["answer"].strip()}, "answer": " " + r["words"]["ADJ1"]}
+        assert cluster_of(flipped) == cluster_of(r)
+    assert all(cluster_of(r) == r["words"]["IO"] for r in rows["ioi"])
+    spec = prompts.load_spec("isa")
+    assert all(r["words"]["ENTITY"] in spec["categories"][cluster_of(r)] for r in rows["isa"])
+    assert prompt_clusters(rows["size"]) == [cluster_of(r) for r in batch_order(rows["size"])]
+    assert len(set(prompt_clusters(rows["size"]))) < len(rows["size"])
+
+
 def test_start_up_check_names_a_multi_token_word_and_its_tokens(tokenizer, monkeypatch):
     spec = prompts.load_spec("size")
     bad = {**spec, "unrelated": spec["unrelated"] + ["flabbergasted"]}

@@ -1,12 +1,17 @@
-"""Bootstrap intervals: width against the normal approximation, seeded, vectorised over components,
-and the ratio's normaliser check."""
+"""Intervals: bootstrap width against the normal approximation, seeded, vectorised over components,
+the ratio's normaliser check; Wilson intervals of proportions; the cluster bootstrap over words; the
+bias-corrected Spearman interval; Benjamini-Hochberg dots on head maps."""
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from opposites.stats import mean_ci, ratio_ci, resample_weights
+from opposites.derived import FDR_Q, benjamini_hochberg, significant
+from opposites.stats import (average_ranks, interval, mean_ci, pearson, proportion, ratio_ci, resample_weights,
+                             spearman_ci, t_two_sided, wilson)
 
 
 def test_weights_are_resamples():
@@ -44,3 +49,105 @@ def test_record_is_the_estimate_as_results_hold_it():
     est = mean_ci(torch.tensor([1.0, 2.0, 4.0, 7.0], dtype=torch.float64), seed=0)
     assert est.record() == {"value": est.value.item(), "ci95": [est.ci_low.item(), est.ci_high.item()]}
     assert est.record()["ci95"][0] < est.record()["value"] < est.record()["ci95"][1]
+
+
+def test_wilson_does_not_collapse_at_all_successes():
+    low, high = wilson(64, 64)
+    assert low == pytest.approx(0.943, abs=0.002) and high == 1.0
+    assert wilson(0, 64)[0] == 0.0 and wilson(0, 64)[1] == pytest.approx(1 - 0.943, abs=0.002)
+    hits = torch.ones(64, dtype=torch.float64)
+    est = proportion(hits)
+    assert est.value.item() == 1.0 and est.ci_low.item() == pytest.approx(low)
+    boot = mean_ci(hits, seed=0)  # the percentile bootstrap's degenerate [1, 1]
+    assert boot.ci_low.item() == 1.0 and est.ci_low.item() < 0.95
+    # vectorised over components; the interval holds the share
+    est = proportion(torch.tensor([[1, 0, 1, 1], [0, 0, 0, 1]]))
+    assert ((est.ci_low <= est.value) & (est.value <= est.ci_high)).all()
+
+
+def test_cluster_weights_keep_each_drawn_word_whole():
+    clusters = ["a", "a", "b", "b", "b", "c"]
+    w = resample_weights(6, seed=0, n_resamples=200, clusters=clusters)  # (prompt, resample)
+    assert torch.allclose(w.sum(0), torch.ones(200, dtype=w.dtype))
+    assert torch.equal(w[0], w[1]) and torch.equal(w[2], w[3]) and torch.equal(w[3], w[4])
+    assert torch.equal(resample_weights(6, 0, 50), resample_weights(6, 0, 50, clusters=range(6)))
+
+
+def test_cluster_interval_is_wider_when_the_word_matters():
+    """8 words x 8 prompts, a planted per-word effect: prompts of one word are not independent, and
+    only the cluster bootstrap's interval is wide enough for the spread of the word effects."""
+    gen = torch.Generator().manual_seed(0)
+    words = torch.arange(8).repeat_interleave(8)  # (prompt,)
+    x = 2 * torch.randn(8, generator=gen, dtype=torch.float64)[words] + 0.3 * torch.randn(64, generator=gen, dtype=torch.float64)
+    by_prompt = mean_ci(x, seed=0)
+    by_word = mean_ci(x, seed=0, clusters=words.tolist())
+    assert torch.equal(by_word.value, by_prompt.value)
+    width = lambda e: (e.ci_high - e.ci_low).item()  # noqa: E731
+    assert width(by_word) > 2 * width(by_prompt)
+    # the word means' own standard error sets the cluster interval's width
+    word_means = x.view(8, 8).mean(1)
+    assert width(by_word) / 2 == pytest.approx(1.96 * word_means.std().item() / math.sqrt(8), rel=0.35)
+
+
+def test_spearman_interval_covers_a_known_rho_and_holds_its_estimate():
+    """Edges with known mean scores (true rho of the means), noisy per prompt: the bias-corrected
+    interval holds its estimate every time and covers the true rho far more often than the plain
+    percentile interval of the resampled rho (which the noise of the means pulls towards 0)."""
+    gen = torch.Generator().manual_seed(0)
+    trials, covered, plain_covered = 30, 0, 0
+    for t in range(trials):
+        mu_a = torch.randn(200, generator=gen, dtype=torch.float64)
+        mu_b = mu_a + 0.5 * torch.randn(200, generator=gen, dtype=torch.float64)
+        true = pearson(average_ranks(mu_a), average_ranks(mu_b)).item()
+        noise = 3 * torch.randn(200, 24, generator=gen, dtype=torch.float64)
+        a, b = mu_a[:, None] + noise, mu_b[:, None] + noise / 2 + 1.5 * torch.randn(200, 24, generator=gen, dtype=torch.float64)
+        est = spearman_ci(a, b, seed=t)
+        assert est.ci_low <= est.value <= est.ci_high
+        covered += bool(est.ci_low <= true <= est.ci_high)
+        w = resample_weights(24, t)
+        low, high = interval(pearson(average_ranks(a @ w), average_ranks(b @ w)))
+        plain_covered += low <= true <= high
+    assert covered / trials > 0.5 and covered >= plain_covered + trials // 3
+
+
+def test_average_ranks_share_ties():
+    x = torch.tensor([[3.0, 1.0], [1.0, 1.0], [3.0, 2.0], [2.0, 1.0]])
+    assert average_ranks(x).T.tolist() == [[2.5, 0.0, 2.5, 1.0], [1.0, 1.0, 3.0, 1.0]]
+
+
+def test_benjamini_hochberg_controls_false_discoveries_on_a_head_map():
+    """12 x 12 heads, 24 prompts, 24 heads with a real effect and 120 null: the share of marked heads
+    that are null stays under q on average with BH, and is larger with 'the interval excludes 0'."""
+    gen = torch.Generator().manual_seed(0)
+    real = torch.zeros(144, dtype=torch.bool)
+    real[:24] = True
+    fdp_bh, fdp_raw, found = [], [], 0
+    for t in range(200):
+        x = torch.randn(144, 24, generator=gen, dtype=torch.float64) + real[:, None] * 1.5
+        est = mean_ci(x, seed=t)
+        df = pd.DataFrame({"value": est.value.numpy(), "p_value": est.p_value.numpy()})
+        for marked, out in ((significant(df, floor=0.0).to_numpy(), fdp_bh), (est.excludes_zero().numpy(), fdp_raw)):
+            out.append((marked & ~real.numpy()).sum() / max(1, marked.sum()))
+        found += significant(df, floor=0.0).to_numpy()[:24].sum()
+    assert np.mean(fdp_bh) <= FDR_Q and np.mean(fdp_raw) > FDR_Q
+    assert found / (200 * 24) > 0.9  # BH still finds the real effects
+    # the effect floor drops a 'significant' but tiny effect
+    df = pd.DataFrame({"value": [10.0, 0.1, -8.0], "p_value": [1e-9, 1e-9, 1e-9]})
+    assert significant(df).tolist() == [True, False, True]
+
+
+def test_benjamini_hochberg_step_up():
+    # m = 4: thresholds 0.0125, 0.025, 0.0375, 0.05; rank 2 (0.03) fails, rank 3 (0.036) passes: step-up keeps 3
+    assert benjamini_hochberg([0.03, 0.001, 0.036, 0.2]).tolist() == [True, True, True, False]
+    assert benjamini_hochberg([0.02, 0.02, 0.02, 0.02]).tolist() == [True] * 4
+    assert not benjamini_hochberg([0.5, 0.9]).any()
+
+
+def test_p_value_is_the_t_test_from_the_bootstrap_spread():
+    x = torch.randn(2, 24, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + torch.tensor([[0.0], [1.0]])
+    est = mean_ci(x, seed=0, n_resamples=4000)
+    t = x.mean(-1) / (x.std(-1) / math.sqrt(24))
+    # scipy.stats.t.sf(|t|, 23) * 2 at t = 2.0 and 3.5 (t tables): 0.0574, 0.00192
+    assert t_two_sided(torch.tensor([2.0, 3.5]), 23).tolist() == pytest.approx([0.0574, 0.00192], rel=0.01)
+    assert t_two_sided(torch.tensor([1.0]), 1).item() == pytest.approx(0.5)  # Cauchy: P(|T| > 1)
+    assert est.p_value.tolist() == pytest.approx(t_two_sided(t, 23).tolist(), rel=0.15)

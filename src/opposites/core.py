@@ -13,6 +13,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm import tqdm
 
+from opposites.prompts import cluster_of
+
 
 @dataclass
 class Batch:
@@ -23,9 +25,20 @@ class Batch:
     wrong: Int[Tensor, " batch"]
 
 
+def batch_order(rows: list[dict]) -> list[dict]:
+    """The rows in the order batches() runs them (by token length, then id): the prompt axis of
+    per-prompt results."""
+    return sorted(rows, key=lambda r: (r["positions"]["END"], r["id"]))
+
+
+def prompt_clusters(rows: list[dict]) -> list[str]:
+    """Each prompt's resampling unit (prompts.cluster_of), in batch order."""
+    return [cluster_of(r) for r in batch_order(rows)]
+
+
 def batches(model, rows: list[dict], batch_size: int, desc: str = "prompts") -> Iterator[Batch]:
     """Batches of rows with equal token length (no padding; END is the last position)."""
-    by_len = sorted(rows, key=lambda r: (r["positions"]["END"], r["id"]))
+    by_len = batch_order(rows)
     chunks = []
     for _, group in groupby(by_len, key=lambda r: r["positions"]["END"]):
         group = list(group)

@@ -16,6 +16,31 @@ from opposites.prompts import load_spec
 LENS_ORDER = {"resid_pre": 0, "resid_mid": 1, "resid_post": 2}
 
 
+FDR_Q = 0.05  # Benjamini-Hochberg false discovery rate of the dots on a heatmap panel
+EFFECT_FLOOR = 0.05  # ... and a dot's |effect| must reach this fraction of the panel's largest |effect|
+
+
+def benjamini_hochberg(p_values, q: float = FDR_Q) -> np.ndarray:
+    """Which of the p-values are discoveries at false discovery rate q (Benjamini-Hochberg step-up:
+    the k smallest, k the largest rank with p_(k) <= q k / m)."""
+    p = np.asarray(p_values, dtype=float)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    passed = p[order] <= q * np.arange(1, m + 1) / max(m, 1)
+    k = passed.nonzero()[0].max() + 1 if passed.any() else 0
+    found = np.zeros(m, dtype=bool)
+    found[order[:k]] = True
+    return found
+
+
+def significant(df: pd.DataFrame, value: str = "value", q: float = FDR_Q, floor: float = EFFECT_FLOOR) -> pd.Series:
+    """Cells of one panel (rows of df, with `value` and `p_value`) that are discoveries: BH at
+    false discovery rate q over the panel's p-values, and |value| at least `floor` times the panel's
+    largest |value|."""
+    size = df[value].abs()
+    return pd.Series(benjamini_hochberg(df.p_value.to_numpy(), q), index=df.index) & (size >= floor * size.max())
+
+
 MIN_ATTENTION = 0.2  # a head "follows" a role only with at least this share of END's attention on it
 SUBSPACE_DIM = 8  # the subject space: this many top principal directions of the subject residuals
 RANDOM_SUBSPACES = 200  # random subspaces of the same size, the floor a head's share is set against

@@ -69,6 +69,19 @@ FAMILIES: dict[str, Callable[[dict, random.Random], Sample]] = {  # the keys eac
 # (a third name as S2) has no single right answer.
 CORRUPTED_ANSWER_IS_WRONG = {"opposite": True, "category": True, "ioi": False}
 
+# The resampling unit of each family (stats: a cluster bootstrap draws whole clusters): prompts that
+# share it share their source word, so they are not independent. Opposite: the unordered adjective
+# pair {ADJ1, its opposite}; category: the ENTITY's category (the answer); IOI: the IO name (the answer).
+CLUSTER_UNIT = {"opposite": "adjective pairs", "category": "categories", "ioi": "IO names"}
+
+
+def cluster_of(row: dict) -> str:
+    """The prompt's resampling unit (CLUSTER_UNIT of its task's family), from its words and answer."""
+    family = load_spec(row["task"])["family"]
+    if family == "opposite":
+        return "/".join(sorted((row["words"]["ADJ1"], row["answer"].strip())))
+    return row["answer"].strip()  # category: the ENTITY's category; IOI: the IO name
+
 
 # ---- task specs ---------------------------------------------------------------------------------
 

@@ -1,12 +1,20 @@
-"""Uncertainty over prompts: seeded, vectorised bootstrap confidence intervals (percentile method).
+"""Uncertainty over prompts: Wilson intervals for proportions, and seeded, vectorised bootstrap
+confidence intervals (percentile method) for means and ratios of means, resampling prompts or whole
+word clusters.
 
-One resampling of the prompts is a row of multinomial counts; all resamples of a mean are one matrix
+One resampling is a column of weights over the prompts; all resamples of a mean are one matrix
 product, (..., n) @ (n, resamples), so no Python loop runs per resample. The same weights serve a
 ratio of means (normalised patching), so numerator and denominator are resampled together.
+
+Resampling unit: prompts that share their task's source word (see prompts.cluster_of) are not
+independent, so callers pass each prompt's cluster and a resample draws whole clusters with
+replacement, keeping every prompt of each drawn cluster (a cluster bootstrap). Without clusters,
+each prompt is its own cluster.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -14,15 +22,51 @@ from torch import Tensor
 
 N_RESAMPLES = 1000
 LEVEL = 0.95
+Z95 = 1.959963984540054  # standard normal quantile at (1 + LEVEL) / 2
 
 
-def resample_weights(n: int, seed: int, n_resamples: int = N_RESAMPLES, device="cpu") -> Tensor:
-    """(n, resamples) weights, each column the counts of one bootstrap resample divided by n."""
+def wilson(k, n, z: float = Z95):
+    """Wilson score interval (low, high) of a proportion k/n (floats or tensors of k). Unlike the
+    percentile bootstrap it does not collapse at 0/n or n/n: 64/64 gives about [0.94, 1]."""
+    as_tensor = isinstance(k, Tensor)
+    k = torch.as_tensor(k, dtype=torch.float64)
+    if n == 0:
+        low = high = torch.full_like(k, float("nan"))
+    else:
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+        # the interval holds p exactly; min/max only undo rounding at 0/n and n/n
+        low, high = torch.minimum(centre - half, p).clamp(min=0.0), torch.maximum(centre + half, p).clamp(max=1.0)
+    return (low, high) if as_tensor else (low.item(), high.item())
+
+
+def _cluster_ids(clusters, n: int) -> Tensor:
+    """(n,) index of each prompt's cluster, 0..C-1 in order of first appearance."""
+    if clusters is None:
+        return torch.arange(n)
+    if len(clusters) != n:
+        raise ValueError(f"{len(clusters)} clusters for {n} prompts")
+    first = {}
+    return torch.tensor([first.setdefault(c, len(first)) for c in clusters])
+
+
+def n_clusters(clusters, n: int) -> int:
+    return n if clusters is None else len(set(clusters))
+
+
+def resample_weights(n: int, seed: int, n_resamples: int = N_RESAMPLES, device="cpu", clusters=None) -> Tensor:
+    """(n, resamples) weights, each column one bootstrap resample: clusters (one label per prompt;
+    None: every prompt its own) drawn with replacement, each prompt weighted by how often its cluster
+    was drawn, normalised to sum 1. With one prompt per cluster, the counts of the prompts / n."""
+    ids = _cluster_ids(clusters, n)
+    n_clusters = int(ids.max()) + 1 if n else 0
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    idx = torch.randint(n, (n_resamples, n), generator=gen, device="cpu")  # (resample, draw)
-    counts = torch.zeros(n_resamples, n, dtype=torch.float64, device="cpu").scatter_add_(
-        1, idx, torch.ones(n_resamples, n, dtype=torch.float64, device="cpu"))
-    return (counts / n).T.contiguous().to(device)
+    idx = torch.randint(n_clusters, (n_resamples, n_clusters), generator=gen, device="cpu")  # (resample, draw)
+    counts = torch.zeros(n_resamples, n_clusters, dtype=torch.float64, device="cpu").scatter_add_(
+        1, idx, torch.ones(n_resamples, n_clusters, dtype=torch.float64, device="cpu"))
+    per_prompt = counts[:, ids]  # (resample, prompt): draws of each prompt's cluster
+    return (per_prompt / per_prompt.sum(1, keepdim=True)).T.contiguous().to(device)
 
 
 def _quantiles(resampled: Tensor) -> tuple[Tensor, Tensor]:
@@ -37,13 +81,48 @@ def interval(resampled: Tensor) -> list[float]:
     return [low.item(), high.item()]
 
 
+def t_two_sided(t: Tensor, df: int) -> Tensor:
+    """P(|T| >= |t|) for Student's T with integer df >= 1 (Abramowitz & Stegun 26.7.3-4: a finite
+    series in theta = atan(|t| / sqrt(df)))."""
+    theta = torch.atan(t.abs().double() / math.sqrt(df))
+    s, c2 = torch.sin(theta), torch.cos(theta) ** 2
+    if df % 2:  # odd: A = 2/pi (theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...))
+        term, total = torch.ones_like(theta), torch.ones_like(theta) if df > 1 else torch.zeros_like(theta)
+        for k in range(1, (df - 1) // 2):
+            term = term * c2 * (2 * k) / (2 * k + 1)
+            total = total + term
+        inside = 2 / math.pi * (theta + s * torch.cos(theta) * total)
+    else:  # even: A = sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
+        term, total = torch.ones_like(theta), torch.ones_like(theta)
+        for k in range(1, df // 2):
+            term = term * c2 * (2 * k - 1) / (2 * k)
+            total = total + term
+        inside = s * total
+    return (1 - inside).clamp(0, 1)
+
+
+def bootstrap_p_value(value: Tensor, resampled: Tensor, n_clusters: int) -> Tensor:
+    """Two-sided p-value of value = 0: t = value / (standard deviation of the resampled values,
+    scaled by sqrt(C / (C - 1)) to the sample standard error), referred to Student's t with C - 1
+    degrees of freedom (C clusters). For a mean of normal data this is the one-sample t-test (the
+    normal approximation with 24 prompts marked about three times too many null heads under
+    Benjamini-Hochberg). A zero spread gives p = 0 (value != 0) or 1 (value = 0)."""
+    if n_clusters < 2:
+        return torch.ones_like(value)
+    se = resampled.std(-1) * math.sqrt(n_clusters / (n_clusters - 1))
+    p = t_two_sided(value / se, n_clusters - 1)
+    return torch.where(se > 0, p, (value == 0).to(p.dtype))
+
+
 @dataclass
 class Estimate:
-    """A mean over prompts (per component: any leading shape) with its 95% interval."""
+    """A mean over prompts (per component: any leading shape) with its 95% interval; p_value (of
+    mean = 0: bootstrap_p_value) where a bootstrap made one."""
     value: Tensor
     ci_low: Tensor
     ci_high: Tensor
     n: int
+    p_value: Tensor | None = None
 
     def excludes_zero(self) -> Tensor:
         return (self.ci_low > 0) | (self.ci_high < 0)
@@ -53,29 +132,81 @@ class Estimate:
         return {"value": self.value.item(), "ci95": [self.ci_low.item(), self.ci_high.item()]}
 
 
-def mean_ci(x: Tensor, seed: int, n_resamples: int = N_RESAMPLES) -> Estimate:
-    """Mean over the last axis (prompts) of x (..., n), with a bootstrap interval."""
+def proportion(hits: Tensor) -> Estimate:
+    """The share of prompts (last axis) where hits (0/1) is 1, with its 95% Wilson interval."""
+    hits = hits.double()
+    n = hits.shape[-1]
+    low, high = wilson(hits.sum(-1), n)
+    return Estimate(hits.mean(-1), low, high, n)
+
+
+def mean_ci(x: Tensor, seed: int, n_resamples: int = N_RESAMPLES, clusters=None) -> Estimate:
+    """Mean over the last axis (prompts) of x (..., n), with a bootstrap interval resampling the
+    prompts' clusters (None: the prompts)."""
     x = x.double()
     n = x.shape[-1]
     if n < 2:
-        return Estimate(x.mean(-1), x.mean(-1), x.mean(-1), n)
-    w = resample_weights(n, seed, n_resamples, x.device)  # (n, resample)
-    low, high = _quantiles(x @ w)
-    return Estimate(x.mean(-1), low, high, n)
+        return Estimate(x.mean(-1), x.mean(-1), x.mean(-1), n, torch.ones_like(x.mean(-1)))
+    w = resample_weights(n, seed, n_resamples, x.device, clusters)  # (n, resample)
+    resampled = x @ w
+    low, high = _quantiles(resampled)
+    return Estimate(x.mean(-1), low, high, n, bootstrap_p_value(x.mean(-1), resampled, n_clusters(clusters, n)))
 
 
 def ratio_ci(patched: Tensor, clean: Tensor, corrupted: Tensor, seed: int,
-             n_resamples: int = N_RESAMPLES) -> tuple[Estimate, Estimate]:
+             n_resamples: int = N_RESAMPLES, clusters=None) -> tuple[Estimate, Estimate]:
     """The normalised metric (mean patched - mean corrupted) / (mean clean - mean corrupted), patched
-    (..., n) and clean/corrupted (n,) per prompt, resampled together; and the normaliser
-    (mean clean - mean corrupted) itself, whose interval tells whether the ratio means anything."""
+    (..., n) and clean/corrupted (n,) per prompt, resampled together (by cluster, as mean_ci); and
+    the normaliser (mean clean - mean corrupted) itself, whose interval tells whether the ratio
+    means anything."""
     patched, clean, corrupted = patched.double(), clean.double(), corrupted.double()
     n = clean.shape[-1]
     value = (patched.mean(-1) - corrupted.mean()) / (clean.mean() - corrupted.mean())
-    normaliser = mean_ci(clean - corrupted, seed, n_resamples)
+    normaliser = mean_ci(clean - corrupted, seed, n_resamples, clusters)
     if n < 2:
-        return Estimate(value, value, value, n), normaliser
-    w = resample_weights(n, seed, n_resamples, patched.device)  # (n, resample)
+        return Estimate(value, value, value, n, torch.ones_like(value)), normaliser
+    w = resample_weights(n, seed, n_resamples, patched.device, clusters)  # (n, resample)
     den = (clean - corrupted) @ w  # (resample,)
-    low, high = _quantiles((patched @ w - corrupted @ w) / den)
-    return Estimate(value, low, high, n), normaliser
+    resampled = (patched @ w - corrupted @ w) / den
+    low, high = _quantiles(resampled)
+    return Estimate(value, low, high, n, bootstrap_p_value(value, resampled, n_clusters(clusters, n))), normaliser
+
+
+def average_ranks(x: Tensor) -> Tensor:
+    """Ranks (0-based) along the first axis of x (n, ...), tied values sharing their average rank."""
+    xt = x.double().movedim(0, -1).contiguous()  # (..., n)
+    s = xt.sort(-1).values
+    below, upto = torch.searchsorted(s, xt, side="left"), torch.searchsorted(s, xt, side="right")
+    return ((below + upto - 1).double() / 2).movedim(-1, 0)
+
+
+def pearson(a: Tensor, b: Tensor) -> Tensor:
+    """Correlation of the columns of a and b (n, ...) -> (...)."""
+    a, b = a - a.mean(0), b - b.mean(0)
+    return (a * b).sum(0) / (a.norm(dim=0) * b.norm(dim=0))
+
+
+def bias_corrected(value: Tensor, resampled: Tensor, low: float = -1.0, high: float = 1.0) -> Estimate:
+    """A statistic whose resamples are biased against it (a correlation of noisy means is pulled
+    towards 0, and more so in a resample): the bootstrap bias b = median(resampled) - value is
+    removed from the estimate (value - b) and from the percentile interval (resampled - 2b), so the
+    interval is centred on the corrected estimate and always contains it; clipped to [low, high]."""
+    b = resampled.median() - value
+    q_low, q_high = _quantiles(resampled - 2 * b)
+    clip = lambda t: t.clamp(low, high)  # noqa: E731  (monotone: keeps the estimate inside)
+    return Estimate(clip(value - b), clip(q_low), clip(q_high), resampled.shape[-1])
+
+
+def spearman_ci(a: Tensor, b: Tensor, seed: int, clusters=None, n_resamples: int = N_RESAMPLES) -> Estimate:
+    """Spearman's rho across items of the prompt means of two scores a, b (item, prompt), ties
+    sharing average ranks, bias-corrected with its 95% interval (bias_corrected) over bootstrap
+    resamples of the prompts' clusters (both means resampled together). On synthetic data (200
+    items, 24 prompts, known rho) the plain percentile interval covered the true rho in 0-88% of
+    draws and missed its own estimate in up to 20%; this one covers it in 64-80% and always holds
+    its estimate (tests/test_stats.py)."""
+    a, b = a.double(), b.double()
+    value = pearson(average_ranks(a.mean(1)), average_ranks(b.mean(1)))
+    W = resample_weights(a.shape[1], seed, n_resamples, a.device, clusters)  # (prompt, resample)
+    est = bias_corrected(value, pearson(average_ranks(a @ W), average_ranks(b @ W)))
+    est.n = a.shape[1]
+    return est

@@ -10,7 +10,7 @@ from opposites.derived import (classify_components, end_attention_to_roles, ioi_
                                opposite_tasks, role_preferences)
 from opposites.derived import head_routes as derived_head_routes  # the table of the same name is below
 from opposites.overlap import compare, gpt2_classes, graph_of
-from opposites.prompts import load_spec
+from opposites.prompts import CLUSTER_UNIT, load_spec
 from opposites.texutil import fmt, fmt_ci, tex_escape
 
 TABLES: dict[str, Callable] = {}
@@ -37,11 +37,11 @@ def datasets(data: dict, tasks: list[str]) -> str:
         rows.append([tex_escape(task),
                      tex_escape(example["clean"]) + r" $\to$ \texttt{" + tex_escape(example["answer"].strip()) + "}",
                      tex_escape(spec["corruption"]) + "; contrast: " + tex_escape(spec["contrast"]),
-                     str(base["n_prompts"]), fmt_ci(base["logit_diff_mean"], base["logit_diff_mean_ci95"]),
+                     f"{base['n_prompts']} ({base['n_words']} {CLUSTER_UNIT[spec['family']]})", fmt_ci(base["logit_diff_mean"], base["logit_diff_mean_ci95"]),
                      fmt_ci(base["accuracy"], base["accuracy_ci95"]),
                      " / ".join(fmt(base[k]) for k in ("top1", "top1_wrong", "top1_other")), own])
-    return tabular(r"l p{3.2cm} p{3.8cm} r p{2.0cm} p{1.6cm} p{1.6cm} p{1.6cm}",
-                   ["task", "example", "corruption; contrast", "$n$", "logit diff [95\\% CI]",
+    return tabular(r"l p{3.2cm} p{3.8cm} p{1.4cm} p{2.0cm} p{1.6cm} p{1.6cm} p{1.6cm}",
+                   ["task", "example", "corruption; contrast", "$n$ (distinct words)", "logit diff [95\\% CI]",
                     "answer beats wrong [95\\% CI]", "top-1: answer / wrong / other", "corrupted: own answer wins"], rows)
 
 
@@ -133,10 +133,13 @@ def congruence(data: dict, tasks: list[str]) -> str:
             cells.append(f"{fmt_ci(r['logit_diff']['value'], r['logit_diff']['ci95'])}; "
                          f"{fmt_ci(r['accuracy']['value'], r['accuracy']['ci95'])}")
         patch = pd.DataFrame(res["patch"])
+        # the share of the pull restored means something only for a pull whose interval lies above 0:
+        # one that includes 0, or has the wrong sign (world knowledge favouring the opposite), is not measurable
+        measurable = res["pull"]["ci95"][0] > 0
         for component in ("resid", "mlp"):
             part = patch[patch.component == component]
             top = largest_abs(part, 1).iloc[0] if len(part) else None
-            cells.append("--" if top is None or not top.normaliser_ok else
+            cells.append("--" if top is None else "not measurable" if not (measurable and top.normaliser_ok) else
                          f"{tex_escape(top.role)} L{int(top.layer)}: {fmt_ci(top.value, [top.ci_low, top.ci_high])}")
         rows.append([tex_escape(task), str(res["n"]), cells[0], cells[1], fmt_ci(res["pull"]["value"], res["pull"]["ci95"]),
                      cells[2], cells[3]])
@@ -261,12 +264,16 @@ def mechanism(data: dict, tasks: list[str]) -> str:
             what = "; ".join(f"{m['head']} moves {m['moves']} ({fmt(m['attention'])})" if kind == "movers"
                              else f"{m['component']} (answer {fmt(m['answer'])})" for m in named)
             a = result["ablation"]
+            named_, others = a["named"], a["random_others"]
             rows.append([tex_escape(task), kind, tex_escape(what), fmt(base["accuracy"]),
-                         fmt_ci(a["named"]["accuracy"], a["named"]["accuracy_ci95"]),
-                         fmt_ci(a["random_others"]["accuracy_mean"], a["random_others"]["accuracy_mean_ci95"])
-                         + f" (min {fmt(a['random_others']['accuracy_min'])})"])
-    return tabular(r"l l p{4.6cm} r p{2.4cm} p{2.4cm}",
-                   ["task", "set", "components", "acc.", "acc. named ablated", "acc. random ablated"], rows)
+                         fmt_ci(named_["accuracy"], named_["accuracy_ci95"]) + r"; $\Delta$LD "
+                         + fmt_ci(named_["logit_diff_change"], named_["logit_diff_change_ci95"]),
+                         fmt_ci(others["accuracy_mean"], others["accuracy_mean_ci95"])
+                         + f" (min {fmt(others['accuracy_min'])})" + r"; $\Delta$LD "
+                         + fmt_ci(others["logit_diff_change_mean"], others["logit_diff_change_mean_ci95"])])
+    return tabular(r"l l p{4.0cm} r p{2.8cm} p{2.8cm}",
+                   ["task", "set", "components", "acc.", "named ablated: acc.; $\\Delta$LD",
+                    "random ablated: acc.; $\\Delta$LD"], rows)
 
 
 @table

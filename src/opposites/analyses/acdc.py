@@ -13,11 +13,8 @@ smallest of them that reaches the target share; the sweep is its faithfulness cu
 
 from __future__ import annotations
 
-import torch
-
-from opposites.circuit_metrics import ACDC_THRESHOLDS, cpr_cmd, prune_dangling
-from opposites.nodes import Edge, component_nodes
-from opposites.stats import interval
+from opposites.circuit_metrics import ACDC_THRESHOLDS, prune_dangling
+from opposites.nodes import Edge
 
 
 def whole_graph(d) -> list[Edge]:
@@ -52,7 +49,7 @@ def discover(d, target: float, seed: int, thresholds=ACDC_THRESHOLDS) -> dict:
     """The sweep, the chosen circuit (the smallest reaching `target`; else the largest), and its
     numbers with 95% intervals over bootstrap resamples of the prompts, in the keys the other
     methods' descriptions use (the "grid size" is the whole graph ACDC starts from)."""
-    from opposites.analyses.circuits import _node_order, exact_lds
+    from opposites.analyses.circuits import measured
 
     total = int(d.runs.graph.allowed.sum())
     sweep = [(tau, *prune(d, tau)) for tau in thresholds]  # (tau, circuit, recovery)
@@ -63,23 +60,9 @@ def discover(d, target: float, seed: int, thresholds=ACDC_THRESHOLDS) -> dict:
         if len(c) < total:
             by_size.setdefault(len(c), (c, v))
     points = [(n, by_size[n][1]) for n in sorted(by_size)] + [(total, 1.0)]
-    fractions, faith = [n / total for n, _ in points], [v for _, v in points]
-    cpr, cmd = cpr_cmd(fractions, faith)
-    runs = d.runs
-    without = runs.graph.allowed & ~d.mask(kept)
-    lost_lds = exact_lds(runs, without[None])
-    curve_lds = d.lds([by_size[n][0] for n in sorted(by_size)])
-    boot = runs.intervals(torch.cat([d.lds([kept]), lost_lds, curve_lds]), seed)  # (circuit, resample)
-    boot_curves = [cpr_cmd(fractions, col.tolist()[2:] + [1.0]) for col in boot.T]
-    return {"n_edges": len(kept), "grid_size": total, "threshold": tau, "recovered": value,
-            "recovered_ci95": interval(boot[0]),
-            "completeness_lost": 1 - runs.recovery(lost_lds)[0].item(), "completeness_lost_ci95": interval(1 - boot[1]),
-            "cpr": cpr, "cmd": cmd,
-            "cpr_ci95": interval(torch.tensor([c for c, _ in boot_curves], dtype=torch.float64, device="cpu")),
-            "cmd_ci95": interval(torch.tensor([c for _, c in boot_curves], dtype=torch.float64, device="cpu")),
-            "exact_evaluations": d.evaluations,
-            "nodes": sorted((str(n) for n in component_nodes(kept)), key=_node_order),
-            "edges": [e.record() for e in kept],
+    fractions = [n / total for n, _ in points]
+    numbers = measured(d, kept, fractions, [by_size[n][0] for n in sorted(by_size)], seed, whole=True)
+    return {"n_edges": len(kept), "grid_size": total, "threshold": tau, "recovered": value, **numbers,
             "curve": [{"n_edges": n, "recovered": v} for n, v in points],
             "mib_curve": [{"fraction": f, "n_edges": n, "recovered": v} for f, (n, v) in zip(fractions, points)],
             "sweep": [{"threshold": t, "n_edges": len(c), "recovered": v} for t, c, v in sweep]}

@@ -2,15 +2,16 @@
 answer, the wrong token (for the opposite tasks: the repeated ADJ1) or something else is the top-1
 prediction, on clean prompts; and the corrupted prompts scored against their *own* answer where they
 have one (opposite and is-a: the clean prompt's wrong token; IOI's ABC corruption has none). Every
-mean carries a 95% bootstrap interval over prompts (`<key>_ci95`) and n."""
+mean carries a 95% interval (`<key>_ci95`): a proportion (accuracy, top-1 rates) its Wilson interval,
+a mean logit difference a cluster bootstrap over the task's source words (prompts.CLUSTER_UNIT)."""
 
 from __future__ import annotations
 
 import torch
 
-from opposites.core import batches, logit_diff
+from opposites.core import batches, logit_diff, prompt_clusters
 from opposites.prompts import CORRUPTED_ANSWER_IS_WRONG, load_spec
-from opposites.stats import mean_ci
+from opposites.stats import Estimate, mean_ci, proportion
 
 
 def _per_prompt(model, rows, batch_size) -> dict[str, torch.Tensor]:
@@ -26,8 +27,7 @@ def _per_prompt(model, rows, batch_size) -> dict[str, torch.Tensor]:
     return {k: torch.cat(v).double().cpu() for k, v in out.items()}
 
 
-def _with_ci(result: dict, key: str, x: torch.Tensor, seed: int) -> None:
-    est = mean_ci(x, seed)
+def _with_ci(result: dict, key: str, est: Estimate) -> None:
     result[key] = est.value.item()
     result[f"{key}_ci95"] = [est.ci_low.item(), est.ci_high.item()]
 
@@ -35,20 +35,21 @@ def _with_ci(result: dict, key: str, x: torch.Tensor, seed: int) -> None:
 def run(model, rows: list[dict], batch_size: int, seed: int) -> dict:
     per = _per_prompt(model, rows, batch_size)
     clean, corrupted = per["clean"], per["corrupted"]
-    result = {"n_prompts": len(rows)}
-    _with_ci(result, "logit_diff_mean", clean, seed)
+    clusters = prompt_clusters(rows)  # batch order, as per-prompt values
+    result = {"n_prompts": len(rows), "n_words": len(set(clusters))}
+    _with_ci(result, "logit_diff_mean", mean_ci(clean, seed, clusters=clusters))
     result["logit_diff_std"] = clean.std().item() if len(clean) > 1 else 0.0
-    _with_ci(result, "accuracy", (clean > 0).double(), seed)
-    _with_ci(result, "top1", per["top1_answer"], seed)  # answer is the top-1 token
-    _with_ci(result, "top1_wrong", per["top1_wrong"], seed)  # the wrong (repeated) token is
-    _with_ci(result, "top1_other", 1 - per["top1_answer"] - per["top1_wrong"], seed)
-    _with_ci(result, "corrupted_logit_diff_mean", corrupted, seed)  # clean answer - clean wrong
+    _with_ci(result, "accuracy", proportion(clean > 0))
+    _with_ci(result, "top1", proportion(per["top1_answer"]))  # answer is the top-1 token
+    _with_ci(result, "top1_wrong", proportion(per["top1_wrong"]))  # the wrong (repeated) token is
+    _with_ci(result, "top1_other", proportion(1 - per["top1_answer"] - per["top1_wrong"]))
+    _with_ci(result, "corrupted_logit_diff_mean", mean_ci(corrupted, seed, clusters=clusters))  # clean answer - clean wrong
     result["corrupted_logit_diff_std"] = corrupted.std().item() if len(corrupted) > 1 else 0.0
     own = CORRUPTED_ANSWER_IS_WRONG[load_spec(rows[0]["task"])["family"]]
     result["corrupted_has_own_answer"] = own
     if own:  # its own answer is the clean wrong token: it wins when the clean-direction difference is < 0
-        _with_ci(result, "corrupted_accuracy", (corrupted < 0).double(), seed)
-        _with_ci(result, "corrupted_top1", per["corrupted_top1_own"], seed)
+        _with_ci(result, "corrupted_accuracy", proportion(corrupted < 0))
+        _with_ci(result, "corrupted_top1", proportion(per["corrupted_top1_own"]))
     else:
         result |= {"corrupted_accuracy": None, "corrupted_accuracy_ci95": None,
                    "corrupted_top1": None, "corrupted_top1_ci95": None}

@@ -14,6 +14,7 @@ the prompts."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -24,11 +25,11 @@ from tqdm import tqdm
 from opposites.circuit_metrics import (ACDC_MAX_EDGES, EXACT_MAX_EDGES, FRACTIONS, REFINE_MAX, REFINE_MAX_EDGES, cpr_cmd, fraction_sizes,
                                        jaccard, prune_dangling, smallest_stable)
 from opposites.analyses import acdc
-from opposites.core import batches, direction, job_memo
+from opposites.core import batches, direction, job_memo, prompt_clusters
 from opposites.nodes import Edge, component_nodes
 from opposites.patching.edges import Graph, edge_attribution, edge_forward, shared_prefix
 from opposites.patching.engine import Weights
-from opposites.stats import Estimate, interval, resample_weights
+from opposites.stats import bias_corrected, interval, resample_weights, spearman_ci, wilson
 
 METHODS = ("EAP-IG", "EAP")  # the first is the paper's circuit; "exact" joins where affordable
 VARIANT_BYTES = 2 ** 30  # memory for batched exact evaluations (several circuits per forward)
@@ -46,6 +47,7 @@ class Runs:
     corrupted: torch.Tensor
     measured: dict = field(default_factory=dict)  # edge set -> (prompt,) exact logit differences
     cut: tuple = (None, [])  # the last prompt selection _drawn cut the batches to, and the cut batches
+    clusters: list | None = None  # each prompt's resampling unit (prompts.cluster_of), batch order
 
     def prompt_weights(self, w: torch.Tensor | None = None) -> torch.Tensor:
         """(prompt,) weights of a bootstrap resample, or all prompts equally (w None)."""
@@ -62,7 +64,7 @@ class Runs:
 
     def intervals(self, lds: torch.Tensor, seed: int) -> torch.Tensor:
         """(circuit, resample) recoveries over bootstrap resamples of the prompts (for intervals)."""
-        return self.recovery(lds, resample_weights(len(self.clean), seed))
+        return self.recovery(lds, resample_weights(len(self.clean), seed, clusters=self.clusters))
 
 
 def prepare(model, rows, batch_size) -> Runs:
@@ -76,7 +78,8 @@ def prepare(model, rows, batch_size) -> Runs:
         out.append({"batch": batch, "dir": d, "bias": bias, "corrupted_out": corrupted_out, "prefix": prefix})
         clean.append(ld_clean.double().cpu())
         corrupted.append(ld_corrupted.double().cpu())
-    return Runs(weights, Graph(weights.n_layers, weights.n_heads), out, torch.cat(clean), torch.cat(corrupted))
+    return Runs(weights, Graph(weights.n_layers, weights.n_heads), out, torch.cat(clean), torch.cat(corrupted),
+                clusters=prompt_clusters(rows))
 
 
 def _drawn(runs: Runs, prompts: torch.Tensor | None) -> list:
@@ -365,28 +368,40 @@ def _node_order(label: str) -> tuple:
     return label != "embed", label == "logits", label
 
 
-def _describe(d: Discovery, found: dict, seed: int) -> dict:
-    """The selected circuit's numbers, each with a 95% interval over bootstrap resamples of the
-    prompts (the same per-prompt exact logit differences, reweighted)."""
-    kept, runs = found["edges"], d.runs
+def measured(d: Discovery, kept: list[Edge], fractions: list[float], curve: list[list[Edge]], seed: int,
+             whole: bool = False) -> dict:
+    """A circuit's recovery interval, completeness, and CPR/CMD over its faithfulness curve (`curve`:
+    one circuit per fraction; whole=True adds the whole graph, recovery 1, as the last point), each
+    with a 95% interval over bootstrap resamples of the prompts' words (the same per-prompt exact
+    logit differences, reweighted). CMD sums |1 - recovery|: noise only adds to it, more so in a
+    resample, so its percentile interval can lie wholly above the estimate; it is bias-corrected like
+    Spearman's rho (>= 0)."""
+    runs, tail = d.runs, [1.0] if whole else []
     without = runs.graph.allowed & ~d.mask(kept)  # the circuit's edges cut from the clean run
-    sizes = fraction_sizes(len(d.ranked))
-    mib = d.curve(sizes)  # measured during selection already: the grid holds these sizes
-    faith = [mib[s] for s in sizes]
-    cpr, cmd = cpr_cmd(list(FRACTIONS), faith)
     lost_lds = exact_lds(runs, without[None])
-    boot = runs.intervals(torch.cat([d.lds([kept]), lost_lds, d.lds([d.top(s) for s in sizes])]), seed)
-    boot_mib = [cpr_cmd(list(FRACTIONS), col.tolist()) for col in boot[2:].T]  # (resample,) of (CPR, CMD)
-    return {"n_edges": len(kept), "grid_size": found["grid_size"], "recovered": found["recovered"],
-            "recovered_ci95": interval(boot[0]),
+    curve_lds = d.lds(curve)
+    cpr, cmd = cpr_cmd(fractions, runs.recovery(curve_lds).tolist() + tail)
+    boot = runs.intervals(torch.cat([d.lds([kept]), lost_lds, curve_lds]), seed)
+    boot_mib = [cpr_cmd(fractions, col.tolist() + tail) for col in boot[2:].T]  # (resample,) of (CPR, CMD)
+    as_tensor = lambda xs: torch.tensor(xs, dtype=torch.float64, device="cpu")  # noqa: E731
+    cmd_est = bias_corrected(torch.tensor(cmd, dtype=torch.float64), as_tensor([c for _, c in boot_mib]), 0.0, math.inf)
+    return {"recovered_ci95": interval(boot[0]),
             "completeness_lost": 1 - runs.recovery(lost_lds)[0].item(), "completeness_lost_ci95": interval(1 - boot[1]),
-            "cpr": cpr, "cmd": cmd, "cpr_ci95": interval(torch.tensor([c for c, _ in boot_mib], dtype=torch.float64, device="cpu")),
-            "cmd_ci95": interval(torch.tensor([c for _, c in boot_mib], dtype=torch.float64, device="cpu")),
+            "cpr": cpr, "cmd": cmd_est.value.item(), "cmd_uncorrected": cmd,
+            "cpr_ci95": interval(as_tensor([c for c, _ in boot_mib])), "cmd_ci95": [cmd_est.ci_low.item(), cmd_est.ci_high.item()],
             "exact_evaluations": d.evaluations,
             "nodes": sorted((str(n) for n in component_nodes(kept)), key=_node_order),
-            "edges": [e.record() for e in kept],
+            "edges": [e.record() for e in kept]}
+
+
+def _describe(d: Discovery, found: dict, seed: int) -> dict:
+    """The selected circuit's numbers (measured), its selection curve and MIB's faithfulness curve."""
+    sizes = fraction_sizes(len(d.ranked))
+    mib = d.curve(sizes)  # measured during selection already: the grid holds these sizes
+    return {"n_edges": len(found["edges"]), "grid_size": found["grid_size"], "recovered": found["recovered"],
+            **measured(d, found["edges"], list(FRACTIONS), [d.top(s) for s in sizes], seed),
             "curve": [{"n_edges": s, "recovered": v} for s, v in sorted(found["curve"].items())],
-            "mib_curve": [{"fraction": f, "n_edges": s, "recovered": v} for f, s, v in zip(FRACTIONS, sizes, faith)]}
+            "mib_curve": [{"fraction": f, "n_edges": s, "recovered": mib[s]} for f, s in zip(FRACTIONS, sizes)]}
 
 
 def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stability_resamples: int,
@@ -411,13 +426,13 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
         ws, rs = runs.graph.allowed.nonzero(as_tuple=True)
         exact = per_prompt["exact"][ws, rs]  # (edge, prompt)
         for method in METHODS:
-            rho = spearman(per_prompt[method][ws, rs], exact, seed)
+            rho = spearman_ci(per_prompt[method][ws, rs], exact, seed, runs.clusters)  # bias-corrected
             methods[method] |= {"spearman_vs_exact": rho.value.item(),
                                 "spearman_vs_exact_ci95": [rho.ci_low.item(), rho.ci_high.item()]}
     main = methods[METHODS[0]]
     resampled, evaluations = [], 0
     if stability_resamples:
-        W = resample_weights(len(runs.clean), seed, stability_resamples)  # (prompt, resample)
+        W = resample_weights(len(runs.clean), seed, stability_resamples, clusters=runs.clusters)  # (prompt, resample)
         for i in tqdm(range(stability_resamples), desc="stability", leave=False):
             d = Discovery(runs, ranked_edges(runs, per_prompt[METHODS[0]], W[:, i]), W[:, i])
             resampled.append({(str(e.src), str(e.dst)) for e in d.select(circuit_share, whole_curve=False)["edges"]})
@@ -425,9 +440,7 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
     clock.lap("stability")
     pairs = [jaccard(a, b) for i, a in enumerate(resampled) for b in resampled[i + 1:]]
     stability = {"resamples": stability_resamples, "exact_evaluations": evaluations,
-                 "inclusion": [{"src": e["src"], "dst": e["dst"],
-                                "frequency": sum((e["src"], e["dst"]) in c for c in resampled) / max(1, len(resampled))}
-                               for e in main["edges"]],
+                 "inclusion": [inclusion(e, resampled) for e in main["edges"]],
                  "mean_jaccard": sum(pairs) / len(pairs) if pairs else None,
                  "circuits": [sorted(f"{s}->{t}" for s, t in c) for c in resampled]}
     return {"target": circuit_share, "method": METHODS[0], "ig_steps": ig_steps,
@@ -435,6 +448,14 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
             "clean_logit_diff": runs.clean.mean().item(), "corrupted_logit_diff": runs.corrupted.mean().item(),
             "n_edges": main["n_edges"], "recovered": main["recovered"], "nodes": main["nodes"], "edges": main["edges"],
             "methods": methods, "stability": stability}
+
+
+def inclusion(edge: dict, resampled: list[set]) -> dict:
+    """How often a kept edge recurs in the resampled circuits, with its 95% Wilson interval (None
+    without resamples)."""
+    k = sum((edge["src"], edge["dst"]) in c for c in resampled)
+    return {"src": edge["src"], "dst": edge["dst"], "frequency": k / max(1, len(resampled)),
+            "frequency_ci95": list(wilson(k, len(resampled))) if resampled else None}
 
 
 class Clock:
@@ -448,27 +469,6 @@ class Clock:
         now = time.perf_counter()
         self.laps[name] = round(now - self.t, 2)
         self.t = now
-
-
-def _ranks(x: torch.Tensor) -> torch.Tensor:
-    """Ranks along the first axis (ties broken by position)."""
-    return x.argsort(dim=0, stable=True).argsort(dim=0, stable=True).double()
-
-
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Correlation of the columns of a and b (n, ...) -> (...)."""
-    a, b = a - a.mean(0), b - b.mean(0)
-    return (a * b).sum(0) / (a.norm(dim=0) * b.norm(dim=0))
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor, seed: int) -> Estimate:
-    """Rank correlation across edges of two per-prompt scores (edge, prompt), averaged over prompts,
-    with a 95% interval over bootstrap resamples of the prompts (both means resampled together)."""
-    value = _pearson(_ranks(a.mean(1)), _ranks(b.mean(1)))
-    W = resample_weights(a.shape[1], seed)  # (prompt, resample)
-    boot = _pearson(_ranks(a @ W), _ranks(b @ W))  # (resample,)
-    low, high = interval(boot)
-    return Estimate(value, torch.tensor(low, device="cpu"), torch.tensor(high, device="cpu"), a.shape[1])
 
 
 def faithfulness(model, rows, batch_size, circuit=None) -> pd.DataFrame:

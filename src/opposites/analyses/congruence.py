@@ -18,7 +18,8 @@ import pandas as pd
 from opposites.analyses.patching import dataset_sweep, table
 from opposites.patching import exact
 from opposites.prompts import fill, load_spec
-from opposites.stats import mean_ci
+from opposites.core import batch_order
+from opposites.stats import mean_ci, proportion
 
 ROLES = ["E1", "ADJ1", "E2", "END", "other"]
 
@@ -58,9 +59,11 @@ def run(model, rows: list[dict], batch_size: int, patch_direction: str, seed: in
     s = dataset_sweep(model, pairs, batch_size, patch_direction, both)
     clean, corrupted = s.clean.double().cpu(), s.corrupted.double().cpu()  # (prompt,) congruent, incongruent
     axes = {"layer": list(range(model.cfg.n_layers)), "role": ROLES}
-    patch = pd.concat([table(t, s, axes, seed).assign(component=name) for name, t in s.patched.items()])
+    # resampling unit: the adjective pair {ADJ1, answer}, as for the opposite family (batch order)
+    clusters = ["/".join(sorted((r["wrong"].strip(), r["answer"].strip()))) for r in batch_order(pairs)]
+    patch = pd.concat([table(t, s, axes, seed, clusters).assign(component=name) for name, t in s.patched.items()])
     return {"n": len(pairs), "example_congruent": pairs[0]["clean"], "example_incongruent": pairs[0]["corrupted"],
-            **{name: {"logit_diff": mean_ci(ld, seed).record(), "accuracy": mean_ci((ld > 0).double(), seed).record()}
+            **{name: {"logit_diff": mean_ci(ld, seed, clusters=clusters).record(), "accuracy": proportion(ld > 0).record()}
                for name, ld in (("congruent", clean), ("incongruent", corrupted))},
-            "pull": mean_ci(clean - corrupted, seed).record(),
+            "pull": mean_ci(clean - corrupted, seed, clusters=clusters).record(),
             "patch": patch.to_dict("records")}

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from opposites.analyses.interchange import (PairBatch, candidate_ids, candidates, make_pairs, pair_batches, source_role,
-                                            wilson)
+from opposites.analyses.interchange import PairBatch, candidate_ids, candidates, make_pairs, pair_batches, source_role
 from opposites.interventions import Intervention, run, source_activations
+from opposites.stats import wilson
 
 KS = (1, 2, 4, 8)  # subspace dimensions
 STEPS = 150  # Adam steps, full batch
@@ -80,7 +80,7 @@ def random_basis(d: int, k: int, generator: torch.Generator, dtype=torch.float32
 
 def iia(hits: Tensor) -> dict:
     k, n = int(hits.sum()), len(hits)
-    return {"iia": k / n, "iia_ci95": wilson(k, n), "n": n}
+    return {"iia": k / n, "iia_ci95": list(wilson(k, n)), "n": n}
 
 
 def das_at(model, train: list[PairBatch], test: list[PairBatch], ids: Tensor, site: str, position: str,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from opposites.core import batches, ln_final
+from opposites.core import batches, ln_final, prompt_clusters
 from opposites.derived import head_label, selected_heads
 from opposites.stats import mean_ci
 from opposites.words import copy_words, opposites
@@ -18,8 +18,8 @@ def _roles(row: dict) -> dict[str, int]:
 
 def attention(model, rows: list[dict], batch_size: int, seed: int) -> pd.DataFrame:
     """Mean attention of every head from each role token (dest) to each role token (src, plus BOS),
-    each prompt at its own role positions (0 where src comes after dest), with a 95% bootstrap
-    interval over prompts; 'other' is the rest of the row, so each dest role's values sum to 1."""
+    each prompt at its own role positions (0 where src comes after dest), with a 95% interval (cluster
+    bootstrap over the task's source words); 'other' is the rest of the row, so each dest role's values sum to 1."""
     L = model.cfg.n_layers
     per_prompt: dict[tuple[str, str], list[torch.Tensor]] = {}  # each entry (layer, head)
     for batch in batches(model, rows, batch_size, desc="attention"):
@@ -29,9 +29,9 @@ def attention(model, rows: list[dict], batch_size: int, seed: int) -> pd.DataFra
         for i, row in enumerate(batch.rows):
             for key, value in _role_attention(pattern[i], _roles(row)).items():
                 per_prompt.setdefault(key, []).append(value)
-    out = []
+    out, clusters = [], prompt_clusters(rows)  # batch order, as the values
     for (dest, src), values in per_prompt.items():
-        est = mean_ci(torch.stack(values, -1), seed)  # (layer, head, prompt) -> (layer, head)
+        est = mean_ci(torch.stack(values, -1), seed, clusters=clusters)  # (layer, head, prompt) -> (layer, head)
         out += [(l, h, dest, src, est.value[l, h].item(), est.ci_low[l, h].item(), est.ci_high[l, h].item(), est.n)
                 for l in range(L) for h in range(model.cfg.n_heads)]
     return pd.DataFrame(out, columns=["layer", "head", "dest_role", "src_role", "value", "ci_low", "ci_high", "n"])

@@ -13,7 +13,6 @@ MLP's output at END.
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from itertools import groupby
@@ -24,16 +23,7 @@ from torch import Tensor
 from opposites.interventions import (Intervention, head_z, mlp_out, resid_post, resid_pre, role_positions, run,
                                      source_activations)
 from opposites.prompts import load_spec
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
-    """Wilson score interval of the proportion k/n (95% by default)."""
-    if n == 0:
-        return [0.0, 1.0]
-    p = k / n
-    centre, half = (p + z * z / (2 * n)), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    low, high = (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
-    return [max(0.0, min(low, p)), min(1.0, max(high, p))]  # at k = 0 or n, rounding could put a bound past p
+from opposites.stats import wilson
 
 
 def source_role(task: str) -> str:
@@ -131,7 +121,7 @@ def sweep(model, batches: list[PairBatch], ids: Tensor, where: list[Intervention
         hit = torch.cat(hit)
         k, n = int(hit.sum()), len(hit)
         out.append({"site": iv.site, "kind": kind(iv), "label": label(iv), "layer": iv.layer, "head": iv.head, "position": iv.position,
-                    "n": n, "iia": k / n, "iia_ci95": wilson(k, n),
+                    "n": n, "iia": k / n, "iia_ci95": list(wilson(k, n)),
                     "graded": (torch.cat(d) - base_d).double().sum().item() / span if span else None})
     return out
 

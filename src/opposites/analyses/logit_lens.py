@@ -19,7 +19,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from opposites.core import end_states, read_out
+from opposites.core import end_states, prompt_clusters, read_out
 from opposites.stats import mean_ci
 
 
@@ -46,6 +46,6 @@ def run(model, rows: list[dict], batch_size: int, seed: int) -> pd.DataFrame:
         for kind, label, layer, values in per_prompt(model, state):
             parts.setdefault((kind, label, layer), []).append(values.detach().double().cpu())
     keys = list(parts)
-    est = mean_ci(torch.stack([torch.cat(parts[k]) for k in keys]), seed)  # (row, prompt) -> (row,)
+    est = mean_ci(torch.stack([torch.cat(parts[k]) for k in keys]), seed, clusters=prompt_clusters(rows))  # (row, prompt) -> (row,)
     df = pd.DataFrame(keys, columns=["kind", "label", "layer"])
     return df.assign(value=est.value.cpu().numpy(), ci_low=est.ci_low.cpu().numpy(), ci_high=est.ci_high.cpu().numpy(), n=est.n)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from opposites.core import batches, direction
+from opposites.core import batches, direction, prompt_clusters
 from opposites.prompts import fill, load_spec, make_prompts
 from opposites.stats import mean_ci
 from opposites.words import relation_pairs
@@ -77,8 +77,8 @@ def neuron_effects(model, rows, batch_size) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def neurons(model, rows, batch_size, seed: int, k: int = 20) -> pd.DataFrame:
-    """The k neurons with the largest |mean direct effect|: that effect with its 95% bootstrap
-    interval over prompts, their mean activation (and interval) on this task's prompts and on the
+    """The k neurons with the largest |mean direct effect|: that effect with its 95% interval (cluster
+    bootstrap over the task's source words), their mean activation (and interval) on this task's prompts and on the
     control task's prompts (tasks/<task>.yaml: control_task, drawn with the config's seed), and the
     tokens their output weights promote most (W_out . W_U). The neurons are chosen by the same
     prompts, so their effects are biased away from 0 (winner's curse); the intervals do not undo it."""
@@ -89,8 +89,9 @@ def neurons(model, rows, batch_size, seed: int, k: int = 20) -> pd.DataFrame:
     control_rows, _ = make_prompts(load_spec(task)["control_task"], model.tokenizer, len(rows), seed=seed, min_prompts=1)
     _, control_acts = neuron_effects(model, control_rows, batch_size)
     picked = [divmod(flat, d_mlp) for flat in top.tolist()]
-    effect, act, act_control = (mean_ci(torch.stack([x[l, n] for l, n in picked]), seed)  # (k, prompt) -> (k,)
-                                for x in (effects, acts, control_acts))
+    effect, act, act_control = (mean_ci(torch.stack([x[l, n] for l, n in picked]), seed, clusters=clusters)  # (k, prompt) -> (k,)
+                                for x, clusters in ((effects, prompt_clusters(rows)), (acts, prompt_clusters(rows)),
+                                                    (control_acts, prompt_clusters(control_rows))))
     out = []
     for rank, (layer, n) in enumerate(picked):
         promoted = (model.W_out[layer, n] @ model.W_U).topk(5).indices

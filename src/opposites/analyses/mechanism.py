@@ -15,13 +15,13 @@ import random
 
 import torch
 
-from opposites.core import batches, direction, job_memo
+from opposites.core import batches, direction, job_memo, prompt_clusters
 from opposites.derived import classify_components, head_label, top_patched_heads
 from opposites.nodes import Node
 from opposites.patching import engine
 from opposites.patching.engine import Weights
 from opposites.prompts import load_spec
-from opposites.stats import mean_ci
+from opposites.stats import mean_ci, proportion
 
 MAX_MOVERS = 4  # movers: heads that matter by patching (|z| >= 10% of the largest) and attend from END
 MIN_ATTENTION = 0.5  # to a template role with at least this mean weight; the top two by patching if none
@@ -56,27 +56,35 @@ def _clean_runs(model, rows, batch_size) -> tuple[Weights, list[tuple]]:
     return job_memo(model, _SHARED, (tuple(r["clean"] for r in rows), batch_size), make)
 
 
-def _summary(ld: torch.Tensor, seed: int) -> dict:
-    acc, mean = mean_ci((ld > 0).double(), seed), mean_ci(ld, seed)
+def _summary(ld: torch.Tensor, clean: torch.Tensor, seed: int, clusters: list[str]) -> dict:
+    """Accuracy (Wilson interval), mean logit difference and its mean change from the clean run
+    (paired by prompt; both cluster bootstrap) of per-prompt ld."""
+    acc, mean, change = proportion(ld > 0), mean_ci(ld, seed, clusters=clusters), mean_ci(ld - clean, seed, clusters=clusters)
     return {"accuracy": acc.value.item(), "accuracy_ci95": [acc.ci_low.item(), acc.ci_high.item()],
-            "logit_diff": mean.value.item(), "logit_diff_ci95": [mean.ci_low.item(), mean.ci_high.item()]}
+            "logit_diff": mean.value.item(), "logit_diff_ci95": [mean.ci_low.item(), mean.ci_high.item()],
+            "logit_diff_change": change.value.item(), "logit_diff_change_ci95": [change.ci_low.item(), change.ci_high.item()]}
 
 
 def _test(model, rows, batch_size, seed, heads, mlps=()) -> dict:
     """Ablate the named set, and N_CONTROL_DRAWS random sets of as many other heads."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
+    clusters = prompt_clusters(rows)
+    clean = ablated_logit_diff(model, rows, batch_size, [])  # nothing ablated: the clean run's
     named = {"ablated": [head_label(*h) for h in heads] + [str(Node("mlp", l)) for l in mlps],
-             **_summary(ablated_logit_diff(model, rows, batch_size, heads, mlps), seed)}
+             **_summary(ablated_logit_diff(model, rows, batch_size, heads, mlps), clean, seed, clusters)}
     others = [(l, h) for l in range(L) for h in range(H) if (l, h) not in heads]
     rng = random.Random(f"ablation-{rows[0]['task']}-{seed}")
     size = min(len(heads) + len(mlps), len(others))
     lds = torch.stack([ablated_logit_diff(model, rows, batch_size, rng.sample(others, size))
                        for _ in range(N_CONTROL_DRAWS)])  # (draw, prompt)
-    # per prompt averaged over the draws, then bootstrapped over prompts
-    acc, mean = mean_ci((lds > 0).double().mean(0), seed), mean_ci(lds.mean(0), seed)
+    # per prompt averaged over the draws (a mean of shares, not one proportion), then bootstrapped over clusters
+    acc, mean, change = (mean_ci(x, seed, clusters=clusters) for x in ((lds > 0).double().mean(0), lds.mean(0),
+                                                                        lds.mean(0) - clean))
     control = {"accuracy_mean": acc.value.item(), "accuracy_mean_ci95": [acc.ci_low.item(), acc.ci_high.item()],
                "accuracy_min": (lds > 0).double().mean(-1).min().item(),
                "logit_diff_mean": mean.value.item(), "logit_diff_mean_ci95": [mean.ci_low.item(), mean.ci_high.item()],
+               "logit_diff_change_mean": change.value.item(),
+               "logit_diff_change_mean_ci95": [change.ci_low.item(), change.ci_high.item()],
                "size": size, "draws": N_CONTROL_DRAWS}
     return {"named": named, "random_others": control}
 
@@ -105,14 +113,17 @@ def mapping(model, rows, batch_size, seed: int, head_logits=None, movers=None) -
     test of the movers: every other head and every MLP mean-ablated, so only the movers (their OV
     circuits) and the direct path can still map ADJ1 to its opposite."""
     cls = classify_components(head_logits)
-    top = cls[cls.cls == "opposite-mapping"].assign(push=cls.answer - cls.wrong).nlargest(K_MAPPERS, "push")
+    mappers = cls[cls.cls == "opposite-mapping"]
+    # push from these rows only: a Series over all rows would give an empty frame its index (rows of NaN)
+    top = mappers.assign(push=mappers.answer - mappers.wrong).nlargest(K_MAPPERS, "push")
     named = [{"component": r.component, "answer": float(r.answer), "wrong": float(r.wrong)} for r in top.itertuples()]
     heads = [(int(r.layer), int(r.head)) for r in top.itertuples() if r.head >= 0]
     mlps = [int(r.layer) for r in top.itertuples() if r.head < 0]
     L, H = model.cfg.n_layers, model.cfg.n_heads
     keep = {(m["layer"], m["index"]) for m in movers["movers"]}
     rest = [(l, h) for l in range(L) for h in range(H) if (l, h) not in keep]
+    clean = ablated_logit_diff(model, rows, batch_size, [])  # nothing ablated: the clean run's
     only = {"kept": [m["head"] for m in movers["movers"]],
-            **_summary(ablated_logit_diff(model, rows, batch_size, rest, list(range(L))), seed)}
+            **_summary(ablated_logit_diff(model, rows, batch_size, rest, list(range(L))), clean, seed, prompt_clusters(rows))}
     return {"n": len(rows), "mappers": named, "ablation": _test(model, rows, batch_size, seed, heads, mlps) if named else None,
             "movers_only": only}

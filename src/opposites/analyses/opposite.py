@@ -19,11 +19,11 @@ import random
 import pandas as pd
 import torch
 
-from opposites.core import batches, end_states, ln_final
+from opposites.core import batches, end_states, ln_final, prompt_clusters
 from opposites.derived import head_label
 from opposites.nodes import Node
 from opposites.prompts import fill, load_spec
-from opposites.stats import mean_ci
+from opposites.stats import mean_ci, proportion
 
 
 def unrelated_ids(model, task: str) -> torch.Tensor:
@@ -47,7 +47,7 @@ def head_logits(model, rows: list[dict], batch_size: int, seed: int) -> pd.DataF
     labels = [(l, h, head_label(l, h)) for l in range(L) for h in range(H)] + [(l, -1, str(Node("mlp", l))) for l in range(L)]
     out = []
     for target, chunks in parts.items():
-        est = mean_ci(torch.cat(chunks, -1), seed)  # (comp,)
+        est = mean_ci(torch.cat(chunks, -1), seed, clusters=prompt_clusters(rows))  # (comp,)
         out.append(pd.DataFrame({"component": [c for *_, c in labels], "layer": [l for l, *_ in labels],
                                  "head": [h for _, h, _ in labels], "target": target, "value": est.value.cpu().numpy(),
                                  "ci_low": est.ci_low.cpu().numpy(), "ci_high": est.ci_high.cpu().numpy(), "n": est.n}))
@@ -86,10 +86,13 @@ def control(model, rows: list[dict], batch_size: int, seed: int) -> dict:
     clean = _answer_stats(model, [r for r in rows if r["id"] in kept], batch_size, unrelated)
     controlled = _answer_stats(model, ctrl, batch_size, unrelated)
     result = {"n": len(ctrl)}
+    clusters = prompt_clusters(ctrl)  # batch order of both runs (control rows keep ids and lengths)
     for key, x in (("answer_rel_clean", clean["rel"]), ("answer_rel_control", controlled["rel"]),
-                   ("answer_rel_drop", clean["rel"] - controlled["rel"]), ("top1_clean", clean["top1"]),
-                   ("top1_control", controlled["top1"])):
-        est = mean_ci(x, seed)
+                   ("answer_rel_drop", clean["rel"] - controlled["rel"])):
+        est = mean_ci(x, seed, clusters=clusters)
+        result |= {key: est.value.item(), f"{key}_ci95": [est.ci_low.item(), est.ci_high.item()]}
+    for key, hits in (("top1_clean", clean["top1"]), ("top1_control", controlled["top1"])):
+        est = proportion(hits)
         result |= {key: est.value.item(), f"{key}_ci95": [est.ci_low.item(), est.ci_high.item()]}
     result["example"] = ctrl[0]["clean"] if ctrl else None
     return result

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 from opposites.analyses.patching import dataset_sweep, patch_roles, table
+from opposites.core import prompt_clusters
 from opposites.patching import exact
 from opposites.derived import accumulated_lens, head_label, largest_abs
 from opposites.nodes import Node
@@ -53,14 +54,15 @@ def run(model, rows, batch_size, patch_direction: str, seed: int, logit_lens=Non
                 "mlp": exact.mlp_out_by_role(pair, masks, layers=mlp_layers)}
 
     fine = dataset_sweep(model, rows, batch_size, patch_direction, by_role)
+    clusters = prompt_clusters(rows)
     parts = []
     for kind, key, pairs in (("attn_layer_heads", "layer_heads", [(l, h) for l in attn_layers for h in range(model.cfg.n_heads)]),
                              ("top_heads", "heads", heads)):
         for layer, head in pairs:
-            parts.append(table(fine.patched[key][layer, head], fine, {"role": roles}, seed)
+            parts.append(table(fine.patched[key][layer, head], fine, {"role": roles}, seed, clusters)
                          .assign(kind=kind, component=head_label(layer, head)))
     for layer in mlp_layers:
-        parts.append(table(fine.patched["mlp"][layer], fine, {"role": roles}, seed)
+        parts.append(table(fine.patched["mlp"][layer], fine, {"role": roles}, seed, clusters)
                      .assign(kind="mlp_layer", component=str(Node("mlp", layer))))
     by_role_df = pd.concat(parts) if parts else pd.DataFrame()
 
@@ -68,7 +70,7 @@ def run(model, rows, batch_size, patch_direction: str, seed: int, logit_lens=Non
                           lambda pair: {head_label(*s): exact.path_to_receivers(pair, s) for s in heads})
     path_rows = []
     for sender, t in paths.patched.items():
-        df = table(t, paths, {**{"layer": list(range(t.shape[0])), "head": list(range(t.shape[1]))}, "input": list("qkv")}, seed)
+        df = table(t, paths, {**{"layer": list(range(t.shape[0])), "head": list(range(t.shape[1]))}, "input": list("qkv")}, seed, clusters)
         df = df[df.layer > Node.parse(sender).layer]
         path_rows += [{"sender": sender, "receiver": head_label(r.layer, r.head), "input": r.input, "value": r.value,
                        "ci_low": r.ci_low, "ci_high": r.ci_high} for r in df.itertuples()]

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from opposites.core import batches, job_memo
+from opposites.core import batches, job_memo, prompt_clusters
 from opposites.derived import QKV_HEADS, top_patched_heads
 from opposites.patching import exact
 from opposites.patching.attribution import ACTIVATIONS, head_attribution
@@ -71,13 +71,15 @@ def _tree(fn, *trees):
     return fn(*trees)
 
 
-def table(patched: Tensor, sweep: Sweep, axes: dict[str, list], seed: int) -> pd.DataFrame:
+def table(patched: Tensor, sweep: Sweep, axes: dict[str, list], seed: int, clusters: list[str]) -> pd.DataFrame:
     """Long table of a (..., prompt) tensor: one column per leading axis (its labels), then value,
-    ci_low, ci_high, n and normaliser_ok."""
-    est, normaliser = ratio_ci(patched.detach().cpu(), sweep.clean.detach().cpu(), sweep.corrupted.detach().cpu(), seed)
+    ci_low, ci_high (cluster bootstrap over the prompts' clusters, batch order), p_value (of value 0,
+    normal approximation from the bootstrap), n and normaliser_ok."""
+    est, normaliser = ratio_ci(patched.detach().cpu(), sweep.clean.detach().cpu(), sweep.corrupted.detach().cpu(), seed,
+                               clusters=clusters)
     index = pd.MultiIndex.from_product(list(axes.values()), names=list(axes))
     df = index.to_frame(index=False)
-    for name in ("value", "ci_low", "ci_high"):
+    for name in ("value", "ci_low", "ci_high", "p_value"):
         df[name] = getattr(est, name).flatten().cpu().numpy()
     return df.assign(n=est.n, normaliser_ok=bool(normaliser.excludes_zero()))
 
@@ -86,7 +88,7 @@ def patch_resid(model, rows, batch_size, patch_direction: str, seed: int) -> pd.
     roles = patch_roles(rows)
     s = dataset_sweep(model, rows, batch_size, patch_direction,
                       lambda pair: exact.resid_pre_by_role(pair, exact.role_masks(pair, roles)))
-    return table(s.patched, s, {"layer": list(range(model.cfg.n_layers)), "role": roles}, seed)
+    return table(s.patched, s, {"layer": list(range(model.cfg.n_layers)), "role": roles}, seed, prompt_clusters(rows))
 
 
 def patch_layers(model, rows, batch_size, patch_direction: str, seed: int) -> pd.DataFrame:
@@ -98,8 +100,8 @@ def patch_layers(model, rows, batch_size, patch_direction: str, seed: int) -> pd
 
     s = dataset_sweep(model, rows, batch_size, patch_direction, both)
     axes = {"layer": list(range(model.cfg.n_layers)), "role": roles}
-    return pd.concat([table(t, s, axes, seed).assign(component=name) for name, t in s.patched.items()])[
-        ["component", "layer", "role", "value", "ci_low", "ci_high", "n", "normaliser_ok"]]
+    return pd.concat([table(t, s, axes, seed, prompt_clusters(rows)).assign(component=name) for name, t in s.patched.items()])[
+        ["component", "layer", "role", "value", "ci_low", "ci_high", "p_value", "n", "normaliser_ok"]]
 
 
 def _heads(model) -> dict[str, list]:
@@ -112,20 +114,22 @@ def patch_heads(model, rows, batch_size, patch_direction: str, seed: int) -> pd.
     paper reads of them (the top heads' routes; the attribution-vs-exact comparison). Attribution
     patching (patch_attribution) estimates all five for every head."""
     z = dataset_sweep(model, rows, batch_size, patch_direction, lambda pair: exact.head_all_pos(pair, "z"))
-    z_table = table(z.patched, z, _heads(model), seed).assign(activation="z")
+    clusters = prompt_clusters(rows)
+    z_table = table(z.patched, z, _heads(model), seed, clusters).assign(activation="z")
     heads = top_patched_heads(z_table, QKV_HEADS)
     s = dataset_sweep(model, rows, batch_size, patch_direction,
                       lambda pair: {act: exact.heads_all_pos(pair, heads, act) for act in ACTIVATIONS if act != "z"})
     layer_head = pd.DataFrame(heads, columns=["layer", "head"])
-    parts = [table(t, s, {"i": list(range(len(heads)))}, seed).drop(columns="i").assign(activation=act)
+    parts = [table(t, s, {"i": list(range(len(heads)))}, seed, clusters).drop(columns="i").assign(activation=act)
              for act, t in s.patched.items()]
     parts = [z_table] + [pd.concat([layer_head, p], axis=1) for p in parts]
-    return pd.concat(parts, ignore_index=True)[["layer", "head", "activation", "value", "ci_low", "ci_high", "n", "normaliser_ok"]]
+    return pd.concat(parts, ignore_index=True)[["layer", "head", "activation", "value", "ci_low", "ci_high", "p_value", "n",
+                                                "normaliser_ok"]]
 
 
 def patch_attribution(model, rows, batch_size, patch_direction: str, seed: int) -> pd.DataFrame:
     """Attribution-patching estimates of every head's z, q, k, v and pattern patching (patch_heads'
     metric; patch_heads measures q, k, v and pattern exactly for QKV_HEADS heads only)."""
     s = dataset_sweep(model, rows, batch_size, patch_direction, head_attribution)
-    parts = [table(t, s, _heads(model), seed).assign(activation=act) for act, t in s.patched.items()]
-    return pd.concat(parts)[["layer", "head", "activation", "value", "ci_low", "ci_high", "n", "normaliser_ok"]]
+    parts = [table(t, s, _heads(model), seed, prompt_clusters(rows)).assign(activation=act) for act, t in s.patched.items()]
+    return pd.concat(parts)[["layer", "head", "activation", "value", "ci_low", "ci_high", "p_value", "n", "normaliser_ok"]]

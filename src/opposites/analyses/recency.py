@@ -15,10 +15,10 @@ import random
 
 import torch
 
-from opposites.core import batches
+from opposites.core import batch_order, batches
 from opposites.derived import MIN_ATTENTION, prefers
 from opposites.prompts import fill, load_spec
-from opposites.stats import mean_ci
+from opposites.stats import mean_ci, proportion
 
 NAMES = ("IO", "S", "S3")
 
@@ -70,7 +70,8 @@ def run(model, rows: list[dict], batch_size: int, seed: int) -> dict:
         logits3.append(torch.stack([last.gather(1, t[:, None])[:, 0] for t in (batch.answer, s, batch.wrong)], -1))
     att_t = torch.stack(att, -1).double().cpu()  # (name, layer, head, prompt)
     lg = torch.cat(logits3).double().cpu()  # (prompt, name): IO, S, S3
-    est = mean_ci(att_t, seed)
+    clusters = [r["answer"].strip() for r in batch_order(dis)]  # IOI's resampling unit: the IO name
+    est = mean_ci(att_t, seed, clusters=clusters)
     heads = []
     for l in range(L):
         for h in range(H):
@@ -78,10 +79,10 @@ def run(model, rows: list[dict], batch_size: int, seed: int) -> dict:
                  for i, n in enumerate(NAMES)}
             heads.append({"layer": l, "head": h, **a, "rule": rule(a)})
     top = lg.argmax(-1)
-    shares = {n: mean_ci((top == i).double(), seed) for i, n in enumerate(NAMES)}
+    shares = {n: proportion(top == i) for i, n in enumerate(NAMES)}  # Wilson intervals
     return {"n": len(dis), "example": dis[0]["clean"] if dis else "", "min_attention": MIN_ATTENTION, "chance": 1 / len(NAMES),
-            "io_minus_s3": mean_ci(lg[:, 0] - lg[:, 2], seed).record(),
-            "io_minus_s": mean_ci(lg[:, 0] - lg[:, 1], seed).record(),
+            "io_minus_s3": mean_ci(lg[:, 0] - lg[:, 2], seed, clusters=clusters).record(),
+            "io_minus_s": mean_ci(lg[:, 0] - lg[:, 1], seed, clusters=clusters).record(),
             "preferred": {n: e.value.item() for n, e in shares.items()},
             "preferred_ci95": {n: [e.ci_low.item(), e.ci_high.item()] for n, e in shares.items()},
             "heads": heads}

@@ -17,7 +17,7 @@ import torch
 
 from opposites.core import batches
 from opposites.prompts import load_spec, make_prompts
-from opposites.stats import mean_ci
+from opposites.stats import proportion
 
 RIDGE = 1.0  # the probe's L2 penalty, on standardised features
 
@@ -90,7 +90,7 @@ def run(model, rows: list[dict], batch_size: int, seed: int) -> dict:
 
     def accuracy(x: torch.Tensor, y_train: torch.Tensor) -> dict:
         hit = (fit_predict(x[train], y_train, x[~train], k) == labels[~train]).double()
-        return mean_ci(hit, seed).record()
+        return proportion(hit).record()  # share of held-out prompts classified right (Wilson)
 
     layers = [{"layer": l, "accuracy": accuracy(resid[l], labels[train]), "shuffled": accuracy(resid[l], shuffled)}
               for l in range(len(resid))]

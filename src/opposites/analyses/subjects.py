@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from opposites.core import batches
+from opposites.core import batches, prompt_clusters
 from opposites.derived import RANDOM_SUBSPACES, SUBSPACE_DIM, end_attention_to_roles
-from opposites.prompts import load_spec
-from opposites.stats import interval, mean_ci
+from opposites.prompts import cluster_of, load_spec
+from opposites.stats import average_ranks, bias_corrected, mean_ci, pearson
 
 
 def key_weights(model) -> torch.Tensor:
@@ -65,9 +65,10 @@ def _residuals(model, rows, batch_size, roles: list[str]) -> tuple[torch.Tensor,
     return torch.stack(subj, 1).double().cpu(), torch.stack(other, 1).double().cpu()
 
 
-def _similarity(subj: torch.Tensor, other: torch.Tensor, seed: int) -> dict:
+def _similarity(subj: torch.Tensor, other: torch.Tensor, seed: int, clusters: list[str]) -> dict:
     """Within: each prompt's first subject against the next prompt's; across: against the next
-    prompt's other roles. subj (prompt, role, d), other (prompt, role, d); centred over all of them."""
+    prompt's other roles. subj (prompt, role, d), other (prompt, role, d); centred over all of them.
+    Intervals resample the prompts' clusters (one per prompt, same order)."""
     mean = torch.cat([subj.flatten(0, 1), other.flatten(0, 1)]).mean(0)
     s, o = subj - mean, other - mean
     nxt = torch.roll(torch.arange(len(s), device=s.device), -1)  # a different prompt for each prompt
@@ -76,7 +77,7 @@ def _similarity(subj: torch.Tensor, other: torch.Tensor, seed: int) -> dict:
     across = cos(s[:, :1], o[nxt]).mean(-1)
     out = {}
     for key, x in (("within", within), ("across", across)):
-        est = mean_ci(x, seed)
+        est = mean_ci(x, seed, clusters=clusters)
         out[key], out[f"{key}_ci95"] = est.value.item(), [est.ci_low.item(), est.ci_high.item()]
     return out
 
@@ -85,14 +86,16 @@ def run(model, rows: list[dict], batch_size: int, seed: int, attention=None) -> 
     roles = load_spec(rows[0]["task"])["subject_roles"]
     subj, other = _residuals(model, rows, batch_size, roles)  # (layer, prompt, role, d)
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    similarity = [{"space": "resid", "layer": l, **_similarity(subj[l], other[l], seed)} for l in range(L)]
+    similarity = [{"space": "resid", "layer": l, **_similarity(subj[l], other[l], seed, prompt_clusters(rows))}
+                  for l in range(L)]  # residuals in batch order
     tokens = lambda rs: torch.tensor([[model.to_single_token(" " + r["words"][x]) if x in r["words"] else  # noqa: E731
                                        model.to_tokens(r["clean"])[0, r["positions"][x]].item() for x in rs]
                                       for r in rows], device=model.W_E.device)
     others = other_roles(rows[0]["task"], roles)
     W_E = model.W_E.detach().double().cpu()
     similarity.insert(0, {"space": "embed", "layer": -1,
-                          **_similarity(W_E[tokens(roles).cpu()], W_E[tokens(others).cpu()], seed)})
+                          **_similarity(W_E[tokens(roles).cpu()], W_E[tokens(others).cpu()], seed,
+                                        [cluster_of(r) for r in rows])})  # embeddings in row order
     W_K = key_weights(model).double().cpu()  # (layer, head, d_model, d_head)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     d = W_K.shape[2]
@@ -122,13 +125,13 @@ def run(model, rows: list[dict], batch_size: int, seed: int, attention=None) -> 
 
 
 def _spearman_ci(a: list[float], b: list[float], seed: int, n_resamples: int = 1000) -> tuple:
-    """Spearman's rho of a and b (over heads) and its 95% percentile interval over resampled heads;
-    (None, None) with fewer than three heads."""
+    """Spearman's rho of a and b (over heads; ties share average ranks), bias-corrected, and its 95%
+    interval over resampled heads (stats.bias_corrected); (None, None) with fewer than three heads."""
     if len(a) < 3:
         return None, None
     x, y = torch.tensor(a, device="cpu", dtype=torch.float64), torch.tensor(b, device="cpu", dtype=torch.float64)
-    rank = lambda v: v.argsort(-1).argsort(-1).double()  # noqa: E731
-    rho = lambda i: torch.corrcoef(torch.stack([rank(x[i]), rank(y[i])]))[0, 1]  # noqa: E731
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    draws = torch.stack([rho(torch.randint(len(x), (len(x),), generator=gen, device="cpu")) for _ in range(n_resamples)])
-    return rho(torch.arange(len(x), device="cpu")).item(), interval(draws)
+    idx = torch.randint(len(x), (len(x), n_resamples), generator=gen, device="cpu")  # (draw, resample)
+    draws = pearson(average_ranks(x[idx]), average_ranks(y[idx]))  # (resample,)
+    est = bias_corrected(pearson(average_ranks(x), average_ranks(y)), draws)
+    return est.value.item(), [est.ci_low.item(), est.ci_high.item()]

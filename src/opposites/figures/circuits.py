@@ -57,7 +57,7 @@ def faithfulness(data: dict, tasks: list[str]):
             col, marker = METHOD_STYLE.get(method, ("k", "x"))
             part = df[(df.method == method) & (df.grid == "mib")]
             ax.plot(part.fraction * 100, part.recovered, marker=marker, ms=2.5, color=col,
-                    label=f"{method} (CPR {m['cpr']:.2f}, CMD {m['cmd']:.2f})")
+                    label=f"{method} (CPR {m['cpr']:.2f}, CMD {m['cmd_uncorrected']:.2f})")
             ax.scatter([100 * m["n_edges"] / c["total_edges"]], [m["recovered"]], marker="*", s=60, color=col, zorder=3)
         ax.axhline(c["target"], color="k", lw=0.6, ls="--")
         ax.axhline(0, color="0.5", lw=0.4)

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 
+from opposites.derived import significant  # noqa: E402
+
 STYLE = {
     "figure.figsize": (6.0, 3.2), "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8,
     "legend.fontsize": 7, "xtick.labelsize": 7, "ytick.labelsize": 7, "axes.spines.top": False,
@@ -90,8 +92,9 @@ def not_meaningful(ax, title: str) -> bool:
 
 
 def mark_significant(ax, df, index: str, columns: str, order: list | None = None) -> None:
-    """A dot on each heatmap cell whose 95% interval excludes 0."""
-    sig = df.assign(sig=(df.ci_low > 0) | (df.ci_high < 0)).pivot(index=index, columns=columns, values="sig")
+    """A dot on each heatmap cell that is a discovery of its panel (derived.significant: Benjamini-
+    Hochberg at FDR_Q over the cells' p-values, and |effect| >= EFFECT_FLOOR x the panel's largest)."""
+    sig = df.assign(sig=significant(df)).pivot(index=index, columns=columns, values="sig")
     if order is not None:
         sig = sig[order]
     ys, xs = np.nonzero(sig.to_numpy(dtype=bool))
@@ -100,7 +103,7 @@ def mark_significant(ax, df, index: str, columns: str, order: list | None = None
 
 def role_heatmap(ax, df, title: str) -> None:
     """Layer x role grid of a role-aligned patching table (roles in the table's order), diverging
-    around 0; dots mark cells whose interval excludes 0."""
+    around 0; dots mark the panel's discoveries (mark_significant)."""
     if not df.normaliser_ok.all():
         not_meaningful(ax, title)
         return
