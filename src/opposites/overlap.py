@@ -85,9 +85,12 @@ def null_overlap(a: set[tuple[str, str]], b: set[tuple[str, str]], graph: list[t
                  draws: int = NULL_DRAWS, seed: int = NULL_SEED) -> dict:
     """The head and edge Jaccard between two circuits against chance: `draws` pairs of random
     circuits drawn from the model's edge graph, each with the same number of edges in every stratum
-    (_stratum) as the real circuit it stands for. Returns, for heads and edges, the null's 2.5th,
+    (_stratum) as the real circuit it stands for; and, for heads, pairs of head sets of the circuits'
+    sizes drawn uniformly from all heads (heads_uniform: composition can fix the first null
+    completely, when a circuit uses every head of its layers). Returns, for each, the null's 2.5th,
     50th and 97.5th percentiles and the observed value's percentile in the null (ties count half):
-    a percentile near 100 is more overlap than composition alone gives."""
+    a percentile near 100 is more overlap than the null gives; a null whose 2.5th and 97.5th
+    percentiles are equal leaves no freedom and cannot tell sharing from coincidence."""
     graph = sorted(set(graph))
     index = {e: i for i, e in enumerate(graph)}
     pools: dict[tuple, list[int]] = defaultdict(list)
@@ -120,10 +123,15 @@ def null_overlap(a: set[tuple[str, str]], b: set[tuple[str, str]], graph: list[t
     null = np.array([[jac(head_set(x), head_set(y)), jac(x, y)] for x, y in ((draw(comp_a), draw(comp_b)) for _ in range(draws))])
     real_a, real_b = np.array([index[e] for e in a], int), np.array([index[e] for e in b], int)
     observed = {"heads": jac(head_set(real_a), head_set(real_b)), "edges": jac(real_a, real_b)}
+    # a coarser null that composition cannot pin down: as many heads, drawn uniformly from all heads
+    n_a, n_b = len(head_set(real_a)), len(head_set(real_b))
+    uniform = np.array([jac(rng.choice(len(heads), n_a, replace=False), rng.choice(len(heads), n_b, replace=False))
+                        for _ in range(draws)])
     out = {}
-    for col, what in enumerate(("heads", "edges")):
-        below, equal = (null[:, col] < observed[what]).mean(), (null[:, col] == observed[what]).mean()
-        out[f"{what}_jaccard_null"] = np.percentile(null[:, col], [2.5, 50, 97.5]).tolist()
+    for what, values in (("heads", null[:, 0]), ("edges", null[:, 1]), ("heads_uniform", uniform)):
+        obs = observed[what.split("_")[0]]
+        below, equal = (values < obs).mean(), (values == obs).mean()
+        out[f"{what}_jaccard_null"] = np.percentile(values, [2.5, 50, 97.5]).tolist()
         out[f"{what}_jaccard_percentile"] = float(100 * (below + equal / 2))
     return out
 

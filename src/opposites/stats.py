@@ -29,7 +29,7 @@ def wilson(k, n, z: float = Z95):
     """Wilson score interval (low, high) of a proportion k/n (floats or tensors of k). Unlike the
     percentile bootstrap it does not collapse at 0/n or n/n: 64/64 gives about [0.94, 1]."""
     as_tensor = isinstance(k, Tensor)
-    k = torch.as_tensor(k, dtype=torch.float64)
+    k = torch.as_tensor(k, dtype=torch.float64, device=k.device if as_tensor else "cpu")
     if n == 0:
         low = high = torch.full_like(k, float("nan"))
     else:
@@ -44,11 +44,11 @@ def wilson(k, n, z: float = Z95):
 def _cluster_ids(clusters, n: int) -> Tensor:
     """(n,) index of each prompt's cluster, 0..C-1 in order of first appearance."""
     if clusters is None:
-        return torch.arange(n)
+        return torch.arange(n, device="cpu")
     if len(clusters) != n:
         raise ValueError(f"{len(clusters)} clusters for {n} prompts")
     first = {}
-    return torch.tensor([first.setdefault(c, len(first)) for c in clusters])
+    return torch.tensor([first.setdefault(c, len(first)) for c in clusters], device="cpu")
 
 
 def n_clusters(clusters, n: int) -> int:

@@ -384,7 +384,7 @@ def measured(d: Discovery, kept: list[Edge], fractions: list[float], curve: list
     boot = runs.intervals(torch.cat([d.lds([kept]), lost_lds, curve_lds]), seed)
     boot_mib = [cpr_cmd(fractions, col.tolist() + tail) for col in boot[2:].T]  # (resample,) of (CPR, CMD)
     as_tensor = lambda xs: torch.tensor(xs, dtype=torch.float64, device="cpu")  # noqa: E731
-    cmd_est = bias_corrected(torch.tensor(cmd, dtype=torch.float64), as_tensor([c for _, c in boot_mib]), 0.0, math.inf)
+    cmd_est = bias_corrected(as_tensor(cmd), as_tensor([c for _, c in boot_mib]), 0.0, math.inf)
     return {"recovered_ci95": interval(boot[0]),
             "completeness_lost": 1 - runs.recovery(lost_lds)[0].item(), "completeness_lost_ci95": interval(1 - boot[1]),
             "cpr": cpr, "cmd": cmd_est.value.item(), "cmd_uncorrected": cmd,

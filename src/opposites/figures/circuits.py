@@ -62,7 +62,7 @@ def faithfulness(data: dict, tasks: list[str]):
         ax.axhline(c["target"], color="k", lw=0.6, ls="--")
         ax.axhline(0, color="0.5", lw=0.4)
         ax.set_xscale("log")
-        ax.set(xlabel="% of edges kept (top by |score|)", ylabel="recovered", title=task)
+        ax.set(xlabel="% of edges kept (top by |score|; ACDC: its threshold sweep)", ylabel="recovered", title=task)
         ax.legend(frameon=False, fontsize=5.5)
 
     return per_task(tasks, draw, height=2.4, max_cols=2)
