@@ -80,9 +80,16 @@ def workdir(tmp_path):
     return copy_workflow(tmp_path)
 
 
+def workflow_env(workdir, **extra) -> dict[str, str]:
+    """The environment a workflow test runs Snakemake in: the copy's own package first on the path
+    (its code inputs are that package's files; a run on the installed package would depend on other
+    files, and a later run on the copy's would rightly redo every job)."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(workdir) / "src"), **extra}
+
+
 def snakemake(workdir, *args, check=True, timeout=900, env=None):
     """Run snakemake in `workdir` on that copy's own package (PYTHONPATH=<workdir>/src)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(workdir) / "src"), **(env or {})}
+    env = workflow_env(workdir, **(env or {}))
     proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")

@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import copy_workflow, snakemake
+from conftest import copy_workflow, snakemake, workflow_env
 from opposites.analyses import STAGES, stage_analyses
 from opposites.cluster import LOCAL_RULES
 from test_workflow import jobs
@@ -95,7 +95,7 @@ def build(cluster, tmp_path_factory):
     since = time.strftime("%Y-%m-%dT%H:%M:%S")  # sacct reads local time
     with open(log, "w") as out:
         cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", *FAST, "paper", *ARGS]
-        proc = subprocess.Popen(cmd, cwd=work, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=work, stdout=out, stderr=subprocess.STDOUT, env=workflow_env(work))
     victim, hung = None, False
     try:
         deadline = time.time() + 480

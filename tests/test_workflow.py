@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import TOY, copy_workflow, snakemake
+from conftest import TOY, copy_workflow, snakemake, workflow_env
 from opposites import outline
 from opposites.analyses import STAGES
 from opposites.texutil import fmt
@@ -222,7 +222,7 @@ def test_a_killed_build_recovers_with_the_readme_command(tmp_path):
     target = "results/toy/size/baseline.json"
     proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", target, *TOY], cwd=work,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(work / "src")})
+                            env=workflow_env(work))
     deadline = time.time() + 300
     while not (work / "results/toy/logs/analyze/size/lens.log").exists() and time.time() < deadline:
         time.sleep(0.5)
