@@ -40,14 +40,18 @@ def share_readable(folder: str | Path) -> None:
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
-def unwritable_folder(root: str | Path) -> str | None:
+def unwritable_folder(root: str | Path, outputs: tuple[str | Path, ...] = ()) -> str | None:
     """The first folder the build would write into under `root` (or its nearest existing parent)
     where no file can be created, with the reason; None when every one is writable. It tries to
     create a file rather than asking os.access, which says yes to root even where the folder is
-    immutable or on a read-only file system."""
+    immutable or on a read-only file system. Folders that are themselves a rule's output (`outputs`,
+    written elsewhere and moved into place) are left alone: a file created in one would change its
+    modification time, and Snakemake would take every job downstream for out of date."""
     root = Path(root)
     existing = root if root.exists() else next(p for p in root.parents if p.exists())
-    folders = [existing] + sorted(p for p in existing.rglob("*") if p.is_dir()) if existing == root else [existing]
+    skip = {Path(o).resolve() for o in outputs}
+    inside = (p for p in existing.rglob("*") if p.is_dir() and not any(q in skip for q in (p.resolve(), *p.resolve().parents)))
+    folders = [existing] + sorted(inside) if existing == root else [existing]
     for folder in folders:
         try:
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".writable.")

@@ -12,7 +12,7 @@ from opposites.prompts import check_task, make_prompts, related_tasks
 
 cfg.validate(config)
 R = f"results/{cfg.model_slug(config['model'])}"
-if _bad := results_io.unwritable_folder(R):
+if _bad := results_io.unwritable_folder(R, outputs=(paths.fill(paths.MODEL_DIR, R),)):
     raise OSError(f"{_bad} is not writable, so the build cannot write its results there. Make it writable "
                   f"(chmod -R u+w {R}; chattr -R -i {R} if it was made immutable), or build in a copy of the "
                   "checkout that you may write to.")
