@@ -85,7 +85,7 @@ class EndState:
     attn_bias: Float[Tensor, "layer d_model"]  # b_O
     mlp: Float[Tensor, "layer batch d_model"]
     scale: Float[Tensor, "batch 1"]  # ln_final scale of the run
-    dir: Float[Tensor, "batch d_model"]
+    direction: Float[Tensor, "batch d_model"]
     bias_diff: Float[Tensor, " batch"]  # ln_final bias . dir + b_U difference
     logit_diff: Float[Tensor, " batch"]  # the model's own
 
@@ -113,7 +113,7 @@ def end_state(model, batch: Batch, tokens: Tensor | None = None) -> EndState:
         attn_bias=model.b_O,
         mlp=torch.stack([at_end[f"blocks.{layer}.hook_mlp_out"] for layer in range(L)]),
         scale=at_end["ln_final.hook_scale"],
-        dir=d,
+        direction=d,
         bias_diff=(ln_bias(model) * d).sum(-1) + b_u,
         logit_diff=logit_diff(logits, batch),
     )
@@ -136,8 +136,8 @@ def read_out(model, state: EndState, x: Float[Tensor, "... batch d_model"], froz
     frozen=True uses the run's final LayerNorm scale (linear: components add up); frozen=False
     recomputes the LayerNorm on x itself (the logit lens proper) and adds the bias terms."""
     if frozen:
-        return (ln_final(model, x, state.scale) * state.dir).sum(-1)
-    return (ln_final(model, x) * state.dir).sum(-1) + state.bias_diff
+        return (ln_final(model, x, state.scale) * state.direction).sum(-1)
+    return (ln_final(model, x) * state.direction).sum(-1) + state.bias_diff
 
 
 def job_memo(model, name: str, key: Any, make: Callable[[], Any], release: bool = False) -> Any:

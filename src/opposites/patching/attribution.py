@@ -17,7 +17,7 @@ def head_attribution(pair: Pair) -> dict[str, Tensor]:
     """activation -> (layer, head, batch): each prompt's estimated patched logit difference."""
     with torch.enable_grad():
         run = engine.full_forward(pair.weights, pair.base_tokens, keep_grad=True)
-        ld = engine.read_logit_diff(pair.weights, run["resid_final"][:, -1], pair.dir, pair.bias)
+        ld = engine.read_logit_diff(pair.weights, run["resid_final"][:, -1], pair.direction, pair.bias)
         ld.sum().backward()
     out = {}
     for act in ACTIVATIONS:

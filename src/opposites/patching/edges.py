@@ -89,22 +89,22 @@ class _Cuts:
 
     def __init__(self, corrupt: Tensor, keep: Tensor):
         self.corrupt, self.keep = corrupt, keep  # (writer, batch, pos, d_model); (variant, writer, reader)
-        V, n_writers, size = keep.shape[0], corrupt.shape[0], corrupt[0].numel()
-        self.diff = corrupt.new_empty(V, n_writers, size)  # (variant, stored writer, batch * pos * d_model)
+        n_variants, n_writers, size = keep.shape[0], corrupt.shape[0], corrupt[0].numel()
+        self.diff = corrupt.new_empty(n_variants, n_writers, size)  # (variant, stored writer, batch * pos * d_model)
         self.rows: list[int] = []  # the writer of each stored row, ascending
-        self.total = corrupt.new_zeros(V, size)
+        self.total = corrupt.new_zeros(n_variants, size)
         self.n = 0  # writers recorded
 
     def add(self, count: int, live: list[int], out: Tensor | None) -> None:
         """Record the next `count` writers: those at offsets `live` (ascending) with their outputs
         `out` (live, variant * batch, pos, d_model); the others wrote their corrupted output."""
-        writers, m, V = [self.n + i for i in live], len(self.rows), self.keep.shape[0]
+        writers, m, n_variants = [self.n + i for i in live], len(self.rows), self.keep.shape[0]
         if writers:
             corrupt = self.corrupt[writers].reshape(len(writers), 1, -1)
-            if V == 1:  # straight into the stored rows
+            if n_variants == 1:  # straight into the stored rows
                 torch.sub(out.reshape(len(writers), 1, -1), corrupt, out=self.diff[0, m:m + len(writers)].unsqueeze(1))
             else:
-                self.diff[:, m:m + len(writers)] = (out.reshape(len(writers), V, -1) - corrupt).transpose(0, 1)
+                self.diff[:, m:m + len(writers)] = (out.reshape(len(writers), n_variants, -1) - corrupt).transpose(0, 1)
         self._stored(writers, m)
         self.n += count
 
@@ -213,7 +213,7 @@ def embed(weights: Weights, tokens: Tensor) -> Tensor:
     return weights.W_E[tokens] + weights.W_pos[: tokens.shape[1]]
 
 
-def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, corrupt: Tensor | None = None,
+def edge_forward(weights: Weights, tokens: Tensor, direction: Tensor, bias: Tensor, corrupt: Tensor | None = None,
                  keep: Tensor | None = None, grad_leaves: bool = False,
                  x: Tensor | None = None, prefix: Prefix | None = None,
                  record: bool = False, resume: Trace | None = None) -> tuple[Tensor, Tensor | Trace | None, list[Tensor]]:
@@ -232,20 +232,20 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
     With `keep`, a head or MLP none of whose input edges is kept reads exactly the corrupted run's
     residual, so its output is the corrupted one (`corrupt`) and is not recomputed: a small circuit
     costs the forward of its own nodes."""
-    g = Graph(weights.n_layers, weights.n_heads)
+    graph = Graph(weights.n_layers, weights.n_heads)
     start = 0 if prefix is None else prefix.n
     x = embed(weights, tokens)[:, start:] if x is None else x  # (batch, pos, d_model)
-    cuts, V = None, 1
+    cuts, n_variants = None, 1
     if keep is not None:
         keep = keep[None] if keep.dim() == 2 else keep
-        V = keep.shape[0]
-        x, dir, bias = x.repeat(V, 1, 1), dir.repeat(V, 1), bias.repeat(V)
+        n_variants = keep.shape[0]
+        x, direction, bias = x.repeat(n_variants, 1, 1), direction.repeat(n_variants, 1), bias.repeat(n_variants)
         cuts = _Cuts(corrupt, keep)
-    assert not (record or resume) or (keep is not None and V == 1), "traces are of single circuits (one keep)"
+    assert not (record or resume) or (keep is not None and n_variants == 1), "traces are of single circuits (one keep)"
     trace = Trace(keep[0], [], [], [], cuts.diff, cuts.rows) if record else None
     outs, leaves = [], []
     resid = x
-    H = weights.n_heads
+    n_heads = weights.n_heads
 
     def write(out: Tensor, live: list[int], computed: Tensor | None) -> None:
         """The next writers' outputs (writer, batch, pos, d_model): those at offsets `live` were
@@ -279,8 +279,8 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
     if resume is None:
         write(x[None], [0], x[None])
     else:  # the state where layer first_layer begins is the traced circuit's
-        first_layer = resume.start_layer(g, keep[0])
-        cuts.n = g.writers_before(first_layer) if first_layer < weights.n_layers else len(g.writers)
+        first_layer = resume.start_layer(graph, keep[0])
+        cuts.n = graph.writers_before(first_layer) if first_layer < weights.n_layers else len(graph.writers)
         cuts.rows = [w for w in resume.rows if w < cuts.n]
         cuts.diff[:, :len(cuts.rows)] = resume.diff[:, :len(cuts.rows)]
         cuts.total = resume.total[first_layer].clone()
@@ -288,7 +288,7 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
             trace.rows = cuts.rows
             trace.resid, trace.mid = resume.resid[:first_layer], resume.mid[:first_layer]
             trace.total = resume.total[:first_layer]
-        return _resumed(weights, g, keep[0], cuts, resume, first_layer, prefix, trace, reader_inputs, dir, bias)
+        return _resumed(weights, graph, keep[0], cuts, resume, first_layer, prefix, trace, reader_inputs, direction, bias)
 
     def checkpoint() -> None:
         if trace is not None:
@@ -296,56 +296,59 @@ def edge_forward(weights: Weights, tokens: Tensor, dir: Tensor, bias: Tensor, co
 
     for l in range(first_layer, weights.n_layers):
         checkpoint()
-        first, w0 = g.reader_slice(l).start, g.writers_before(l)
-        A = active(slice(first, first + 3 * H), w0).view(3, H).any(0).nonzero()[:, 0]  # heads with a kept input
-        if len(A) < H:  # heads left out give their corrupted outputs
-            heads = corrupt[w0:w0 + H].repeat(1, V, 1, 1) if V > 1 else corrupt[w0:w0 + H]  # (head, variant * batch, pos, d_model)
+        first, first_writer = graph.reader_slice(l).start, graph.writers_before(l)
+        kept_input = active(slice(first, first + 3 * n_heads), first_writer).view(3, n_heads)  # (q|k|v, head)
+        live_heads = kept_input.any(0).nonzero()[:, 0]  # heads with a kept input
+        if len(live_heads) < n_heads:  # heads left out give their corrupted outputs
+            heads = corrupt[first_writer:first_writer + n_heads]  # (head, batch, pos, d_model)
+            heads = heads.repeat(1, n_variants, 1, 1) if n_variants > 1 else heads  # (head, variant * batch, ...)
         out = None
-        if len(A):
-            inp = reader_inputs(torch.cat([first + i * H + A for i in range(3)])).view(3, len(A), *resid.shape)
-            out = _head_outputs(weights, l, inp, A, prefix, V)
-            heads = out if len(A) == H else heads.index_copy(0, A, out)
-        write(heads, A.tolist(), out)
+        if len(live_heads):
+            readers = torch.cat([first + i * n_heads + live_heads for i in range(3)])
+            inp = reader_inputs(readers).view(3, len(live_heads), *resid.shape)
+            out = _head_outputs(weights, l, inp, live_heads, prefix, n_variants)
+            heads = out if len(live_heads) == n_heads else heads.index_copy(0, live_heads, out)
+        write(heads, live_heads.tolist(), out)
         resid = resid + heads.sum(0) + weights.b_O[l]
         if trace is not None:
             trace.mid.append(resid)
-        mlp_reader, w_mlp = torch.tensor([first + 3 * H], device=dev), g.writers_before(l, mlp=True)
-        if active(slice(first + 3 * H, first + 3 * H + 1), w_mlp):
+        mlp_reader, w_mlp = torch.tensor([first + 3 * n_heads], device=dev), graph.writers_before(l, mlp=True)
+        if active(slice(first + 3 * n_heads, first + 3 * n_heads + 1), w_mlp):
             m, live = engine.mlp(weights, l, reader_inputs(mlp_reader)[0]), [0]
         else:
-            m, live = corrupt[w_mlp].repeat(V, 1, 1) if V > 1 else corrupt[w_mlp], []
+            m, live = corrupt[w_mlp].repeat(n_variants, 1, 1) if n_variants > 1 else corrupt[w_mlp], []
         write(m[None], live, m[None])
         resid = resid + m
     checkpoint()
-    final = reader_inputs(torch.tensor([len(g.readers) - 1], device=dev))[0]
-    ld = engine.read_logit_diff(weights, final[:, -1], dir, bias)
+    final = reader_inputs(torch.tensor([len(graph.readers) - 1], device=dev))[0]
+    ld = engine.read_logit_diff(weights, final[:, -1], direction, bias)
     return ld, (torch.stack(outs) if cuts is None else trace), leaves
 
 
-def _head_outputs(weights: Weights, l: int, inp: Tensor, A: Tensor, prefix: Prefix | None, V: int) -> Tensor:
+def _head_outputs(weights: Weights, l: int, inp: Tensor, live_heads: Tensor, prefix: Prefix | None, n_variants: int) -> Tensor:
     """(head, variant * batch, pos, d_model) outputs of layer l's heads A from their q, k and v
     inputs (3, head, variant * batch, pos, d_model)."""
-    heads = slice(None) if len(A) == weights.n_heads else A  # every head: views of the weights, not copies
+    heads = slice(None) if len(live_heads) == weights.n_heads else live_heads  # every head: views of the weights, not copies
     h = engine.layer_norm(inp, weights.ln1[l], weights.eps)
     q, k, v = (torch.einsum("hbpm,hmd->bphd", h[i], W[l][heads]) + b[l][heads]
                for i, (W, b) in enumerate(((weights.W_Q, weights.b_Q), (weights.W_K, weights.b_K), (weights.W_V, weights.b_V))))
     if prefix is not None:
-        k_pre, v_pre = prefix.kv(l, heads, V)
+        k_pre, v_pre = prefix.kv(l, heads, n_variants)
         k, v = torch.cat([k_pre, k], 1), torch.cat([v_pre, v], 1)
     z, _ = engine.attend(weights, q, k, v)
     return torch.einsum("bphd,hdm->hbpm", z, weights.W_O[l][heads])
 
 
-def _resumed(weights: Weights, g: Graph, keep: Tensor, cuts: _Cuts, resume: Trace, first_layer: int,
-             prefix: Prefix | None, trace: Trace | None, reader_inputs, dir: Tensor, bias: Tensor):
+def _resumed(weights: Weights, graph: Graph, keep: Tensor, cuts: _Cuts, resume: Trace, first_layer: int,
+             prefix: Prefix | None, trace: Trace | None, reader_inputs, direction: Tensor, bias: Tensor):
     """edge_forward's layers from first_layer on, from another circuit's trace: a head or MLP is
     recomputed only when its input may differ from the trace's (one of its readers' edges differs,
     or it keeps an edge from a writer whose output differs, `moved`); the others' changes are the
     trace's. The residual stream is the trace's plus the moved writers' output changes (`shift`)."""
-    H, dev = weights.n_heads, resume.resid[0].device
+    n_heads, dev = weights.n_heads, resume.resid[0].device
     changed = (resume.keep != keep).any(0)  # (reader,) readers whose input edges differ
     old = {w: resume.diff[0, i] for i, w in enumerate(resume.rows)}  # writer -> its change in the trace
-    moved = torch.zeros(len(g.writers), dtype=torch.bool, device=keep.device)
+    moved = torch.zeros(len(graph.writers), dtype=torch.bool, device=keep.device)
     shift = None  # (1, size): sum of the moved writers' output changes so far
 
     def at(base: Tensor) -> Tensor:
@@ -376,22 +379,23 @@ def _resumed(weights: Weights, g: Graph, keep: Tensor, cuts: _Cuts, resume: Trac
         resid = at(resume.resid[l])
         if trace is not None:
             trace.layer_start(resid, cuts.total)
-        first, w0 = g.reader_slice(l).start, g.writers_before(l)
-        qkv = slice(first, first + 3 * H)
-        active = keep[:w0, qkv].any(0).view(3, H).any(0)
-        again = redo(qkv).view(3, H).any(0)  # heads to recompute
-        A = (active & again).nonzero()[:, 0].to(dev)
+        first, first_writer = graph.reader_slice(l).start, graph.writers_before(l)
+        qkv = slice(first, first + 3 * n_heads)
+        active = keep[:first_writer, qkv].any(0).view(3, n_heads).any(0)
+        again = redo(qkv).view(3, n_heads).any(0)  # heads to recompute
+        live_heads = (active & again).nonzero()[:, 0].to(dev)
         recomputed = {h: None for h in again.nonzero()[:, 0].tolist()}
-        if len(A):
-            inp = reader_inputs(torch.cat([first + i * H + A for i in range(3)]), resid).view(3, len(A), *resid.shape)
-            out = _head_outputs(weights, l, inp, A, prefix, 1)
-            for h, o in zip(A.tolist(), out):
-                recomputed[h] = (o - cuts.corrupt[w0 + h]).reshape(1, -1)
-        settle(H, recomputed)
+        if len(live_heads):
+            readers = torch.cat([first + i * n_heads + live_heads for i in range(3)])
+            inp = reader_inputs(readers, resid).view(3, len(live_heads), *resid.shape)
+            out = _head_outputs(weights, l, inp, live_heads, prefix, 1)
+            for h, o in zip(live_heads.tolist(), out):
+                recomputed[h] = (o - cuts.corrupt[first_writer + h]).reshape(1, -1)
+        settle(n_heads, recomputed)
         mid = at(resume.mid[l])
         if trace is not None:
             trace.mid.append(mid)
-        w_mlp, mlp = g.writers_before(l, mlp=True), first + 3 * H
+        w_mlp, mlp = graph.writers_before(l, mlp=True), first + 3 * n_heads
         recomputed = {}
         if redo(slice(mlp, mlp + 1)).any():
             recomputed[0] = None
@@ -402,24 +406,24 @@ def _resumed(weights: Weights, g: Graph, keep: Tensor, cuts: _Cuts, resume: Trac
     resid = at(resume.resid[weights.n_layers])
     if trace is not None:
         trace.layer_start(resid, cuts.total)
-    final = reader_inputs(torch.tensor([len(g.readers) - 1], device=dev), resid)[0]
-    return engine.read_logit_diff(weights, final[:, -1], dir, bias), trace, []
+    final = reader_inputs(torch.tensor([len(graph.readers) - 1], device=dev), resid)[0]
+    return engine.read_logit_diff(weights, final[:, -1], direction, bias), trace, []
 
 
-def edge_attribution(weights: Weights, clean: Tensor, corrupted: Tensor, dir: Tensor, bias: Tensor,
+def edge_attribution(weights: Weights, clean: Tensor, corrupted: Tensor, direction: Tensor, bias: Tensor,
                      ig_steps: int = 0, prefix: Prefix | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """(writer, reader, prompt) estimated change of the logit difference when the edge alone carries
     the clean writer output into the corrupted run (0 where no edge): EAP with ig_steps = 0, EAP-IG
     with ig_steps > 0; and the clean and corrupted logit differences per prompt."""
-    g = Graph(weights.n_layers, weights.n_heads)
+    graph = Graph(weights.n_layers, weights.n_heads)
     with torch.no_grad():
-        ld_clean, clean_out, _ = edge_forward(weights, clean, dir, bias, prefix=prefix)
+        ld_clean, clean_out, _ = edge_forward(weights, clean, direction, bias, prefix=prefix)
     x_clean, x_corr = clean_out[0], embed(weights, corrupted)[:, 0 if prefix is None else prefix.n:]  # embedding outputs
     alphas = [(k - 0.5) / ig_steps for k in range(1, ig_steps + 1)] if ig_steps else [0.0]
     grads = None
     for alpha in alphas:
         with torch.enable_grad():
-            ld, outs, leaves = edge_forward(weights, corrupted, dir, bias, grad_leaves=True,
+            ld, outs, leaves = edge_forward(weights, corrupted, direction, bias, grad_leaves=True,
                                             x=x_corr + alpha * (x_clean - x_corr), prefix=prefix)
             step = torch.autograd.grad(ld.sum(), leaves)
         grads = step if grads is None else [a + b for a, b in zip(grads, step)]
@@ -427,12 +431,12 @@ def edge_attribution(weights: Weights, clean: Tensor, corrupted: Tensor, dir: Te
         ld_corrupted, corr_out = ld.detach(), outs.detach()
     else:  # EAP-IG's runs lie between the inputs: the corrupted run is one more forward
         with torch.no_grad():
-            ld_corrupted, corr_out, _ = edge_forward(weights, corrupted, dir, bias, prefix=prefix)
+            ld_corrupted, corr_out, _ = edge_forward(weights, corrupted, direction, bias, prefix=prefix)
     diff = clean_out - corr_out  # (writer, batch, pos, d_model)
-    scores = torch.zeros(len(g.writers), len(g.readers), diff.shape[1], dtype=diff.dtype, device=diff.device)
+    scores = torch.zeros(len(graph.writers), len(graph.readers), diff.shape[1], dtype=diff.dtype, device=diff.device)
     start = 0
     for grad in grads:  # one per reader group, in reader order
         n = grad.shape[0]
         scores[:, start:start + n] = torch.einsum("wbpm,rbpm->wrb", diff, grad) / len(alphas)
         start += n
-    return scores * g.allowed.to(diff.device)[..., None], ld_clean, ld_corrupted
+    return scores * graph.allowed.to(diff.device)[..., None], ld_clean, ld_corrupted

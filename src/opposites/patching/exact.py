@@ -35,7 +35,7 @@ class Pair:
     base: dict[str, Tensor]
     src: dict[str, Tensor]
     prefix: int  # positions before this are identical in both runs
-    dir: Tensor  # (batch, d_model)
+    direction: Tensor  # (batch, d_model)
     bias: Tensor  # (batch,)
     base_ld: Tensor  # (batch,)
     src_ld: Tensor
@@ -46,7 +46,7 @@ class Pair:
 
     @property
     def n(self) -> int:
-        return self.dir.shape[0]
+        return self.direction.shape[0]
 
     @property
     def n_pos(self) -> int:
@@ -82,14 +82,14 @@ def sweep(pair: Pair, layer: int, stage: str, n_variants: int,
     for start in range(0, n_variants, step):
         variants = slice(start, min(start + step, n_variants))
         x = x0 + delta(variants)[..., first:, :]  # (variant, batch, suffix, d_model)
-        out.append(engine.run_from(pair.weights, layer, stage, x, pair.base, first, pair.dir, pair.bias))
+        out.append(engine.run_from(pair.weights, layer, stage, x, pair.base, first, pair.direction, pair.bias))
     return torch.cat(out)
 
 
 def role_masks(pair: Pair, roles: list[str]) -> Tensor:
     """(role, batch, pos) 0/1 masks: each prompt's own position of each role; the role 'other'
     covers every position that is neither BOS nor a named role (the tokens in between)."""
-    masks = torch.zeros(len(roles), pair.n, pair.n_pos, dtype=pair.dir.dtype, device=pair.dir.device)
+    masks = torch.zeros(len(roles), pair.n, pair.n_pos, dtype=pair.direction.dtype, device=pair.direction.device)
     for b, row in enumerate(pair.rows):
         named = set(row["positions"].values())
         for r, role in enumerate(roles):
@@ -102,7 +102,7 @@ def role_masks(pair: Pair, roles: list[str]) -> Tensor:
 
 def position_masks(pair: Pair) -> Tensor:
     """(pos, batch, pos): one variant per position, the same for every prompt (for equal layouts)."""
-    eye = torch.eye(pair.n_pos, dtype=pair.dir.dtype, device=pair.dir.device)
+    eye = torch.eye(pair.n_pos, dtype=pair.direction.dtype, device=pair.direction.device)
     return eye[:, None, :].expand(pair.n_pos, pair.n, pair.n_pos)
 
 
@@ -179,7 +179,7 @@ def heads_all_pos(pair: Pair, heads: list[tuple[int, int]], activation: str) -> 
     out = torch.empty(len(heads), pair.n, dtype=pair.base_ld.dtype, device=pair.base_ld.device)
     for layer in sorted({l for l, _ in heads}):
         idx = [i for i, (l, _) in enumerate(heads) if l == layer]
-        chosen = torch.tensor([heads[i][1] for i in idx], dtype=torch.long, device=pair.dir.device)
+        chosen = torch.tensor([heads[i][1] for i in idx], dtype=torch.long, device=pair.direction.device)
         writes = head_writes(pair, layer, new_z(pair, layer, activation))[chosen]  # (chosen, batch, pos, d_model)
         out[idx] = sweep(pair, layer, "mid", len(idx), lambda variants: writes[variants])
     return out
