@@ -9,6 +9,7 @@ from opposites.figures import render
 sm = snakemake  # noqa: F821
 log = setup_logging(sm)
 p = sm.params
-render(p.section, sm.wildcards.item, load_all(p.results, p.analyses, p.tasks), list(p.tasks), sm.output[0])
+render(p.section, sm.wildcards.item, load_all(p.results, p.analyses, p.tasks), list(p.tasks), sm.output[0],
+       box=tuple(p.print_box))
 log.info("wrote figure %s", sm.output[0])
 finish(sm)

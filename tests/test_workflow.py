@@ -11,6 +11,7 @@ import yaml
 
 from conftest import TOY, copy_workflow, snakemake, workflow_env
 from opposites import outline
+from opposites.paper import report_categories
 from opposites.analyses import STAGES
 from opposites.texutil import fmt
 
@@ -49,14 +50,36 @@ def test_pdf_text_has_the_baseline_numbers(built):
 
 
 def test_the_pdf_has_a_title_and_no_latex_source_in_its_text(built):
-    """The PDF's Title metadata is the paper's title, and no LaTeX source leaks into the text (a
-    table once printed `$-$0.69` literally)."""
+    """The PDF's Title metadata is the paper's title, naming the model studied (not GPT-2 on a toy
+    build), and no LaTeX source leaks into the text (a table once printed `$-$0.69` literally)."""
     pdf = built / "results/toy/paper/paper.pdf"
     info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout
-    title = outline.load(built / "paper/outline.yaml", ["size"]).title
-    assert re.search(r"^Title:\s+" + re.escape(title.split()[0]), info, re.M), info
+    assert re.search(r"^Title:\s+How a GPT-2-architecture model with random weights completes opposites", info, re.M), info
     text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     assert not re.findall(r".{0,20}[$\\].{0,20}", text)
+
+
+def words_outside_the_text_block(pdf) -> list[str]:
+    """Words of the PDF (text and the figures' own text) that reach into the left or right margin:
+    paper.tex sets US letter with 2 cm margins (1 pt of slack for glyph overhang)."""
+    from opposites.outline import TEXT_WIDTH_IN
+
+    xml = subprocess.run(["pdftotext", "-bbox", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    left = (8.5 - TEXT_WIDTH_IN) / 2 * 72
+    right = left + TEXT_WIDTH_IN * 72
+    out, page = [], 0
+    for line in xml.splitlines():
+        if "<page " in line:
+            page += 1
+        m = re.search(r'xMin="([\d.]+)" yMin="[\d.]+" xMax="([\d.]+)" yMax="[\d.]+">(.*)</word>', line)
+        if m and (float(m[1]) < left - 1 or float(m[2]) > right + 1):
+            out.append(f"p.{page}: {m[3]} ({float(m[1]):.0f}-{float(m[2]):.0f} pt)")
+    return out
+
+
+def test_no_text_runs_into_the_margins(built):
+    """A formula, a config line or a figure wider than the text once ran past the right margin."""
+    assert not words_outside_the_text_block(built / "results/toy/paper/paper.pdf")
 
 
 def pdf_pages(pdf) -> list[str]:
@@ -99,7 +122,12 @@ def test_results_record_provenance(built):
 
 
 def test_nothing_to_do_after_a_build(built):
+    """Nothing to do, and planning leaves the model folder's modification time alone (a model copied
+    in, without Snakemake's timestamp file, is dated by it: every analysis would look out of date)."""
+    model = built / "results/toy/model"
+    before = model.stat().st_mtime_ns
     assert "Nothing to be done" in snakemake(built, "-n", "paper", *TOY).stdout
+    assert model.stat().st_mtime_ns == before
 
 
 def test_deleting_a_figure_rebuilds_only_it(built):
@@ -167,6 +195,12 @@ def test_trained_model_paper_builds_offline(tmp_path, trained_dir):
     pdf = work / "results/trained/paper/paper.pdf"
     text = " ".join(subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout.split())
     assert "trained offline by this pipeline" in text and "say nothing about GPT-2" in text
+    assert text.startswith("How a small GPT-2-architecture model trained on the tasks completes opposites"), text[:200]
+    pages = pdf_pages(pdf)
+    references = next(i for i, p in enumerate(pages, 1) if re.search(r"^\s*References\s*$", p, re.M))
+    assert references <= 11 and len([p for p in pages if p.strip()]) <= 20, \
+        f"page budget: main text at most 10 pages (references on p. {references}), at most 20 in all ({len(pages)})"
+    assert not words_outside_the_text_block(pdf)
 
 
 def test_archive_round_trip_builds_the_paper_offline_and_refuses_tampering(built, tmp_path):
@@ -262,9 +296,10 @@ def test_report_lists_every_item_in_a_real_browser(built):
     app = re.sub(r"<script.*?</script>|<style.*?</style>", "", dom[dom.find('id="app"'):], flags=re.S)
     shown = " ".join(re.sub(r"<[^>]+>", " ", app).split())
     o = outline.load(built / "paper/outline.yaml", ["ioi", "size", "antonym", "isa"])
-    for section in o.sections:
-        if section.items:
-            assert section.title.replace("&", "&amp;") in shown, section.title
+    with_items = {s.id for s in o.sections if s.items}
+    categories = [c.replace("&", "&amp;") for s, c in report_categories(o).items() if s in with_items]
+    at = [shown.find(c) for c in categories]
+    assert -1 not in at and at == sorted(at), f"categories missing or out of the paper's order: {categories}"
     raw = (built / "report.html").read_text()
     for item in o.items():
         assert f"{item.id}.{item.ext}" in raw, item.id

@@ -30,6 +30,13 @@ class OutlineError(ValueError):
     pass
 
 
+# The page paper.tex sets (article, US letter, geometry margin=2cm) and the box a figure is scaled
+# into there: its width (a fraction of the text width) and at most a share of the text height.
+TEXT_WIDTH_IN = 8.5 - 2 * 2 / 2.54
+TEXT_HEIGHT_IN = 11 - 2 * 2 / 2.54
+FLOAT_HEIGHT = {"main": 0.36, "appendix": 0.5}  # of the text height; the template reads these
+
+
 @dataclass(frozen=True)
 class Item:
     id: str
@@ -40,6 +47,7 @@ class Item:
     caption: str
     width: str = "\\linewidth"
     appendix: bool = False  # shown in the supplementary appendix; its section's text still refers to it
+    height: float | None = None  # its largest share of the text height (default FLOAT_HEIGHT's)
 
     @property
     def folder(self) -> str:
@@ -48,6 +56,15 @@ class Item:
     @property
     def ext(self) -> str:
         return "pdf" if self.kind == "figure" else "tex"
+
+    def print_box(self) -> tuple[float, float]:
+        """Inches (width, height) of the box the paper scales this figure into, keeping its aspect."""
+        fraction = self.width.removesuffix("\\linewidth").strip() or "1"
+        return float(fraction) * TEXT_WIDTH_IN, self.height_fraction * TEXT_HEIGHT_IN
+
+    @property
+    def height_fraction(self) -> float:
+        return self.height or FLOAT_HEIGHT["appendix" if self.appendix else "main"]
 
     def path(self, results: str) -> str:
         from opposites import paths
@@ -120,7 +137,8 @@ def load(path: str | Path, tasks: list[str]) -> Outline:
             if not item_tasks:  # none of its analyses applies to a configured task: nothing to show
                 continue
             items.append(Item(iid, kind, s["id"], tuple(it.get("analyses", [])), tuple(item_tasks),
-                              it.get("caption", ""), it.get("width", "\\linewidth"), bool(it.get("appendix", False))))
+                              it.get("caption", ""), it.get("width", "\\linewidth"), bool(it.get("appendix", False)),
+                              it.get("height")))
         check_latex(s["title"], f"the title of outline section {s['id']!r}")
         sections.append(Section(s["id"], s["title"], tuple(items)))
     return Outline(raw["title"], raw.get("abstract", ""), tuple(sections))

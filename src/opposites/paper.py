@@ -97,6 +97,26 @@ def code_hashes(results: str, tasks: list[str]) -> dict[str, dict[str, str]]:
     return out
 
 
+GPT2_NAMES = {"gpt2": "GPT-2 small", "gpt2-medium": "GPT-2 medium", "gpt2-large": "GPT-2 large", "gpt2-xl": "GPT-2 XL"}
+
+
+def model_name(model: str) -> str:
+    """How the title and abstract name the model studied: GPT-2 only when it is GPT-2."""
+    kind = model_kind(model)
+    if kind == "trained":
+        return "a small GPT-2-architecture model trained on the tasks"
+    if kind in ("toy", "random"):
+        return "a GPT-2-architecture model with random weights"
+    return GPT2_NAMES.get(Path(model).name.removeprefix("openai-community/"), Path(model).name)
+
+
+def report_categories(outline: Outline) -> dict[str, str]:
+    """Section id -> the report's category for its figures and tables: the section's number and title,
+    zero-padded so that the report (which sorts categories as text) lists them in the paper's order."""
+    width = len(str(len(outline.sections)))
+    return {s.id: f"{i:0{width}d}. {s.title}" for i, s in enumerate(outline.sections, 1)}
+
+
 def context(outline: Outline, config: dict, results: str, bib: str) -> dict:
     tasks = list(config["tasks"])
     data = load_all(results, SOURCES, tasks)
@@ -115,7 +135,8 @@ def context(outline: Outline, config: dict, results: str, bib: str) -> dict:
     return {"outline": outline, "config": config, "model": config["model"], "tasks": tasks,
             "S": summarize(data, tasks), "data": data, "items": items, "versions": versions(),
             "code_hashes": code_hashes(results, tasks),
-            "bib": Path(bib).stem, "methods": METHODS}
+            "bib": Path(bib).stem, "methods": METHODS,
+            "model_name": model_name(config["model"])}
 
 
 def render(template_dir: str | Path, outline: Outline, config: dict, results: str, bib: str, out: str | Path) -> None:
@@ -123,6 +144,7 @@ def render(template_dir: str | Path, outline: Outline, config: dict, results: st
 
     env = environment(template_dir)
     ctx = context(outline, config, results, bib)
+    ctx["title"] = env.from_string(outline.title).render(ctx)  # the title names the model studied
     # Captions and section prose are templates too, rendered with the same context.
     ctx["caption"] = lambda item: env.from_string(item.caption).render(ctx)
     ctx["section_text"] = lambda sid: env.get_template(f"sections/{sid}.tex").render(ctx) \

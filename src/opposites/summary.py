@@ -92,9 +92,8 @@ def summarize(data: dict, tasks: list[str], k: int = 5) -> dict:
     sets = {t: set(per_task[t]["top_abs"]) for t in tasks}
     pairs = [{"a": a, "b": b, "shared": sorted(sets[a] & sets[b])} for a, b in combinations(tasks, 2)]
     shared_all = sorted(set.intersection(*sets.values())) if sets else []
-    best = max(tasks, key=lambda t: per_task[t]["baseline"]["logit_diff_mean"])
     return {"tasks": per_task, "k": k, "opposite_tasks": opposite_tasks(tasks), "pairs": pairs,
-            "shared_all": shared_all, "best_task": best, "circuits": circuit_facts(data, tasks)}
+            "shared_all": shared_all, "circuits": circuit_facts(data, tasks)}
 
 
 def carries(ablation: dict | None, margin: float = 0.2) -> bool:

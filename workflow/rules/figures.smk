@@ -3,7 +3,7 @@ import opposites.paper
 
 FIGURE_IDS = [i.id for i in OUTLINE.items("figure")]
 TABLE_IDS = [i.id for i in OUTLINE.items("table")]
-SECTION_TITLES = {s.id: s.title for s in OUTLINE.sections}  # the report's categories
+SECTION_TITLES = opposites.paper.report_categories(OUTLINE)  # the report's categories, in the paper's order
 FIGURE_MODULES = sorted(str(p) for p in Path(opposites.figures.HERE).glob("*.py"))
 
 
@@ -20,6 +20,7 @@ rule figure:
         tasks=lambda wc: list(OUTLINE.item(wc.item).tasks),
         analyses=lambda wc: list(OUTLINE.item(wc.item).analyses),
         section=lambda wc: OUTLINE.item(wc.item).section,
+        print_box=lambda wc: list(OUTLINE.item(wc.item).print_box()),
         results=lambda wildcards, output: results_of(output[0]),
     wildcard_constraints:
         item="|".join(FIGURE_IDS) or "^$",

@@ -25,8 +25,18 @@ def plot_function(section: str, item_id: str) -> Callable | None:
     return fn if getattr(fn, "is_figure", False) else None
 
 
-def render(section: str, item_id: str, data: dict, tasks: list[str], path: str) -> None:
-    """Draw one figure and save it as a vector PDF (written atomically, no timestamp)."""
+MIN_PRINT_PT = 6.0  # the smallest font a figure may print at in the paper
+
+
+class FigureLayoutError(ValueError):
+    pass
+
+
+def render(section: str, item_id: str, data: dict, tasks: list[str], path: str,
+           box: tuple[float, float] | None = None) -> None:
+    """Draw one figure and save it as a vector PDF (written atomically, no timestamp). With `box`
+    (inches the paper scales it into), refuse a figure whose text would print below MIN_PRINT_PT or
+    whose tick labels overlap."""
     import matplotlib.pyplot as plt
 
     from opposites.figures.style import STYLE
@@ -34,5 +44,47 @@ def render(section: str, item_id: str, data: dict, tasks: list[str], path: str) 
 
     with plt.rc_context(STYLE):
         fig = plot_function(section, item_id)(data, tasks)
+        if box is not None:
+            problem = layout_problem(fig, box)
+            if problem:
+                plt.close(fig)
+                raise FigureLayoutError(f"Figure {item_id!r} (src/opposites/figures/{section}.py): {problem}")
         _atomic(path, lambda tmp: fig.savefig(tmp, format="pdf", metadata={"CreationDate": None}))
         plt.close(fig)
+
+
+def drawn_texts(fig) -> list:
+    """The figure's non-empty text artists that are drawn (visible, in a visible axes)."""
+    from matplotlib.text import Text
+
+    return [t for t in fig.findobj(Text) if t.get_text().strip() and t.get_visible()
+            and (t.axes is None or t.axes.get_visible())]
+
+
+def print_scale(fig, box: tuple[float, float]) -> float:
+    """The factor the paper scales the saved figure by: its tight bounding box (savefig's
+    bbox='tight') fitted into `box` (inches), aspect kept."""
+    bbox = fig.get_tightbbox(fig.canvas.get_renderer())  # inches
+    return min(box[0] / bbox.width, box[1] / bbox.height)
+
+
+def layout_problem(fig, box: tuple[float, float]) -> str | None:
+    """A sentence naming the first text that prints below MIN_PRINT_PT, or two x tick labels of one
+    axes that overlap; None when the figure is fine."""
+    fig.canvas.draw()
+    scale = print_scale(fig, box)
+    for t in drawn_texts(fig):
+        if t.get_fontsize() * scale < MIN_PRINT_PT - 1e-6:
+            return (f"its text {t.get_text()!r} prints at {t.get_fontsize() * scale:.1f} pt, below "
+                    f"{MIN_PRINT_PT:g} pt, once the figure is scaled by {scale:.2f} into its "
+                    f"{box[0]:.1f} x {box[1]:.1f} in box in the paper. Make the figure smaller (figsize) "
+                    "or its fonts larger, or fewer panels per row.")
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        labels = [t for t in ax.get_xticklabels() if t.get_text().strip() and t.get_visible()]
+        extents = [t.get_window_extent(renderer) for t in labels]
+        for (a, ea), (b, eb) in zip(zip(labels, extents), zip(labels[1:], extents[1:])):
+            if ea.overlaps(eb):
+                return (f"its x tick labels {a.get_text()!r} and {b.get_text()!r} overlap in the panel "
+                        f"{ax.get_title()!r}: rotate them, use fewer ticks or a wider panel.")
+    return None

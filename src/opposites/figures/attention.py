@@ -5,27 +5,27 @@ from __future__ import annotations
 import numpy as np
 
 from opposites.derived import top_abs_heads
-from opposites.figures.style import color, figure, per_task, task_columns
+from opposites.figures.style import color, figure, per_task, task_columns, task_row, task_rows
 
 
 @figure
 def attention_patterns(data: dict, tasks: list[str]):
-    """One column per task, one row per head."""
-    n_heads = 3
+    """One row per task, one column per head (a row shares its tokens: labelled on its first panel)."""
+    n_heads = 2
 
-    def draw_col(col, task):
+    def draw_row(row, task):
         ex = data["attention_example"][task]
         labels = [t.replace("<|endoftext|>", "BOS") for t in ex["tokens"]]
-        for ax in col[len(ex["heads"][:n_heads]):]:
+        for ax in row[len(ex["heads"][:n_heads]):]:
             ax.set_visible(False)
-        for ax, head in zip(col, ex["heads"][:n_heads]):
+        for ax, head in zip(row, ex["heads"][:n_heads]):
             ax.imshow(np.array(head["pattern"]), cmap="Blues", vmin=0, vmax=1)
-            ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=5.5)
-            ax.set_yticks(range(len(labels)), labels, fontsize=5.5)
-            ax.set_title(f"{task}: {head['label']} ({head['reason']})", fontsize=6.5)
+            ax.set_xticks(range(len(labels)), [])  # columns: the same tokens as the rows
+            ax.set_yticks(range(len(labels)), labels if ax is row[0] else [], fontsize=6.5)
+            ax.set_title(f"{task}: {head['label']} ({head['reason']})", fontsize=7.5)
             ax.grid(False)
 
-    return task_columns(tasks, n_heads, draw_col, height=1.9)
+    return task_rows(tasks, n_heads, draw_row, height=2.1, width=5.0)
 
 
 @figure
@@ -40,11 +40,11 @@ def attention_roles(data: dict, tasks: list[str]):
             part = att[(att.layer == l) & (att["head"] == h)].set_index("src_role").value
             ax.bar(np.arange(len(srcs)) + (i - (len(heads) - 1) / 2) * width, [part.get(s, 0.0) for s in srcs],
                    width=width, label=f"{l}.{h}")
-        ax.set_xticks(range(len(srcs)), srcs, rotation=45)
+        ax.set_xticks(range(len(srcs)), srcs, rotation=90)
         ax.set(title=f"{task}: attention from END", ylim=(0, 1))
-        ax.legend(frameon=False, fontsize=6)
+        ax.legend(frameon=False, fontsize=7)
 
-    return per_task(tasks, draw, height=2.3, max_cols=2)
+    return task_row(tasks, draw, height=2.1)
 
 
 @figure

@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from opposites.figures.style import figure, per_task
+from opposites.figures.style import figure, per_task, task_row
 from opposites.nodes import Edge, Node, head_nodes
 
 
@@ -36,14 +36,15 @@ def circuit_graph(data: dict, tasks: list[str], max_edges: int = 60):
             ax.annotate("", (x1, y1), (x0, y0), arrowprops=dict(
                 arrowstyle="-|>", lw=0.3 + 1.5 * abs(e.score) / lim, alpha=0.7,
                 color="#b2182b" if e.score > 0 else "#2166ac", shrinkA=4, shrinkB=4))
-        for x, (px, py) in xy.items():
-            ax.scatter(px, py, s=90, color="white", edgecolor="k", zorder=3)
-            ax.text(px, py, str(x).replace("MLP ", "M"), ha="center", va="center", fontsize=4.5, zorder=4)
-        ax.set(title=f"{task}: {c['n_edges']} edges, recovers {c['recovered']:.2f}", ylabel="layer")
+        for x, (px, py) in xy.items():  # the circle is the label's own box, so the label never spills out
+            ax.text(px, py, str(x).replace("MLP ", "M").replace("embed", "E").replace("logits", "L"), ha="center",
+                    va="center", fontsize=6, zorder=4, bbox=dict(boxstyle="circle,pad=0.1", fc="white", lw=0.6))
+        ax.set(title=f"{task}: {c['n_edges']} edges\nrecovers {c['recovered']:.2f}", ylabel="layer")
+        ax.set(xlim=(-0.8, n_heads + 1.3), ylim=(-1.6, top + 0.6))  # texts do not widen the limits
         ax.set_xticks([])
         ax.grid(False)
 
-    return per_task(tasks, draw, height=3.0, max_cols=2)
+    return task_row(tasks, draw, height=2.6)
 
 
 METHOD_STYLE = {"EAP-IG": ("#1b9e77", "o"), "EAP": ("#d95f02", "s"), "exact": ("0.3", "^"), "ACDC": ("#7570b3", "D")}
@@ -63,7 +64,7 @@ def faithfulness(data: dict, tasks: list[str]):
         ax.axhline(0, color="0.5", lw=0.4)
         ax.set_xscale("log")
         ax.set(xlabel="% of edges kept (top by |score|; ACDC: its threshold sweep)", ylabel="recovered", title=task)
-        ax.legend(frameon=False, fontsize=5.5)
+        ax.legend(frameon=False, fontsize=6.5)
 
     return per_task(tasks, draw, height=2.4, max_cols=2)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from opposites.derived import classify_components
-from opposites.figures.style import figure, heatmap, mark_significant, per_task
+from opposites.figures.style import figure, heatmap, mark_significant, per_task, task_row
 
 
 @figure
@@ -12,7 +12,7 @@ def head_dla(data: dict, tasks: list[str]):
         heatmap(ax, data["head_dla"][task], title=task)
         mark_significant(ax, data["head_dla"][task], "layer", "head")
 
-    return per_task(tasks, draw, height=2.6)
+    return task_row(tasks, draw)
 
 
 CLASS_COLORS = {"copy-like": "#1b9e77", "copy-suppressing": "#7570b3", "opposite-mapping": "#d95f02", "none": "0.7"}
@@ -29,10 +29,10 @@ def answer_vs_wrong(data: dict, tasks: list[str]):
                             yerr=[sub.answer - sub.ci_low_answer, sub.ci_high_answer - sub.answer], fmt=marker, ms=3,
                             lw=0.4, color=CLASS_COLORS[cls], label=cls if is_head else None)
         for r in df.assign(size=df.answer.abs() + df.wrong.abs()).nlargest(4, "size").itertuples():
-            ax.annotate(r.component, (r.wrong, r.answer), fontsize=5, xytext=(2, 2), textcoords="offset points")
+            ax.annotate(r.component, (r.wrong, r.answer), fontsize=6.5, xytext=(2, 2), textcoords="offset points")
         ax.axhline(0, color="k", lw=0.5)
         ax.axvline(0, color="k", lw=0.5)
         ax.set(title=task, xlabel="contribution to repeated ADJ1 logit", ylabel="contribution to answer logit")
-        ax.legend(frameon=False, fontsize=5)
+        ax.legend(frameon=False, fontsize=6.5)
 
     return per_task(tasks, draw, height=2.6)

@@ -8,7 +8,7 @@ import pandas as pd
 
 from opposites.derived import attribution_vs_exact, head_label, largest_abs, top_patched_heads
 from opposites.figures.style import (color, figure, heatmap, mark_significant, not_meaningful, per_task,
-                                     role_heatmap, task_columns)
+                                     role_heatmap, task_columns, task_row)
 
 
 @figure
@@ -17,7 +17,7 @@ def patch_resid(data: dict, tasks: list[str]):
         df = data["patch_resid"][task]
         role_heatmap(ax, df, f"{task} (n={df.n.iloc[0]})")
 
-    return per_task(tasks, draw, height=2.8, max_cols=2)
+    return task_row(tasks, draw, height=2.2)
 
 
 @figure
@@ -41,7 +41,7 @@ def patch_heads(data: dict, tasks: list[str]):
         heatmap(ax, z, title=task)
         mark_significant(ax, z, "layer", "head")
 
-    return per_task(tasks, draw, height=2.6, max_cols=2)
+    return task_row(tasks, draw)
 
 
 @figure
@@ -79,6 +79,7 @@ def patch_path(data: dict, tasks: list[str]):
         ax.invert_yaxis()
         ax.axvline(0, color="k", lw=0.6)
         ax.set(title=task, xlabel="patching metric")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(4))  # wide tick labels (-0.0015) would overlap
 
     return per_task(tasks, draw, height=2.4, max_cols=2)
 
@@ -93,6 +94,6 @@ def attribution_scatter(data: dict, tasks: list[str]):
         lo, hi = merged[["exact", "attribution"]].min().min(), merged[["exact", "attribution"]].max().max()
         ax.plot([lo, hi], [lo, hi], color="k", lw=0.6)
         ax.set(title=task, xlabel="exact patching", ylabel="attribution patching")
-        ax.legend(frameon=False, fontsize=5, markerscale=2)
+        ax.legend(frameon=False, fontsize=6.5, markerscale=2)
 
     return per_task(tasks, draw, height=2.4, max_cols=2)

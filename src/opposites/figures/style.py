@@ -51,6 +51,12 @@ def per_task(tasks: list[str], draw: Callable, height: float = 2.4, max_cols: in
     return fig
 
 
+def task_row(tasks: list[str], draw: Callable, height: float = 2.0):
+    """One panel per task side by side across the text width (main-text heatmaps: a 2 x 2 grid would
+    be scaled down to its height box, and its text below a readable size)."""
+    return per_task(tasks, draw, height=height, max_cols=4, width=6.9)
+
+
 def task_rows(tasks: list[str], n_cols: int, draw_row: Callable, height: float, width: float = 6.0):
     """A figure with one row of n_cols panels per task; draw_row(row_of_axes, task) fills each row."""
     fig, axes = plt.subplots(len(tasks), n_cols, figsize=(width, height * len(tasks)), squeeze=False)
