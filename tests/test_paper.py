@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from opposites import outline, paper
@@ -87,3 +89,28 @@ def test_each_figure_lives_in_its_section_module_and_depends_on_it_alone():
         code = codedeps.closure(["scripts/render_figure.py", figures.module_file(item.section)])
         modules = [str(f) for f in code if "/figures/" in str(f) and not str(f).endswith(("style.py", "__init__.py"))]
         assert modules == [figures.module_file(item.section)], item.id  # editing another section reruns nothing here
+
+
+def test_figure_text_is_checked_at_the_size_the_paper_prints_it():
+    """A 6 in wide figure with 7 pt text prints at 7 x 6.9/6 pt in a text-wide box, but a tall one is
+    scaled down into the main-text height box and its text falls below 6 pt; crowded tick labels overlap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from opposites.figures import layout_problem
+    from opposites.outline import Item
+
+    box = Item("x", "figure", "dla", (), (), "").print_box()
+    wide, ax = plt.subplots(figsize=(6, 2))
+    ax.set_title("fine", fontsize=7)
+    assert layout_problem(wide, box) is None
+    tall, ax = plt.subplots(figsize=(6, 8))
+    ax.set_title("too small", fontsize=7)
+    ax.tick_params(labelsize=12)  # large enough even scaled down: the title is the one to name
+    assert re.search(r"'too small' prints at [345]\.\d pt", layout_problem(tall, box))
+    crowded, ax = plt.subplots(figsize=(2, 1))
+    ax.set_xticks(range(40), [f"label{i}" for i in range(40)], fontsize=7)
+    assert "overlap" in layout_problem(crowded, box)
+    plt.close("all")
