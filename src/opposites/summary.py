@@ -99,8 +99,9 @@ def summarize(data: dict, tasks: list[str], k: int = 5) -> dict:
 
 def carries(ablation: dict | None, margin: float = 0.2) -> bool:
     """A named set carries the task when ablating it leaves accuracy below every random set of the
-    same size by at least `margin`, and its interval lies wholly below the random sets' interval."""
-    if not ablation:
+    same size by at least `margin`, and its interval lies wholly below the random sets' interval;
+    never without a matched control (as many other heads and MLP layers)."""
+    if not ablation or not ablation.get("random_others"):
         return False
     named, other = ablation["named"], ablation["random_others"]
     return named["accuracy"] + margin <= other["accuracy_min"] and named["accuracy_ci95"][1] < other["accuracy_mean_ci95"][0]

@@ -267,15 +267,17 @@ def mechanism(data: dict, tasks: list[str]) -> str:
                              else f"{m['component']} (answer {fmt(m['answer'])})" for m in named)
             a = result["ablation"]
             named_, others = a["named"], a["random_others"]
+            ld = lambda r, m="": r"$\Delta$LD " + fmt_ci(r[f"logit_diff_change{m}"], r[f"logit_diff_change{m}_ci95"])  # noqa: E731
+            rs = named_["resample"]
+            control = "no matched control" if not others else (
+                fmt_ci(others["accuracy_mean"], others["accuracy_mean_ci95"]) + f" (min {fmt(others['accuracy_min'])}); "
+                + ld(others, "_mean") + "; resample " + ld(others["resample"], "_mean"))
             rows.append([tex_escape(task), kind, tex_escape(what), fmt(base["accuracy"]),
-                         fmt_ci(named_["accuracy"], named_["accuracy_ci95"]) + r"; $\Delta$LD "
-                         + fmt_ci(named_["logit_diff_change"], named_["logit_diff_change_ci95"]),
-                         fmt_ci(others["accuracy_mean"], others["accuracy_mean_ci95"])
-                         + f" (min {fmt(others['accuracy_min'])})" + r"; $\Delta$LD "
-                         + fmt_ci(others["logit_diff_change_mean"], others["logit_diff_change_mean_ci95"])])
-    return tabular(r"l l p{4.0cm} r p{2.8cm} p{2.8cm}",
-                   ["task", "set", "components", "acc.", "named ablated: acc.; $\\Delta$LD",
-                    "random ablated: acc.; $\\Delta$LD"], rows)
+                         fmt_ci(named_["accuracy"], named_["accuracy_ci95"]) + "; " + ld(named_),
+                         fmt_ci(rs["accuracy"], rs["accuracy_ci95"]) + "; " + ld(rs), control])
+    return tabular(r"l l p{3.2cm} r p{2.5cm} p{2.5cm} p{3.0cm}",
+                   ["task", "set", "components", "acc.", "named, mean-ablated: acc.; $\\Delta$LD",
+                    "named, resample-ablated: acc.; $\\Delta$LD", "matched random: acc.; $\\Delta$LD"], rows)
 
 
 @table
