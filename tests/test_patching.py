@@ -449,3 +449,24 @@ def test_congruence_patching_is_not_measurable_without_a_positive_pull(pull, exp
            "pull": {"value": sum(pull) / 2, "ci95": pull}, "patch": patch}
     row = next(line for line in congruence({"congruence": {"size": res}}, ["size"]).splitlines() if line.startswith("size"))
     assert row.count(expected) == 2
+
+
+def test_headline_patching_in_both_directions(toy64, rows):
+    """patch_directions reports the residual stream and every head's output both ways, as the share
+    of the clean-minus-corrupted difference moved: denoising equals patch_resid's metric, noising is
+    1 - the noising metric; before layer 0 at the only changed position (ADJ1), patching makes the
+    run the other prompt, so both directions move all of it (1); and the two directions differ
+    somewhere (noising is not denoising relabelled)."""
+    from opposites.analyses import patching as analyses
+
+    r = rows["size"]
+    both = analyses.patch_directions(toy64, r, 16, "denoising", seed=0)
+    resid = both[both.kind == "resid"].set_index(["direction", "layer", "role"])
+    for direction in ("denoising", "noising"):
+        ref = analyses.patch_resid(toy64, r, 16, direction, 0).set_index(["layer", "role"]).value
+        expect = ref if direction == "denoising" else 1 - ref
+        pd.testing.assert_series_equal(resid.loc[direction].value, expect, check_names=False, atol=1e-12)
+        assert resid.loc[(direction, 0, "ADJ1"), "value"] == pytest.approx(1.0, abs=1e-6)
+    assert ((both.ci_low <= both.value + 1e-12) & (both.value <= both.ci_high + 1e-12)).all()
+    z = both[both.kind == "z"].set_index(["direction", "layer", "head"]).value
+    assert (z.loc["denoising"] - z.loc["noising"]).abs().max() > 1e-3

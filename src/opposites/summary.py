@@ -55,7 +55,21 @@ def patch_facts(data: dict, task: str) -> dict:
         "top_head_ci": [float(top.ci_low), float(top.ci_high)],
         "resid_first": peak(first).to_dict(), "resid_last": peak(last).to_dict(),
         "n": int(resid.n.iloc[0]), "normaliser_ok": bool(resid.normaliser_ok.iloc[0]),
+        "directions": both_directions(data, task, peak(first), peak(last), top) if "patch_directions" in data else None,
     }
+
+
+def both_directions(data: dict, task: str, first, last, head) -> dict:
+    """The headline cells (the residual stream's peaks before the first and the last layer, the top
+    head) in both patching directions: {cell: {direction: (value, low, high, excludes 0)}}, as the
+    share of the clean-minus-corrupted difference restored (denoising) or destroyed (noising)."""
+    both = data["patch_directions"][task]
+    cells = {"resid_first": (both.kind == "resid") & (both.layer == first.layer) & (both.role == first.role),
+             "resid_last": (both.kind == "resid") & (both.layer == last.layer) & (both.role == last.role),
+             "top_head": (both.kind == "z") & (both.layer == head.layer) & (both["head"] == head["head"])}
+    return {name: {r.direction: {"value": float(r.value), "ci95": [float(r.ci_low), float(r.ci_high)],
+                                 "excludes_zero": bool(r.ci_low > 0 or r.ci_high < 0)}
+                   for r in both[mask].itertuples()} for name, mask in cells.items()}
 
 
 def head_facts(data: dict, task: str) -> dict:
