@@ -258,19 +258,27 @@ def test_role_patching_runs_only_from_each_roles_first_position(toy64, rows):
     assert w.flops[0] == pytest.approx(minimum, rel=1e-9)
 
 
-def test_followup_selection_follows_lens_steps_and_dla():
+def test_followup_selection_follows_direct_contributions_and_dla():
+    """Layers are chosen by direct contribution, not by the lens's steps: here the largest step
+    (MLP 0, 2.0) writes little directly (0.3) and attention 1 writes most (-1.5, step -1.1); both
+    numbers are kept, and the steps' own choice is listed beside."""
     import pandas as pd
 
     from opposites.analyses.patch_followup import lens_steps, select
 
     lens = pd.DataFrame({"kind": "accumulated", "label": ["resid_pre", "resid_mid", "resid_pre", "resid_mid", "resid_post"],
-                         "layer": [0, 0, 1, 1, 1], "value": [0.0, 0.1, 2.1, 1.0, 1.2]})
+                         "layer": [0, 0, 1, 1, 1], "value": [0.0, 0.1, 2.1, 1.0, 1.2], "ci_low": 0.0, "ci_high": 0.0})
+    direct = pd.DataFrame({"kind": "decomposed", "label": ["attn", "mlp", "attn", "mlp"], "layer": [0, 0, 1, 1],
+                           "value": [0.2, 0.3, -1.5, 0.9], "ci_low": [0.1, 0.2, -1.9, 0.5], "ci_high": [0.3, 0.4, -1.1, 1.3]})
+    lens = pd.concat([lens, direct], ignore_index=True)
     steps = lens_steps(lens)
     assert steps.to_dict("list") == {"layer": [0, 0, 1, 1], "component": ["attn", "mlp", "attn", "mlp"],
                                      "step": pytest.approx([0.1, 2.0, -1.1, 0.2])}
     dla = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "value": [0.1, -3.0, 2.0, 0.5]})
     chosen = select(lens, dla, k_layers=2, k_heads=2)
-    assert [(s["component"], s["layer"]) for s in chosen["layers"]] == [("mlp", 0), ("attn", 1)]
+    assert [(s["component"], s["layer"]) for s in chosen["layers"]] == [("attn", 1), ("mlp", 1)]
+    assert chosen["layers"][0]["step"] == pytest.approx(-1.1) and chosen["layers"][0]["direct_ci95"] == [-1.9, -1.1]
+    assert [(s["component"], s["layer"]) for s in chosen["layers_by_step"]] == [("mlp", 0), ("attn", 1)]
     assert [h["label"] for h in chosen["heads"]] == ["0.1", "1.0"]
 
 

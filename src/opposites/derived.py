@@ -84,6 +84,29 @@ def accumulated_lens(lens: pd.DataFrame) -> pd.DataFrame:
     return acc.assign(x=lens_x(acc)).sort_values("x", kind="stable").reset_index(drop=True)
 
 
+def lens_steps(lens: pd.DataFrame) -> pd.DataFrame:
+    """Each step of the accumulated lens (the change between consecutive readings), attributed to
+    the layer component that makes it. A step re-normalises at every reading, so it mixes the
+    change of the LayerNorm scale with what the layer writes."""
+    acc = accumulated_lens(lens)
+    steps = []
+    for prev, cur in zip(acc.itertuples(), acc.iloc[1:].itertuples()):
+        component = "attn" if prev.label == "resid_pre" else "mlp"
+        steps.append({"layer": int(prev.layer), "component": component, "step": float(cur.value - prev.value)})
+    return pd.DataFrame(steps)
+
+
+def layer_contributions(lens: pd.DataFrame) -> pd.DataFrame:
+    """Each layer component's direct contribution to the logit difference (the decomposed lens,
+    through the run's final LayerNorm scale) with its interval and its lens step beside it:
+    layer, component (attn | mlp), direct, ci_low, ci_high, step."""
+    dec = lens[(lens.kind == "decomposed") & lens.label.isin(["attn", "mlp"])]
+    direct = pd.DataFrame({"layer": dec.layer.astype(int), "component": dec.label, "direct": dec.value,
+                           "ci_low": dec.ci_low, "ci_high": dec.ci_high})
+    return direct.merge(lens_steps(lens), on=["layer", "component"], how="left").sort_values(
+        ["layer", "component"], kind="stable").reset_index(drop=True)
+
+
 # ---- heads ---------------------------------------------------------------------------------------
 
 def top_abs_heads(df: pd.DataFrame, k: int) -> list[tuple[int, int]]:

@@ -7,7 +7,8 @@ from itertools import combinations
 import pandas as pd
 
 from opposites.derived import (accumulated_lens, classify_components, ioi_head_classes,
-                               head_label, head_routes, opposite_tasks, signed_top_heads, top_abs_heads)
+                               head_label, head_routes, layer_contributions, opposite_tasks, signed_top_heads,
+                               top_abs_heads)
 from opposites.nodes import head_nodes
 from opposites.overlap import compare, gpt2_classes, graph_of
 
@@ -22,7 +23,14 @@ def lens_facts(lens: pd.DataFrame) -> dict:
     dec = lens[lens.kind == "decomposed"]
     attn, mlp = dec[dec.label == "attn"], dec[dec.label == "mlp"]
     first = half.iloc[0] if len(half) else None
+    layers = layer_contributions(lens)
+    step = layers.loc[layers.step.abs().idxmax()]
+    direct = layers.loc[layers.direct.abs().idxmax()]
     return {
+        "largest_step": {"layer": int(step.layer), "component": str(step.component), "step": float(step.step),
+                         "direct": float(step.direct), "ci95": [float(step.ci_low), float(step.ci_high)]},
+        "largest_direct": {"layer": int(direct.layer), "component": str(direct.component), "step": float(direct.step),
+                           "direct": float(direct.direct), "ci95": [float(direct.ci_low), float(direct.ci_high)]},
         "final": final,
         "half_layer": None if first is None else int(first.layer),
         "half_label": None if first is None else str(first.label),

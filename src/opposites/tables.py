@@ -50,10 +50,13 @@ def followup(data: dict, tasks: list[str]) -> str:
     rows = []
     for task in tasks:
         sel = data["patch_followup"][task]["selection"]
-        layers = ", ".join(f"{s['component']} {s['layer']} ({fmt(s['step'])})" for s in sel["layers"])
+        layer = lambda s: f"{s['component']} {s['layer']} ({fmt_ci(s['direct'], s['direct_ci95'])}; {fmt(s['step'])})"  # noqa: E731
+        layers = ", ".join(layer(s) for s in sel["layers"])
+        by_step = ", ".join(f"{s['component']} {s['layer']}" for s in sel.get("layers_by_step", []))
         heads = ", ".join(f"{h['label']} ({fmt(h['dla'])})" for h in sel["heads"])
-        rows.append([tex_escape(task), layers, heads])
-    return tabular(r"l p{5.5cm} p{5.5cm}", ["task", "layers (logit-lens step)", "heads (DLA)"], rows)
+        rows.append([tex_escape(task), layers, by_step, heads])
+    return tabular(r"l p{5.0cm} p{2.4cm} p{4.0cm}", ["task", "layers (direct contribution; logit-lens step)",
+                                                     "largest steps", "heads (DLA)"], rows)
 
 
 @table
