@@ -231,20 +231,45 @@ def test_answer_minus_wrong_contributions_equal_head_dla(toy, rows):
     assert hl[hl["head"] >= 0].value.abs().max() > 1e-4  # not trivially zero
 
 
-def test_components_are_classified_by_their_intervals():
+def test_components_are_classified_by_the_paired_difference():
+    """Classes follow the paired difference answer - repeated and its interval, not the two point
+    estimates: "pair" raises both (3.0 and 2.9, each interval above 0) with a difference whose
+    interval holds 0; the old rule (answer's interval above 0 and answer > repeated) called it
+    opposite-mapping. "both" raises both with a difference clearly above 0: opposite-mapping."""
     import pandas as pd
 
     from opposites.derived import classify_components
 
-    def rows(comp, ans, wrong):
-        return [{"component": comp, "layer": 0, "head": 0, "target": t, "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1}
-                for t, v in (("answer", ans), ("wrong", wrong))]
+    def rows(comp, ans, wrong, diff, half=0.1):
+        return [{"component": comp, "layer": 0, "head": 0, "target": t, "value": v, "ci_low": v - half, "ci_high": v + half}
+                for t, v in (("answer", ans), ("wrong", wrong), ("difference", diff))]
 
-    df = pd.DataFrame(rows("copy", 0.2, 1.0) + rows("supp", 0.0, -1.0) + rows("opp", 1.0, 0.0) + rows("none", 0.05, 0.05)
-                      + rows("both", 11.0, 8.0))  # raises both, the answer more: it maps toward the opposite
+    df = pd.DataFrame(rows("copy", 0.2, 1.0, -0.8) + rows("supp", 0.0, -1.0, 1.0) + rows("opp", 1.0, 0.0, 1.0)
+                      + rows("none", 0.05, 0.05, 0.0) + rows("both", 11.0, 8.0, 3.0) + rows("pair", 3.0, 2.9, 0.1)
+                      + rows("low", -2.0, -2.1, 0.1))
     got = dict(zip(*classify_components(df)[["component", "cls"]].T.values))
     assert got == {"copy": "copy-like", "supp": "copy-suppressing", "opp": "opposite-mapping", "none": "none",
-                   "both": "opposite-mapping"}
+                   "both": "opposite-mapping", "pair": "pair", "low": "pair"}
+
+
+def test_head_logits_difference_and_pair_direction(toy, rows):
+    """head_logits' difference is answer - repeated paired by prompt (mean of differences = difference
+    of means; its interval holds it); the pair direction's r is Pearson's r across components of the
+    two mean contributions up to its bootstrap bias correction, inside its own interval."""
+    import numpy as np
+
+    from opposites.analyses import opposite
+
+    r = rows["size"]
+    hl = opposite.head_logits(toy, r, 4, seed=0).pivot_table(index="component", columns="target", values="value")
+    assert ((hl.answer - hl.wrong) - hl.difference).abs().max() < 1e-9
+    full = opposite.head_logits(toy, r, 4, seed=0)
+    d = full[full.target == "difference"]
+    assert ((d.ci_low <= d.value + 1e-12) & (d.value <= d.ci_high + 1e-12)).all()
+    pair = opposite.pair_direction(toy, r, 4, seed=0)
+    plain = np.corrcoef(hl.answer, hl.wrong)[0, 1]
+    assert pair["r_ci95"][0] <= pair["r"] <= pair["r_ci95"][1]
+    assert abs(pair["r"] - plain) < 0.25 and pair["n_components"] == len(hl)
 
 
 def test_control_corruption_keeps_everything_but_adj1(tokenizer, rows):

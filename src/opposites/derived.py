@@ -158,18 +158,24 @@ def ioi_head_classes() -> dict[str, list[str]]:
 
 
 def classify_components(head_logits: pd.DataFrame) -> pd.DataFrame:
-    """One row per component with its answer and wrong contributions and a class, decided by which
-    95% intervals exclude 0: copy-like (raises the repeated word, more than the answer),
-    opposite-mapping (raises the answer, more than the repeated word), copy-suppressing (lowers the
-    repeated word without raising the answer), or none."""
+    """One row per component with its answer, wrong and paired difference (answer - wrong)
+    contributions and a class, decided by which 95% intervals exclude 0, the paired difference's
+    first (answer and repeated-word contributions share one direction, so the point estimates
+    alone cannot tell them apart): opposite-mapping (raises the answer, and more than the repeated
+    word), copy-like (raises the repeated word, and more than the answer), copy-suppressing (lowers
+    the repeated word, more than the answer), pair (raises or lowers both alike: the difference's
+    interval holds 0), or none."""
     wide = head_logits.pivot_table(index=["component", "layer", "head"], columns="target",
                                    values=["value", "ci_low", "ci_high"]).reset_index()
     wide.columns = ["_".join(c).strip("_") for c in wide.columns]
     up = lambda t: wide[f"ci_low_{t}"] > 0  # noqa: E731
     down = lambda t: wide[f"ci_high_{t}"] < 0  # noqa: E731
-    cls = np.select([up("wrong") & (wide.value_wrong > wide.value_answer), up("answer") & (wide.value_answer > wide.value_wrong),
-                     down("wrong")], ["copy-like", "opposite-mapping", "copy-suppressing"], "none")
-    return wide.assign(cls=cls).rename(columns={"value_answer": "answer", "value_wrong": "wrong"})
+    alike = ~up("difference") & ~down("difference") & ((up("answer") & up("wrong")) | (down("answer") & down("wrong")))
+    cls = np.select([up("difference") & up("answer"), down("difference") & up("wrong"),
+                     up("difference") & down("wrong"), alike],
+                    ["opposite-mapping", "copy-like", "copy-suppressing", "pair"], "none")
+    return wide.assign(cls=cls).rename(columns={"value_answer": "answer", "value_wrong": "wrong",
+                                                "value_difference": "difference"})
 
 
 # ---- tasks ---------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from opposites.nodes import head_nodes
 from opposites.overlap import compare, gpt2_classes, graph_of
 
 
-CLASSES = ("opposite-mapping", "copy-like", "copy-suppressing")
+CLASSES = ("opposite-mapping", "copy-like", "copy-suppressing", "pair")
 
 
 def lens_facts(lens: pd.DataFrame) -> dict:

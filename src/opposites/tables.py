@@ -244,16 +244,22 @@ def component_classes(data: dict, tasks: list[str]) -> str:
     for task in tasks:
         df = classify_components(data["head_logits"][task])
         df = df.assign(size=df.answer.abs() + df.wrong.abs())
-        for cls in ("opposite-mapping", "copy-like", "copy-suppressing"):
+        for cls in ("opposite-mapping", "copy-like", "copy-suppressing", "pair"):
             part = df[df.cls == cls].nlargest(5, "size")
-            cells = ", ".join(f"{tex_escape(r.component)} ({fmt(r.answer)}, {fmt(r.wrong)})" for r in part.itertuples()) or "none"
+            cells = ", ".join(f"{tex_escape(r.component)} ({fmt(r.answer)}, {fmt(r.wrong)}; "
+                              f"{fmt_ci(r.difference, [r.ci_low_difference, r.ci_high_difference])})"
+                              for r in part.itertuples()) or "none"
             rows.append([tex_escape(task), cls, str(int((df.cls == cls).sum())), cells])  # fmt writes LaTeX: not escaped
         c = data["control"][task]
+        if "pair_direction" in c:
+            p = c["pair_direction"]
+            rows.append([tex_escape(task), "pair direction", str(p["n_components"]),
+                         f"$r$(answer, repeated) across components {fmt_ci(p['r'], p['r_ci95'])}"])
         rows.append([tex_escape(task), "control", str(c["n"]),
                      f"answer vs unrelated: clean {fmt_ci(c['answer_rel_clean'], c['answer_rel_clean_ci95'])}, "
                      f"ADJ1 unrelated {fmt_ci(c['answer_rel_control'], c['answer_rel_control_ci95'])}, "
                      f"drop {fmt_ci(c['answer_rel_drop'], c['answer_rel_drop_ci95'])}"])
-    return tabular(r"l l r p{9.5cm}", ["task", "class", "count", "components (answer, repeated) / control"], rows)
+    return tabular(r"l l r p{9.5cm}", ["task", "class", "count", "components (answer, repeated; answer $-$ repeated) / control"], rows)
 
 
 @table
