@@ -178,6 +178,42 @@ def classify_components(head_logits: pd.DataFrame) -> pd.DataFrame:
                                                 "value_difference": "difference"})
 
 
+PAIR_RESAMPLES = 2000  # bootstrap resamples over word pairs (similarity intervals)
+
+
+def pair_bootstrap(a: np.ndarray, b: np.ndarray | None = None, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of a (or mean of a - mean of b, the two resampled independently) over word pairs with
+    its 95% percentile interval over PAIR_RESAMPLES seeded bootstrap resamples of the pairs."""
+    rng = np.random.default_rng(seed)
+    draw = lambda x: x[rng.integers(len(x), size=(PAIR_RESAMPLES, len(x)))].mean(1)  # noqa: E731
+    value, resampled = a.mean(), draw(a)
+    if b is not None:
+        value, resampled = value - b.mean(), resampled - draw(b)
+    low, high = np.quantile(resampled, [0.025, 0.975])
+    return float(value), float(min(low, value)), float(max(high, value))
+
+
+def relation_similarity(sim: pd.DataFrame, space: str, layer: int) -> dict:
+    """Per relation (opposite, synonym, random), the mean cosine over the word pairs whose words
+    the model knows (in_distribution) in one space, with its 95% bootstrap interval over pairs, n
+    and how many pairs were left out; and opposite - random with its interval. A relation with no
+    pair left is None (not measurable on this model)."""
+    part = sim[(sim.space == space) & (sim.layer == layer)]
+    known = part[part.in_distribution] if "in_distribution" in part else part
+    out = {}
+    for relation in ("opposite", "synonym", "random"):
+        x = known[known.relation == relation].cosine.to_numpy()
+        total = int((part.relation == relation).sum())
+        out[relation] = None if not len(x) else dict(zip(("value", "low", "high"), pair_bootstrap(x)))
+        out[f"{relation}_n"], out[f"{relation}_left_out"] = len(x), total - len(x)
+    if out["opposite"] and out["random"]:
+        opp, rand = (known[known.relation == r].cosine.to_numpy() for r in ("opposite", "random"))
+        out["opposite_minus_random"] = dict(zip(("value", "low", "high"), pair_bootstrap(opp, rand)))
+    else:
+        out["opposite_minus_random"] = None
+    return out
+
+
 # ---- tasks ---------------------------------------------------------------------------------------
 
 def opposite_tasks(tasks: list[str]) -> list[str]:

@@ -7,8 +7,8 @@ from itertools import combinations
 import pandas as pd
 
 from opposites.derived import (accumulated_lens, classify_components, ioi_head_classes,
-                               head_label, head_routes, layer_contributions, opposite_tasks, signed_top_heads,
-                               top_abs_heads)
+                               head_label, head_routes, layer_contributions, opposite_tasks, relation_similarity,
+                               signed_top_heads, top_abs_heads)
 from opposites.nodes import head_nodes
 from opposites.overlap import compare, gpt2_classes, graph_of
 
@@ -93,6 +93,8 @@ def head_facts(data: dict, task: str) -> dict:
         facts["similarity"] = {
             space: sim[(sim.space == space) & ((sim.layer == last) if space == "resid" else True)]
             .groupby("relation").cosine.mean().to_dict() for space in ("embed", "unembed", "resid")}
+        facts["similarity_ci"] = {space: relation_similarity(sim, space, layer)
+                                  for space, layer in (("embed", -1), ("unembed", -1), ("resid", last))}
     return facts
 
 

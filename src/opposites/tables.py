@@ -255,6 +255,12 @@ def component_classes(data: dict, tasks: list[str]) -> str:
             p = c["pair_direction"]
             rows.append([tex_escape(task), "pair direction", str(p["n_components"]),
                          f"$r$(answer, repeated) across components {fmt_ci(p['r'], p['r_ci95'])}"])
+        if c.get("measurable") is False:
+            check = c["unrelated_check"]
+            rows.append([tex_escape(task), "control", str(c["n"]),
+                         f"not measurable: {len(check['out'])} of {len(check['words'])} unrelated adjectives out of "
+                         f"distribution (unembedding norm outside [{fmt(check['fences'][0])}, {fmt(check['fences'][1])}])"])
+            continue
         rows.append([tex_escape(task), "control", str(c["n"]),
                      f"answer vs unrelated: clean {fmt_ci(c['answer_rel_clean'], c['answer_rel_clean_ci95'])}, "
                      f"ADJ1 unrelated {fmt_ci(c['answer_rel_control'], c['answer_rel_control_ci95'])}, "

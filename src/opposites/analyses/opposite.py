@@ -21,9 +21,11 @@ import torch
 
 from opposites.core import batches, end_states, job_memo, ln_final, prompt_clusters
 from opposites.derived import head_label
+from opposites.distribution import check_words
 from opposites.nodes import Node
 from opposites.prompts import fill, load_spec
 from opposites.stats import mean_ci, pearson_ci, proportion
+from opposites.words import copy_words
 
 
 def unrelated_ids(model, task: str) -> torch.Tensor:
@@ -121,4 +123,8 @@ def control(model, rows: list[dict], batch_size: int, seed: int) -> dict:
         result |= {key: est.value.item(), f"{key}_ci95": [est.ci_low.item(), est.ci_high.item()]}
     result["example"] = ctrl[0]["clean"] if ctrl else None
     result["pair_direction"] = pair_direction(model, rows, batch_size, seed)
+    # the unrelated adjectives are the reference of every relative logit and the control's words
+    result["unrelated_check"] = check_words(model, [" " + w for w in load_spec(rows[0]["task"])["unrelated"]],
+                                            copy_words(rows[0]["task"]))
+    result["measurable"] = result["unrelated_check"]["all_in"]
     return result

@@ -14,6 +14,7 @@ def similarity(data: dict, tasks: list[str]):
     def draw_row(row, task):
         ax = row[0]
         df = data["similarity"][task]
+        df = df[df.in_distribution] if "in_distribution" in df else df  # pairs of words the model knows
         spaces = [("embed", -1, "W_E"), ("unembed", -1, "W_U")] + \
                  [("resid", l, f"L{l}") for l in sorted(df[df.space == "resid"].layer.unique())]
         rels = list(RELATION_COLORS)
