@@ -264,7 +264,8 @@ def test_followup_selection_follows_direct_contributions_and_dla():
     numbers are kept, and the steps' own choice is listed beside."""
     import pandas as pd
 
-    from opposites.analyses.patch_followup import lens_steps, select
+    from opposites.analyses.patch_followup import select
+    from opposites.derived import lens_steps
 
     lens = pd.DataFrame({"kind": "accumulated", "label": ["resid_pre", "resid_mid", "resid_pre", "resid_mid", "resid_post"],
                          "layer": [0, 0, 1, 1, 1], "value": [0.0, 0.1, 2.1, 1.0, 1.2], "ci_low": 0.0, "ci_high": 0.0})
@@ -470,11 +471,11 @@ def test_headline_patching_in_both_directions(toy64, rows):
     r = rows["size"]
     both = analyses.patch_directions(toy64, r, 16, "denoising", seed=0)
     resid = both[both.kind == "resid"].set_index(["direction", "layer", "role"])
-    for direction in ("denoising", "noising"):
-        ref = analyses.patch_resid(toy64, r, 16, direction, 0).set_index(["layer", "role"]).value
-        expect = ref if direction == "denoising" else 1 - ref
-        pd.testing.assert_series_equal(resid.loc[direction].value, expect, check_names=False, atol=1e-12)
-        assert resid.loc[(direction, 0, "ADJ1"), "value"] == pytest.approx(1.0, abs=1e-6)
+    for way in ("denoising", "noising"):
+        ref = analyses.patch_resid(toy64, r, 16, way, 0).set_index(["layer", "role"]).value
+        expect = ref if way == "denoising" else 1 - ref
+        pd.testing.assert_series_equal(resid.loc[way].value, expect, check_names=False, atol=1e-12)
+        assert resid.loc[(way, 0, "ADJ1"), "value"] == pytest.approx(1.0, abs=1e-6)
     assert ((both.ci_low <= both.value + 1e-12) & (both.value <= both.ci_high + 1e-12)).all()
     z = both[both.kind == "z"].set_index(["direction", "layer", "head"]).value
     assert (z.loc["denoising"] - z.loc["noising"]).abs().max() > 1e-3

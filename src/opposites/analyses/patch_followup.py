@@ -16,7 +16,7 @@ import pandas as pd
 from opposites.analyses.patching import dataset_sweep, patch_roles, table
 from opposites.core import prompt_clusters
 from opposites.patching import exact
-from opposites.derived import head_label, largest_abs, layer_contributions, lens_steps  # noqa: F401 (lens_steps: re-exported)
+from opposites.derived import head_label, largest_abs, layer_contributions
 from opposites.nodes import Node
 
 
