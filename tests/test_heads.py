@@ -482,7 +482,7 @@ def test_mlp_ablation_control_is_matched(toy, rows):
     import random
 
     from opposites.analyses import mechanism
-    from opposites.summary import carries
+    from opposites.summary import carries, lowers_logit_diff
 
     L, H = toy.cfg.n_layers, toy.cfg.n_heads
     draws = mechanism.matched_draws(L, H, [(0, 0)], [1], random.Random(0), 5)
@@ -491,8 +491,12 @@ def test_mlp_ablation_control_is_matched(toy, rows):
     assert mechanism.matched_draws(L, H, [], list(range(L)), random.Random(0), 5) is None
     test = mechanism._test(toy, rows["size"], 8, 0, [(0, 0)], [1])
     assert test["matched_control"] and test["random_others"]["mlps"] == 1 and test["random_others"]["heads"] == 1
+    assert test["random_others"]["distinct_sets"] == (L * H - 1) * (L - 1)
     none = mechanism._test(toy, rows["size"], 8, 0, [], list(range(L)))
     assert none["random_others"] is None and not none["matched_control"] and not carries(none)
+    assert not lowers_logit_diff(none)
+    drop = {"named": {"logit_diff_change_ci95": [-3.5, -2.6]}, "random_others": {"logit_diff_change_mean_ci95": [-0.8, -0.4]}}
+    assert lowers_logit_diff(drop) and not lowers_logit_diff({**drop, "random_others": {"logit_diff_change_mean_ci95": [-3.0, -0.4]}})
 
 
 def test_ablation_reports_the_paired_logit_difference_change(toy, rows):

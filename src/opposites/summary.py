@@ -131,11 +131,20 @@ def carries(ablation: dict | None, margin: float = 0.2) -> bool:
     return named["accuracy"] + margin <= other["accuracy_min"] and named["accuracy_ci95"][1] < other["accuracy_mean_ci95"][0]
 
 
+def lowers_logit_diff(ablation: dict | None) -> bool:
+    """Ablating the named set lowers the logit difference more than the matched random sets do:
+    its change's interval lies wholly below theirs (never without a matched control)."""
+    if not ablation or not ablation.get("random_others"):
+        return False
+    return ablation["named"]["logit_diff_change_ci95"][1] < ablation["random_others"]["logit_diff_change_mean_ci95"][0]
+
+
 def mechanism_facts(data: dict, task: str) -> dict:
     movers = data["movers"][task]
     mapping = data.get("mapping", {}).get(task)
     return {"movers": movers, "movers_carry": carries(movers["ablation"]), "mapping": mapping,
             "mappers_carry": carries(mapping["ablation"]) if mapping else False,
+            "mappers_lower_ld": lowers_logit_diff(mapping["ablation"]) if mapping else False,
             "interchange": interchange_facts(data, task)}
 
 

@@ -14,6 +14,7 @@ control and the result says so."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import torch
@@ -142,7 +143,8 @@ def _test(model, rows, batch_size, seed, heads, mlps=()) -> dict:
         return {"named": named, "random_others": None, "matched_control": False}
     control = {**_draws_summary(torch.stack([ablate(hs, ms, "mean") for hs, ms in draws]), clean, seed, clusters),
                "resample": _draws_summary(torch.stack([ablate(hs, ms, "resample") for hs, ms in draws]), clean, seed, clusters),
-               "heads": len(heads), "mlps": len(mlps), "size": len(heads) + len(mlps), "draws": N_CONTROL_DRAWS}
+               "heads": len(heads), "mlps": len(mlps), "size": len(heads) + len(mlps), "draws": N_CONTROL_DRAWS,
+               "distinct_sets": math.comb(L * H - len(heads), len(heads)) * math.comb(L - len(mlps), len(mlps))}
     return {"named": named, "random_others": control, "matched_control": True}
 
 
