@@ -22,6 +22,9 @@ def similarity(data: dict, tasks: list[str]):
             vals = [df[(df.space == s) & (df.layer == l) & (df.relation == rel)].cosine.to_numpy() for s, l, _ in spaces]
             pos = np.arange(len(spaces)) + (j - 1) * 0.27
             keep = [i for i, v in enumerate(vals) if len(v)]
+            if not keep:  # no pair of this relation whose words the model knows: not measurable
+                ax.plot([], [], color=RELATION_COLORS[rel], lw=6, label=f"{rel}: not measurable")
+                continue
             bp = ax.boxplot([vals[i] for i in keep], positions=pos[keep], widths=0.22, patch_artist=True,
                             showfliers=False, manage_ticks=False)
             for box in bp["boxes"]:
