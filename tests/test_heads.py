@@ -231,20 +231,45 @@ def test_answer_minus_wrong_contributions_equal_head_dla(toy, rows):
     assert hl[hl["head"] >= 0].value.abs().max() > 1e-4  # not trivially zero
 
 
-def test_components_are_classified_by_their_intervals():
+def test_components_are_classified_by_the_paired_difference():
+    """Classes follow the paired difference answer - repeated and its interval, not the two point
+    estimates: "pair" raises both (3.0 and 2.9, each interval above 0) with a difference whose
+    interval holds 0; the old rule (answer's interval above 0 and answer > repeated) called it
+    opposite-mapping. "both" raises both with a difference clearly above 0: opposite-mapping."""
     import pandas as pd
 
     from opposites.derived import classify_components
 
-    def rows(comp, ans, wrong):
-        return [{"component": comp, "layer": 0, "head": 0, "target": t, "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1}
-                for t, v in (("answer", ans), ("wrong", wrong))]
+    def rows(comp, ans, wrong, diff, half=0.1):
+        return [{"component": comp, "layer": 0, "head": 0, "target": t, "value": v, "ci_low": v - half, "ci_high": v + half}
+                for t, v in (("answer", ans), ("wrong", wrong), ("difference", diff))]
 
-    df = pd.DataFrame(rows("copy", 0.2, 1.0) + rows("supp", 0.0, -1.0) + rows("opp", 1.0, 0.0) + rows("none", 0.05, 0.05)
-                      + rows("both", 11.0, 8.0))  # raises both, the answer more: it maps toward the opposite
+    df = pd.DataFrame(rows("copy", 0.2, 1.0, -0.8) + rows("supp", 0.0, -1.0, 1.0) + rows("opp", 1.0, 0.0, 1.0)
+                      + rows("none", 0.05, 0.05, 0.0) + rows("both", 11.0, 8.0, 3.0) + rows("pair", 3.0, 2.9, 0.1)
+                      + rows("low", -2.0, -2.1, 0.1))
     got = dict(zip(*classify_components(df)[["component", "cls"]].T.values))
     assert got == {"copy": "copy-like", "supp": "copy-suppressing", "opp": "opposite-mapping", "none": "none",
-                   "both": "opposite-mapping"}
+                   "both": "opposite-mapping", "pair": "pair", "low": "pair"}
+
+
+def test_head_logits_difference_and_pair_direction(toy, rows):
+    """head_logits' difference is answer - repeated paired by prompt (mean of differences = difference
+    of means; its interval holds it); the pair direction's r is Pearson's r across components of the
+    two mean contributions up to its bootstrap bias correction, inside its own interval."""
+    import numpy as np
+
+    from opposites.analyses import opposite
+
+    r = rows["size"]
+    hl = opposite.head_logits(toy, r, 4, seed=0).pivot_table(index="component", columns="target", values="value")
+    assert ((hl.answer - hl.wrong) - hl.difference).abs().max() < 1e-9
+    full = opposite.head_logits(toy, r, 4, seed=0)
+    d = full[full.target == "difference"]
+    assert ((d.ci_low <= d.value + 1e-12) & (d.value <= d.ci_high + 1e-12)).all()
+    pair = opposite.pair_direction(toy, r, 4, seed=0)
+    plain = np.corrcoef(hl.answer, hl.wrong)[0, 1]
+    assert pair["r_ci95"][0] <= pair["r"] <= pair["r_ci95"][1]
+    assert abs(pair["r"] - plain) < 0.25 and pair["n_components"] == len(hl)
 
 
 def test_control_corruption_keeps_everything_but_adj1(tokenizer, rows):
@@ -379,30 +404,99 @@ def test_subject_space_finds_a_head_planted_inside_it(toy, rows, monkeypatch):
     assert [x["space"] for x in res["similarity"]] == ["embed"] + ["resid"] * toy.cfg.n_layers
 
 
+def _hooked_ablation(toy, r, heads_, mlps, sources):
+    """TransformerLens reference: each prompt's z of the given heads and the given MLP layers'
+    outputs replaced by the mean of the clean activations of the prompts in sources[i] (batch order),
+    one full forward per prompt with hooks; (prompt,) logit difference."""
+    from opposites.core import batches, logit_diff
+
+    one = [b for b in batches(toy, r, 1)]  # batch order, one prompt each
+    caches = [toy.run_with_cache(b.clean)[1] for b in one]
+    out = []
+    for i, b in enumerate(one):
+        src = sources[i]
+        mean = lambda name: torch.stack([caches[j][name][0] for j in src]).mean(0)  # noqa: E731
+
+        def set_z(z, hook, layer):
+            for l, h in heads_:
+                if l == layer:
+                    z[0, :, h] = mean(f"blocks.{l}.attn.hook_z")[:, h]
+            return z
+
+        hooks = [(f"blocks.{l}.attn.hook_z", lambda z, hook, l=l: set_z(z, hook, l)) for l in {l for l, _ in heads_}]
+        hooks += [(f"blocks.{l}.hook_mlp_out", lambda o, hook, l=l: mean(f"blocks.{l}.hook_mlp_out")[None]) for l in mlps]
+        out.append(logit_diff(toy.run_with_hooks(b.clean, fwd_hooks=hooks), b))
+    return torch.cat(out).double()
+
+
 def test_mean_ablation_matches_transformerlens_hooks(toy, rows):
     """The movers' and mappers' ablation test (mechanism.ablated_logit_diff, on the patching engine,
     from the clean run at the first ablated layer) against TransformerLens's own forward with hooks
-    that mean-ablate the same heads' z and MLP outputs, on the toy model (non-default LayerNorms
-    and biases, several prompt lengths)."""
+    that replace the same heads' z and MLP outputs by their clean mean over the prompts of the same
+    template and length, and by a random other such prompt's (resample), on the toy model
+    (non-default LayerNorms and biases, several prompt lengths)."""
     from opposites.analyses import mechanism
-    from opposites.core import batches, logit_diff
 
     r = rows["size"]
     L = toy.cfg.n_layers
     clean = mechanism.ablated_logit_diff(toy, r, 8, [])
     for heads_, mlps in [([], []), ([(0, 1)], []), ([(1, 0), (1, 2), (L - 1, 3)], [L - 1]), ([(2, 1)], [0, 2])]:
-        def mean_z(z, hook, layer):
-            for l, h in heads_:
-                if l == layer:
-                    z[:, :, h] = z[:, :, h].mean(0, keepdim=True)
-            return z
+        for how in ("mean", "resample"):
+            ref = _hooked_ablation(toy, r, heads_, mlps, mechanism.ablation_sources(r, how, seed=3))
+            ours = mechanism.ablated_logit_diff(toy, r, 8, heads_, mlps, how, seed=3)
+            torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0, msg=lambda m: f"{how} {heads_}, {mlps}: {m}")
+            assert not heads_ or (ours - clean).abs().max() > 1e-4  # each ablation changes more than the tolerance
 
-        hooks = [(f"blocks.{l}.attn.hook_z", lambda z, hook, l=l: mean_z(z, hook, l)) for l in {l for l, _ in heads_}]
-        hooks += [(f"blocks.{l}.hook_mlp_out", lambda out, hook: out.mean(0, keepdim=True).expand_as(out)) for l in mlps]
-        ref = torch.cat([logit_diff(toy.run_with_hooks(b.clean, fwd_hooks=hooks), b) for b in batches(toy, r, 8)])
-        ours = mechanism.ablated_logit_diff(toy, r, 8, heads_, mlps)
-        torch.testing.assert_close(ours, ref.double(), atol=1e-5, rtol=0, msg=lambda m: f"{heads_}, {mlps}: {m}")
-        assert not heads_ or (ours - clean).abs().max() > 1e-4  # each ablation changes more than the tolerance
+
+def test_mean_ablation_is_per_template_not_per_batch(toy, tokenizer):
+    """Prompts of two templates with equal length share a batch; mean ablation takes each
+    template's own mean, so an MLP layer's output is replaced by a different mean than the batch's
+    (the old behaviour: a mean over the batch, mixing templates), and the logit differences differ
+    from the batch-mean ablation by far more than the engine's tolerance. Resample ablation draws
+    another prompt of the same template, never the prompt itself, and is seeded."""
+    from opposites.analyses import mechanism
+    from opposites.core import batch_order, batches, logit_diff
+    from opposites.prompts import make_prompts
+
+    r = make_prompts("size", tokenizer, 40, seed=0, min_prompts=4)[0]
+    groups = mechanism.ablation_groups(r)
+    ordered = batch_order(r)
+    mixed = [length for length in {g[1] for g in groups}
+             if len({o["template"] for o in ordered if o["positions"]["END"] == length}) > 1]
+    assert mixed, "no length shared by two templates: the test needs a mixed batch"
+    for i, g in enumerate(groups):
+        assert g[0] is None or g == (ordered[i]["template"], ordered[i]["positions"]["END"])
+    ours = mechanism.ablated_logit_diff(toy, r, 64, [], [0, 1])
+    batch_mean = [(f"blocks.{l}.hook_mlp_out", lambda o, hook: o.mean(0, keepdim=True).expand_as(o)) for l in (0, 1)]
+    old = torch.cat([logit_diff(toy.run_with_hooks(b.clean, fwd_hooks=batch_mean), b) for b in batches(toy, r, 64)]).double()
+    assert (ours - old).abs().max() > 1e-3  # the old, mixed-template mean gives other numbers
+    src = mechanism.ablation_sources(r, "resample", seed=0)
+    assert src == mechanism.ablation_sources(r, "resample", seed=0)
+    assert all(s[0] != i and groups[s[0]] == groups[i] for i, s in enumerate(src) if groups.count(groups[i]) > 1)
+
+
+def test_mlp_ablation_control_is_matched(toy, rows):
+    """An ablation naming MLP layers is controlled by as many random other MLP layers (and as many
+    other heads), never by heads alone; with every MLP layer named there is no matched control and
+    the set is never said to carry the task."""
+    import random
+
+    from opposites.analyses import mechanism
+    from opposites.summary import carries, lowers_logit_diff
+
+    L, H = toy.cfg.n_layers, toy.cfg.n_heads
+    draws = mechanism.matched_draws(L, H, [(0, 0)], [1], random.Random(0), 5)
+    for hs, ms in draws:
+        assert len(hs) == 1 and hs[0] != (0, 0) and len(ms) == 1 and ms[0] != 1
+    assert mechanism.matched_draws(L, H, [], list(range(L)), random.Random(0), 5) is None
+    test = mechanism._test(toy, rows["size"], 8, 0, [(0, 0)], [1])
+    assert test["matched_control"] and test["random_others"]["mlps"] == 1 and test["random_others"]["heads"] == 1
+    assert test["random_others"]["distinct_sets"] == (L * H - 1) * (L - 1)
+    none = mechanism._test(toy, rows["size"], 8, 0, [], list(range(L)))
+    assert none["random_others"] is None and not none["matched_control"] and not carries(none)
+    assert not lowers_logit_diff(none)
+    drop = {"named": {"logit_diff_change_ci95": [-3.5, -2.6]}, "random_others": {"logit_diff_change_mean_ci95": [-0.8, -0.4]}}
+    assert lowers_logit_diff(drop) and not lowers_logit_diff({**drop, "random_others": {"logit_diff_change_mean_ci95": [-3.0, -0.4]}})
 
 
 def test_ablation_reports_the_paired_logit_difference_change(toy, rows):

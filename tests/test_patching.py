@@ -258,19 +258,28 @@ def test_role_patching_runs_only_from_each_roles_first_position(toy64, rows):
     assert w.flops[0] == pytest.approx(minimum, rel=1e-9)
 
 
-def test_followup_selection_follows_lens_steps_and_dla():
+def test_followup_selection_follows_direct_contributions_and_dla():
+    """Layers are chosen by direct contribution, not by the lens's steps: here the largest step
+    (MLP 0, 2.0) writes little directly (0.3) and attention 1 writes most (-1.5, step -1.1); both
+    numbers are kept, and the steps' own choice is listed beside."""
     import pandas as pd
 
-    from opposites.analyses.patch_followup import lens_steps, select
+    from opposites.analyses.patch_followup import select
+    from opposites.derived import lens_steps
 
     lens = pd.DataFrame({"kind": "accumulated", "label": ["resid_pre", "resid_mid", "resid_pre", "resid_mid", "resid_post"],
-                         "layer": [0, 0, 1, 1, 1], "value": [0.0, 0.1, 2.1, 1.0, 1.2]})
+                         "layer": [0, 0, 1, 1, 1], "value": [0.0, 0.1, 2.1, 1.0, 1.2], "ci_low": 0.0, "ci_high": 0.0})
+    direct = pd.DataFrame({"kind": "decomposed", "label": ["attn", "mlp", "attn", "mlp"], "layer": [0, 0, 1, 1],
+                           "value": [0.2, 0.3, -1.5, 0.9], "ci_low": [0.1, 0.2, -1.9, 0.5], "ci_high": [0.3, 0.4, -1.1, 1.3]})
+    lens = pd.concat([lens, direct], ignore_index=True)
     steps = lens_steps(lens)
     assert steps.to_dict("list") == {"layer": [0, 0, 1, 1], "component": ["attn", "mlp", "attn", "mlp"],
                                      "step": pytest.approx([0.1, 2.0, -1.1, 0.2])}
     dla = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "value": [0.1, -3.0, 2.0, 0.5]})
     chosen = select(lens, dla, k_layers=2, k_heads=2)
-    assert [(s["component"], s["layer"]) for s in chosen["layers"]] == [("mlp", 0), ("attn", 1)]
+    assert [(s["component"], s["layer"]) for s in chosen["layers"]] == [("attn", 1), ("mlp", 1)]
+    assert chosen["layers"][0]["step"] == pytest.approx(-1.1) and chosen["layers"][0]["direct_ci95"] == [-1.9, -1.1]
+    assert [(s["component"], s["layer"]) for s in chosen["layers_by_step"]] == [("mlp", 0), ("attn", 1)]
     assert [h["label"] for h in chosen["heads"]] == ["0.1", "1.0"]
 
 
@@ -449,3 +458,24 @@ def test_congruence_patching_is_not_measurable_without_a_positive_pull(pull, exp
            "pull": {"value": sum(pull) / 2, "ci95": pull}, "patch": patch}
     row = next(line for line in congruence({"congruence": {"size": res}}, ["size"]).splitlines() if line.startswith("size"))
     assert row.count(expected) == 2
+
+
+def test_headline_patching_in_both_directions(toy64, rows):
+    """patch_directions reports the residual stream and every head's output both ways, as the share
+    of the clean-minus-corrupted difference moved: denoising equals patch_resid's metric, noising is
+    1 - the noising metric; before layer 0 at the only changed position (ADJ1), patching makes the
+    run the other prompt, so both directions move all of it (1); and the two directions differ
+    somewhere (noising is not denoising relabelled)."""
+    from opposites.analyses import patching as analyses
+
+    r = rows["size"]
+    both = analyses.patch_directions(toy64, r, 16, "denoising", seed=0)
+    resid = both[both.kind == "resid"].set_index(["direction", "layer", "role"])
+    for way in ("denoising", "noising"):
+        ref = analyses.patch_resid(toy64, r, 16, way, 0).set_index(["layer", "role"]).value
+        expect = ref if way == "denoising" else 1 - ref
+        pd.testing.assert_series_equal(resid.loc[way].value, expect, check_names=False, atol=1e-12)
+        assert resid.loc[(way, 0, "ADJ1"), "value"] == pytest.approx(1.0, abs=1e-6)
+    assert ((both.ci_low <= both.value + 1e-12) & (both.value <= both.ci_high + 1e-12)).all()
+    z = both[both.kind == "z"].set_index(["direction", "layer", "head"]).value
+    assert (z.loc["denoising"] - z.loc["noising"]).abs().max() > 1e-3

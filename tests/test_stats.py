@@ -151,3 +151,20 @@ def test_p_value_is_the_t_test_from_the_bootstrap_spread():
     assert t_two_sided(torch.tensor([2.0, 3.5]), 23).tolist() == pytest.approx([0.0574, 0.00192], rel=0.01)
     assert t_two_sided(torch.tensor([1.0]), 1).item() == pytest.approx(0.5)  # Cauchy: P(|T| > 1)
     assert est.p_value.tolist() == pytest.approx(t_two_sided(t, 23).tolist(), rel=0.15)
+
+
+def test_pearson_ci_finds_a_planted_correlation():
+    """pearson_ci across items of noisy per-prompt scores: b = 2a + noise has r near 1; for an
+    independent b, r is the items' own correlation of means (the interval is over prompts, not
+    items); each estimate lies in its interval."""
+    from opposites.stats import pearson_ci
+
+    g = torch.Generator().manual_seed(0)
+    items, prompts = 30, 40
+    a = torch.randn(items, 1, generator=g) + 0.3 * torch.randn(items, prompts, generator=g)
+    tied = 2 * a + 0.3 * torch.randn(items, prompts, generator=g)
+    free = torch.randn(items, 1, generator=g) + 0.3 * torch.randn(items, prompts, generator=g)
+    hi, lo = pearson_ci(a, tied, seed=0), pearson_ci(a, free, seed=0)
+    assert hi.ci_low <= hi.value <= hi.ci_high and lo.ci_low <= lo.value <= lo.ci_high
+    assert hi.value > 0.9 and hi.ci_low > 0.5
+    assert lo.value == pytest.approx(pearson(a.mean(1), free.mean(1)).item(), abs=0.05) and abs(lo.value) < 0.5

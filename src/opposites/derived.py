@@ -84,6 +84,29 @@ def accumulated_lens(lens: pd.DataFrame) -> pd.DataFrame:
     return acc.assign(x=lens_x(acc)).sort_values("x", kind="stable").reset_index(drop=True)
 
 
+def lens_steps(lens: pd.DataFrame) -> pd.DataFrame:
+    """Each step of the accumulated lens (the change between consecutive readings), attributed to
+    the layer component that makes it. A step re-normalises at every reading, so it mixes the
+    change of the LayerNorm scale with what the layer writes."""
+    acc = accumulated_lens(lens)
+    steps = []
+    for prev, cur in zip(acc.itertuples(), acc.iloc[1:].itertuples()):
+        component = "attn" if prev.label == "resid_pre" else "mlp"
+        steps.append({"layer": int(prev.layer), "component": component, "step": float(cur.value - prev.value)})
+    return pd.DataFrame(steps)
+
+
+def layer_contributions(lens: pd.DataFrame) -> pd.DataFrame:
+    """Each layer component's direct contribution to the logit difference (the decomposed lens,
+    through the run's final LayerNorm scale) with its interval and its lens step beside it:
+    layer, component (attn | mlp), direct, ci_low, ci_high, step."""
+    dec = lens[(lens.kind == "decomposed") & lens.label.isin(["attn", "mlp"])]
+    direct = pd.DataFrame({"layer": dec.layer.astype(int), "component": dec.label, "direct": dec.value,
+                           "ci_low": dec.ci_low, "ci_high": dec.ci_high})
+    return direct.merge(lens_steps(lens), on=["layer", "component"], how="left").sort_values(
+        ["layer", "component"], kind="stable").reset_index(drop=True)
+
+
 # ---- heads ---------------------------------------------------------------------------------------
 
 def top_abs_heads(df: pd.DataFrame, k: int) -> list[tuple[int, int]]:
@@ -135,18 +158,60 @@ def ioi_head_classes() -> dict[str, list[str]]:
 
 
 def classify_components(head_logits: pd.DataFrame) -> pd.DataFrame:
-    """One row per component with its answer and wrong contributions and a class, decided by which
-    95% intervals exclude 0: copy-like (raises the repeated word, more than the answer),
-    opposite-mapping (raises the answer, more than the repeated word), copy-suppressing (lowers the
-    repeated word without raising the answer), or none."""
+    """One row per component with its answer, wrong and paired difference (answer - wrong)
+    contributions and a class, decided by which 95% intervals exclude 0, the paired difference's
+    first (answer and repeated-word contributions share one direction, so the point estimates
+    alone cannot tell them apart): opposite-mapping (raises the answer, and more than the repeated
+    word), copy-like (raises the repeated word, and more than the answer), copy-suppressing (lowers
+    the repeated word, more than the answer), pair (raises or lowers both alike: the difference's
+    interval holds 0), or none."""
     wide = head_logits.pivot_table(index=["component", "layer", "head"], columns="target",
                                    values=["value", "ci_low", "ci_high"]).reset_index()
     wide.columns = ["_".join(c).strip("_") for c in wide.columns]
     up = lambda t: wide[f"ci_low_{t}"] > 0  # noqa: E731
     down = lambda t: wide[f"ci_high_{t}"] < 0  # noqa: E731
-    cls = np.select([up("wrong") & (wide.value_wrong > wide.value_answer), up("answer") & (wide.value_answer > wide.value_wrong),
-                     down("wrong")], ["copy-like", "opposite-mapping", "copy-suppressing"], "none")
-    return wide.assign(cls=cls).rename(columns={"value_answer": "answer", "value_wrong": "wrong"})
+    alike = ~up("difference") & ~down("difference") & ((up("answer") & up("wrong")) | (down("answer") & down("wrong")))
+    cls = np.select([up("difference") & up("answer"), down("difference") & up("wrong"),
+                     up("difference") & down("wrong"), alike],
+                    ["opposite-mapping", "copy-like", "copy-suppressing", "pair"], "none")
+    return wide.assign(cls=cls).rename(columns={"value_answer": "answer", "value_wrong": "wrong",
+                                                "value_difference": "difference"})
+
+
+PAIR_RESAMPLES = 2000  # bootstrap resamples over word pairs (similarity intervals)
+
+
+def pair_bootstrap(a: np.ndarray, b: np.ndarray | None = None, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of a (or mean of a - mean of b, the two resampled independently) over word pairs with
+    its 95% percentile interval over PAIR_RESAMPLES seeded bootstrap resamples of the pairs."""
+    rng = np.random.default_rng(seed)
+    draw = lambda x: x[rng.integers(len(x), size=(PAIR_RESAMPLES, len(x)))].mean(1)  # noqa: E731
+    value, resampled = a.mean(), draw(a)
+    if b is not None:
+        value, resampled = value - b.mean(), resampled - draw(b)
+    low, high = np.quantile(resampled, [0.025, 0.975])
+    return float(value), float(min(low, value)), float(max(high, value))
+
+
+def relation_similarity(sim: pd.DataFrame, space: str, layer: int) -> dict:
+    """Per relation (opposite, synonym, random), the mean cosine over the word pairs whose words
+    the model knows (in_distribution) in one space, with its 95% bootstrap interval over pairs, n
+    and how many pairs were left out; and opposite - random with its interval. A relation with no
+    pair left is None (not measurable on this model)."""
+    part = sim[(sim.space == space) & (sim.layer == layer)]
+    known = part[part.in_distribution] if "in_distribution" in part else part
+    out = {}
+    for relation in ("opposite", "synonym", "random"):
+        x = known[known.relation == relation].cosine.to_numpy()
+        total = int((part.relation == relation).sum())
+        out[relation] = None if not len(x) else dict(zip(("value", "low", "high"), pair_bootstrap(x)))
+        out[f"{relation}_n"], out[f"{relation}_left_out"] = len(x), total - len(x)
+    if out["opposite"] and out["random"]:
+        opp, rand = (known[known.relation == r].cosine.to_numpy() for r in ("opposite", "random"))
+        out["opposite_minus_random"] = dict(zip(("value", "low", "high"), pair_bootstrap(opp, rand)))
+    else:
+        out["opposite_minus_random"] = None
+    return out
 
 
 # ---- tasks ---------------------------------------------------------------------------------------

@@ -197,6 +197,16 @@ def bias_corrected(value: Tensor, resampled: Tensor, low: float = -1.0, high: fl
     return Estimate(clip(value - b), clip(q_low), clip(q_high), resampled.shape[-1])
 
 
+def pearson_ci(a: Tensor, b: Tensor, seed: int, clusters=None, n_resamples: int = N_RESAMPLES) -> Estimate:
+    """Pearson's r across items of the prompt means of two scores a, b (item, prompt), bias-corrected
+    with its 95% interval over bootstrap resamples of the prompts' clusters (as spearman_ci)."""
+    a, b = a.double(), b.double()
+    W = resample_weights(a.shape[1], seed, n_resamples, a.device, clusters)  # (prompt, resample)
+    est = bias_corrected(pearson(a.mean(1), b.mean(1)), pearson(a @ W, b @ W))
+    est.n = a.shape[1]
+    return est
+
+
 def spearman_ci(a: Tensor, b: Tensor, seed: int, clusters=None, n_resamples: int = N_RESAMPLES) -> Estimate:
     """Spearman's rho across items of the prompt means of two scores a, b (item, prompt), ties
     sharing average ranks, bias-corrected with its 95% interval (bias_corrected) over bootstrap

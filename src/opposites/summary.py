@@ -7,12 +7,13 @@ from itertools import combinations
 import pandas as pd
 
 from opposites.derived import (accumulated_lens, classify_components, ioi_head_classes,
-                               head_label, head_routes, opposite_tasks, signed_top_heads, top_abs_heads)
+                               head_label, head_routes, layer_contributions, opposite_tasks, relation_similarity,
+                               signed_top_heads, top_abs_heads)
 from opposites.nodes import head_nodes
 from opposites.overlap import compare, gpt2_classes, graph_of
 
 
-CLASSES = ("opposite-mapping", "copy-like", "copy-suppressing")
+CLASSES = ("opposite-mapping", "copy-like", "copy-suppressing", "pair")
 
 
 def lens_facts(lens: pd.DataFrame) -> dict:
@@ -22,7 +23,14 @@ def lens_facts(lens: pd.DataFrame) -> dict:
     dec = lens[lens.kind == "decomposed"]
     attn, mlp = dec[dec.label == "attn"], dec[dec.label == "mlp"]
     first = half.iloc[0] if len(half) else None
+    layers = layer_contributions(lens)
+    step = layers.loc[layers.step.abs().idxmax()]
+    direct = layers.loc[layers.direct.abs().idxmax()]
     return {
+        "largest_step": {"layer": int(step.layer), "component": str(step.component), "step": float(step.step),
+                         "direct": float(step.direct), "ci95": [float(step.ci_low), float(step.ci_high)]},
+        "largest_direct": {"layer": int(direct.layer), "component": str(direct.component), "step": float(direct.step),
+                           "direct": float(direct.direct), "ci95": [float(direct.ci_low), float(direct.ci_high)]},
         "final": final,
         "half_layer": None if first is None else int(first.layer),
         "half_label": None if first is None else str(first.label),
@@ -55,7 +63,21 @@ def patch_facts(data: dict, task: str) -> dict:
         "top_head_ci": [float(top.ci_low), float(top.ci_high)],
         "resid_first": peak(first).to_dict(), "resid_last": peak(last).to_dict(),
         "n": int(resid.n.iloc[0]), "normaliser_ok": bool(resid.normaliser_ok.iloc[0]),
+        "directions": both_directions(data, task, peak(first), peak(last), top) if "patch_directions" in data else None,
     }
+
+
+def both_directions(data: dict, task: str, first, last, head) -> dict:
+    """The headline cells (the residual stream's peaks before the first and the last layer, the top
+    head) in both patching directions: {cell: {direction: (value, low, high, excludes 0)}}, as the
+    share of the clean-minus-corrupted difference restored (denoising) or destroyed (noising)."""
+    both = data["patch_directions"][task]
+    cells = {"resid_first": (both.kind == "resid") & (both.layer == first.layer) & (both.role == first.role),
+             "resid_last": (both.kind == "resid") & (both.layer == last.layer) & (both.role == last.role),
+             "top_head": (both.kind == "z") & (both.layer == head.layer) & (both["head"] == head["head"])}
+    return {name: {r.direction: {"value": float(r.value), "ci95": [float(r.ci_low), float(r.ci_high)],
+                                 "excludes_zero": bool(r.ci_low > 0 or r.ci_high < 0)}
+                   for r in both[mask].itertuples()} for name, mask in cells.items()}
 
 
 def head_facts(data: dict, task: str) -> dict:
@@ -71,6 +93,8 @@ def head_facts(data: dict, task: str) -> dict:
         facts["similarity"] = {
             space: sim[(sim.space == space) & ((sim.layer == last) if space == "resid" else True)]
             .groupby("relation").cosine.mean().to_dict() for space in ("embed", "unembed", "resid")}
+        facts["similarity_ci"] = {space: relation_similarity(sim, space, layer)
+                                  for space, layer in (("embed", -1), ("unembed", -1), ("resid", last))}
     return facts
 
 
@@ -98,11 +122,20 @@ def summarize(data: dict, tasks: list[str], k: int = 5) -> dict:
 
 def carries(ablation: dict | None, margin: float = 0.2) -> bool:
     """A named set carries the task when ablating it leaves accuracy below every random set of the
-    same size by at least `margin`, and its interval lies wholly below the random sets' interval."""
-    if not ablation:
+    same size by at least `margin`, and its interval lies wholly below the random sets' interval;
+    never without a matched control (as many other heads and MLP layers)."""
+    if not ablation or not ablation.get("random_others"):
         return False
     named, other = ablation["named"], ablation["random_others"]
     return named["accuracy"] + margin <= other["accuracy_min"] and named["accuracy_ci95"][1] < other["accuracy_mean_ci95"][0]
+
+
+def lowers_logit_diff(ablation: dict | None) -> bool:
+    """Ablating the named set lowers the logit difference more than the matched random sets do:
+    its change's interval lies wholly below theirs (never without a matched control)."""
+    if not ablation or not ablation.get("random_others"):
+        return False
+    return ablation["named"]["logit_diff_change_ci95"][1] < ablation["random_others"]["logit_diff_change_mean_ci95"][0]
 
 
 def mechanism_facts(data: dict, task: str) -> dict:
@@ -110,6 +143,7 @@ def mechanism_facts(data: dict, task: str) -> dict:
     mapping = data.get("mapping", {}).get(task)
     return {"movers": movers, "movers_carry": carries(movers["ablation"]), "mapping": mapping,
             "mappers_carry": carries(mapping["ablation"]) if mapping else False,
+            "mappers_lower_ld": lowers_logit_diff(mapping["ablation"]) if mapping else False,
             "interchange": interchange_facts(data, task)}
 
 

@@ -50,10 +50,13 @@ def followup(data: dict, tasks: list[str]) -> str:
     rows = []
     for task in tasks:
         sel = data["patch_followup"][task]["selection"]
-        layers = ", ".join(f"{s['component']} {s['layer']} ({fmt(s['step'])})" for s in sel["layers"])
+        layer = lambda s: f"{s['component']} {s['layer']} ({fmt_ci(s['direct'], s['direct_ci95'])}; {fmt(s['step'])})"  # noqa: E731
+        layers = ", ".join(layer(s) for s in sel["layers"])
+        by_step = ", ".join(f"{s['component']} {s['layer']}" for s in sel.get("layers_by_step", []))
         heads = ", ".join(f"{h['label']} ({fmt(h['dla'])})" for h in sel["heads"])
-        rows.append([tex_escape(task), layers, heads])
-    return tabular(r"l p{5.5cm} p{5.5cm}", ["task", "layers (logit-lens step)", "heads (DLA)"], rows)
+        rows.append([tex_escape(task), layers, by_step, heads])
+    return tabular(r"l p{5.0cm} p{2.4cm} p{4.0cm}", ["task", "layers (direct contribution; logit-lens step)",
+                                                     "largest steps", "heads (DLA)"], rows)
 
 
 @table
@@ -241,16 +244,28 @@ def component_classes(data: dict, tasks: list[str]) -> str:
     for task in tasks:
         df = classify_components(data["head_logits"][task])
         df = df.assign(size=df.answer.abs() + df.wrong.abs())
-        for cls in ("opposite-mapping", "copy-like", "copy-suppressing"):
+        for cls in ("opposite-mapping", "copy-like", "copy-suppressing", "pair"):
             part = df[df.cls == cls].nlargest(5, "size")
-            cells = ", ".join(f"{tex_escape(r.component)} ({fmt(r.answer)}, {fmt(r.wrong)})" for r in part.itertuples()) or "none"
+            cells = ", ".join(f"{tex_escape(r.component)} ({fmt(r.answer)}, {fmt(r.wrong)}; "
+                              f"{fmt_ci(r.difference, [r.ci_low_difference, r.ci_high_difference])})"
+                              for r in part.itertuples()) or "none"
             rows.append([tex_escape(task), cls, str(int((df.cls == cls).sum())), cells])  # fmt writes LaTeX: not escaped
         c = data["control"][task]
+        if "pair_direction" in c:
+            p = c["pair_direction"]
+            rows.append([tex_escape(task), "pair direction", str(p["n_components"]),
+                         f"$r$(answer, repeated) across components {fmt_ci(p['r'], p['r_ci95'])}"])
+        if c.get("measurable") is False:
+            check = c["unrelated_check"]
+            rows.append([tex_escape(task), "control", str(c["n"]),
+                         f"not measurable: {len(check['out'])} of {len(check['words'])} unrelated adjectives out of "
+                         f"distribution (unembedding norm outside [{fmt(check['fences'][0])}, {fmt(check['fences'][1])}])"])
+            continue
         rows.append([tex_escape(task), "control", str(c["n"]),
                      f"answer vs unrelated: clean {fmt_ci(c['answer_rel_clean'], c['answer_rel_clean_ci95'])}, "
                      f"ADJ1 unrelated {fmt_ci(c['answer_rel_control'], c['answer_rel_control_ci95'])}, "
                      f"drop {fmt_ci(c['answer_rel_drop'], c['answer_rel_drop_ci95'])}"])
-    return tabular(r"l l r p{9.5cm}", ["task", "class", "count", "components (answer, repeated) / control"], rows)
+    return tabular(r"l l r p{9.5cm}", ["task", "class", "count", "components (answer, repeated; answer $-$ repeated) / control"], rows)
 
 
 @table
@@ -267,15 +282,17 @@ def mechanism(data: dict, tasks: list[str]) -> str:
                              else f"{m['component']} (answer {fmt(m['answer'])})" for m in named)
             a = result["ablation"]
             named_, others = a["named"], a["random_others"]
+            ld = lambda r, m="": r"$\Delta$LD " + fmt_ci(r[f"logit_diff_change{m}"], r[f"logit_diff_change{m}_ci95"])  # noqa: E731
+            rs = named_["resample"]
+            control = "no matched control" if not others else (
+                fmt_ci(others["accuracy_mean"], others["accuracy_mean_ci95"]) + f" (min {fmt(others['accuracy_min'])}); "
+                + ld(others, "_mean") + "; resample " + ld(others["resample"], "_mean"))
             rows.append([tex_escape(task), kind, tex_escape(what), fmt(base["accuracy"]),
-                         fmt_ci(named_["accuracy"], named_["accuracy_ci95"]) + r"; $\Delta$LD "
-                         + fmt_ci(named_["logit_diff_change"], named_["logit_diff_change_ci95"]),
-                         fmt_ci(others["accuracy_mean"], others["accuracy_mean_ci95"])
-                         + f" (min {fmt(others['accuracy_min'])})" + r"; $\Delta$LD "
-                         + fmt_ci(others["logit_diff_change_mean"], others["logit_diff_change_mean_ci95"])])
-    return tabular(r"l l p{4.0cm} r p{2.8cm} p{2.8cm}",
-                   ["task", "set", "components", "acc.", "named ablated: acc.; $\\Delta$LD",
-                    "random ablated: acc.; $\\Delta$LD"], rows)
+                         fmt_ci(named_["accuracy"], named_["accuracy_ci95"]) + "; " + ld(named_),
+                         fmt_ci(rs["accuracy"], rs["accuracy_ci95"]) + "; " + ld(rs), control])
+    return tabular(r"l l p{3.2cm} r p{2.5cm} p{2.5cm} p{3.0cm}",
+                   ["task", "set", "components", "acc.", "named, mean-ablated: acc.; $\\Delta$LD",
+                    "named, resample-ablated: acc.; $\\Delta$LD", "matched random: acc.; $\\Delta$LD"], rows)
 
 
 @table

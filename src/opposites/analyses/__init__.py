@@ -55,6 +55,7 @@ ANALYSES: dict[str, Analysis] = {
     "patch_resid": Analysis(target="patching:patch_resid", ext="csv", stage="patching", settings=PATCH),
     "patch_layers": Analysis(target="patching:patch_layers", ext="csv", stage="patching", settings=PATCH),
     "patch_heads": Analysis(target="patching:patch_heads", ext="csv", stage="patching", settings=PATCH),
+    "patch_directions": Analysis(target="patching:patch_directions", ext="csv", stage="patching", settings=PATCH),
     "patch_attribution": Analysis(target="patching:patch_attribution", ext="csv", stage="patching", settings=PATCH),
     "patch_followup": Analysis(target="patch_followup:run", ext="json", stage="patching", settings=PATCH,
                                requires=("logit_lens", "head_dla")),

@@ -7,9 +7,10 @@ import pandas as pd
 import torch
 
 from opposites.core import batches, direction, prompt_clusters
+from opposites.distribution import check_words
 from opposites.prompts import fill, load_spec, make_prompts
 from opposites.stats import mean_ci
-from opposites.words import relation_pairs
+from opposites.words import copy_words, relation_pairs
 
 
 def _cos_dot(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -35,16 +36,18 @@ def similarity(model, rows, batch_size, seed: int) -> pd.DataFrame:
     to W_E in GPT-2, so not an independent view), and the residual stream after every layer at the
     adjective position of the task's first template. Residuals are centred first: the mean over all
     the words compared, at that layer and position, is subtracted, since a component shared by every
-    adjective otherwise puts every pair near cosine 1."""
+    adjective otherwise puts every pair near cosine 1. in_distribution: both words of the pair are
+    words the model knows (distribution.check_words against the task's own words)."""
     spec = load_spec(rows[0]["task"])
     pairs = relation_pairs(rows[0]["task"], seed)
+    words = sorted({w for ps in pairs.values() for p in ps for w in p})
+    known = {r["word"]: r["in_distribution"] for r in check_words(model, words, copy_words(rows[0]["task"]))["words"]}
     out = []
     for relation, ps in pairs.items():
         for a, b in ps:
             ia, ib = model.to_single_token(a), model.to_single_token(b)
             for space, M in (("embed", model.W_E), ("unembed", model.W_U.T)):
                 out.append((space, -1, relation, a.strip(), b.strip(), *_cos_dot(M[ia], M[ib])))
-    words = sorted({w for ps in pairs.values() for p in ps for w in p})
     resid = _adj_residuals(model, spec, words)
     if resid is not None:
         centred = resid - resid.mean(0, keepdim=True)  # (word, layer, d_model)
@@ -54,7 +57,8 @@ def similarity(model, rows, batch_size, seed: int) -> pd.DataFrame:
                 for layer in range(model.cfg.n_layers):
                     ra, rb = centred[index[a], layer], centred[index[b], layer]
                     out.append(("resid", layer, relation, a.strip(), b.strip(), *_cos_dot(ra, rb)))
-    return pd.DataFrame(out, columns=["space", "layer", "relation", "a", "b", "cosine", "dot"])
+    df = pd.DataFrame(out, columns=["space", "layer", "relation", "a", "b", "cosine", "dot"])
+    return df.assign(in_distribution=[known[a] and known[b] for a, b in zip(df.a, df.b)])
 
 
 def neuron_effects(model, rows, batch_size) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,11 +19,13 @@ import random
 import pandas as pd
 import torch
 
-from opposites.core import batches, end_states, ln_final, prompt_clusters
+from opposites.core import batches, end_states, job_memo, ln_final, prompt_clusters
 from opposites.derived import head_label
+from opposites.distribution import check_words
 from opposites.nodes import Node
 from opposites.prompts import fill, load_spec
-from opposites.stats import mean_ci, proportion
+from opposites.stats import mean_ci, pearson_ci, proportion
+from opposites.words import copy_words
 
 
 def unrelated_ids(model, task: str) -> torch.Tensor:
@@ -35,23 +37,48 @@ def _relative(model, token: torch.Tensor, unrelated: torch.Tensor) -> torch.Tens
     return (model.W_U[:, token] - model.W_U[:, unrelated].mean(-1, keepdim=True)).T
 
 
+def component_logits(model, rows: list[dict], batch_size: int) -> dict[str, torch.Tensor]:
+    """Each head's and MLP layer's direct contribution at END to the answer and to the wrong
+    (repeated) logit, relative to the unrelated adjectives: {"answer", "wrong"} -> (component,
+    prompt), components heads (layer-major) then MLP layers; computed once per job."""
+    def make():
+        unrelated = unrelated_ids(model, rows[0]["task"])
+        parts: dict[str, list[torch.Tensor]] = {"answer": [], "wrong": []}
+        for batch, s in end_states(model, rows, batch_size):
+            comps = torch.cat([s.heads.flatten(0, 1), s.mlp])  # (head... then MLP layers, batch, d_model)
+            normed = ln_final(model, comps, s.scale)
+            for target, token in (("answer", batch.answer), ("wrong", batch.wrong)):
+                parts[target].append((normed * _relative(model, token, unrelated)).sum(-1).double().cpu())  # (comp, batch)
+        return {target: torch.cat(chunks, -1) for target, chunks in parts.items()}
+
+    return job_memo(model, "_opposites_component_logits", tuple(r["clean"] for r in rows), make)
+
+
 def head_logits(model, rows: list[dict], batch_size: int, seed: int) -> pd.DataFrame:
-    unrelated = unrelated_ids(model, rows[0]["task"])
-    parts: dict[str, list[torch.Tensor]] = {"answer": [], "wrong": []}
-    for batch, s in end_states(model, rows, batch_size):
-        comps = torch.cat([s.heads.flatten(0, 1), s.mlp])  # (head... then MLP layers, batch, d_model)
-        normed = ln_final(model, comps, s.scale)
-        for target, token in (("answer", batch.answer), ("wrong", batch.wrong)):
-            parts[target].append((normed * _relative(model, token, unrelated)).sum(-1).double().cpu())  # (comp, batch)
+    """Per component and target (answer, wrong, and their paired difference answer - wrong, which
+    the classes are decided on): mean over prompts, 95% cluster-bootstrap interval, n."""
+    logits = component_logits(model, rows, batch_size)
+    logits["difference"] = logits["answer"] - logits["wrong"]  # paired by prompt
     L, H = model.cfg.n_layers, model.cfg.n_heads
     labels = [(l, h, head_label(l, h)) for l in range(L) for h in range(H)] + [(l, -1, str(Node("mlp", l))) for l in range(L)]
     out = []
-    for target, chunks in parts.items():
-        est = mean_ci(torch.cat(chunks, -1), seed, clusters=prompt_clusters(rows))  # (comp,)
+    for target, x in logits.items():
+        est = mean_ci(x, seed, clusters=prompt_clusters(rows))  # (comp,)
         out.append(pd.DataFrame({"component": [c for *_, c in labels], "layer": [l for l, *_ in labels],
                                  "head": [h for _, h, _ in labels], "target": target, "value": est.value.cpu().numpy(),
                                  "ci_low": est.ci_low.cpu().numpy(), "ci_high": est.ci_high.cpu().numpy(), "n": est.n}))
     return pd.concat(out)
+
+
+def pair_direction(model, rows: list[dict], batch_size: int, seed: int) -> dict:
+    """How far the components share one 'pair' direction: Pearson's r across components between
+    their answer and repeated-word contributions (bias-corrected, 95% cluster-bootstrap interval).
+    Near 1, a component that raises the answer raises the repeated word about as much: the contrast
+    answer - repeated, not either contribution alone, tells the classes apart."""
+    logits = component_logits(model, rows, batch_size)
+    est = pearson_ci(logits["answer"], logits["wrong"], seed, clusters=prompt_clusters(rows))
+    return {"r": est.value.item(), "r_ci95": [est.ci_low.item(), est.ci_high.item()],
+            "n_components": logits["answer"].shape[0], "n": len(rows)}
 
 
 def control_rows(rows: list[dict], tokenizer, seed: int) -> list[dict]:
@@ -95,4 +122,9 @@ def control(model, rows: list[dict], batch_size: int, seed: int) -> dict:
         est = proportion(hits)
         result |= {key: est.value.item(), f"{key}_ci95": [est.ci_low.item(), est.ci_high.item()]}
     result["example"] = ctrl[0]["clean"] if ctrl else None
+    result["pair_direction"] = pair_direction(model, rows, batch_size, seed)
+    # the unrelated adjectives are the reference of every relative logit and the control's words
+    result["unrelated_check"] = check_words(model, [" " + w for w in load_spec(rows[0]["task"])["unrelated"]],
+                                            copy_words(rows[0]["task"]))
+    result["measurable"] = result["unrelated_check"]["all_in"]
     return result

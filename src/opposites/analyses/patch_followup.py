@@ -1,8 +1,10 @@
 """Follow-up patching, chosen automatically from the logit lens and DLA (the researcher's plan:
 "patch the layers that show sharp curve changes in the logit lens, and the heads that have big
 values in head analysis"):
-  * the k_layers sharpest steps of the accumulated logit lens name an attention or MLP layer; an
-    attention layer is patched head by head and role by role, an MLP layer role by role;
+  * the k_layers attention or MLP layers with the largest direct contribution to the logit
+    difference (the sharpest steps of the accumulated logit lens, which re-normalise at every
+    layer, are recorded beside them, not used); an attention layer is patched head by head and
+    role by role, an MLP layer role by role;
   * the k_heads heads with the largest |DLA| are patched role by role, and path-patched into every
     later head's query, key and value inputs (IOI-paper path patching).
 The selection and its reasons are written with the results."""
@@ -14,29 +16,27 @@ import pandas as pd
 from opposites.analyses.patching import dataset_sweep, patch_roles, table
 from opposites.core import prompt_clusters
 from opposites.patching import exact
-from opposites.derived import accumulated_lens, head_label, largest_abs
+from opposites.derived import head_label, largest_abs, layer_contributions
 from opposites.nodes import Node
 
 
-def lens_steps(lens: pd.DataFrame) -> pd.DataFrame:
-    """Each step of the accumulated lens, attributed to the layer component that makes it."""
-    acc = accumulated_lens(lens)
-    steps = []
-    for prev, cur in zip(acc.itertuples(), acc.iloc[1:].itertuples()):
-        component = "attn" if prev.label == "resid_pre" else "mlp"
-        steps.append({"layer": int(prev.layer), "component": component, "step": float(cur.value - prev.value)})
-    return pd.DataFrame(steps)
-
-
 def select(lens: pd.DataFrame, dla: pd.DataFrame, k_layers: int = 2, k_heads: int = 3) -> dict:
-    steps = lens_steps(lens)
-    layers = largest_abs(steps, k_layers, "step")
+    """The k_layers layer components of largest |direct contribution| (not the largest lens steps,
+    which mix the LayerNorm scale into a layer's write; each chosen one carries both, and the
+    components the steps would have chosen are listed beside them), and the k_heads heads of
+    largest |DLA|."""
+    layers = layer_contributions(lens)
+    by_direct, by_step = largest_abs(layers, k_layers, "direct"), largest_abs(layers, k_layers, "step")
+    entry = lambda r: {"layer": int(r.layer), "component": r.component, "direct": float(r.direct),  # noqa: E731
+                       "direct_ci95": [float(r.ci_low), float(r.ci_high)], "step": float(r.step)}
     heads = largest_abs(dla, k_heads)
     return {
-        "layers": [{"layer": int(r.layer), "component": r.component, "step": r.step} for r in layers.itertuples()],
+        "layers": [entry(r) for r in by_direct.itertuples()],
+        "layers_by_step": [entry(r) for r in by_step.itertuples()],
         "heads": [{"layer": int(r.layer), "head": int(r.head), "label": head_label(r.layer, r.head), "dla": r.value}
                   for r in heads.itertuples()],
-        "rule": f"the {k_layers} largest |steps| of the accumulated logit lens; the {k_heads} largest |head DLA|",
+        "rule": f"the {k_layers} largest |direct contributions| of a layer's attention or MLP (not the "
+                f"logit lens's steps); the {k_heads} largest |head DLA|",
     }
 
 

@@ -133,3 +133,28 @@ def patch_attribution(model, rows, batch_size, patch_direction: str, seed: int) 
     s = dataset_sweep(model, rows, batch_size, patch_direction, head_attribution)
     parts = [table(t, s, _heads(model), seed, prompt_clusters(rows)).assign(activation=act) for act, t in s.patched.items()]
     return pd.concat(parts)[["layer", "head", "activation", "value", "ci_low", "ci_high", "p_value", "n", "normaliser_ok"]]
+
+
+def effect(df: pd.DataFrame, direction: str) -> pd.DataFrame:
+    """A table's metric as the share of the clean-minus-corrupted difference that patching moves:
+    denoising, the share restored (the metric itself); noising, the share destroyed (1 - metric,
+    its interval flipped), so both read 0 = no effect, 1 = all of it."""
+    if direction == "denoising":
+        return df
+    return df.assign(value=1 - df.value, ci_low=1 - df.ci_high, ci_high=1 - df.ci_low)
+
+
+def patch_directions(model, rows, batch_size, patch_direction: str, seed: int) -> pd.DataFrame:
+    """The headline patching maps, residual stream by (layer, role) and every head's output, in both
+    directions (denoising: clean into the corrupted run; noising: corrupted into the clean run),
+    each as the share of the difference it moves (`effect`); patch_direction only picks which
+    prepared runs are reused first. Columns: kind (resid | z), layer, role, head, direction, value,
+    ci_low, ci_high, p_value, n, normaliser_ok."""
+    parts = []
+    for direction in sorted(exact.RUNS, key=lambda d: d != patch_direction):
+        resid = patch_resid(model, rows, batch_size, direction, seed).assign(kind="resid", head=-1)
+        z = dataset_sweep(model, rows, batch_size, direction, lambda pair: exact.head_all_pos(pair, "z"))
+        heads = table(z.patched, z, _heads(model), seed, prompt_clusters(rows)).assign(kind="z", role="")
+        parts += [effect(df, direction).assign(direction=direction) for df in (resid, heads)]
+    return pd.concat(parts, ignore_index=True)[["kind", "layer", "role", "head", "direction", "value", "ci_low",
+                                                "ci_high", "p_value", "n", "normaliser_ok"]]

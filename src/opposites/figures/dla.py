@@ -15,7 +15,8 @@ def head_dla(data: dict, tasks: list[str]):
     return task_row(tasks, draw)
 
 
-CLASS_COLORS = {"copy-like": "#1b9e77", "copy-suppressing": "#7570b3", "opposite-mapping": "#d95f02", "none": "0.7"}
+CLASS_COLORS = {"copy-like": "#1b9e77", "copy-suppressing": "#7570b3", "opposite-mapping": "#d95f02", "pair": "#e7298a",
+                "none": "0.7"}
 
 
 @figure

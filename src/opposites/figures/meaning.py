@@ -14,6 +14,7 @@ def similarity(data: dict, tasks: list[str]):
     def draw_row(row, task):
         ax = row[0]
         df = data["similarity"][task]
+        df = df[df.in_distribution] if "in_distribution" in df else df  # pairs of words the model knows
         spaces = [("embed", -1, "W_E"), ("unembed", -1, "W_U")] + \
                  [("resid", l, f"L{l}") for l in sorted(df[df.space == "resid"].layer.unique())]
         rels = list(RELATION_COLORS)
@@ -21,6 +22,9 @@ def similarity(data: dict, tasks: list[str]):
             vals = [df[(df.space == s) & (df.layer == l) & (df.relation == rel)].cosine.to_numpy() for s, l, _ in spaces]
             pos = np.arange(len(spaces)) + (j - 1) * 0.27
             keep = [i for i, v in enumerate(vals) if len(v)]
+            if not keep:  # no pair of this relation whose words the model knows: not measurable
+                ax.plot([], [], color=RELATION_COLORS[rel], lw=6, label=f"{rel}: not measurable")
+                continue
             bp = ax.boxplot([vals[i] for i in keep], positions=pos[keep], widths=0.22, patch_artist=True,
                             showfliers=False, manage_ticks=False)
             for box in bp["boxes"]:

@@ -218,13 +218,13 @@ def full_forward_flops(weights: Weights, length: int, vocab: int) -> float:
     return weights.n_layers * layer_flops(weights, length, length, length) + 2 * length * weights.W_O.shape[-1] * vocab
 
 
-def mean_ablated(weights: Weights, run: dict[str, Tensor], heads: list[tuple[int, int]], mlps: list[int],
-                 direction: Tensor, bias: Tensor) -> Float[Tensor, " batch"]:
-    """Logit difference per prompt with the given heads' z and MLP layers' outputs replaced by their
-    mean over the batch at each position (mean ablation), computed from `run` (full_forward of the
-    same tokens): the layers before the first ablated one are the run's, and the last layer computes
-    the final position only."""
-    layers = {l for l, _ in heads} | set(mlps)
+def ablated(weights: Weights, run: dict[str, Tensor], values: dict[tuple, Tensor],
+            direction: Tensor, bias: Tensor) -> Float[Tensor, " batch"]:
+    """Logit difference per prompt with components' outputs replaced by given activations, computed
+    from `run` (full_forward of the same tokens): values maps ("z", layer, head) to (batch, pos,
+    d_head) and ("mlp", layer) to (batch, pos, d_model). The layers before the first replaced one
+    are the run's, and the last layer computes the final position only."""
+    layers = {key[1] for key in values}
     if not layers:
         return read_logit_diff(weights, run["resid_final"][:, -1], direction, bias)
     first, last = min(layers), weights.n_layers - 1
@@ -233,11 +233,12 @@ def mean_ablated(weights: Weights, run: dict[str, Tensor], heads: list[tuple[int
         h = layer_norm(x, weights.ln1[lay], weights.eps)
         acts = qkv(weights, lay, h, "kv") | qkv(weights, lay, h[:, -1:] if lay == last else h, "q")
         z, _ = attend(weights, acts["q"], acts["k"], acts["v"])  # (batch, pos, head, d_head)
-        for h_ in [h_ for l, h_ in heads if l == lay]:
-            z[:, :, h_] = z[:, :, h_].mean(0, keepdim=True)
+        for key, value in values.items():
+            if key[0] == "z" and key[1] == lay:
+                z[:, :, key[2]] = value[:, -z.shape[1]:]
         x = (x[:, -1:] if lay == last else x) + attn_out(weights, lay, z)
         m = mlp(weights, lay, x)
-        x = x + (m.mean(0, keepdim=True).expand_as(m) if lay in mlps else m)
+        x = x + (values[("mlp", lay)][:, -m.shape[1]:] if ("mlp", lay) in values else m)
     return read_logit_diff(weights, x[:, -1], direction, bias)
 
 
