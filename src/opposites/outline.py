@@ -46,7 +46,7 @@ class Item:
     tasks: tuple[str, ...]
     caption: str
     width: str = "\\linewidth"
-    appendix: bool = False  # shown in the supplementary appendix; its section's text still refers to it
+    appendix: bool | str = False  # True: on the appendix's pages; "report": listed there, drawn in the HTML report
     height: float | None = None  # its largest share of the text height (default FLOAT_HEIGHT's)
 
     @property
@@ -66,6 +66,11 @@ class Item:
     def height_fraction(self) -> float:
         return self.height or FLOAT_HEIGHT["appendix" if self.appendix else "main"]
 
+    @property
+    def in_pdf(self) -> bool:
+        """Drawn on the paper's pages (else listed in its appendix and shown in Snakemake's report)."""
+        return self.appendix != "report"
+
     def path(self, results: str) -> str:
         from opposites import paths
 
@@ -84,7 +89,11 @@ class Section:
 
     @property
     def supplement(self) -> list[Item]:
-        return [i for i in self.items if i.appendix]
+        return [i for i in self.items if i.appendix and i.in_pdf]
+
+    @property
+    def report_only(self) -> list[Item]:
+        return [i for i in self.items if not i.in_pdf]
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,14 @@ class Outline:
 
     def analyses(self) -> set[str]:
         return {a for i in self.items() for a in i.analyses}
+
+
+def _appendix(it: dict, iid: str) -> bool | str:
+    value = it.get("appendix", False)
+    if value not in (True, False, "report"):
+        raise OutlineError(f"outline item {iid!r} has appendix: {value!r}; use true (the appendix's pages), "
+                           "report (listed in the appendix, drawn in Snakemake's report) or leave it out.")
+    return value
 
 
 def load(path: str | Path, tasks: list[str]) -> Outline:
@@ -137,7 +154,7 @@ def load(path: str | Path, tasks: list[str]) -> Outline:
             if not item_tasks:  # none of its analyses applies to a configured task: nothing to show
                 continue
             items.append(Item(iid, kind, s["id"], tuple(it.get("analyses", [])), tuple(item_tasks),
-                              it.get("caption", ""), it.get("width", "\\linewidth"), bool(it.get("appendix", False)),
+                              it.get("caption", ""), it.get("width", "\\linewidth"), _appendix(it, iid),
                               it.get("height")))
         check_latex(s["title"], f"the title of outline section {s['id']!r}")
         sections.append(Section(s["id"], s["title"], tuple(items)))

@@ -45,6 +45,7 @@ def render(section: str, item_id: str, data: dict, tasks: list[str], path: str,
     with plt.rc_context(STYLE):
         fig = plot_function(section, item_id)(data, tasks)
         if box is not None:
+            thin_numeric_ticks(fig)
             problem = layout_problem(fig, box)
             if problem:
                 plt.close(fig)
@@ -68,6 +69,32 @@ def print_scale(fig, box: tuple[float, float]) -> float:
     return min(box[0] / bbox.width, box[1] / bbox.height)
 
 
+def overlapping_xticks(ax, renderer) -> tuple[str, str] | None:
+    """The first two neighbouring x tick labels of `ax` whose boxes overlap, or None."""
+    labels = [t for t in ax.get_xticklabels() if t.get_text().strip() and t.get_visible()]
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    for a, b, box_a, box_b in zip(labels, labels[1:], boxes, boxes[1:]):
+        if box_a.overlaps(box_b):
+            return a.get_text(), b.get_text()
+    return None
+
+
+def thin_numeric_ticks(fig) -> None:
+    """Fewer ticks on a numeric x axis whose labels overlap (their width depends on the data:
+    -0.0015 is wider than 0.5), down to three; labelled categories are left to layout_problem."""
+    from matplotlib.ticker import AutoLocator, MaxNLocator
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        bins = 6
+        while isinstance(ax.xaxis.get_major_locator(), (AutoLocator, MaxNLocator)) and bins >= 2 \
+                and overlapping_xticks(ax, renderer):
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=bins))
+            fig.canvas.draw()
+            bins -= 1
+
+
 def layout_problem(fig, box: tuple[float, float]) -> str | None:
     """A sentence naming the first text that prints below MIN_PRINT_PT, or two x tick labels of one
     axes that overlap; None when the figure is fine."""
@@ -81,10 +108,7 @@ def layout_problem(fig, box: tuple[float, float]) -> str | None:
                     "or its fonts larger, or fewer panels per row.")
     renderer = fig.canvas.get_renderer()
     for ax in fig.axes:
-        labels = [t for t in ax.get_xticklabels() if t.get_text().strip() and t.get_visible()]
-        extents = [t.get_window_extent(renderer) for t in labels]
-        for (a, ea), (b, eb) in zip(zip(labels, extents), zip(labels[1:], extents[1:])):
-            if ea.overlaps(eb):
-                return (f"its x tick labels {a.get_text()!r} and {b.get_text()!r} overlap in the panel "
-                        f"{ax.get_title()!r}: rotate them, use fewer ticks or a wider panel.")
+        if pair := overlapping_xticks(ax, renderer):
+            return (f"its x tick labels {pair[0]!r} and {pair[1]!r} overlap in the panel "
+                    f"{ax.get_title()!r}: rotate them, use fewer ticks or a wider panel.")
     return None

@@ -79,7 +79,6 @@ def patch_path(data: dict, tasks: list[str]):
         ax.invert_yaxis()
         ax.axvline(0, color="k", lw=0.6)
         ax.set(title=task, xlabel="patching metric")
-        ax.xaxis.set_major_locator(plt.MaxNLocator(4))  # wide tick labels (-0.0015) would overlap
 
     return per_task(tasks, draw, height=2.4, max_cols=2)
 
