@@ -10,6 +10,7 @@ from opposites.derived import (accumulated_lens, classify_components, ioi_head_c
                                head_label, head_routes, opposite_tasks, signed_top_heads, top_abs_heads)
 from opposites.nodes import head_nodes
 from opposites.overlap import compare, gpt2_classes, graph_of
+from opposites.sharing import sharing_facts
 
 
 CLASSES = ("opposite-mapping", "copy-like", "copy-suppressing")
@@ -93,8 +94,10 @@ def summarize(data: dict, tasks: list[str], k: int = 5) -> dict:
     pairs = [{"a": a, "b": b, "shared": sorted(sets[a] & sets[b])} for a, b in combinations(tasks, 2)]
     shared_all = sorted(set.intersection(*sets.values())) if sets else []
     best = max(tasks, key=lambda t: per_task[t]["baseline"]["logit_diff_mean"])
+    circuits = circuit_facts(data, tasks)
     return {"tasks": per_task, "k": k, "opposite_tasks": opposite_tasks(tasks), "pairs": pairs,
-            "shared_all": shared_all, "best_task": best, "circuits": circuit_facts(data, tasks)}
+            "shared_all": shared_all, "best_task": best, "circuits": circuits,
+            "sharing": sharing_facts(data, tasks, circuits["compare"]["pairs"])}
 
 
 def carries(ablation: dict | None, margin: float = 0.2) -> bool:
