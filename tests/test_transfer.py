@@ -173,3 +173,54 @@ def test_sharing_is_claimed_only_where_overlap_transfer_and_replication_agree():
     fixed = {**pair, "heads_jaccard_null": [1.0, 1.0, 1.0], "edges_jaccard_null": [0.5, 0.5, 0.5]}
     assert pair_verdicts([fixed], res, shared, replicated)[0]["overlap"] == "not measurable"
     assert np.isfinite(pair["heads_jaccard_percentile"])
+
+
+def test_replication_keeps_only_components_in_every_seed():
+    from opposites.analyses.replication import replication
+
+    def circuit(nodes, n_edges, recovered):
+        return {"nodes": ["embed", *nodes, "logits"], "n_edges": n_edges, "recovered": recovered}
+    rows = [{"task": "size"}]
+    res = replication(None, rows, 1, 0, circuit(["0.0", "0.1", "MLP 0"], 10, 0.8),
+                      {1: circuit(["0.0", "MLP 0"], 6, 0.9), 2: circuit(["0.1", "0.0", "MLP 0", "MLP 1"], 14, 0.85)})
+    assert res["measured"] and res["n_seeds"] == 3 and list(res["seeds"]) == ["0", "1", "2"]
+    assert res["replicated"] == ["0.0", "MLP 0"]  # 0.1 is missing in seed 1
+    assert res["n_edges"] == {"mean": 10.0, "min": 6.0, "max": 14.0}
+    assert res["n_heads"]["max"] == 2 and res["n_heads"]["min"] == 1
+    one = replication(None, rows, 1, 0, circuit(["0.0"], 3, 0.8), {})
+    assert not one["measured"] and one["n_seeds"] == 1  # one model: no seed axis
+
+
+def test_seeds_train_different_models(tokenizer):
+    from opposites import training
+
+    hp = training.hyperparameters({"n_layer": 1, "n_embd": 32, "steps": 2, "batch_size": 8})
+    a, b = (training.build(hp, seed=s).state_dict() for s in (0, 1))
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.workflow
+def test_trained_build_plans_one_model_and_circuits_per_extra_seed(workdir):
+    """model=trained with trained_seeds [0, 1, 2] and seed 0: two more models, each task's circuits
+    on each, one replication job per task reading them; toy has no seed axis."""
+    from conftest import TOY, snakemake
+    from test_workflow import jobs
+
+    planned = jobs(snakemake(workdir, "-n", "paper", "--config", "model=trained", "trained_seeds=[0,1,2]"))
+    assert planned["train_model"] == 1 and planned["train_seed"] == 2 and planned["seed_circuits"] == 2 * 4
+    assert all(planned[f"replication_{t}"] == 1 for t in ("ioi", "size", "antonym", "isa"))
+    toy = jobs(snakemake(workdir, "-n", "paper", *TOY))
+    assert "train_seed" not in toy and "seed_circuits" not in toy and toy["replication_size"] == 1
+
+
+def test_prompt_overlap_names_what_size_and_antonym_share_by_construction(rows):
+    from opposites.prompts import load_spec
+    from opposites.sharing import prompt_overlap
+
+    o = prompt_overlap("size", "antonym", rows)
+    size, antonym = load_spec("size"), load_spec("antonym")
+    assert o["templates"] == sorted(set(size["templates"]) & set(antonym["templates"])) and len(o["templates"]) >= 1
+    assert o["n_templates"] == [len(size["templates"]), len(antonym["templates"])]
+    assert set(o["names"]) == set(size["names"]) & set(antonym["names"])
+    assert o["source_words"] == []  # the two tasks' adjectives are disjoint
+    assert prompt_overlap("ioi", "isa", rows)["templates"] == []

@@ -41,11 +41,11 @@ def pair_transfer(transfer: dict[str, dict], a: str, b: str, shared: list[str]) 
     the within-task and both cross-task IIAs and a verdict; `transfers` when a shared component, or
     the earliest residual point carrying the source word in both tasks, transfers both ways."""
     if a not in transfer or b not in transfer:
-        return {"measurable": False, "reason": "no transfer result"}
+        return {"measurable": False, "transfers": False, "reason": "no transfer result"}
     into_b, into_a = _locations(transfer[b], a), _locations(transfer[a], b)
     if into_b is None or into_a is None:
         entry = next((s for s in transfer[b]["sources"] if s["source"] == a), {})
-        return {"measurable": False, "reason": entry.get("not_measurable", "no pairs")}
+        return {"measurable": False, "transfers": False, "reason": entry.get("not_measurable", "no pairs")}
     within_a, within_b = _locations(transfer[a], a), _locations(transfer[b], b)
     rows = []
     for c in [*shared, *(x for x in into_b if x.startswith("resid"))]:

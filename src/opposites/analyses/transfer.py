@@ -132,7 +132,7 @@ def transfer_into(model, base_rows: list[dict], sources: dict[str, list[dict]], 
         out = {"n_pairs": len(pairs)}
         if not pairs:
             out["not_measurable"] = (f"{src}'s {roles[src]} words have no answer under {task}'s task"
-                                     + ("" if same else f" (a {families[src]} task, {task} a {families[task]} task)"))
+                                     + ("" if same else f" (task families differ: {families[src]}, {families[task]})"))
         else:
             cands = sorted({r["answer"] for r in base} | {r["wrong"] for r in base} | {e for _, _, e in pairs})
             out["locations"] = measure(model, pairs, cands, where, batch_size)
