@@ -201,13 +201,17 @@ def test_seeds_train_different_models(tokenizer):
 
 @pytest.mark.workflow
 def test_trained_build_plans_one_model_and_circuits_per_extra_seed(workdir):
-    """model=trained with trained_seeds [0, 1, 2] and seed 0: two more models, each task's circuits
-    on each, one replication job per task reading them; toy has no seed axis."""
+    """model=trained with config.yaml's trained_seeds and seed: one more model per other seed, each
+    task's circuits on each, one replication job per task reading them; toy has no seed axis."""
+    import yaml
     from conftest import TOY, snakemake
     from test_workflow import jobs
 
-    planned = jobs(snakemake(workdir, "-n", "paper", "--config", "model=trained", "trained_seeds=[0,1,2]"))
-    assert planned["train_model"] == 1 and planned["train_seed"] == 2 and planned["seed_circuits"] == 2 * 4
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    extra = len(set(config["trained_seeds"]) - {config["seed"]})
+    assert extra >= 2  # the default: three seeds in all
+    planned = jobs(snakemake(workdir, "-n", "paper", "--config", "model=trained"))
+    assert planned["train_model"] == 1 and planned["train_seed"] == extra and planned["seed_circuits"] == extra * 4
     assert all(planned[f"replication_{t}"] == 1 for t in ("ioi", "size", "antonym", "isa"))
     toy = jobs(snakemake(workdir, "-n", "paper", *TOY))
     assert "train_seed" not in toy and "seed_circuits" not in toy and toy["replication_size"] == 1
