@@ -22,6 +22,14 @@ def write(name, result, seconds):
                     analysis=name, stage=analyses.ANALYSES[name].stage, device=str(model.cfg.device)), sm.output[f"{name}_meta"])
 
 
+def load(dep, every_task=False):
+    """A required result of this task, or (every_task) {task: result} of every task (across_inputs)."""
+    if not every_task:
+        return analyses.load_result(sm.input[dep])
+    return {key.split("__", 1)[1]: analyses.load_result(path) for key, path in sm.input.items()
+            if key.startswith(f"{dep}__")}
+
+
 analyses.run_stage(sm.params.analyses, model, rows, sm.config["batch_size"], sm.params.settings,
-                   load=lambda dep: analyses.load_result(sm.input[dep]), write=write, seed=sm.config["seed"])
+                   load=load, write=write, seed=sm.config["seed"])
 finish(sm)

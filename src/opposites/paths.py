@@ -6,11 +6,16 @@ PROMPTS = "{R}/{task}/prompts.jsonl"
 RESULT = "{R}/{task}/{analysis}.{ext}"
 META = "{R}/{task}/{analysis}.meta.json"
 ITEM = "{R}/{folder}/{item}.{ext}"
+SEED_MODEL_DIR = "{R}/seeds/{tseed}/model"  # model=trained: the models of the other training seeds
+SEED_RESULT = "{R}/seeds/{tseed}/{task}/{analysis}.{ext}"
+SEED_META = "{R}/seeds/{tseed}/{task}/{analysis}.meta.json"
 PAPER_TEX = "{R}/paper/paper.tex"
 PAPER_PDF = "{R}/paper/paper.pdf"
 BENCH = {
     "build_model": "{R}/benchmarks/build_model.tsv",
     "train_model": "{R}/benchmarks/train_model.tsv",
+    "train_seed": "{R}/benchmarks/train_seed/{tseed}.tsv",
+    "seed_circuits": "{R}/benchmarks/seed_circuits/{tseed}/{task}.tsv",
     "prompts": "{R}/benchmarks/prompts/{task}.tsv",
     "analyze": "{R}/benchmarks/analyze/{task}/{stage}.tsv",
     "figure": "{R}/benchmarks/figure/{item}.tsv",

@@ -11,6 +11,7 @@ from opposites.derived import (accumulated_lens, classify_components, ioi_head_c
                                signed_top_heads, top_abs_heads)
 from opposites.nodes import head_nodes
 from opposites.overlap import compare, gpt2_classes, graph_of
+from opposites.sharing import sharing_facts
 
 
 CLASSES = ("opposite-mapping", "copy-like", "copy-suppressing", "pair")
@@ -116,8 +117,10 @@ def summarize(data: dict, tasks: list[str], k: int = 5) -> dict:
     sets = {t: set(per_task[t]["top_abs"]) for t in tasks}
     pairs = [{"a": a, "b": b, "shared": sorted(sets[a] & sets[b])} for a, b in combinations(tasks, 2)]
     shared_all = sorted(set.intersection(*sets.values())) if sets else []
+    circuits = circuit_facts(data, tasks)
     return {"tasks": per_task, "k": k, "opposite_tasks": opposite_tasks(tasks), "pairs": pairs,
-            "shared_all": shared_all, "circuits": circuit_facts(data, tasks)}
+            "shared_all": shared_all, "circuits": circuits,
+            "sharing": sharing_facts(data, tasks, circuits["compare"]["pairs"])}
 
 
 def carries(ablation: dict | None, margin: float = 0.2) -> bool:

@@ -312,3 +312,58 @@ def interchange(data: dict, tasks: list[str]) -> str:
     return tabular(r"l r l p{2.2cm} p{2.6cm} r p{4.2cm} p{2.2cm}",
                    ["task", "pairs", "END located", "IIA [95\\% CI]", "source word there", "held out",
                     "DAS IIA by $k$ (random)", "full"], rows)
+
+
+def _sharing(data: dict, tasks: list[str]) -> list[dict]:
+    from opposites.sharing import pair_verdicts, shared_components
+
+    circuits = {t: data["circuit"][t] for t in tasks}
+    graphs = {t: graph_of(data["edges"][t]) for t in tasks} if "edges" in data else None
+    cmp = compare(circuits, opposite_tasks(tasks), {}, graphs)
+    return pair_verdicts(cmp["pairs"], data["transfer"], shared_components(circuits), data.get("replication"))
+
+
+def _iia(x: dict) -> str:
+    return fmt_ci(x["iia"], x["iia_ci95"])
+
+
+@table
+def sharing(data: dict, tasks: list[str]) -> str:
+    """Per pair of tasks: shared components, head overlap against its null, functional transfer,
+    replication across seeds, and whether sharing is claimed (all three support it)."""
+    rows = []
+    for p in _sharing(data, tasks):
+        t, rep = p["transfer"], p["replication"]
+        o = p["overlap_pair"]
+        overlap = f"heads {fmt(o['heads_jaccard'])}, edges {fmt(o['edges_jaccard'])}" + (
+            f"; pct. {fmt(o['heads_jaccard_percentile'], 0)} / {fmt(o['edges_jaccard_percentile'], 0)}"
+            if "heads_jaccard_percentile" in o else "") + f": {p['overlap']}"
+        transfer = (tex_escape(t["reason"]) if not t["measurable"] else
+                    ("transfers: " + ", ".join(t["transferring"]) if t["transferring"] else
+                     f"transfers at {t['located']['component']}" if t["transfers"] else
+                     "does not transfer" + (": " + ", ".join(t["failing"]) if t["failing"] else "")))
+        j = rep.get("heads_jaccard")
+        replication = ("not measured (one model)" if not rep["measured"] else
+                       f"{', '.join(rep['replicated']) or 'none'} in all {rep['n_seeds']} seeds; head Jaccard "
+                       f"{fmt(j['mean'])} ({fmt(j['min'])}--{fmt(j['max'])})")
+        rows.append([f"{tex_escape(p['a'])}--{tex_escape(p['b'])}", ", ".join(p["shared"]) or "--",
+                     overlap, transfer, replication, "yes" if p["claim"] else "no"])
+    return tabular(r"l p{2.4cm} p{3.2cm} p{3.6cm} p{2.4cm} l",
+                   ["tasks", "shared components", "overlap vs null", "transfer", "replication", "shared?"], rows)
+
+
+@table
+def transfer(data: dict, tasks: list[str]) -> str:
+    """The transfer matrix of each shared component (and END's residual after each layer) for every
+    pair of tasks whose words allow it: within each task, and each task's activation in the other."""
+    rows = []
+    for p in _sharing(data, tasks):
+        a, b, t = tex_escape(p["a"]), tex_escape(p["b"]), p["transfer"]
+        if not t["measurable"]:
+            rows.append([f"{a}--{b}", "--", "--", "--", "--", "--", "not measurable: " + tex_escape(t["reason"])])
+            continue
+        for r in t["rows"]:
+            rows.append([f"{a}--{b}", tex_escape(r["component"]), _iia(r["within_a"]), _iia(r["within_b"]),
+                         _iia(r["a_to_b"]), _iia(r["b_to_a"]), r["verdict"]])
+    return tabular(r"l l p{1.9cm} p{1.9cm} p{1.9cm} p{1.9cm} p{3.2cm}",
+                   ["tasks $a$--$b$", "location (END)", "within $a$", "within $b$", "$a \\to b$", "$b \\to a$", "verdict"], rows)

@@ -5,7 +5,9 @@
 def stage_code(stage, task):
     """The code a stage job runs: analyze.py, its analyses' modules and what they import, the task
     files of the task and of the tasks it refers to."""
-    return code("analyze.py", [ANALYSES[a].module for a in stage_analyses(stage, task)], related_tasks(task))
+    names = stage_analyses(stage, task)
+    tasks = TASKS if any(ANALYSES[a].across for a in names) else related_tasks(task)  # across: every task's file
+    return code("analyze.py", [ANALYSES[a].module for a in names], tasks)
 
 
 for _stage in STAGES:
@@ -22,7 +24,9 @@ for _stage in STAGES:
                 model=model_input,
                 code=stage_code(_stage, _task),
                 **{dep: result_path(R, _task, dep) for a in _names for dep in ANALYSES[a].requires
-                   if ANALYSES[dep].stage != _stage},
+                   if ANALYSES[dep].stage != _stage and not ANALYSES[a].across},
+                **{k: v for a in _names if ANALYSES[a].across for k, v in across_inputs(R, a, TASKS).items()},
+                **(seed_inputs(R, _task, EXTRA_SEEDS) if any(ANALYSES[a].seeds for a in _names) else {}),
             output:
                 **{a: result_path(R, _task, a) for a in _names},
                 **{f"{a}_meta": paths.fill(paths.META, R, task=_task, analysis=a) for a in _names},

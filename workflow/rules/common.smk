@@ -6,7 +6,8 @@ from opposites import archive, codedeps
 from opposites import config as cfg
 from opposites import io as results_io
 from opposites import models, paths, provenance
-from opposites.analyses import ANALYSES, PRIORITY, SOURCES, STAGES, applies, result_path, settings_of, stage_analyses
+from opposites.analyses import (ANALYSES, PRIORITY, SOURCES, STAGES, across_inputs, applies, result_path, seed_inputs,
+                                settings_of, stage_analyses)
 from opposites.outline import load as load_outline
 from opposites.prompts import check_task, make_prompts, related_tasks
 
@@ -41,6 +42,10 @@ MODEL_DIR = paths.fill(paths.MODEL_DIR, R)
 if OFFLINE and not ARCHIVED and Path(MODEL_DIR).exists():
     models.check_model_dir(MODEL_DIR, built=True)  # a built model damaged since (a cut weights file)
 TASKS = list(config["tasks"])
+# model=trained: the other training seeds whose models' circuits the replication analysis compares
+# (workflow/rules/seeds.smk); other models have no seed axis
+EXTRA_SEEDS = [s for s in config.get("trained_seeds", []) if s != config["seed"]] \
+    if cfg.model_kind(MODEL) == "trained" and not ARCHIVED else []
 OUTLINE = load_outline("paper/outline.yaml", TASKS)
 PAPER_TEX = paths.fill(paths.PAPER_TEX, R)
 PAPER_PDF = paths.fill(paths.PAPER_PDF, R)

@@ -24,6 +24,9 @@ class Analysis:
     requires: tuple[str, ...] = ()
     families: tuple[str, ...] | None = None  # task families it applies to (None: all)
     needs: str | None = None  # a task-file key it reads: it applies only to tasks that have it
+    across: bool = False  # reads every task: its `requires` and the prompts are passed in as {task: result}
+    seeds: bool = False  # model=trained: reads this task's circuit of every other training seed, as
+    #                      `seeds` {seed: circuit} (empty for one model; workflow/rules/seeds.smk)
 
     def applies(self, task: str) -> bool:
         from opposites.prompts import load_spec
@@ -84,6 +87,10 @@ ANALYSES: dict[str, Analysis] = {
     "faithfulness": Analysis(target="circuits:faithfulness", ext="csv", stage="circuits", requires=("circuit",)),
     "interchange": Analysis(target="interchange:interchange", ext="json", stage="interchange", settings=("seed",)),
     "das": Analysis(target="das:das", ext="json", stage="interchange", settings=("seed",), requires=("interchange",)),
+    "transfer": Analysis(target="transfer:transfer", ext="json", stage="transfer", settings=("seed",),
+                         requires=("circuit",), across=True),
+    "replication": Analysis(target="replication:replication", ext="json", stage="replication", settings=("seed",),
+                            requires=("circuit",), seeds=True),
 }
 STAGES: dict[str, list[str]] = {}
 for _name, _a in ANALYSES.items():
@@ -97,7 +104,7 @@ for _name, _a in ANALYSES.items():
 # and short ones fill the end: the GPT-2-size build on 2 cores keeps 1.96 jobs running on average
 # (circuits first, as before: 1.77-1.82, with a patching job and then its heads job running alone at
 # the end).
-PRIORITY = {"prompts": 5, "lens": 4, "patching": 3, "circuits": 2, "heads": 1, "interchange": 1}
+PRIORITY = {"prompts": 5, "lens": 4, "patching": 3, "circuits": 2, "heads": 1, "interchange": 1, "transfer": 1, "replication": 1}
 
 
 def stage_analyses(stage: str, task: str) -> list[str]:
@@ -154,6 +161,20 @@ def load_result(path: str):
     return df.fillna({c: "" for c in text})  # empty strings (e.g. a position with no role) stay ""
 
 
+def across_inputs(results: str, name: str, tasks) -> dict[str, str]:
+    """The files an analysis `across` tasks reads: "<source>__<task>" -> path, for the prompts and
+    each requirement of every task it applies to (a stage rule's named inputs)."""
+    return {f"{dep}__{t}": result_path(results, t, dep) for dep in ("prompts", *ANALYSES[name].requires)
+            for t in tasks if applies(dep, t)}
+
+
+def seed_inputs(results: str, task: str, seeds) -> dict[str, str]:
+    """The other training seeds' circuits of one task: "seeds__<seed>" -> path (a stage rule's
+    named inputs)."""
+    return {f"seeds__{s}": paths.fill(paths.SEED_RESULT, results, tseed=s, task=task, analysis="circuit", ext="json")
+            for s in seeds}
+
+
 def applies(name: str, task: str) -> bool:
     return name == "prompts" or ANALYSES[name].applies(task)
 
@@ -178,14 +199,23 @@ def run_stage(names: list[str], model, rows: list[dict], batch_size: int, settin
               load: Callable[[str], Any], write: Callable[[str, Any, float], None], seed: int) -> dict[str, Any]:
     """Run the analyses `names` of one stage in order on one loaded model. A result another analysis
     of the stage requires is handed over in memory; one from another stage is read with load(name).
-    Each analysis starts from the same seed, and write(name, result, seconds) is called as each ends."""
+    Each analysis starts from the same seed, and write(name, result, seconds) is called as each ends.
+    An analysis `across` tasks gets the prompts and its requirements of every task, as
+    load(name, every_task=True) returns them ({task: result}; across_inputs names the files); one
+    that reads the other seeds' circuits gets them as load("seeds", every_task=True) returns them
+    ({seed: circuit}; seed_inputs names the files)."""
     from opposites.provenance import timed
     from opposites.seeding import seed_everything
 
     done: dict[str, Any] = {}
     for name in names:
         seed_everything(seed)
-        required = {dep: done[dep] if dep in done else load(dep) for dep in ANALYSES[name].requires}
+        if ANALYSES[name].across:
+            required = {dep: load(dep, every_task=True) for dep in ("prompts", *ANALYSES[name].requires)}
+        else:
+            required = {dep: done[dep] if dep in done else load(dep) for dep in ANALYSES[name].requires}
+        if ANALYSES[name].seeds:
+            required["seeds"] = {int(s): c for s, c in load("seeds", every_task=True).items()}
         with timed() as t:
             done[name] = run(name, model, rows, batch_size, settings, required)
         write(name, done[name], t["seconds"])

@@ -1,0 +1,156 @@
+"""Shared or coincident? For each pair of tasks, the three tests the sharing section reads (no torch:
+table and prose jobs use it):
+  overlap      the circuits' head (and edge) overlap against the composition-matched null (overlap.py);
+  transfer     cross-task interchange at END (analyses/transfer.py): at a component both circuits
+               contain (or END's residual after a layer), does A's activation make B give what B's
+               task makes of A's source word, as B's own activation does within B;
+  replication  whether the shared components recur in the circuits of models trained from other
+               seeds (absent for a single model such as GPT-2: not measured).
+Sharing is claimed only where all three support it."""
+
+from __future__ import annotations
+
+CARRIES = 0.5  # a location carries the source word when its IIA's lower 95% bound exceeds this
+SUPPORT_PERCENTILE = 97.5  # observed overlap above this percentile of the null: more than chance
+
+
+def _locations(transfer: dict, source: str, disjoint: bool = False) -> dict[str, dict] | None:
+    """component -> its entry, in the transfer result of one base task for one source task (None:
+    not measurable); `disjoint`: on the prompts of the templates each task has alone."""
+    entry = next((s for s in transfer["sources"] if s["source"] == source), None)
+    entry = (entry or {}).get("disjoint") if disjoint else entry
+    return None if entry is None or "locations" not in entry else {x["component"]: x for x in entry["locations"]}
+
+
+def component_verdict(within_a: dict, within_b: dict, a_to_b: dict, b_to_a: dict) -> str:
+    """One location, from its within-task and cross-task IIA (each with its Wilson interval)."""
+    carry = lambda x: x["iia_ci95"][0] > CARRIES  # noqa: E731
+    if carry(within_a) and carry(within_b):
+        if carry(a_to_b) and carry(b_to_a):
+            return "transfers"
+        if min(a_to_b["iia_ci95"][1], b_to_a["iia_ci95"][1]) < CARRIES:
+            return "does not transfer"
+        return "inconclusive"
+    if carry(within_a) or carry(within_b):
+        return "carries the source word in one task only"
+    return "carries the source word in neither task"
+
+
+def pair_transfer(transfer: dict[str, dict], a: str, b: str, shared: list[str]) -> dict:
+    """Transfer between tasks a and b: per shared component and at END's residual after each layer,
+    the within-task and both cross-task IIAs and a verdict; `transfers` when a shared component, or
+    the earliest residual point carrying the source word in both tasks, transfers both ways."""
+    if a not in transfer or b not in transfer:
+        return {"measurable": False, "transfers": False, "reason": "no transfer result"}
+    into_b, into_a = _locations(transfer[b], a), _locations(transfer[a], b)
+    if into_b is None or into_a is None:
+        entry = next((s for s in transfer[b]["sources"] if s["source"] == a), {})
+        return {"measurable": False, "transfers": False, "reason": entry.get("not_measurable", "no pairs")}
+    within_a, within_b = _locations(transfer[a], a), _locations(transfer[b], b)
+    rows = []
+    for c in [*shared, *(x for x in into_b if x.startswith("resid"))]:
+        if c in into_b and c in into_a:
+            rows.append({"component": c, "within_a": within_a[c], "within_b": within_b[c], "a_to_b": into_b[c],
+                         "b_to_a": into_a[c], "verdict": component_verdict(within_a[c], within_b[c], into_b[c], into_a[c])})
+    resid = [r for r in rows if r["component"].startswith("resid") and r["verdict"] != "carries the source word in one task only"
+             and r["verdict"] != "carries the source word in neither task"]
+    located = resid[0] if resid else None  # the earliest residual point where both tasks carry the word
+    components = [r for r in rows if not r["component"].startswith("resid")]
+    transferring = [r["component"] for r in components if r["verdict"] == "transfers"]
+    failing = [r["component"] for r in components if r["verdict"] == "does not transfer"]
+    return {"measurable": True, "n_pairs": min(r["a_to_b"]["n"] for r in rows) if rows else 0, "rows": rows,
+            "components": components, "located": located, "transferring": transferring, "failing": failing,
+            "transfers": bool(transferring) or bool(located and located["verdict"] == "transfers"),
+            "disjoint": disjoint_transfer(transfer, a, b, transferring + ([located["component"]] if located else []))}
+
+
+def disjoint_transfer(transfer: dict[str, dict], a: str, b: str, where: list[str]) -> list[dict] | None:
+    """Cross-task IIA at the locations `where` on the prompts of the templates each task has alone
+    (None where the tasks share no template, or one has no template of its own)."""
+    into_b, into_a = _locations(transfer[b], a, disjoint=True), _locations(transfer[a], b, disjoint=True)
+    if into_b is None or into_a is None:
+        return None
+    carry = lambda x: x["iia_ci95"][0] > CARRIES  # noqa: E731
+    return [{"component": c, "a_to_b": into_b[c], "b_to_a": into_a[c], "transfers": carry(into_b[c]) and carry(into_a[c])}
+            for c in where if c in into_b and c in into_a]
+
+
+def overlap_support(pair: dict) -> str:
+    """'supports', 'chance' or 'not measurable': the head overlap against the composition-matched
+    null, or where that null has no freedom (a circuit uses every head of its layers), the edge
+    overlap against its null."""
+    heads, edges = pair.get("heads_jaccard_null"), pair.get("edges_jaccard_null")
+    if heads and heads[0] != heads[2]:
+        pct = pair["heads_jaccard_percentile"]
+    elif edges and edges[0] != edges[2]:
+        pct = pair["edges_jaccard_percentile"]
+    else:
+        return "not measurable"
+    return "supports" if pct >= SUPPORT_PERCENTILE else "chance"
+
+
+def replication_support(replication: dict[str, dict] | None, a: str, b: str, shared: list[str]) -> dict:
+    """Which of the components shared by a and b are in both tasks' circuits in every seed's model,
+    and the pair's head Jaccard per seed as mean and range (measured: false for one model)."""
+    ra, rb = (replication or {}).get(a), (replication or {}).get(b)
+    if not ra or not rb or not ra["measured"] or not rb["measured"] or ra["seeds"].keys() != rb["seeds"].keys():
+        return {"measured": False, "replicated": []}
+    jac = []
+    for s in ra["seeds"]:
+        ha, hb = set(ra["seeds"][s]["heads"]), set(rb["seeds"][s]["heads"])
+        jac.append(len(ha & hb) / len(ha | hb) if ha | hb else 0.0)
+    return {"measured": True, "n_seeds": ra["n_seeds"], "seeds": list(ra["seeds"]),
+            "replicated": [c for c in shared if c in ra["replicated"] and c in rb["replicated"]],
+            "heads_jaccard": {"mean": sum(jac) / len(jac), "min": min(jac), "max": max(jac)}}
+
+
+def pair_verdicts(pairs: list[dict], transfer: dict[str, dict], shared: dict[tuple[str, str], list[str]],
+                  replication: dict[str, dict] | None = None) -> list[dict]:
+    """Per pair of tasks (overlap.compare's pairs): overlap against its null, transfer and
+    replication, and the claim: sharing only where all three support it."""
+    out = []
+    for p in pairs:
+        a, b = p["a"], p["b"]
+        t = pair_transfer(transfer, a, b, shared[(a, b)])
+        rep = replication_support(replication, a, b, shared[(a, b)])
+        ov = overlap_support(p)
+        claim = ov == "supports" and t.get("transfers", False) and rep["measured"] and bool(rep["replicated"])
+        out.append({"a": a, "b": b, "overlap": ov, "overlap_pair": p, "transfer": t, "replication": rep,
+                    "shared": shared[(a, b)], "claim": claim})
+    return out
+
+
+def shared_components(circuits: dict[str, dict]) -> dict[tuple[str, str], list[str]]:
+    """(a, b) -> the components (heads and MLPs) in both tasks' circuits, in the circuits' order."""
+    ends = {"embed", "logits"}
+    return {(a, b): [x for x in circuits[a]["nodes"] if x in circuits[b]["nodes"] and x not in ends]
+            for a in circuits for b in circuits if a != b}
+
+
+def prompt_overlap(a: str, b: str, prompts: dict[str, list[dict]]) -> dict:
+    """What the two tasks' prompts have in common by construction: templates (the same string: the
+    same positions and END token), names, and source words (the copy role's words in the prompts)."""
+    from opposites.prompts import load_spec
+
+    sa, sb = load_spec(a), load_spec(b)
+    words = lambda t, s: {r["words"][s["copy_role"]] for r in prompts[t]}  # noqa: E731
+    return {"templates": sorted(set(sa["templates"]) & set(sb["templates"])),
+            "n_templates": [len(sa["templates"]), len(sb["templates"])],
+            "names": sorted(set(sa.get("names", [])) & set(sb.get("names", []))),
+            "n_names": [len(sa.get("names", [])), len(sb.get("names", []))],
+            "source_words": sorted(words(a, sa) & words(b, sb))}
+
+
+def sharing_facts(data: dict, tasks: list[str], overlap_pairs: list[dict]) -> dict:
+    """What the sharing section states, per pair of tasks (pair_verdicts), and whether the seed axis
+    exists (replication measured: model=trained with more than one seed)."""
+    if "transfer" not in data:
+        return {"pairs": [], "replication": None}
+    circuits = {t: data["circuit"][t] for t in tasks}
+    replication = data.get("replication")
+    measured = bool(replication) and all(replication[t]["measured"] for t in tasks if t in replication)
+    pairs = pair_verdicts(overlap_pairs, data["transfer"], shared_components(circuits), replication)
+    for p in pairs:
+        p["prompts"] = prompt_overlap(p["a"], p["b"], data["prompts"])
+    return {"pairs": pairs, "measurable": [p for p in pairs if p["transfer"]["measurable"]],
+            "claimed": [p for p in pairs if p["claim"]], "replication": replication if measured else None}
