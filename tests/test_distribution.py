@@ -64,3 +64,20 @@ def test_similarity_gets_intervals_over_known_pairs():
     assert res["random"]["value"] == pytest.approx(0.0) and res["random_left_out"] == 1  # the 0.9 pair is out
     diff = res["opposite_minus_random"]
     assert diff["value"] == pytest.approx(0.5) and diff["low"] > 0
+
+
+def test_similarity_figure_draws_a_relation_with_no_known_pair():
+    """The trained model knows no synonym or random pair: the figure draws the opposite pairs and
+    labels the other relations not measurable (it used to fail on the empty relation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from opposites.figures.meaning import similarity
+
+    rows = [(space, layer, rel, "a", "b", 0.5, 0.0, rel == "opposite")
+            for space, layer in (("embed", -1), ("unembed", -1), ("resid", 0), ("resid", 1))
+            for rel in ("opposite", "synonym", "random") for _ in range(3)]
+    sim = pd.DataFrame(rows, columns=["space", "layer", "relation", "a", "b", "cosine", "dot", "in_distribution"])
+    fig = similarity({"similarity": {"size": sim}}, ["size"])
+    labels = [t.get_text() for ax in fig.axes for leg in [ax.get_legend()] if leg for t in leg.get_texts()]
+    assert "opposite" in labels and "synonym: not measurable" in labels and "random: not measurable" in labels
