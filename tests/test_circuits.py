@@ -189,6 +189,13 @@ def test_attribution_in_chunks_equals_one_pass(toy64, rows, monkeypatch):
     assert whole.shape[-1] == len(rows["ioi"])
 
 
+def _without_seconds(x):
+    """A result without its CPU timings (which differ between runs)."""
+    if isinstance(x, dict):
+        return {k: _without_seconds(v) for k, v in x.items() if k != "seconds"}
+    return [_without_seconds(v) for v in x] if isinstance(x, list) else x
+
+
 def test_circuit_is_the_same_with_the_runs_edges_left_behind(toy64, rows):
     """edges() leaves its runs and per-prompt scores on the model for circuit(); taken or recomputed,
     the circuit is the same, and a different setting is never served the shared ones."""
@@ -197,10 +204,37 @@ def test_circuit_is_the_same_with_the_runs_edges_left_behind(toy64, rows):
     shared = circuits.circuit(toy64, r, 8, 0.8, 2, 3, 0, edges=e)
     assert not hasattr(toy64, circuits._SHARED)  # taken off the model
     fresh = circuits.circuit(toy64, r, 8, 0.8, 2, 3, 0, edges=e)
-    assert shared == fresh
+    assert _without_seconds(shared) == _without_seconds(fresh)
     circuits.edges(toy64, r, 8, ig_steps=2)
     runs, scores = circuits._runs_and_scores(toy64, r, 8, ig_steps=3)  # other ig_steps: recomputed
     torch.testing.assert_close(scores["EAP-IG"], circuits.attribution_scores(runs, 3), atol=1e-10, rtol=0)
+
+
+def test_held_out_numbers_come_from_the_held_out_prompts_only(toy64, rows):
+    """A circuit overfitted to the selection half (the best of 40 seeded random circuits there)
+    recovers less on the held-out half than on the half that chose it; the held-out numbers equal
+    recoveries computed directly from the held-out prompts' exact logit differences, and the two
+    halves split whole clusters (no word on both sides)."""
+    runs = circuits.prepare(toy64, rows["ioi"], 8)
+    selection = circuits.halves(runs.clusters, 0)
+    assert 0 < selection.sum() < len(selection)
+    assert not {c for c, s in zip(runs.clusters, selection) if s} & {c for c, s in zip(runs.clusters, selection) if not s}
+    d = circuits.Discovery(runs, [], circuits.part_weights(selection))
+    held = circuits.Discovery(runs, [], circuits.part_weights(~selection))
+    graph = [Edge(runs.graph.writers[w], runs.graph.readers[r]) for w, r in zip(*runs.graph.allowed.nonzero(as_tuple=True))]
+    gen = torch.Generator().manual_seed(0)
+    candidates = [prune_dangling([graph[i] for i in torch.randperm(len(graph), generator=gen)[:len(graph) // 3]])
+                  for _ in range(40)]
+    in_sample = d.recover(candidates)
+    best = candidates[max(range(len(candidates)), key=in_sample.__getitem__)]
+    got = circuits.described(d, held, best, [0.5], [best], seed=0)
+    assert got["held_out"]["recovered"] < got["recovered"] == max(in_sample)
+    lds = circuits.exact_lds(runs, torch.stack([d.mask(best), runs.graph.allowed & ~d.mask(best)]))  # all prompts
+    direct = (lds[:, ~selection].mean(1) - runs.corrupted[~selection].mean()) / (runs.clean - runs.corrupted)[~selection].mean()
+    assert got["held_out"]["recovered"] == pytest.approx(direct[0].item(), abs=1e-9)
+    assert got["held_out"]["completeness_lost"] == pytest.approx(1 - direct[1].item(), abs=1e-9)
+    low, high = got["held_out"]["recovered_ci95"]
+    assert low <= got["held_out"]["recovered"] <= high
 
 
 def test_dangling_edges_are_dropped_and_change_nothing(toy64, rows):
@@ -455,10 +489,10 @@ def test_planted_circuit_is_found(tmp_path, rows, senders):
         truth = [(s, d) in truth_set for s, d in zip(df.src, df.dst)]
         assert roc_auc(df.score.abs().tolist(), truth) > PLANTED_MIN_AUC, method
     c = circuits.circuit(model, rows["ioi"], 8, circuit_share=0.8, ig_steps=5, stability_resamples=4, seed=0, edges=edges)
-    assert set(c["methods"]) == {"EAP", "EAP-IG", "exact", "ACDC"}  # ACDC too: it must find the chain exactly
+    assert set(c["methods"]) == {"EAP", "EAP-IG", "exact", "ACDC", circuits.HYBRID}  # ACDC too: it must find the chain
     for method, m in c["methods"].items():
         found = {(e["src"], e["dst"]) for e in m["edges"]}
-        if method == "ACDC":  # it also keeps the senders' small direct write to the logits (through the
+        if method in ("ACDC", circuits.HYBRID):  # it also keeps the senders' small direct write to the logits (through the
             #                   final LayerNorm) where cutting it costs more than its thresholds: a real effect
             direct = {(f"0.{s}", "logits") for s in range(senders)}
             assert {("embed", "0.0.v"), ("1.0", "logits")} <= found <= truth_set | direct, found
@@ -477,7 +511,10 @@ def test_planted_circuit_is_found(tmp_path, rows, senders):
     if senders == 1:
         assert c["nodes"] == ["embed", "0.0", "1.0", "logits"]
         stab = c["stability"]
-        assert stab["mean_jaccard"] == pytest.approx(1.0) and all(x["frequency"] == 1.0 for x in stab["inclusion"])
+        # the paper's circuit's procedure (its method's top edges at ACDC's size, here tied with the
+        # others) finds the planted chain again on most resamples of the selection half's 7 prompts
+        assert {(x["src"], x["dst"]) for x in stab["inclusion"] if x["frequency"] >= 0.75} >= truth_set
+        assert c["recovered"] >= 0.8 and c["at_size"] and stab["method"] == c["method"]
 
 
 def test_acdc_recovers_a_planted_chain_exactly(tmp_path, rows):
@@ -488,7 +525,7 @@ def test_acdc_recovers_a_planted_chain_exactly(tmp_path, rows):
 
     model = planted_chain(tmp_path, 1, write=0.01)
     runs = circuits.prepare(model, rows["ioi"], 8)
-    found = acdc.discover(circuits.Discovery(runs, []), 0.8, seed=0)
+    found = acdc.discover(circuits.Discovery(runs, []), circuits.Discovery(runs, []), 0.8, seed=0)
     assert {(e["src"], e["dst"]) for e in found["edges"]} == PLANTED[1]
     assert found["recovered"] >= 0.8 and min(p["n_edges"] for p in found["sweep"]) >= 3
     assert found["mib_curve"][-1] == {"fraction": 1.0, "n_edges": found["grid_size"], "recovered": 1.0}

@@ -176,6 +176,16 @@ def recency_facts(res: dict) -> dict:
             "recent_heads": [label(h) for h in res["heads"] if h["rule"] == "most recent subject"]}
 
 
+def paper_row(c: dict) -> dict:
+    """The paper's circuit among the circuits compared at one size."""
+    return next(r for r in c["at_size"] if (r["method"], r["how"]) == (c["method"], c["how"]))
+
+
+def best_held_out(c: dict) -> dict:
+    """The circuit of at most the compared size that recovers the most on the held-out half."""
+    return max((r for r in c["at_size"] if r["n_edges"] <= c["compared_size"]), key=lambda r: r["held_out"]["recovered"])
+
+
 def circuit_facts(data: dict, tasks: list[str]) -> dict:
     circuits = {t: data["circuit"][t] for t in tasks}
     graphs = {t: graph_of(data["edges"][t]) for t in tasks} if "edges" in data else None
@@ -183,7 +193,9 @@ def circuit_facts(data: dict, tasks: list[str]) -> dict:
     best = max(cmp["pairs"], key=lambda p: p["heads_jaccard"]) if cmp["pairs"] else None
     per = {t: {"n_edges": c["n_edges"], "total": c["total_edges"], "recovered": c["recovered"], "n": c["n_prompts"],
                "n_heads": len(head_nodes(c)), "heads": sorted(head_nodes(c))[:8], "method": c["method"],
-               "main": c["methods"][c["method"]], "methods": c["methods"], "stability": c["stability"],
+               "main": paper_row(c), "methods": c["methods"], "stability": c["stability"],
+               "at_size": {f"{r['method']} ({r['how']})": r for r in c["at_size"]}, "size": c["compared_size"],
+               "n_selection": c["n_selection"], "n_held_out": c["n_held_out"], "best_held_out": best_held_out(c),
                "unstable": [f"{e['src']}->{e['dst']}" for e in c["stability"]["inclusion"] if e["frequency"] < 0.5]}
            for t, c in circuits.items()}
     return {"per_task": per, "compare": cmp, "closest": best}

@@ -7,8 +7,10 @@ lowers the recovered share of the clean-minus-corrupted logit difference by less
 tau (recovery: clean prompts, the corrupted writer output on every cut edge, as everywhere here).
 A reader whose component no kept edge leaves is dangling: its edges are cut without a forward.
 Each trial differs from the kept circuit by one edge, so it resumes from the kept circuit's trace
-(Discovery.measure). A sweep of tau gives circuits of several sizes: the paper's ACDC circuit is the
-smallest of them that reaches the target share; the sweep is its faithfulness curve.
+(Discovery.try_removal: the step greedy refinement takes too). A sweep of tau gives circuits of
+several sizes: the ACDC circuit is the smallest of them that reaches the target share; the sweep is
+its faithfulness curve. Started from a smaller circuit (EAP-IG's grid circuit) instead of the whole
+graph, the same pass prunes it (circuits.HYBRID).
 """
 
 from __future__ import annotations
@@ -23,36 +25,32 @@ def whole_graph(d) -> list[Edge]:
     return [Edge(g.writers[w], g.readers[r]) for w, r in zip(ws.tolist(), rs.tolist())]
 
 
-def prune(d, threshold: float) -> tuple[list[Edge], float]:
-    """One ACDC pass at `threshold`: the circuit and its recovery."""
-    circuit, value, traces = whole_graph(d), 1.0, None  # the whole graph is the clean run
+def prune(d, threshold: float, start: list[Edge] | None = None) -> tuple[list[Edge], float]:
+    """One ACDC pass at `threshold` from the whole graph (or from the circuit `start`): the circuit
+    and its recovery."""
+    from opposites.analyses.circuits import Kept
+
+    kept = Kept(whole_graph(d), 1.0) if start is None else Kept(list(start), d.recover([start])[0])
     for reader in reversed(d.runs.graph.readers):
-        incoming = [e for e in circuit if e.dst == reader]
-        if reader.kind != "logits" and not any(e.src == reader.component for e in circuit):
-            circuit = [e for e in circuit if e.dst != reader]  # dangling: these edges change nothing
+        incoming = [e for e in kept.circuit if e.dst == reader]
+        if reader.kind != "logits" and not any(e.src == reader.component for e in kept.circuit):
+            kept.circuit = [e for e in kept.circuit if e.dst != reader]  # dangling: these edges change nothing
             continue
         for edge in reversed(incoming):  # the latest writer first
-            trial = [e for e in circuit if e != edge]
-            if not prune_dangling(trial):  # nothing left on a path: the corrupted run, by definition
-                got, trial_traces = d.recover([trial])[0], None
-            else:
-                traces = traces or d.record(circuit)
-                got, trial_traces = d.measure(trial, traces)
-            if value - got < threshold:
-                circuit, value, traces = trial, got, trial_traces
-            trial_traces = None
-    circuit = prune_dangling(circuit)
+            d.try_removal(kept, edge, lambda got: kept.value - got < threshold)
+    circuit = prune_dangling(kept.circuit)
     return circuit, d.recover([circuit])[0]
 
 
-def discover(d, target: float, seed: int, thresholds=ACDC_THRESHOLDS) -> dict:
-    """The sweep, the chosen circuit (the smallest reaching `target`; else the largest), and its
-    numbers with 95% intervals over bootstrap resamples of the prompts, in the keys the other
-    methods' descriptions use (the "grid size" is the whole graph ACDC starts from)."""
-    from opposites.analyses.circuits import measured
+def discover(d, held, target: float, seed: int, thresholds=ACDC_THRESHOLDS, start: list[Edge] | None = None) -> dict:
+    """The sweep (from the whole graph, or from the circuit `start`) on the prompts d weighs, the
+    chosen circuit (the smallest reaching `target`; else the largest), and its numbers there and on
+    the prompts `held` weighs (circuits.described), in the keys the other methods' descriptions use
+    (the "grid size" is the circuit ACDC starts from)."""
+    from opposites.analyses.circuits import described
 
     total = int(d.runs.graph.allowed.sum())
-    sweep = [(tau, *prune(d, tau)) for tau in thresholds]  # (tau, circuit, recovery)
+    sweep = [(tau, *prune(d, tau, start)) for tau in thresholds]  # (tau, circuit, recovery)
     reaching = [s for s in sweep if s[2] >= target]
     tau, kept, value = min(reaching, key=lambda s: len(s[1])) if reaching else max(sweep, key=lambda s: len(s[1]))
     by_size = {}  # circuit size -> (circuit, recovery), the whole graph apart
@@ -61,8 +59,8 @@ def discover(d, target: float, seed: int, thresholds=ACDC_THRESHOLDS) -> dict:
             by_size.setdefault(len(c), (c, v))
     points = [(n, by_size[n][1]) for n in sorted(by_size)] + [(total, 1.0)]
     fractions = [n / total for n, _ in points]
-    numbers = measured(d, kept, fractions, [by_size[n][0] for n in sorted(by_size)], seed, whole=True)
-    return {"n_edges": len(kept), "grid_size": total, "threshold": tau, "recovered": value, **numbers,
+    numbers = described(d, held, kept, fractions, [by_size[n][0] for n in sorted(by_size)], seed, whole=True)
+    return {"n_edges": len(kept), "grid_size": total if start is None else len(start), "threshold": tau, **numbers,
             "curve": [{"n_edges": n, "recovered": v} for n, v in points],
             "mib_curve": [{"fraction": f, "n_edges": n, "recovered": v} for f, (n, v) in zip(fractions, points)],
             "sweep": [{"threshold": t, "n_edges": len(c), "recovered": v} for t, c, v in sweep]}

@@ -29,7 +29,7 @@ from opposites.core import batches, direction, job_memo, prompt_clusters
 from opposites.nodes import Edge, component_nodes
 from opposites.patching.edges import Graph, edge_attribution, edge_forward, shared_prefix
 from opposites.patching.engine import Weights
-from opposites.stats import bias_corrected, interval, resample_weights, spearman_ci, wilson
+from opposites.stats import N_RESAMPLES, bias_corrected, interval, resample_weights, spearman_ci, wilson
 
 METHODS = ("EAP-IG", "EAP")  # the first is the paper's circuit; "exact" joins where affordable
 VARIANT_BYTES = 2 ** 30  # memory for batched exact evaluations (several circuits per forward)
@@ -45,9 +45,10 @@ class Runs:
     batches: list[dict]
     clean: torch.Tensor  # (prompt,)
     corrupted: torch.Tensor
-    measured: dict = field(default_factory=dict)  # edge set -> (prompt,) exact logit differences
+    lds_of: dict = field(default_factory=dict)  # edge set -> (prompt,) exact logit differences
     cut: tuple = (None, [])  # the last prompt selection _drawn cut the batches to, and the cut batches
     clusters: list | None = None  # each prompt's resampling unit (prompts.cluster_of), batch order
+    seconds: dict = field(default_factory=dict)  # method -> CPU seconds of its scores
 
     def prompt_weights(self, w: torch.Tensor | None = None) -> torch.Tensor:
         """(prompt,) weights of a bootstrap resample, or all prompts equally (w None)."""
@@ -57,14 +58,38 @@ class Runs:
         """(circuit,) recovered share from per-prompt logit differences (circuit, prompt), prompts
         weighted by w (prompt,) (a bootstrap resample; None: all equally)."""
         w = self.prompt_weights(w)
-        c, k = self.clean @ w, self.corrupted @ w
-        if w.dim() == 1:  # one resample: prompts it did not draw may be unmeasured (NaN)
-            lds, w = lds[:, w > 0], w[w > 0]
-        return (lds @ w - k) / (c - k)
+        clean, corrupted = self.clean @ w, self.corrupted @ w
+        drawn = w > 0 if w.dim() == 1 else (w > 0).any(1)  # prompts no resample draws may be unmeasured (NaN)
+        return (lds[:, drawn] @ w[drawn] - corrupted) / (clean - corrupted)
 
-    def intervals(self, lds: torch.Tensor, seed: int) -> torch.Tensor:
-        """(circuit, resample) recoveries over bootstrap resamples of the prompts (for intervals)."""
-        return self.recovery(lds, resample_weights(len(self.clean), seed, clusters=self.clusters))
+    def resamples(self, seed: int, n_resamples: int, part: torch.Tensor) -> torch.Tensor:
+        """(prompt, resample) weights of bootstrap resamples of the clusters of `part` (prompt,) bool;
+        prompts outside it weigh 0."""
+        inside = part.nonzero()[:, 0]
+        clusters = None if self.clusters is None else [self.clusters[i] for i in inside.tolist()]
+        out = torch.zeros(len(self.clean), n_resamples, dtype=torch.float64, device="cpu")
+        out[inside] = resample_weights(len(inside), seed, n_resamples, clusters=clusters)
+        return out
+
+    def intervals(self, lds: torch.Tensor, seed: int, part: torch.Tensor | None = None) -> torch.Tensor:
+        """(circuit, resample) recoveries over bootstrap resamples of the prompts (of `part` (prompt,)
+        bool, where given: those prompts' clusters; for intervals)."""
+        if part is None:
+            return self.recovery(lds, resample_weights(len(self.clean), seed, clusters=self.clusters))
+        return self.recovery(lds, self.resamples(seed, N_RESAMPLES, part))
+
+
+def halves(clusters: list, seed: int) -> torch.Tensor:
+    """(prompt,) bool: the selection half of the prompts, the rest held out. Whole clusters (the
+    resampling unit, e.g. a word pair) go to one side, half of them (rounded up) to selection, drawn
+    with `seed`; with fewer than two clusters, the prompts themselves are split."""
+    labels = sorted(set(clusters))
+    if len(labels) < 2:
+        labels, clusters = list(range(len(clusters))), list(range(len(clusters)))
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    order = torch.randperm(len(labels), generator=gen, device="cpu").tolist()
+    chosen = {labels[i] for i in order[:(len(labels) + 1) // 2]}
+    return torch.tensor([c in chosen for c in clusters], dtype=torch.bool, device="cpu")
 
 
 def prepare(model, rows, batch_size) -> Runs:
@@ -193,9 +218,14 @@ def exact_scores(runs: Runs) -> torch.Tensor:
 
 def scores_by_method(runs: Runs, ig_steps: int) -> dict[str, torch.Tensor]:
     """(writer, reader, prompt) scores of each method; exact ones where the graph is small enough."""
-    scores = {"EAP-IG": attribution_scores(runs, ig_steps), "EAP": attribution_scores(runs, 0)}
+    makers = {"EAP-IG": lambda: attribution_scores(runs, ig_steps), "EAP": lambda: attribution_scores(runs, 0)}
     if int(runs.graph.allowed.sum()) <= EXACT_MAX_EDGES:
-        scores["exact"] = exact_scores(runs)
+        makers["exact"] = lambda: exact_scores(runs)
+    scores = {}
+    for method, make in makers.items():
+        start = time.process_time()
+        scores[method] = make()
+        runs.seconds[method] = time.process_time() - start  # CPU seconds: the machine is shared
     return scores
 
 
@@ -230,8 +260,17 @@ def edges(model, rows, batch_size, ig_steps: int) -> pd.DataFrame:
 # ---- selection ------------------------------------------------------------------------------------
 
 def edge_set(circuit: list[Edge]) -> frozenset:
-    """A circuit's key in Runs.measured: its (src, dst) pairs."""
+    """A circuit's key in Runs.lds_of: its (src, dst) pairs."""
     return frozenset((e.src, e.dst) for e in circuit)
+
+
+@dataclass
+class Kept:
+    """The circuit a greedy pass holds, its recovery, and its forwards' traces (None: not recorded;
+    a trial then records them first, and each trial starts where its edges differ)."""
+    circuit: list[Edge]
+    value: float
+    traces: Traces | None = None
 
 
 class Discovery:
@@ -242,14 +281,14 @@ class Discovery:
         self.writer = {node: i for i, node in enumerate(runs.graph.writers)}
         self.reader = {node: i for i, node in enumerate(runs.graph.readers)}
         self.evaluations = 0
-        self.measured: dict[int, float] = {}
+        self.recovery_at: dict[int, float] = {}  # size -> recovery of top(size)
         self.tops: dict[int, list[Edge]] = {}  # size -> top(size)
         self.drawn = runs.prompt_weights(w) > 0  # (prompt,): the prompts this discovery weighs
         self.prompts = None if self.drawn.all() else self.drawn  # exact_lds's `prompts` (None: all)
 
     def missing(self, key: frozenset) -> bool:
-        """Runs.measured lacks this edge set on some prompt this discovery weighs."""
-        known = self.runs.measured.get(key)
+        """Runs.lds_of lacks this edge set on some prompt this discovery weighs."""
+        known = self.runs.lds_of.get(key)
         return known is None or bool(known[self.drawn].isnan().any())
 
     def mask(self, edge_list: list[Edge]) -> torch.Tensor:
@@ -263,7 +302,7 @@ class Discovery:
         (a resample: the prompts it drew; others may be NaN). Each edge set is evaluated once per
         prompt and Runs: the methods' selections and the stability resamples share what was measured."""
         keys = [edge_set(c) for c in circuits]
-        measured = self.runs.measured
+        measured = self.runs.lds_of
         todo = {k: c for k, c in zip(keys, circuits) if self.missing(k)}
         if todo:
             self.evaluations += len(todo)
@@ -279,12 +318,12 @@ class Discovery:
 
     def record(self, circuit: list[Edge], base: Traces | None = None) -> Traces:
         """Measure one circuit with its forwards recorded (traced_lds; from `base`, another circuit's
-        traces, where given). What Runs.measured already holds for it is kept."""
+        traces, where given). What Runs.lds_of already holds for it is kept."""
         key = edge_set(circuit)
         self.evaluations += 1
         lds, traces = traced_lds(self.runs, self.mask(circuit), self.prompts, base)
-        old = self.runs.measured.get(key)
-        self.runs.measured[key] = lds if old is None else torch.where(old.isnan(), lds, old)
+        old = self.runs.lds_of.get(key)
+        self.runs.lds_of[key] = lds if old is None else torch.where(old.isnan(), lds, old)
         return traces
 
     def measure(self, circuit: list[Edge], base: Traces) -> tuple[float, Traces | None]:
@@ -292,6 +331,42 @@ class Discovery:
         traces are returned too (None: it was measured before)."""
         traces = self.record(circuit, base) if self.missing(edge_set(circuit)) else None
         return self.recover([circuit])[0], traces
+
+    def try_removal(self, kept: "Kept", edge: Edge, accept, prune: bool = False) -> bool:
+        """One greedy step, refinement's and ACDC's: measure `kept`'s circuit without `edge` (and,
+        prune=True, without the dangling edges that leaves); a trial with nothing left on a path is the
+        corrupted run, by definition, and any other resumes from the kept circuit's traces. If
+        accept(recovery) holds, the trial becomes the kept circuit (with its traces)."""
+        trial = [x for x in kept.circuit if x != edge]
+        if prune:
+            trial = prune_dangling(trial)
+        if not prune_dangling(trial):
+            got, traces = self.recover([trial])[0], None
+        else:
+            kept.traces = kept.traces or self.record(kept.circuit)
+            got, traces = self.measure(trial, kept.traces)
+        if not accept(got):
+            return False  # the rejected trial's forwards are dropped here, before the next trial runs
+        kept.circuit, kept.value, kept.traces = trial, got, traces
+        return True
+
+    def fit(self, size: int) -> list[Edge]:
+        """The best-ranked edges that fit in `size` edges, dangling edges dropped: the largest top(k)
+        with at most `size` edges (top(k) only grows with k), then the next 4 * size ranked edges in
+        order, each taken if the circuit still fits (the edge at k + 1 may complete several paths at
+        once and overflow, while a later one fits)."""
+        low, high = 0, len(self.ranked)  # len(top(low)) <= size; find the largest such k
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if len(self.top(mid)) <= size else (low, mid - 1)
+        taken, kept = self.ranked[:low], self.top(low)
+        for edge in self.ranked[low + 1:low + 1 + 4 * size]:
+            if len(kept) == size:
+                break
+            trial = prune_dangling(taken + [edge])
+            if len(trial) <= size:
+                taken, kept = taken + [edge], trial
+        return kept
 
     def top(self, size: int) -> list[Edge]:
         """The `size` best-ranked edges without the dangling ones."""
@@ -301,9 +376,9 @@ class Discovery:
 
     def curve(self, sizes: list[int]) -> dict[int, float]:
         """Exact recovery of the top-`size` circuits, each size evaluated once."""
-        new = sorted(set(sizes) - set(self.measured))
-        self.measured.update(zip(new, self.recover([self.top(s) for s in new])))
-        return {s: self.measured[s] for s in sizes}
+        new = sorted(set(sizes) - set(self.recovery_at))
+        self.recovery_at.update(zip(new, self.recover([self.top(s) for s in new])))
+        return {s: self.recovery_at[s] for s in sizes}
 
     def refine(self, circuit: list[Edge], target: float) -> tuple[list[Edge], float]:
         """Try removing edges one at a time, weakest |score| first; keep a removal while recovery
@@ -312,20 +387,11 @@ class Discovery:
         value = self.recover([circuit])[0]
         if len(circuit) > REFINE_MAX_EDGES:
             return circuit, value
-        traces = None  # the kept circuit's forwards: each trial starts where its edges differ
+        kept = Kept(circuit, value)
         for e in tqdm(sorted(circuit, key=lambda e: abs(e.score))[:REFINE_MAX], desc="refinement", leave=False):
-            if e not in circuit:
-                continue
-            trial = prune_dangling([x for x in circuit if x != e])
-            if not trial:  # nothing kept: the corrupted run, by definition
-                got, trial_traces = self.recover([trial])[0], None
-            else:
-                traces = traces or self.record(circuit)
-                got, trial_traces = self.measure(trial, traces)
-            if got >= target:
-                circuit, value, traces = trial, got, trial_traces
-            trial_traces = None  # a rejected trial's forwards are not kept while the next one runs
-        return circuit, value
+            if e in kept.circuit:
+                self.try_removal(kept, e, lambda got: got >= target, prune=True)
+        return kept.circuit, kept.value
 
     def select(self, target: float, whole_curve: bool = True) -> dict:
         """The smallest grid size that reaches the target and stays there, refined. whole_curve=False
@@ -368,60 +434,108 @@ def _node_order(label: str) -> tuple:
     return label != "embed", label == "logits", label
 
 
-def measured(d: Discovery, kept: list[Edge], fractions: list[float], curve: list[list[Edge]], seed: int,
-             whole: bool = False) -> dict:
-    """A circuit's recovery interval, completeness, and CPR/CMD over its faithfulness curve (`curve`:
-    one circuit per fraction; whole=True adds the whole graph, recovery 1, as the last point), each
-    with a 95% interval over bootstrap resamples of the prompts' words (the same per-prompt exact
-    logit differences, reweighted). CMD sums |1 - recovery|: noise only adds to it, more so in a
-    resample, so its percentile interval can lie wholly above the estimate; it is bias-corrected like
-    Spearman's rho (>= 0)."""
-    runs, tail = d.runs, [1.0] if whole else []
+def recovery_numbers(d: Discovery, kept: list[Edge], seed: int, curve_lds: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
+    """A circuit's recovery and completeness (the share lost when only its edges are cut from the
+    clean run) on the prompts d weighs, each with a 95% interval over bootstrap resamples of those
+    prompts' words (the same per-prompt exact logit differences, reweighted); and the (circuit,
+    resample) recoveries of `curve_lds` (circuit, prompt) over the same resamples."""
+    runs = d.runs
     without = runs.graph.allowed & ~d.mask(kept)  # the circuit's edges cut from the clean run
-    lost_lds = exact_lds(runs, without[None])
+    lost_lds = exact_lds(runs, without[None], d.prompts)
+    extra = curve_lds if curve_lds is not None else lost_lds[:0]
+    boot = runs.intervals(torch.cat([d.lds([kept]), lost_lds, extra]), seed, d.drawn)
+    return {"recovered": d.recover([kept])[0], "recovered_ci95": interval(boot[0]),
+            "completeness_lost": 1 - runs.recovery(lost_lds, d.w)[0].item(),
+            "completeness_lost_ci95": interval(1 - boot[1])}, boot[2:]
+
+
+def numbers(d: Discovery, kept: list[Edge], fractions: list[float], curve: list[list[Edge]], seed: int,
+            whole: bool = False) -> dict:
+    """recovery_numbers, and CPR/CMD over the faithfulness curve (`curve`: one circuit per fraction;
+    whole=True adds the whole graph, recovery 1, as the last point) with 95% intervals over the same
+    resamples. CMD sums |1 - recovery|: noise only adds to it, more so in a resample, so its
+    percentile interval can lie wholly above the estimate; it is bias-corrected like Spearman's rho
+    (>= 0)."""
+    tail = [1.0] if whole else []
     curve_lds = d.lds(curve)
-    cpr, cmd = cpr_cmd(fractions, runs.recovery(curve_lds).tolist() + tail)
-    boot = runs.intervals(torch.cat([d.lds([kept]), lost_lds, curve_lds]), seed)
-    boot_mib = [cpr_cmd(fractions, col.tolist() + tail) for col in boot[2:].T]  # (resample,) of (CPR, CMD)
+    out, boot = recovery_numbers(d, kept, seed, curve_lds)
+    cpr, cmd = cpr_cmd(fractions, d.runs.recovery(curve_lds, d.w).tolist() + tail)
+    boot_mib = [cpr_cmd(fractions, col.tolist() + tail) for col in boot.T]  # (resample,) of (CPR, CMD)
     as_tensor = lambda xs: torch.tensor(xs, dtype=torch.float64, device="cpu")  # noqa: E731
     cmd_est = bias_corrected(as_tensor(cmd), as_tensor([c for _, c in boot_mib]), 0.0, math.inf)
-    return {"recovered_ci95": interval(boot[0]),
-            "completeness_lost": 1 - runs.recovery(lost_lds)[0].item(), "completeness_lost_ci95": interval(1 - boot[1]),
-            "cpr": cpr, "cmd": cmd_est.value.item(), "cmd_uncorrected": cmd,
-            "cpr_ci95": interval(as_tensor([c for c, _ in boot_mib])), "cmd_ci95": [cmd_est.ci_low.item(), cmd_est.ci_high.item()],
-            "exact_evaluations": d.evaluations,
+    return out | {"cpr": cpr, "cmd": cmd_est.value.item(), "cmd_uncorrected": cmd,
+                  "cpr_ci95": interval(as_tensor([c for c, _ in boot_mib])),
+                  "cmd_ci95": [cmd_est.ci_low.item(), cmd_est.ci_high.item()]}
+
+
+def described(d: Discovery, held: Discovery, kept: list[Edge], fractions: list[float], curve: list[list[Edge]],
+              seed: int, whole: bool = False) -> dict:
+    """numbers() on the selection prompts (d) and on the held-out prompts (held, under "held_out"),
+    the exact evaluations selection took, and the circuit's nodes and edges."""
+    return {**numbers(d, kept, fractions, curve, seed, whole), "exact_evaluations": d.evaluations,
+            "held_out": numbers(held, kept, fractions, curve, seed, whole),
             "nodes": sorted((str(n) for n in component_nodes(kept)), key=_node_order),
             "edges": [e.record() for e in kept]}
 
 
-def _describe(d: Discovery, found: dict, seed: int) -> dict:
-    """The selected circuit's numbers (measured), its selection curve and MIB's faithfulness curve."""
+def _describe(d: Discovery, held: Discovery, found: dict, seed: int) -> dict:
+    """The selected circuit's numbers (described), its selection curve and MIB's faithfulness curve."""
     sizes = fraction_sizes(len(d.ranked))
     mib = d.curve(sizes)  # measured during selection already: the grid holds these sizes
-    return {"n_edges": len(found["edges"]), "grid_size": found["grid_size"], "recovered": found["recovered"],
-            **measured(d, found["edges"], list(FRACTIONS), [d.top(s) for s in sizes], seed),
+    return {"n_edges": len(found["edges"]), "grid_size": found["grid_size"],
+            **described(d, held, found["edges"], list(FRACTIONS), [d.top(s) for s in sizes], seed),
             "curve": [{"n_edges": s, "recovered": v} for s, v in sorted(found["curve"].items())],
             "mib_curve": [{"fraction": f, "n_edges": s, "recovered": mib[s]} for f, s in zip(FRACTIONS, sizes)]}
 
 
+def part_weights(part: torch.Tensor) -> torch.Tensor:
+    """(prompt,) equal weights on the prompts of `part` (prompt,) bool, 0 elsewhere."""
+    return part.double() / part.sum()
+
+
+HYBRID = "EAP-IG+ACDC"  # ACDC's pass started from EAP-IG's grid circuit instead of the whole graph
+
+
 def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stability_resamples: int,
             seed: int, edges=None, clock: "Clock | None" = None) -> dict:
-    """Per method in edges.csv: the selected circuit, its recovery, completeness, CPR/CMD and curves;
-    the first method's circuit is the paper's (top-level nodes/edges). Stability of that circuit
-    over seeded bootstrap resamples of the prompts (EAP-IG rescored per prompt, recoveries
-    reweighted): each kept edge's inclusion frequency and the mean Jaccard between resampled circuits.
-    `clock` (benchmarks) records the wall time of each phase."""
+    """The prompts split by word (halves): every method selects on one half, and is evaluated on
+    both (in-sample numbers, and under "held_out" the other half's). Per method in edges.csv: the
+    selected circuit, its recovery, completeness, CPR/CMD and curves; ACDC (and ACDC's pass started
+    from EAP-IG's grid circuit) where the graph is small enough. Then the methods at one size
+    (compare_at_size): the most faithful circuit there on the selection half is the paper's (top-level
+    nodes/edges), ACDC's own apart: re-running ACDC on every stability resample costs about one pass
+    over the whole graph each (the hybrid's pass covers only EAP-IG's grid circuit). Stability of the
+    paper's circuit: its procedure re-run on seeded bootstrap resamples of the selection half's words
+    (scores and exact recoveries reweighted): each kept edge's inclusion frequency and the mean
+    Jaccard between resampled circuits. Every method's "seconds": CPU seconds of its scoring,
+    selection and evaluation. `clock` (benchmarks) records the wall and CPU time of each phase."""
     clock = clock or Clock()
     runs, per_prompt = _runs_and_scores(model, rows, batch_size, ig_steps, release=True)  # method -> (writer, reader, prompt)
     clock.lap("runs")
-    methods = {}
-    for method, df in edges.groupby("method", sort=False):
-        d = Discovery(runs, ranked_records(df))
-        methods[method] = _describe(d, d.select(circuit_share), seed)
+    selection = halves(runs.clusters, seed)  # (prompt,) bool; the rest is held out
+    w_selection, w_held = part_weights(selection), part_weights(~selection)
+    ranked = {m: ranked_edges(runs, per_prompt[m], w_selection) for m in edges.method.unique()}
+    methods, seconds, found = {}, {}, {}
+    for method in ranked:
+        start = time.process_time()
+        discovery = Discovery(runs, ranked[method], w_selection)
+        found[method] = discovery.select(circuit_share)
+        methods[method] = _describe(discovery, Discovery(runs, ranked[method], w_held), found[method], seed)
+        seconds[method] = runs.seconds.get(method, 0.0) + time.process_time() - start
         clock.lap(f"selection {method}")
     if int(runs.graph.allowed.sum()) <= ACDC_MAX_EDGES:  # ACDC: about one exact forward per edge and threshold
-        methods["ACDC"] = acdc.discover(Discovery(runs, []), circuit_share, seed)
+        start = time.process_time()
+        methods["ACDC"] = acdc.discover(Discovery(runs, [], w_selection), Discovery(runs, [], w_held), circuit_share, seed)
+        seconds["ACDC"] = time.process_time() - start
         clock.lap("selection ACDC")
+        start = time.process_time()
+        discovery = Discovery(runs, ranked[METHODS[0]], w_selection)
+        methods[HYBRID] = acdc.discover(discovery, Discovery(runs, [], w_held), circuit_share, seed,
+                                        start=discovery.top(found[METHODS[0]]["grid_size"]))
+        seconds[HYBRID] = seconds[METHODS[0]] + time.process_time() - start  # its start is EAP-IG's selection
+        clock.lap(f"selection {HYBRID}")
+    for method, m in methods.items():
+        m["seconds"] = seconds[method]
     if "exact" in per_prompt:
         ws, rs = runs.graph.allowed.nonzero(as_tuple=True)
         exact = per_prompt["exact"][ws, rs]  # (edge, prompt)
@@ -429,46 +543,118 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
             rho = spearman_ci(per_prompt[method][ws, rs], exact, seed, runs.clusters)  # bias-corrected
             methods[method] |= {"spearman_vs_exact": rho.value.item(),
                                 "spearman_vs_exact_ci95": [rho.ci_low.item(), rho.ci_high.item()]}
-    main = methods[METHODS[0]]
+    size = methods["ACDC"]["n_edges"] if "ACDC" in methods else methods[METHODS[0]]["n_edges"]
+    rows_at_size = compare_at_size(runs, ranked, methods, size, w_selection, w_held, seed)
+    main = max((r for r in rows_at_size if r["n_edges"] <= size and r["method"] != "ACDC"),
+               key=lambda r: (r["recovered"], -r["n_edges"]))
+    clock.lap("comparison")
+    procedure = procedures(runs, per_prompt, methods, circuit_share, size)[main["method"], main["how"]]
     resampled, evaluations = [], 0
     if stability_resamples:
-        W = resample_weights(len(runs.clean), seed, stability_resamples, clusters=runs.clusters)  # (prompt, resample)
+        resamples = runs.resamples(seed, stability_resamples, selection)  # (prompt, resample)
         for i in tqdm(range(stability_resamples), desc="stability", leave=False):
-            d = Discovery(runs, ranked_edges(runs, per_prompt[METHODS[0]], W[:, i]), W[:, i])
-            resampled.append({(str(e.src), str(e.dst)) for e in d.select(circuit_share, whole_curve=False)["edges"]})
-            evaluations += d.evaluations
+            circuit_found, discovery = procedure(resamples[:, i])
+            resampled.append({(str(e.src), str(e.dst)) for e in circuit_found})
+            evaluations += discovery.evaluations
     clock.lap("stability")
     pairs = [jaccard(a, b) for i, a in enumerate(resampled) for b in resampled[i + 1:]]
-    stability = {"resamples": stability_resamples, "exact_evaluations": evaluations,
+    stability = {"resamples": stability_resamples, "exact_evaluations": evaluations, "method": main["method"],
+                 "how": main["how"],
                  "inclusion": [inclusion(e, resampled) for e in main["edges"]],
                  "mean_jaccard": sum(pairs) / len(pairs) if pairs else None,
                  "circuits": [sorted(f"{s}->{t}" for s, t in c) for c in resampled]}
-    return {"target": circuit_share, "method": METHODS[0], "ig_steps": ig_steps,
+    return {"target": circuit_share, "method": main["method"], "how": main["how"], "ig_steps": ig_steps,
             "total_edges": int(runs.graph.allowed.sum()), "n_prompts": len(runs.clean),
+            "n_selection": int(selection.sum()), "n_held_out": int((~selection).sum()),
             "clean_logit_diff": runs.clean.mean().item(), "corrupted_logit_diff": runs.corrupted.mean().item(),
             "n_edges": main["n_edges"], "recovered": main["recovered"], "nodes": main["nodes"], "edges": main["edges"],
-            "methods": methods, "stability": stability}
+            "acdc_max_edges": ACDC_MAX_EDGES, "compared_size": size, "at_size": rows_at_size, "methods": methods,
+            "stability": stability}
+
+
+def compare_at_size(runs: Runs, ranked: dict, methods: dict, size: int, w_selection, w_held, seed: int) -> list[dict]:
+    """The methods at one size: the ranked methods' top edges, at most `size` of them (the largest
+    top(k) that fits: what ranking alone gives), EAP-IG's refined selection, ACDC's and the hybrid's
+    circuits; each with its recovery on the selection half and its recovery and completeness, with
+    intervals, on the held-out half. CPR/CMD (held out) belong to a ranking: only its rows carry them."""
+    out = []
+    for method in ("EAP", METHODS[0]):
+        discovery = Discovery(runs, ranked[method], w_selection)
+        start = time.process_time()
+        kept = discovery.fit(size)
+        seconds = runs.seconds.get(method, 0.0) + time.process_time() - start
+        held = methods[method]["held_out"]
+        out.append(_row(method, "top", discovery, Discovery(runs, ranked[method], w_held), kept, seed, seconds)
+                   | {k: held[k] for k in ("cpr", "cpr_ci95", "cmd", "cmd_ci95")})
+    for method, how in ((METHODS[0], "refined"), ("ACDC", "ACDC"), (HYBRID, "ACDC from EAP-IG's grid circuit")):
+        if method in methods:
+            m = methods[method]
+            kept = [Edge.from_record(e) for e in m["edges"]]
+            out.append(_row(method, how, Discovery(runs, [], w_selection), Discovery(runs, [], w_held), kept, seed,
+                            m["seconds"]))
+    return out
+
+
+def _row(method: str, how: str, discovery: Discovery, held: Discovery, kept: list[Edge], seed: int, seconds: float) -> dict:
+    """One comparison row: a circuit's recovery on the selection half (discovery), and recovery_numbers held out."""
+    return {"method": method, "how": how, "n_edges": len(kept), "recovered": discovery.recover([kept])[0],
+            "held_out": recovery_numbers(held, kept, seed)[0], "seconds": seconds,
+            "nodes": sorted((str(n) for n in component_nodes(kept)), key=_node_order),
+            "edges": [e.record() for e in kept]}
+
+
+def procedures(runs: Runs, per_prompt: dict, methods: dict, target: float, size: int) -> dict:
+    """Per comparison row's method and way, the procedure that finds its circuit again from
+    prompt weights w (a resample): (circuit, its Discovery)."""
+    def ranked_discovery(method, w):
+        return Discovery(runs, ranked_edges(runs, per_prompt[method], w), w)
+
+    def top(method):
+        def find(w):
+            discovery = ranked_discovery(method, w)
+            return discovery.fit(size), discovery
+        return find
+
+    def refined(w):
+        discovery = ranked_discovery(METHODS[0], w)
+        return discovery.select(target, whole_curve=False)["edges"], discovery
+
+    def acdc_pass(w):
+        discovery = Discovery(runs, [], w)
+        return acdc.prune(discovery, methods["ACDC"]["threshold"])[0], discovery
+
+    def hybrid(w):
+        discovery = ranked_discovery(METHODS[0], w)
+        grid = discovery.select(target, whole_curve=False)["grid_size"]
+        return acdc.prune(discovery, methods[HYBRID]["threshold"], start=discovery.top(grid))[0], discovery
+
+    return {("EAP", "top"): top("EAP"), (METHODS[0], "top"): top(METHODS[0]), (METHODS[0], "refined"): refined,
+            ("ACDC", "ACDC"): acdc_pass, (HYBRID, "ACDC from EAP-IG's grid circuit"): hybrid}
 
 
 def inclusion(edge: dict, resampled: list[set]) -> dict:
     """How often a kept edge recurs in the resampled circuits, with its 95% Wilson interval (None
     without resamples)."""
-    k = sum((edge["src"], edge["dst"]) in c for c in resampled)
-    return {"src": edge["src"], "dst": edge["dst"], "frequency": k / max(1, len(resampled)),
-            "frequency_ci95": list(wilson(k, len(resampled))) if resampled else None}
+    hits = sum((edge["src"], edge["dst"]) in c for c in resampled)
+    return {"src": edge["src"], "dst": edge["dst"], "frequency": hits / max(1, len(resampled)),
+            "frequency_ci95": list(wilson(hits, len(resampled))) if resampled else None}
 
 
 class Clock:
-    """Wall time of each phase, for the benchmark's breakdown."""
+    """Wall and CPU time of each phase, for the benchmark's breakdown (echo: printed as each ends)."""
 
-    def __init__(self):
+    def __init__(self, echo: bool = False):
         self.laps: dict[str, float] = {}
-        self.t = time.perf_counter()
+        self.cpu_laps: dict[str, float] = {}
+        self.echo = echo
+        self.t, self.cpu = time.perf_counter(), time.process_time()
 
     def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.laps[name] = round(now - self.t, 2)
-        self.t = now
+        now, cpu = time.perf_counter(), time.process_time()
+        self.laps[name], self.cpu_laps[name] = round(now - self.t, 2), round(cpu - self.cpu, 2)
+        if self.echo:
+            print(f"  {name}: {self.laps[name]:.1f} s wall, {self.cpu_laps[name]:.1f} s CPU", flush=True)
+        self.t, self.cpu = now, cpu
 
 
 def faithfulness(model, rows, batch_size, circuit=None) -> pd.DataFrame:

@@ -47,7 +47,8 @@ def circuit_graph(data: dict, tasks: list[str], max_edges: int = 60):
     return task_row(tasks, draw, height=2.6)
 
 
-METHOD_STYLE = {"EAP-IG": ("#1b9e77", "o"), "EAP": ("#d95f02", "s"), "exact": ("0.3", "^"), "ACDC": ("#7570b3", "D")}
+METHOD_STYLE = {"EAP-IG": ("#1b9e77", "o"), "EAP": ("#d95f02", "s"), "exact": ("0.3", "^"), "ACDC": ("#7570b3", "D"),
+               "EAP-IG+ACDC": ("#e7298a", "v")}
 
 
 @figure
@@ -63,7 +64,7 @@ def faithfulness(data: dict, tasks: list[str]):
         ax.axhline(c["target"], color="k", lw=0.6, ls="--")
         ax.axhline(0, color="0.5", lw=0.4)
         ax.set_xscale("log")
-        ax.set(xlabel="% of edges kept (top by |score|; ACDC: its threshold sweep)", ylabel="recovered", title=task)
+        ax.set(xlabel="% of edges kept (top by |score|; ACDC: its threshold sweep; selection half)", ylabel="recovered", title=task)
         ax.legend(frameon=False, fontsize=6.5)
 
     return per_task(tasks, draw, height=2.4, max_cols=2)
