@@ -36,13 +36,16 @@ def test_repo_outline_is_valid_and_drives_targets():
     assert o.item("head_dla").tasks == ("ioi", "size")
     assert o.item("head_dla").path("results/toy") == "results/toy/figures/head_dla.pdf"
     assert "relation_probe" not in ids and "congruence" in ids  # is-a's probe needs the isa task
-    assert {i.id for s in o.sections for i in s.supplement} == {i.id for i in o.items() if i.appendix}
+    listed = {i.id for s in o.sections for i in s.supplement + s.report_only}
+    assert listed == {i.id for i in o.items() if i.appendix}
+    assert not {i.id for s in o.sections for i in s.supplement} & {i.id for s in o.sections for i in s.report_only}
 
 
 @pytest.mark.parametrize("item,match", [
     ({"id": "no_such_plot", "kind": "figure"}, "no @figure function no_such_plot in .*figures/dla.py"),
     ({"id": "patch_heads", "kind": "figure"}, "no @figure function patch_heads"),  # lives in another section
     ({"id": "head_dla", "kind": "movie"}, "kind must be figure or table"),
+    ({"id": "head_dla", "kind": "figure", "appendix": "maybe"}, "appendix: 'maybe'; use true"),
     ({"id": "head_dla", "kind": "figure", "analyses": ["magic"]}, "unknown analyses"),
     ({"id": "head_dla", "kind": "figure", "caption": "Half (50% of) the heads"},
      r"caption of outline item 'head_dla' is LaTeX, and its '%' near 'Half \(50% of\) the h' is not escaped: write \\%"),
