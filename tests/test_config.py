@@ -5,7 +5,7 @@ from opposites import config
 
 def base(**kw):
     return {"model": "toy", "device": "auto", "seed": 0, "n_prompts": 8, "min_prompts": 4,
-            "batch_size": 4, "patch_direction": "denoising", "circuit_share": 0.8, "ig_steps": 5, "stability_resamples": 10, "tasks": ["ioi", "size"], **kw}
+            "batch_size": 4, "patch_direction": "denoising", "circuit_share": 0.8, "ig_steps": 5, "stability_resamples": 10, "acdc_max_edges": 2000, "tasks": ["ioi", "size"], **kw}
 
 
 def test_repo_config_is_valid():

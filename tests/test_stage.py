@@ -38,12 +38,12 @@ def test_run_stage_passes_only_the_settings_an_analysis_reads(toy, rows, monkeyp
         return {}
 
     monkeypatch.setattr(circuits, "circuit", fake)
-    settings = {"circuit_share": 0.7, "seed": 3, "ig_steps": 2, "stability_resamples": 0}
+    settings = {"circuit_share": 0.7, "seed": 3, "ig_steps": 2, "stability_resamples": 0, "acdc_max_edges": 2000}
     analyses.run_stage(["circuit"], toy, rows["size"], 4, settings, lambda name: "EDGES", lambda *a: None, seed=0)
     assert seen == {"circuit_share": 0.7, "seed": 3, "edges": "EDGES"}
     config = {**settings, "patch_direction": "noising", "batch_size": 8}
     assert analyses.settings_of(["circuit", "neurons", "patch_heads"], config) == {
-        "circuit_share": 0.7, "ig_steps": 2, "stability_resamples": 0, "seed": 3, "patch_direction": "noising"}
+        "circuit_share": 0.7, "ig_steps": 2, "stability_resamples": 0, "acdc_max_edges": 2000, "seed": 3, "patch_direction": "noising"}
     with pytest.raises(KeyError):  # a setting the rule did not pass is an error, not a silent default
         analyses.run("circuit", None, rows["size"], 4, {}, {"edges": None})
 

@@ -46,7 +46,7 @@ if EXTRA_SEEDS:
             analyses=SEED_ANALYSES,
             task=lambda wc: wc.task,
             model_dir=lambda wc, input: input.model,
-            settings={**settings_of(SEED_ANALYSES, config), "stability_resamples": 0},
+            settings={**settings_of(SEED_ANALYSES, config), "stability_resamples": 0, "acdc_max_edges": 0},
         priority: PRIORITY["circuits"]
         resources:
             gpu=GPUS,

@@ -497,7 +497,7 @@ HYBRID = "EAP-IG+ACDC"  # ACDC's pass started from EAP-IG's grid circuit instead
 
 
 def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stability_resamples: int,
-            seed: int, edges=None, clock: "Clock | None" = None) -> dict:
+            seed: int, acdc_max_edges: int = ACDC_MAX_EDGES, edges=None, clock: "Clock | None" = None) -> dict:
     """The prompts split by word (halves): every method selects on one half, and is evaluated on
     both (in-sample numbers, and under "held_out" the other half's). Per method in edges.csv: the
     selected circuit, its recovery, completeness, CPR/CMD and curves; ACDC (and ACDC's pass started
@@ -523,7 +523,7 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
         methods[method] = _describe(discovery, Discovery(runs, ranked[method], w_held), found[method], seed)
         seconds[method] = runs.seconds.get(method, 0.0) + time.process_time() - start
         clock.lap(f"selection {method}")
-    if int(runs.graph.allowed.sum()) <= ACDC_MAX_EDGES:  # ACDC: about one exact forward per edge and threshold
+    if int(runs.graph.allowed.sum()) <= acdc_max_edges:  # ACDC: about one exact forward per edge and threshold
         start = time.process_time()
         methods["ACDC"] = acdc.discover(Discovery(runs, [], w_selection), Discovery(runs, [], w_held), circuit_share, seed)
         seconds["ACDC"] = time.process_time() - start
@@ -568,7 +568,7 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
             "n_selection": int(selection.sum()), "n_held_out": int((~selection).sum()),
             "clean_logit_diff": runs.clean.mean().item(), "corrupted_logit_diff": runs.corrupted.mean().item(),
             "n_edges": main["n_edges"], "recovered": main["recovered"], "nodes": main["nodes"], "edges": main["edges"],
-            "acdc_max_edges": ACDC_MAX_EDGES, "compared_size": size, "at_size": rows_at_size, "methods": methods,
+            "acdc_max_edges": acdc_max_edges, "compared_size": size, "at_size": rows_at_size, "methods": methods,
             "stability": stability}
 
 
