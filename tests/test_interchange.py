@@ -133,6 +133,30 @@ def test_das_recovers_a_planted_direction():
     assert hit >= 0.9
 
 
+def test_sweep_covers_what_patching_names_and_matches_the_full_grid(toy64):
+    """The limited sweep: the TOP_HEADS heads and TOP_MLPS MLPs with the largest |patching effect|
+    (found here with plain sorting), the residual after their layers and before layer 0; each of its
+    rows equals the full grid's row at the same location."""
+    rows = make_prompts("size", toy64.tokenizer, 24, seed=SEED, min_prompts=8)[0]
+    patched = patching_results(toy64, rows)
+    limited = interchange.interchange(toy64, rows, 32, SEED, **patched)
+    full = interchange.interchange(toy64, rows, 32, SEED)
+    z = patched["patch_heads"].query("activation == 'z'")
+    z = z.iloc[z.value.abs().argsort(kind="stable")[::-1]][:interchange.TOP_HEADS]
+    mlp = patched["patch_layers"].query("component == 'mlp' and role == 'END'")
+    mlp = mlp.iloc[mlp.value.abs().argsort(kind="stable")[::-1]][:interchange.TOP_MLPS]
+    got = limited["locations"]
+    assert {(r["layer"], r["head"]) for r in got if r["kind"] == "z"} == set(zip(z.layer, z["head"]))
+    assert {r["layer"] for r in got if r["kind"] == "mlp_out"} == set(mlp.layer)
+    layers = set(z.layer) | set(mlp.layer)
+    assert {(r["layer"], r["position"]) for r in got if r["kind"] == "resid_post"} == \
+        {(l, p) for l in layers for p in ("ADJ1", "END")}
+    assert len(got) < len(full["locations"])
+    by_site = {(r["site"], r["head"], r["position"]): r for r in full["locations"]}
+    for r in got:
+        assert r == by_site[(r["site"], r["head"], r["position"])]
+
+
 # ---- the trained model --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -140,13 +164,22 @@ def trained(trained_dir):
     return models.load("trained", trained_dir, "cpu")
 
 
+def patching_results(model, rows):
+    """patch_heads and patch_layers as the pipeline computes them (config.yaml's direction)."""
+    from opposites.analyses import patching
+
+    return {"patch_heads": patching.patch_heads(model, rows, 32, "denoising", SEED),
+            "patch_layers": patching.patch_layers(model, rows, 32, "denoising", SEED)}
+
+
 @pytest.fixture(scope="module")
 def located(trained):
-    """The sweep and DAS for the two opposite tasks."""
+    """The sweep (over the locations patching names, as the pipeline runs it) and DAS for the two
+    opposite tasks."""
     out = {}
     for task in ("size", "antonym"):
         rows = make_prompts(task, trained.tokenizer, 64, seed=SEED, min_prompts=8)[0]
-        sweep = interchange.interchange(trained, rows, 32, SEED)
+        sweep = interchange.interchange(trained, rows, 32, SEED, **patching_results(trained, rows))
         out[task] = (sweep, das.das(trained, rows, 32, SEED, interchange=sweep))
     return out
 

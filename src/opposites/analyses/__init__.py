@@ -81,7 +81,8 @@ ANALYSES: dict[str, Analysis] = {
     "circuit": Analysis(target="circuits:circuit", ext="json", stage="circuits",
                         settings=("circuit_share", "ig_steps", "stability_resamples", "seed"), requires=("edges",)),
     "faithfulness": Analysis(target="circuits:faithfulness", ext="csv", stage="circuits", requires=("circuit",)),
-    "interchange": Analysis(target="interchange:interchange", ext="json", stage="interchange", settings=("seed",)),
+    "interchange": Analysis(target="interchange:interchange", ext="json", stage="interchange", settings=("seed",),
+                            requires=("patch_heads", "patch_layers")),
     "das": Analysis(target="das:das", ext="json", stage="interchange", settings=("seed",), requires=("interchange",)),
 }
 STAGES: dict[str, list[str]] = {}
