@@ -110,6 +110,21 @@ def test_wilson():
     assert [1 - high, 1 - low] == pytest.approx(list(stats.wilson(44, 64)))
 
 
+def test_paired_difference_resamples_word_clusters():
+    """DAS minus full, per pair: the mean difference; identical hits give exactly 0; with two clusters
+    of four pairs, one holding the differences, a resample's mean can only be 0, -1/4 or -1/2
+    (probabilities 1/4, 1/2, 1/4), so the clustered 95% interval is exactly [-1/2, 0]; resampling
+    pairs instead gives another."""
+    a = torch.tensor([1, 1, 1, 1, 0, 1, 0, 1.0])
+    b = torch.tensor([1, 1, 1, 1, 1, 1, 1, 1.0])
+    two = ["x"] * 4 + ["y"] * 4
+    assert das.paired(a, a, two, SEED) == {"value": 0.0, "ci95": [0.0, 0.0], "p_value": 1.0}
+    by_cluster, by_pair = das.paired(a, b, two, SEED), das.paired(a, b, [str(i) for i in range(8)], SEED)
+    assert by_cluster["value"] == pytest.approx(-0.25) == by_pair["value"]
+    assert by_cluster["ci95"] == [-0.5, 0.0] != by_pair["ci95"]
+    assert das.iia(a, two, SEED)["n_clusters"] == 2 and das.iia(a, two, SEED)["iia"] == 0.75
+
+
 def test_das_recovers_a_planted_direction():
     """A readout that depends on the residual only through its projection on u, with a distractor
     direction w that differs as much between base and source: DAS with k = 1 finds u."""
@@ -203,6 +218,18 @@ def test_das_finds_a_small_subspace_random_ones_do_not(located, task):
     good = [k for k in end["k"] if k["iia"] >= 0.8]
     assert good, end["k"]
     assert all(k["random_iia_mean"] <= 0.2 for k in good), good
+
+
+@pytest.mark.parametrize("task", ["size", "antonym"])
+def test_das_at_the_source_word_after_that_layer_stays_at_chance(located, task):
+    """The baseline: the same DAS at the source word's position after the located layer (where the
+    full interchange no longer transfers the answer) stays near chance for every k; the number of
+    candidate answers the readout chooses among is reported beside k."""
+    sweep, result = located[task]
+    source = next(loc for loc in result["locations"] if loc["point"] == "source")
+    assert (source["site"], source["position"]) == (sweep["best_end"]["site"], sweep["role"])
+    assert all(k["iia"] <= 0.2 for k in source["k"]), source["k"]
+    assert result["n_candidates"] >= len(set(result["train_answers"]) | set(result["test_answers"]))
 
 
 def test_table_and_prose_facts_follow_the_intervals(located):

@@ -8,6 +8,7 @@ META = "{R}/{task}/{analysis}.meta.json"
 ITEM = "{R}/{folder}/{item}.{ext}"
 PAPER_TEX = "{R}/paper/paper.tex"
 PAPER_PDF = "{R}/paper/paper.pdf"
+MECHANISM = "{R}/paper/mechanism.json"  # per task, the mechanism in fields (summary.glance)
 BENCH = {
     "build_model": "{R}/benchmarks/build_model.tsv",
     "train_model": "{R}/benchmarks/train_model.tsv",

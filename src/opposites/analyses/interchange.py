@@ -64,12 +64,16 @@ class PairBatch:
     source_answer: Tensor  # (batch,)
 
 
+def pair_order(pairs: list[tuple[dict, dict]]) -> list[tuple[dict, dict]]:
+    """Pairs in the order pair_batches runs them: by token length, then base prompt id."""
+    return sorted(pairs, key=lambda p: (p[0]["positions"]["END"], p[0]["id"]))
+
+
 def pair_batches(model, pairs: list[tuple[dict, dict]], cands: list[str], batch_size: int) -> list[PairBatch]:
     """Pairs batched by token length (no padding: END is the last position)."""
     index = {w: i for i, w in enumerate(cands)}
-    ordered = sorted(pairs, key=lambda p: (p[0]["positions"]["END"], p[0]["id"]))
     out = []
-    for _, group in groupby(ordered, key=lambda p: p[0]["positions"]["END"]):
+    for _, group in groupby(pair_order(pairs), key=lambda p: p[0]["positions"]["END"]):
         group = list(group)
         for i in range(0, len(group), batch_size):
             chunk = group[i:i + batch_size]
