@@ -65,11 +65,31 @@ def test_negative_copy_is_the_copy_score_of_the_negated_ov_circuit(tmp_path, row
     model = planted_ov(tmp_path, "ioi")
     df = heads.copy_scores(model, rows["ioi"], 8)
     ov_writes = heads.ov_writes
-    monkeypatch.setattr(heads, "ov_writes", lambda m, words: -ov_writes(m, words))
+    monkeypatch.setattr(heads, "ov_writes", lambda m, words, position: -ov_writes(m, words, position))
     negated = heads.copy_scores(model, rows["ioi"], 8)
     assert scores(df, "negative_copy").equals(scores(negated, "copy"))
     assert scores(df, "copy").equals(scores(negated, "negative_copy"))
     assert scores(df, "negative_copy")[(1, 0)] < 0.1 < 0.9 < scores(df, "copy")[(1, 0)]
+
+
+def test_heads_read_the_embedding_in_layer_0_and_the_residual_after_mlp_0_later(toy64, rows):
+    """Layer 0's input at a word is its token plus position embedding (W_E + W_pos, computed by hand);
+    later layers' is the residual after MLP 0 of "<|endoftext|> word" (TransformerLens's cache); the
+    copy-score table says which each layer read."""
+    words = copy_words("size")[:5]
+    ids = torch.tensor([toy64.to_single_token(w) for w in words])
+    got = heads.head_inputs(toy64, words, 3)
+    assert torch.allclose(got[0], toy64.W_E[ids] + toy64.W_pos[3], atol=1e-12, rtol=0)
+    bos = toy64.tokenizer.bos_token_id
+    _, cache = toy64.run_with_cache(torch.tensor([[bos, int(i)] for i in ids]))
+    for layer in range(1, toy64.cfg.n_layers):
+        assert torch.allclose(got[layer], cache["blocks.0.hook_resid_post"][:, 1], atol=1e-12, rtol=0)
+    assert not torch.allclose(got[0], got[1], atol=1e-3)
+    df = heads.copy_scores(toy64, rows["size"], 8)
+    at = [r["positions"]["ADJ1"] for r in rows["size"]]
+    position = max(sorted(set(at)), key=at.count)  # the source word's most common position
+    assert set(df[df.layer == 0].reads) == {f"embedding at position {position}"}
+    assert set(df[df.layer > 0].reads) == {"after MLP 0"}
 
 
 def test_planted_opposite_head_ranks_first(tmp_path, rows):

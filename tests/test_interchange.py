@@ -110,6 +110,21 @@ def test_wilson():
     assert [1 - high, 1 - low] == pytest.approx(list(stats.wilson(44, 64)))
 
 
+def test_paired_difference_resamples_word_clusters():
+    """DAS minus full, per pair: the mean difference; identical hits give exactly 0; with two clusters
+    of four pairs, one holding the differences, a resample's mean can only be 0, -1/4 or -1/2
+    (probabilities 1/4, 1/2, 1/4), so the clustered 95% interval is exactly [-1/2, 0]; resampling
+    pairs instead gives another."""
+    a = torch.tensor([1, 1, 1, 1, 0, 1, 0, 1.0])
+    b = torch.tensor([1, 1, 1, 1, 1, 1, 1, 1.0])
+    two = ["x"] * 4 + ["y"] * 4
+    assert das.paired(a, a, two, SEED) == {"value": 0.0, "ci95": [0.0, 0.0], "p_value": 1.0}
+    by_cluster, by_pair = das.paired(a, b, two, SEED), das.paired(a, b, [str(i) for i in range(8)], SEED)
+    assert by_cluster["value"] == pytest.approx(-0.25) == by_pair["value"]
+    assert by_cluster["ci95"] == [-0.5, 0.0] != by_pair["ci95"]
+    assert das.iia(a, two, SEED)["n_clusters"] == 2 and das.iia(a, two, SEED)["iia"] == 0.75
+
+
 def test_das_recovers_a_planted_direction():
     """A readout that depends on the residual only through its projection on u, with a distractor
     direction w that differs as much between base and source: DAS with k = 1 finds u."""
@@ -133,6 +148,30 @@ def test_das_recovers_a_planted_direction():
     assert hit >= 0.9
 
 
+def test_sweep_covers_what_patching_names_and_matches_the_full_grid(toy64):
+    """The limited sweep: the TOP_HEADS heads and TOP_MLPS MLPs with the largest |patching effect|
+    (found here with plain sorting), the residual after their layers and before layer 0; each of its
+    rows equals the full grid's row at the same location."""
+    rows = make_prompts("size", toy64.tokenizer, 24, seed=SEED, min_prompts=8)[0]
+    patched = patching_results(toy64, rows)
+    limited = interchange.interchange(toy64, rows, 32, SEED, **patched)
+    full = interchange.interchange(toy64, rows, 32, SEED)
+    z = patched["patch_heads"].query("activation == 'z'")
+    z = z.iloc[z.value.abs().argsort(kind="stable")[::-1]][:interchange.TOP_HEADS]
+    mlp = patched["patch_layers"].query("component == 'mlp' and role == 'END'")
+    mlp = mlp.iloc[mlp.value.abs().argsort(kind="stable")[::-1]][:interchange.TOP_MLPS]
+    got = limited["locations"]
+    assert {(r["layer"], r["head"]) for r in got if r["kind"] == "z"} == set(zip(z.layer, z["head"]))
+    assert {r["layer"] for r in got if r["kind"] == "mlp_out"} == set(mlp.layer)
+    layers = set(z.layer) | set(mlp.layer)
+    assert {(r["layer"], r["position"]) for r in got if r["kind"] == "resid_post"} == \
+        {(l, p) for l in layers for p in ("ADJ1", "END")}
+    assert len(got) < len(full["locations"])
+    by_site = {(r["site"], r["head"], r["position"]): r for r in full["locations"]}
+    for r in got:
+        assert r == by_site[(r["site"], r["head"], r["position"])]
+
+
 # ---- the trained model --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -140,13 +179,22 @@ def trained(trained_dir):
     return models.load("trained", trained_dir, "cpu")
 
 
+def patching_results(model, rows):
+    """patch_heads and patch_layers as the pipeline computes them (config.yaml's direction)."""
+    from opposites.analyses import patching
+
+    return {"patch_heads": patching.patch_heads(model, rows, 32, "denoising", SEED),
+            "patch_layers": patching.patch_layers(model, rows, 32, "denoising", SEED)}
+
+
 @pytest.fixture(scope="module")
 def located(trained):
-    """The sweep and DAS for the two opposite tasks."""
+    """The sweep (over the locations patching names, as the pipeline runs it) and DAS for the two
+    opposite tasks."""
     out = {}
     for task in ("size", "antonym"):
         rows = make_prompts(task, trained.tokenizer, 64, seed=SEED, min_prompts=8)[0]
-        sweep = interchange.interchange(trained, rows, 32, SEED)
+        sweep = interchange.interchange(trained, rows, 32, SEED, **patching_results(trained, rows))
         out[task] = (sweep, das.das(trained, rows, 32, SEED, interchange=sweep))
     return out
 
@@ -170,6 +218,18 @@ def test_das_finds_a_small_subspace_random_ones_do_not(located, task):
     good = [k for k in end["k"] if k["iia"] >= 0.8]
     assert good, end["k"]
     assert all(k["random_iia_mean"] <= 0.2 for k in good), good
+
+
+@pytest.mark.parametrize("task", ["size", "antonym"])
+def test_das_at_the_source_word_after_that_layer_stays_at_chance(located, task):
+    """The baseline: the same DAS at the source word's position after the located layer (where the
+    full interchange no longer transfers the answer) stays near chance for every k; the number of
+    candidate answers the readout chooses among is reported beside k."""
+    sweep, result = located[task]
+    source = next(loc for loc in result["locations"] if loc["point"] == "source")
+    assert (source["site"], source["position"]) == (sweep["best_end"]["site"], sweep["role"])
+    assert all(k["iia"] <= 0.2 for k in source["k"]), source["k"]
+    assert result["n_candidates"] >= len(set(result["train_answers"]) | set(result["test_answers"]))
 
 
 def test_table_and_prose_facts_follow_the_intervals(located):

@@ -139,8 +139,10 @@ def context(outline: Outline, config: dict, results: str, bib: str) -> dict:
             "model_name": model_name(config["model"])}
 
 
-def render(template_dir: str | Path, outline: Outline, config: dict, results: str, bib: str, out: str | Path) -> None:
-    from opposites.io import atomic_write_text
+def render(template_dir: str | Path, outline: Outline, config: dict, results: str, bib: str, out: str | Path,
+           mechanism_out: str | Path | None = None) -> None:
+    """paper.tex from the templates; with mechanism_out, each task's mechanism in fields (JSON)."""
+    from opposites.io import atomic_write_text, write_json
 
     env = environment(template_dir)
     ctx = context(outline, config, results, bib)
@@ -151,6 +153,8 @@ def render(template_dir: str | Path, outline: Outline, config: dict, results: st
         if Path(template_dir, "sections", f"{sid}.tex").exists() else ""
     atomic_write_text(out, env.get_template("paper.tex").render(ctx))
     shutil.copy(bib, Path(out).parent / Path(bib).name)
+    if mechanism_out:
+        write_json([ctx["S"]["tasks"][t]["mechanism"]["glance"] for t in ctx["tasks"]], mechanism_out)
 
 
 def latex_errors(log_text: str, tex_lines: list[str] | None = None, context_lines: int = 4) -> str:

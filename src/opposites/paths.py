@@ -11,6 +11,7 @@ SEED_RESULT = "{R}/seeds/{tseed}/{task}/{analysis}.{ext}"
 SEED_META = "{R}/seeds/{tseed}/{task}/{analysis}.meta.json"
 PAPER_TEX = "{R}/paper/paper.tex"
 PAPER_PDF = "{R}/paper/paper.pdf"
+MECHANISM = "{R}/paper/mechanism.json"  # per task, the mechanism in fields (summary.glance)
 BENCH = {
     "build_model": "{R}/benchmarks/build_model.tsv",
     "train_model": "{R}/benchmarks/train_model.tsv",

@@ -319,20 +319,25 @@ def mechanism(data: dict, tasks: list[str]) -> str:
 @table
 def interchange(data: dict, tasks: list[str]) -> str:
     """Per task: where END first carries the source word's value (interchange IIA), the source
-    word's own position at that point, and DAS on held-out words against random subspaces and the
-    full interchange."""
+    word's own position at that point, and DAS on held-out words against random subspaces, DAS at
+    the source word's position after the same layer, and the full interchange; the number of
+    candidate answers beside k."""
     rows = []
     for task in tasks:
         sweep, das = data["interchange"][task], data["das"][task]
         end, role = sweep["best_end"], sweep["role_at_best_end"]
         at_end = next(loc for loc in das["locations"] if loc["site"] == end["site"] and loc["position"] == "END")
-        ks = "; ".join(f"{k['k']}: {fmt(k['iia'])} ({fmt(k['random_iia_mean'])})" for k in at_end["k"])
+        source = {k["k"]: k for loc in das["locations"] if loc.get("point") == "source" for k in loc["k"]}
+        ks = "; ".join(f"{k['k']}: {fmt(k['iia'])} ({fmt(k['random_iia_mean'])}"
+                       + (f"; {fmt(source[k['k']]['iia'])}" if k["k"] in source else "") + ")" for k in at_end["k"])
         rows.append([tex_escape(task), str(sweep["n_pairs"]), tex_escape(end["label"]), fmt_ci(end["iia"], end["iia_ci95"]),
-                     f"{tex_escape(sweep['role'])}: {fmt_ci(role['iia'], role['iia_ci95'])}", str(das["n_test"]), ks,
+                     f"{tex_escape(sweep['role'])}: {fmt_ci(role['iia'], role['iia_ci95'])}",
+                     f"{das['n_test']} ({at_end['full']['n_clusters']})", str(das["n_candidates"]), ks,
                      fmt_ci(at_end["full"]["iia"], at_end["full"]["iia_ci95"])])
-    return tabular(r"l r l p{2.2cm} p{2.6cm} r p{4.2cm} p{2.2cm}",
-                   ["task", "pairs", "END located", "IIA [95\\% CI]", "source word there", "held out",
-                    "DAS IIA by $k$ (random)", "full"], rows)
+    return tabular(r"l r l p{2.2cm} p{2.6cm} r r p{4.4cm} p{2.2cm}",
+                   ["task", "pairs", "END located", "IIA [95\\% CI]", "source word there", "held out (clusters)",
+                    "answers", "DAS IIA by $k$ (random; source word)", "full"], rows)
+
 
 
 def _sharing(data: dict, tasks: list[str]) -> list[dict]:

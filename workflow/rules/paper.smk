@@ -17,6 +17,7 @@ rule paper_pdf:
     output:
         tex=PAPER_TEX,
         pdf=PAPER_PDF,
+        mechanism=paths.fill(paths.MECHANISM, R),
     params:
         results=lambda wildcards, output: results_of(output[0]),
     conda:

@@ -7,8 +7,15 @@ parametrisation (torch.nn.utils.parametrizations.orthogonal). Scored by IIA on h
 by word: pairs whose source word or source answer is linked (a word and its answer, transitively:
 an adjective pair, a category with its entities) fall on the same side, so no held-out
 counterfactual answer was trained on. Controls on the same held-out pairs: random orthonormal
-subspaces of the same k, and the full interchange. Built on opposites.interventions (TransformerLens
-hooks; see its docstring for why not pyvene)."""
+subspaces of the same k, the full interchange (paired: DAS minus full per pair), and DAS at the
+source word's position after the same layer (where the full interchange no longer transfers the
+answer). Intervals resample word clusters (prompts.cluster_of of the source prompt: the held-out
+pairs of one adjective pair, category or IO name are not independent); Wilson intervals over pairs
+are kept beside them. The readout is the top one of the task's candidate answers; C answers read
+out linearly from a subspace need up to C - 1 of its dimensions (the corners of a simplex), so the
+k needed tracks the number of answers, which is reported beside it (n_candidates; the answers of
+the training and held-out pairs). Built on opposites.interventions (TransformerLens hooks;
+see its docstring for why not pyvene)."""
 
 from __future__ import annotations
 
@@ -19,9 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from opposites.analyses.interchange import PairBatch, candidate_ids, candidates, make_pairs, pair_batches, source_role
+from opposites.analyses.interchange import (PairBatch, candidate_ids, candidates, make_pairs, pair_batches, pair_order,
+                                           source_role)
 from opposites.interventions import Intervention, run, source_activations
-from opposites.stats import wilson
+from opposites.prompts import cluster_of
+from opposites.stats import mean_ci, n_clusters, wilson
 
 KS = (1, 2, 4, 8)  # subspace dimensions
 STEPS = 150  # Adam steps, full batch
@@ -78,14 +87,25 @@ def random_basis(d: int, k: int, generator: torch.Generator, dtype=torch.float32
     return torch.linalg.qr(torch.randn(d, k, generator=generator, dtype=torch.float64, device="cpu"))[0].to(dtype)
 
 
-def iia(hits: Tensor) -> dict:
+def iia(hits: Tensor, clusters: list[str], seed: int) -> dict:
+    """IIA with its 95% interval resampling the pairs' word clusters, and Wilson's over pairs."""
     k, n = int(hits.sum()), len(hits)
-    return {"iia": k / n, "iia_ci95": list(wilson(k, n)), "n": n}
+    boot = mean_ci(hits.double(), seed, clusters=clusters)
+    return {"iia": k / n, "iia_ci95": [boot.ci_low.item(), boot.ci_high.item()], "iia_wilson95": list(wilson(k, n)),
+            "n": n, "n_clusters": n_clusters(clusters, n)}
+
+
+def paired(a: Tensor, b: Tensor, clusters: list[str], seed: int) -> dict:
+    """Mean of a - b over pairs (0/1 hits of two interventions on the same pairs), its 95% interval
+    and p-value (of 0) resampling word clusters: a paired test."""
+    e = mean_ci(a.double() - b.double(), seed, clusters=clusters)
+    return {"value": e.value.item(), "ci95": [e.ci_low.item(), e.ci_high.item()], "p_value": e.p_value.item()}
 
 
 def das_at(model, train: list[PairBatch], test: list[PairBatch], ids: Tensor, site: str, position: str,
-           seed: int) -> dict:
-    """DAS for every k at one location, with the random and full-interchange controls."""
+           seed: int, clusters: list[str]) -> dict:
+    """DAS for every k at one location, with the random and full-interchange controls; clusters:
+    the held-out pairs' word clusters in batch order."""
     where = Intervention(site, position)
     acts = {id(b): source_activations(model, b.source, [where]) for b in train + test}
     d = next(iter(acts.values()))[site].shape[-1]
@@ -111,22 +131,36 @@ def das_at(model, train: list[PairBatch], test: list[PairBatch], ids: Tensor, si
     target = torch.cat([b.source_answer for b in train])
     generator = torch.Generator().manual_seed(seed)
     ks = tuple(k for k in KS if k < d)
+    full = hits(None, test)
     per_k = []
     for k, basis in zip(ks, fit_subspaces(stacked_logits, target, d, ks, seed, dtype, ids.device)):
-        draws = [iia(hits(random_basis(d, k, generator, dtype).to(ids.device), test))["iia"] for _ in range(RANDOM_DRAWS)]
-        per_k.append({"k": k, **iia(hits(basis, test)), "train_iia": iia(hits(basis, train))["iia"],
+        draws = [hits(random_basis(d, k, generator, dtype).to(ids.device), test).double().mean().item()
+                 for _ in range(RANDOM_DRAWS)]
+        learned = hits(basis, test)
+        per_k.append({"k": k, **iia(learned, clusters, seed), "train_iia": hits(basis, train).double().mean().item(),
+                      "minus_full": paired(learned, full, clusters, seed),
                       "random_iia_mean": sum(draws) / len(draws), "random_iia_max": max(draws)})
-    return {"site": site, "position": position, "layer": where.layer, "d": d, "full": iia(hits(None, test)), "k": per_k}
+    return {"site": site, "position": position, "layer": where.layer, "d": d, "full": iia(full, clusters, seed),
+            "k": per_k}
+
+
+def batch_clusters(pairs: list[tuple[dict, dict]]) -> list[str]:
+    """Each pair's word cluster (its source prompt's), in pair_batches' order."""
+    return [cluster_of(s) for _, s in pair_order(pairs)]
 
 
 def das(model, rows: list[dict], batch_size: int, seed: int, interchange=None) -> dict:
-    """DAS at the END point the sweep located and at the source word's latest point."""
+    """DAS at the END point the sweep located ("end") and, as a baseline, at the source word's
+    position after the same layer ("source")."""
     role = source_role(rows[0]["task"])
     train, test = split_by_word(make_pairs(rows, role, seed), role, seed)
     cands = candidates(rows)
     ids = candidate_ids(model, cands)
     train_b, test_b = pair_batches(model, train, cands, batch_size), pair_batches(model, test, cands, batch_size)
-    points = [interchange["best_end"], interchange["best_role"]]
-    return {"role": role, "n_train": len(train), "n_test": len(test),
+    points = {"end": interchange["best_end"], "source": interchange["role_at_best_end"]}
+    return {"role": role, "n_train": len(train), "n_test": len(test), "n_candidates": len(cands),
+            "train_answers": sorted({s["answer"].strip() for _, s in train}),
             "test_answers": sorted({s["answer"].strip() for _, s in test}),
-            "locations": [das_at(model, train_b, test_b, ids, p["site"], p["position"], seed) for p in points]}
+            "locations": [{"point": name, **das_at(model, train_b, test_b, ids, p["site"], p["position"], seed,
+                                                   batch_clusters(test))}
+                          for name, p in points.items()]}

@@ -8,6 +8,7 @@ import torch
 
 from opposites.core import batches, ln_final, prompt_clusters
 from opposites.derived import head_label, selected_heads
+from opposites.prompts import load_spec
 from opposites.stats import mean_ci
 from opposites.words import copy_words, opposites
 
@@ -85,17 +86,28 @@ def head_logit(model, rows, batch_size, head_dla=None) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["prompt", "layer", "head", "contribution", "answer_logit"])
 
 
-def ov_writes(model, words: list[str]) -> torch.Tensor:
-    """What each head's OV circuit writes, (layer, head, word, d_model), for each word's residual
-    after the first MLP layer (blocks.0.hook_resid_post of "<|endoftext|> word"), normalised by the
-    head's own layer's LayerNorm before OV, then the final LayerNorm and the unembedding."""
-    ids = torch.tensor([[model.tokenizer.bos_token_id, model.to_single_token(w)] for w in words],
-                       device=model.cfg.device)
-    _, cache = model.run_with_cache(ids, names_filter=lambda n: n == "blocks.0.hook_resid_post")
-    x = cache["blocks.0.hook_resid_post"][:, 1]  # (word, d_model)
+def head_inputs(model, words: list[str], position: int) -> torch.Tensor:
+    """What each layer's heads read at a word, (layer, word, d_model): layer 0 reads the embedding,
+    token plus position embedding at `position` (blocks.0.hook_resid_pre of the word at that
+    position); later layers, by the IOI paper's convention, the word's residual after the first MLP
+    layer (blocks.0.hook_resid_post of "<|endoftext|> word")."""
+    bos = model.tokenizer.bos_token_id
+    word_ids = [model.to_single_token(w) for w in words]
+    at = torch.tensor([[bos] * position + [w] for w in word_ids], device=model.cfg.device)
+    pair = torch.tensor([[bos, w] for w in word_ids], device=model.cfg.device)
+    embed = model.run_with_cache(at, names_filter="blocks.0.hook_resid_pre")[1]["blocks.0.hook_resid_pre"][:, position]
+    after = model.run_with_cache(pair, names_filter="blocks.0.hook_resid_post")[1]["blocks.0.hook_resid_post"][:, 1]
+    return torch.stack([embed] + [after] * (model.cfg.n_layers - 1))
+
+
+def ov_writes(model, words: list[str], position: int) -> torch.Tensor:
+    """What each head's OV circuit writes, (layer, head, word, d_model), for each word as its
+    layer's heads read it (head_inputs), normalised by the head's own layer's LayerNorm before OV,
+    then the final LayerNorm and the unembedding."""
+    inputs = head_inputs(model, words, position)
     out = []
     for layer in range(model.cfg.n_layers):
-        blk = model.blocks[layer]
+        blk, x = model.blocks[layer], inputs[layer]
         xc = x - x.mean(-1, keepdim=True)
         h = xc / (xc.pow(2).mean(-1, keepdim=True) + model.cfg.eps).sqrt() * blk.ln1.w + blk.ln1.b
         v = torch.einsum("wm,hmd->hwd", h, model.W_V[layer]) + model.b_V[layer][:, None]  # (head, word, d_head)
@@ -106,12 +118,16 @@ def ov_writes(model, words: list[str]) -> torch.Tensor:
 
 def copy_scores(model, rows, batch_size, k: int = 5) -> pd.DataFrame:
     """Share of the task's words whose own token (copy), or opposite (opposite), is in the top k of
-    the head's OV output; negative_copy uses -OV."""
+    the head's OV output; negative_copy uses -OV. Layer 0's heads read the word's embedding at the
+    most common position of the task's copy_role in its prompts; later layers, the word after MLP 0."""
     task = rows[0]["task"]
     words, opp = copy_words(task), opposites(task)
     ids = torch.tensor([model.to_single_token(w) for w in words], device=model.cfg.device)
     opp_ids = [{model.to_single_token(o) for o in opp.get(w, ())} for w in words]
-    writes = ov_writes(model, words)
+    role = load_spec(task)["copy_role"]
+    at = [r["positions"][role] for r in rows]
+    position = max(sorted(set(at)), key=at.count)  # the most common (the first of ties)
+    writes = ov_writes(model, words, position)
     L, H = writes.shape[:2]
     table = {1: [], -1: []}  # the table's order: copy and opposite layer by layer, then negative_copy
     for layer in range(L):
@@ -127,4 +143,6 @@ def copy_scores(model, rows, batch_size, k: int = 5) -> pd.DataFrame:
                 hits = torch.tensor([[bool(set(top[h, i].tolist()) & opp_ids[i]) for i in has] for h in range(H)],
                                     device="cpu")
                 table[1] += [(layer, h, "opposite", hits[h].double().mean().item()) for h in range(H)]
-    return pd.DataFrame(table[1] + table[-1], columns=["layer", "head", "score_type", "value"])
+    reads = lambda layer: f"embedding at position {position}" if layer == 0 else "after MLP 0"  # noqa: E731
+    df = pd.DataFrame(table[1] + table[-1], columns=["layer", "head", "score_type", "value"])
+    return df.assign(reads=df.layer.map(reads))

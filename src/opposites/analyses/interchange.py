@@ -3,9 +3,13 @@
 Pairs of prompts of one template whose source word differs (the task's copy_role: ADJ1, IO, ENTITY)
 and whose answers differ: the base prompt is run with one location taken from the source prompt.
 If that location carries the source word's value (its adjective, name or entity), the base run's
-answer becomes the source prompt's answer. Locations: the residual stream at the source word's
-position and at END, before layer 0 and after each layer; each head's output (hook_z) at END; each
-MLP's output at END.
+answer becomes the source prompt's answer. Locations, limited to what activation patching names (so
+a GPT-2-size model stays affordable): the TOP_HEADS heads' outputs (hook_z) at END with the largest
+|effect| in patch_heads, the TOP_MLPS MLPs' outputs at END with the largest |effect| at END in
+patch_layers, and the residual stream at the source word's position and at END before layer 0 and
+after each layer those components sit in. Without patching results (a test's reference), every
+layer, head and MLP. Patching, not the circuit: the interchange jobs then run beside the circuit
+jobs (the longest of a build) instead of after them.
   IIA: the share of pairs whose top candidate answer (among every answer and wrong word of the
        task's prompts) becomes the source's answer, with a Wilson 95% interval;
   graded: the logit of the source's answer minus the base's, summed over pairs, as a share of the
@@ -20,6 +24,7 @@ from itertools import groupby
 import torch
 from torch import Tensor
 
+from opposites.derived import largest_abs, top_abs_heads
 from opposites.interventions import (Intervention, head_z, mlp_out, resid_post, resid_pre, role_positions, run,
                                      source_activations)
 from opposites.prompts import load_spec
@@ -59,12 +64,16 @@ class PairBatch:
     source_answer: Tensor  # (batch,)
 
 
+def pair_order(pairs: list[tuple[dict, dict]]) -> list[tuple[dict, dict]]:
+    """Pairs in the order pair_batches runs them: by token length, then base prompt id."""
+    return sorted(pairs, key=lambda p: (p[0]["positions"]["END"], p[0]["id"]))
+
+
 def pair_batches(model, pairs: list[tuple[dict, dict]], cands: list[str], batch_size: int) -> list[PairBatch]:
     """Pairs batched by token length (no padding: END is the last position)."""
     index = {w: i for i, w in enumerate(cands)}
-    ordered = sorted(pairs, key=lambda p: (p[0]["positions"]["END"], p[0]["id"]))
     out = []
-    for _, group in groupby(ordered, key=lambda p: p[0]["positions"]["END"]):
+    for _, group in groupby(pair_order(pairs), key=lambda p: p[0]["positions"]["END"]):
         group = list(group)
         for i in range(0, len(group), batch_size):
             chunk = group[i:i + batch_size]
@@ -80,11 +89,29 @@ def candidate_ids(model, cands: list[str]) -> Tensor:
     return torch.tensor([model.to_single_token(w) for w in cands], device=model.W_U.device)
 
 
-def locations(model, role: str) -> list[Intervention]:
-    """Residual at the source word and END before layer 0 and after each layer; heads and MLPs at END."""
+TOP_HEADS = 8  # heads swept: the largest |z| patching effects
+TOP_MLPS = 4  # MLPs swept: the largest |effect| of patching their output at END
+
+
+def named_components(model, patch_heads=None, patch_layers=None) -> tuple[list[tuple[int, int]], list[int]]:
+    """(layer, head) pairs and MLP layers to sweep, in layer order: the largest patching effects,
+    or every one without patching results."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    resid = [resid_pre(0, p) for p in (role, "END")] + [resid_post(l, p) for l in range(L) for p in (role, "END")]
-    return resid + [head_z(l, h) for l in range(L) for h in range(H)] + [mlp_out(l) for l in range(L)]
+    if patch_heads is None or patch_layers is None:
+        return [(l, h) for l in range(L) for h in range(H)], list(range(L))
+    heads = top_abs_heads(patch_heads[patch_heads.activation == "z"], TOP_HEADS)
+    mlp = patch_layers[(patch_layers.component == "mlp") & (patch_layers.role == "END")]
+    mlps = [int(r.layer) for r in largest_abs(mlp, TOP_MLPS).itertuples()]
+    return sorted(heads), sorted(mlps)
+
+
+def locations(model, role: str, patch_heads=None, patch_layers=None) -> list[Intervention]:
+    """Residual at the source word and END before layer 0 and after each layer the named heads and
+    MLPs sit in; those heads and MLPs at END."""
+    heads, mlps = named_components(model, patch_heads, patch_layers)
+    layers = sorted({l for l, _ in heads} | set(mlps))
+    resid = [resid_pre(0, p) for p in (role, "END")] + [resid_post(l, p) for l in layers for p in (role, "END")]
+    return resid + [head_z(l, h) for l, h in heads] + [mlp_out(l) for l in mlps]
 
 
 def kind(iv: Intervention) -> str:
@@ -134,13 +161,13 @@ def first_best(rows: list[dict], last: bool = False) -> dict:
     return near[-1] if last else near[0]
 
 
-def interchange(model, rows: list[dict], batch_size: int, seed: int) -> dict:
-    """The sweep, and the located points: where END first carries the source's value, and where
-    the source word's position last does."""
+def interchange(model, rows: list[dict], batch_size: int, seed: int, patch_heads=None, patch_layers=None) -> dict:
+    """The sweep over the locations patching names, and the located points: where END first
+    carries the source's value, and where the source word's position last does."""
     role = source_role(rows[0]["task"])
     pairs, cands = make_pairs(rows, role, seed), candidates(rows)
     batches = pair_batches(model, pairs, cands, batch_size)
-    result = sweep(model, batches, candidate_ids(model, cands), locations(model, role))
+    result = sweep(model, batches, candidate_ids(model, cands), locations(model, role, patch_heads, patch_layers))
     resid = [r for r in result if r["kind"] in ("resid_pre", "resid_post")]
     end = first_best([r for r in resid if r["position"] == "END"])
     at_role = first_best([r for r in resid if r["position"] == role], last=True)

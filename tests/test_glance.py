@@ -1,0 +1,69 @@
+"""The mechanism stated per task (summary.glance): the circuit's widest path against a brute-force
+enumeration of every path, and no field written without the interval that supports it."""
+
+import itertools
+import random
+
+from opposites.summary import glance, node_of, widest_path
+
+
+def all_paths(edges, node="logits"):
+    """Every embed -> node path, as lists of edges (brute force)."""
+    if node == "embed":
+        return [[]]
+    return [p + [e] for e in edges if node_of(e["dst"]) == node for p in all_paths(edges, node_of(e["src"]))]
+
+
+def random_circuit(rng):
+    """A layered DAG: embed, heads L.H (entered through .q/.k/.v), MLP L, logits."""
+    nodes = ["embed"] + [f"{l}.{h}" for l in range(2) for h in range(2)] + ["MLP 0", "MLP 1"]
+    layer = lambda n: -1 if n == "embed" else int(n.split()[-1]) + 0.5 if n.startswith("MLP") else int(n[0])  # noqa: E731
+    edges = []
+    for a, b in itertools.permutations(nodes, 2):
+        if layer(a) < layer(b) and rng.random() < 0.6:
+            dst = f"{b}.{rng.choice('qkv')}" if not b.startswith("MLP") else b
+            edges.append({"src": a, "dst": dst, "score": rng.uniform(-1, 1)})
+    edges += [{"src": n, "dst": "logits", "score": rng.uniform(-1, 1)} for n in nodes[1:] if rng.random() < 0.7]
+    return edges
+
+
+def test_widest_path_is_the_best_of_every_path():
+    rng = random.Random(0)
+    checked = 0
+    for _ in range(50):
+        edges = random_circuit(rng)
+        paths = all_paths(edges)
+        got = widest_path(edges)
+        if not paths:
+            assert got is None
+            continue
+        best = max(min(abs(e["score"]) for e in p) for p in paths)
+        written = {tuple(["embed"] + [x for e in p for x in ([e["dst"]] if e["dst"] != node_of(e["dst"]) else [])
+                                      + [node_of(e["dst"])]]): min(abs(e["score"]) for e in p) for p in paths}
+        nodes, weakest = got
+        assert weakest == best and written[tuple(nodes)] == best  # a real path, and a widest one
+        checked += 1
+    assert checked >= 10
+
+
+def facts(recovered_ci, end_ci, does_task=True):
+    baseline = {"does_task": does_task, "accuracy": 0.9, "accuracy_ci95": [0.8, 0.95], "n_prompts": 64}
+    method = {"recovered": 0.8, "recovered_ci95": recovered_ci}
+    circuit = {"method": "EAP-IG", "methods": {"EAP-IG": method}, "n_edges": 3,
+               "edges": [{"src": "embed", "dst": "0.1.v", "score": 0.5}, {"src": "0.1", "dst": "MLP 0", "score": 0.4},
+                         {"src": "MLP 0", "dst": "logits", "score": 0.9}]}
+    end = {"label": "after layer 0", "site": "blocks.0.hook_resid_post", "iia": 0.95, "iia_ci95": end_ci}
+    interchange = {"sweep": {"best_end": end, "n_pairs": 64}, "end_carries": end_ci[0] > 0.5, "role_left": True,
+                   "das_k": {"k": 4, "iia": 0.9, "iia_ci95": [0.8, 1.0]}, "n_candidates": 12}
+    return {"baseline": {"t": baseline}, "circuit": {"t": circuit}}, interchange
+
+
+def test_glance_writes_only_what_the_intervals_support():
+    data, ic = facts([0.7, 0.9], [0.9, 1.0])
+    g = glance(data, "t", ic)
+    assert g["path"] == ["embed", "0.1.v", "0.1", "MLP 0", "logits"] and g["share_carried_ci95"] == [0.7, 0.9]
+    assert g["located"] == "after layer 0" and g["das_k"] == 4 and g["n_candidates"] == 12
+    data, ic = facts([-0.1, 0.9], [0.4, 0.7])  # recovery interval reaches 0; END not shown to carry it
+    g = glance(data, "t", ic)
+    assert g["path"] is None and g["share_carried"] is None
+    assert g["located"] is None and g["iia"] is None and g["das_k"] is None
