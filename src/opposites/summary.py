@@ -178,17 +178,23 @@ def widest_path(edges: list[dict]) -> tuple[list[str], float] | None:
     return (found[1], found[0]) if found else None
 
 
+def paper_circuit_row(circuit: dict) -> dict:
+    """The paper's circuit's row among the methods compared at one size (its held-out numbers)."""
+    return next(r for r in circuit["at_size"] if r["method"] == circuit["method"] and r["how"] == circuit["how"])
+
+
 def glance(data: dict, task: str, interchange: dict | None) -> dict:
     """One task's mechanism in fields (results/<model>/paper/mechanism.json; the paper's paragraph):
     whether the model does the task (accuracy, 95% Wilson interval); the circuit's widest path and
-    the share of the logit difference the whole circuit recovers (exact edge patching, 95% interval);
+    the share of the logit difference the whole circuit recovers on the prompts held out from its
+    selection (exact edge patching, 95% interval over those prompts' words);
     the interchange's located point (IIA, 95% Wilson interval) and the smallest DAS k its intervals
     support, with the number of candidate answers. A field whose support is missing is None: no path
     when the circuit's recovery interval reaches 0, no located point when END is not shown to carry
     the value."""
     base = data["baseline"][task]
     circuit = data.get("circuit", {}).get(task)
-    main = circuit["methods"][circuit["method"]] if circuit else None
+    main = paper_circuit_row(circuit)["held_out"] if circuit else None  # recovery on the held-out prompts
     path = widest_path(circuit["edges"]) if circuit else None
     supported = main is not None and main.get("recovered_ci95") is not None and main["recovered_ci95"][0] > 0
     end = interchange["sweep"]["best_end"] if interchange and interchange["end_carries"] else None

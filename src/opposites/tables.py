@@ -393,3 +393,32 @@ def transfer(data: dict, tasks: list[str]) -> str:
                          _iia(r["a_to_b"]), _iia(r["b_to_a"]), r["verdict"]])
     return tabular(r"l l p{1.9cm} p{1.9cm} p{1.9cm} p{1.9cm} p{3.2cm}",
                    ["tasks $a$--$b$", "location (END)", "within $a$", "within $b$", "$a \\to b$", "$b \\to a$", "verdict"], rows)
+
+
+@table
+def glance(data: dict, tasks: list[str]) -> str:
+    """Results at a glance, per task: whether the model does it, where the source word's value is
+    held (interchange) and in how small a subspace (DAS), how much of the effect the circuit carries on
+    held-out prompts, the tasks it shares a function with, and what replicates across seeds."""
+    from opposites.sharing import sharing_facts
+    from opposites.summary import glance as mechanism_glance, interchange_facts
+
+    circuits = {t: data["circuit"][t] for t in tasks}
+    graphs = {t: graph_of(data["edges"][t]) for t in tasks} if "edges" in data else None
+    sharing = sharing_facts(data, tasks, compare(circuits, opposite_tasks(tasks), {}, graphs)["pairs"])
+    rows = []
+    for task in tasks:
+        g = mechanism_glance(data, task, interchange_facts(data, task))
+        located = (f"END {tex_escape(g['located'])}: {fmt_ci(g['iia'], g['iia_ci95'])}" if g["located"] else "not located")
+        das = (f"$k = {g['das_k']}$ of {g['n_candidates']} answers: {fmt_ci(g['das_iia'], g['das_iia_ci95'])}"
+               if g["das_k"] else "--")
+        carried = (f"{g['circuit_edges']} edges: {fmt_ci(g['share_carried'], g['share_carried_ci95'])}"
+                   if g["share_carried"] is not None else "not shown")
+        shared = [p["b"] if p["a"] == task else p["a"] for p in sharing["claimed"] if task in (p["a"], p["b"])]
+        rep = (sharing["replication"] or {}).get(task)
+        replicates = (", ".join(rep["replicated"]) or "none") + f" ({rep['n_seeds']} seeds)" if rep else "one model"
+        rows.append([tex_escape(task), fmt_ci(g["accuracy"], g["accuracy_ci95"]), located, das, carried,
+                     ", ".join(map(tex_escape, shared)) or "none claimed", replicates])
+    return tabular(r"l p{1.8cm} p{2.6cm} p{2.6cm} p{2.2cm} p{1.6cm} p{2.6cm}",
+                   ["task", "answer beats wrong", "value held at (IIA)", "DAS subspace (held-out IIA)",
+                    "circuit (held-out recovery)", "shares function with", "in every seed's circuit"], rows)
