@@ -82,6 +82,7 @@ class Section:
     id: str
     title: str
     items: tuple[Item, ...] = field(default_factory=tuple)
+    appendix: bool = False  # a supplementary section: its text and items follow the references
 
     @property
     def main(self) -> list[Item]:
@@ -153,9 +154,9 @@ def load(path: str | Path, tasks: list[str]) -> Outline:
             check_latex(it.get("caption", ""), f"the caption of outline item {iid!r}")
             if not item_tasks:  # none of its analyses applies to a configured task: nothing to show
                 continue
+            placed = _appendix(it, iid) or bool(s.get("appendix", False))  # a supplementary section's items too
             items.append(Item(iid, kind, s["id"], tuple(it.get("analyses", [])), tuple(item_tasks),
-                              it.get("caption", ""), it.get("width", "\\linewidth"), _appendix(it, iid),
-                              it.get("height")))
+                              it.get("caption", ""), it.get("width", "\\linewidth"), placed, it.get("height")))
         check_latex(s["title"], f"the title of outline section {s['id']!r}")
-        sections.append(Section(s["id"], s["title"], tuple(items)))
+        sections.append(Section(s["id"], s["title"], tuple(items), bool(s.get("appendix", False))))
     return Outline(raw["title"], raw.get("abstract", ""), tuple(sections))

@@ -110,6 +110,12 @@ def model_name(model: str) -> str:
     return GPT2_NAMES.get(Path(model).name.removeprefix("openai-community/"), Path(model).name)
 
 
+def first_sentence(text: str) -> str:
+    """A caption's first sentence (up to the first '. ' followed by a capital), for the appendix's list."""
+    match = re.search(r"\.\s+(?=[A-Z])", text)
+    return text[:match.start() + 1] if match else text
+
+
 def report_categories(outline: Outline) -> dict[str, str]:
     """Section id -> the report's category for its figures and tables: the section's number and title,
     zero-padded so that the report (which sorts categories as text) lists them in the paper's order."""
@@ -149,6 +155,7 @@ def render(template_dir: str | Path, outline: Outline, config: dict, results: st
     ctx["title"] = env.from_string(outline.title).render(ctx)  # the title names the model studied
     # Captions and section prose are templates too, rendered with the same context.
     ctx["caption"] = lambda item: env.from_string(item.caption).render(ctx)
+    ctx["first_sentence"] = first_sentence
     ctx["section_text"] = lambda sid: env.get_template(f"sections/{sid}.tex").render(ctx) \
         if Path(template_dir, "sections", f"{sid}.tex").exists() else ""
     atomic_write_text(out, env.get_template("paper.tex").render(ctx))

@@ -6,7 +6,7 @@ from itertools import combinations
 
 import pandas as pd
 
-from opposites.derived import (accumulated_lens, classify_components, ioi_head_classes,
+from opposites.derived import (MIN_CLUSTERS, accumulated_lens, classify_components, ioi_head_classes,
                                head_label, head_routes, layer_contributions, opposite_tasks, relation_similarity,
                                signed_top_heads, top_abs_heads)
 from opposites.nodes import head_nodes
@@ -218,7 +218,8 @@ def interchange_facts(data: dict, task: str) -> dict | None:
     interval above 1/2); the source word's position no longer does there (its interval wholly below
     END's); the smallest DAS subspace whose held-out IIA lies above every random subspace's and whose
     paired difference from the whole vector (DAS minus full, per pair, word clusters resampled) has
-    an interval reaching 0; DAS at the source word's position after the same layer (point "source",
+    an interval reaching 0, where the held-out pairs come from at least MIN_CLUSTERS words (fewer give
+    too few distinct resamples for the test); DAS at the source word's position after the same layer (point "source",
     the same k) as the baseline."""
     sweep, das = data.get("interchange", {}).get(task), data.get("das", {}).get(task)
     if sweep is None or das is None:
@@ -226,11 +227,12 @@ def interchange_facts(data: dict, task: str) -> dict | None:
     end, role = sweep["best_end"], sweep["role_at_best_end"]
     at_end = next(loc for loc in das["locations"] if loc["site"] == end["site"] and loc["position"] == "END")
     source = next((loc for loc in das["locations"] if loc.get("point") == "source"), None)
+    testable = bool(at_end["k"]) and at_end["k"][0]["n_clusters"] >= MIN_CLUSTERS
     small = [k for k in at_end["k"] if k["iia_ci95"][0] > k["random_iia_max"] and k["minus_full"]["ci95"][1] >= 0]
-    k = small[0] if small else None
+    k = small[0] if small and testable else None
     return {"sweep": sweep, "das": at_end, "n_test": das["n_test"], "n_candidates": das["n_candidates"],
             "end_carries": end["iia_ci95"][0] > 0.5, "role_left": role["iia_ci95"][1] < end["iia_ci95"][0],
-            "das_k": k, "das_best": max(at_end["k"], key=lambda k: k["iia"]) if at_end["k"] else None,
+            "das_testable": testable, "das_k": k, "das_best": max(at_end["k"], key=lambda k: k["iia"]) if at_end["k"] else None,
             "source": source, "source_k": next((s for s in source["k"] if k and s["k"] == k["k"]), None) if source else None}
 
 
