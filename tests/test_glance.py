@@ -4,7 +4,7 @@ enumeration of every path, and no field written without the interval that suppor
 import itertools
 import random
 
-from opposites.summary import glance, node_of, widest_path
+from opposites.findings import glance, node_of, widest_path
 
 
 def all_paths(edges, node="logits"):
@@ -48,8 +48,11 @@ def test_widest_path_is_the_best_of_every_path():
 
 def facts(recovered_ci, end_ci, does_task=True):
     baseline = {"does_task": does_task, "accuracy": 0.9, "accuracy_ci95": [0.8, 0.95], "n_prompts": 64}
-    method = {"recovered": 0.8, "recovered_ci95": recovered_ci}
-    circuit = {"method": "EAP-IG", "methods": {"EAP-IG": method}, "n_edges": 3,
+    held_out = {"recovered": 0.8, "recovered_ci95": recovered_ci}  # the paper's circuit on held-out prompts
+    in_sample = {"recovered": 0.95, "recovered_ci95": [0.9, 1.0]}  # never the share the glance states
+    circuit = {"method": "EAP-IG", "how": "top", "methods": {"EAP-IG": in_sample}, "n_edges": 3,
+               "at_size": [{"method": "EAP", "how": "top", "held_out": in_sample},
+                           {"method": "EAP-IG", "how": "top", "held_out": held_out}],
                "edges": [{"src": "embed", "dst": "0.1.v", "score": 0.5}, {"src": "0.1", "dst": "MLP 0", "score": 0.4},
                          {"src": "MLP 0", "dst": "logits", "score": 0.9}]}
     end = {"label": "after layer 0", "site": "blocks.0.hook_resid_post", "iia": 0.95, "iia_ci95": end_ci}

@@ -234,15 +234,20 @@ def test_das_at_the_source_word_after_that_layer_stays_at_chance(located, task):
 
 def test_table_and_prose_facts_follow_the_intervals(located):
     """What the paper may claim is read off the intervals: on the trained model END carries the
-    value, the source word's position has lost it, and some k <= 8 is not distinguishable from the
-    full interchange; a result whose intervals do not support it makes no such claim."""
-    from opposites.summary import interchange_facts
+    value, the source word's position has lost it, and where the held-out pairs come from enough
+    words to test (derived.MIN_CLUSTERS) some k <= 8 is not distinguishable from the full
+    interchange; with fewer words no k is claimed; a result whose intervals do not support it makes
+    no such claim."""
+    from opposites.derived import MIN_CLUSTERS
+    from opposites.findings import interchange_facts
     from opposites.tables import interchange as table
 
     data = {"interchange": {t: located[t][0] for t in located}, "das": {t: located[t][1] for t in located}}
     for task in located:
         facts = interchange_facts(data, task)
-        assert facts["end_carries"] and facts["role_left"] and facts["das_k"] is not None
+        testable = facts["das"]["k"][0]["n_clusters"] >= MIN_CLUSTERS
+        assert facts["end_carries"] and facts["role_left"] and facts["das_testable"] == testable
+        assert (facts["das_k"] is not None) == testable, (task, facts["das_k"])
     assert table(data, list(located)).count(located["size"][0]["best_end"]["label"]) >= 1
     weak = {**located["size"][0], "best_end": {**located["size"][0]["best_end"], "iia": 0.5, "iia_ci95": [0.38, 0.62]}}
     facts = interchange_facts({"interchange": {"size": weak}, "das": {"size": located["size"][1]}}, "size")

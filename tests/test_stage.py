@@ -33,7 +33,7 @@ def test_run_stage_passes_only_the_settings_an_analysis_reads(toy, rows, monkeyp
 
     seen = {}
 
-    def fake(model, rows, batch_size, circuit_share, ig_steps, stability_resamples, seed, edges=None):
+    def fake(model, rows, batch_size, circuit_share, ig_steps, stability_resamples, acdc_max_edges, seed, edges=None):
         seen.update(circuit_share=circuit_share, seed=seed, edges=edges)
         return {}
 

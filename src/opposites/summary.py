@@ -6,9 +6,10 @@ from itertools import combinations
 
 import pandas as pd
 
-from opposites.derived import (MIN_CLUSTERS, accumulated_lens, classify_components, ioi_head_classes,
+from opposites.derived import (accumulated_lens, classify_components, ioi_head_classes,
                                head_label, head_routes, layer_contributions, opposite_tasks, relation_similarity,
                                signed_top_heads, top_abs_heads)
+from opposites.findings import glance, interchange_facts
 from opposites.nodes import head_nodes
 from opposites.overlap import compare, gpt2_classes, graph_of
 from opposites.sharing import sharing_facts
@@ -151,89 +152,14 @@ def mechanism_facts(data: dict, task: str) -> dict:
     return {**facts, "glance": glance(data, task, facts["interchange"])}
 
 
-def node_of(endpoint: str) -> str:
-    """A circuit edge's endpoint as a node: a head's input channel ("0.1.v") is the head ("0.1")."""
-    parts = endpoint.split(".")
-    return ".".join(parts[:2]) if len(parts) == 3 else endpoint
 
 
-def widest_path(edges: list[dict]) -> tuple[list[str], float] | None:
-    """The embed -> logits path of the circuit (a DAG: edges run forward through the layers) whose
-    weakest edge has the largest |attribution| (a widest path; ties: the first edge listed), as the
-    endpoints it passes (a head's input channel kept: "0.1.v"), with that weakest |score|; None
-    without such a path."""
-    into: dict[str, list[dict]] = {}
-    for e in edges:
-        into.setdefault(node_of(e["dst"]), []).append(e)
-    best: dict[str, tuple[float, list[str]] | None] = {"embed": (float("inf"), ["embed"])}
-
-    def widest(node: str) -> tuple[float, list[str]] | None:  # (weakest |score|, path) into node
-        if node not in best:
-            options = [(min(abs(e["score"]), w[0]), w[1] + ([e["dst"]] if e["dst"] != node else []) + [node])
-                       for e in into.get(node, []) for w in [widest(node_of(e["src"]))] if w]
-            best[node] = max(options, key=lambda o: o[0]) if options else None
-        return best[node]
-
-    found = widest("logits")
-    return (found[1], found[0]) if found else None
 
 
-def paper_circuit_row(circuit: dict) -> dict:
-    """The paper's circuit's row among the methods compared at one size (its held-out numbers)."""
-    return next(r for r in circuit["at_size"] if r["method"] == circuit["method"] and r["how"] == circuit["how"])
 
 
-def glance(data: dict, task: str, interchange: dict | None) -> dict:
-    """One task's mechanism in fields (results/<model>/paper/mechanism.json; the paper's paragraph):
-    whether the model does the task (accuracy, 95% Wilson interval); the circuit's widest path and
-    the share of the logit difference the whole circuit recovers on the prompts held out from its
-    selection (exact edge patching, 95% interval over those prompts' words);
-    the interchange's located point (IIA, 95% Wilson interval) and the smallest DAS k its intervals
-    support, with the number of candidate answers. A field whose support is missing is None: no path
-    when the circuit's recovery interval reaches 0, no located point when END is not shown to carry
-    the value."""
-    base = data["baseline"][task]
-    circuit = data.get("circuit", {}).get(task)
-    main = paper_circuit_row(circuit)["held_out"] if circuit else None  # recovery on the held-out prompts
-    path = widest_path(circuit["edges"]) if circuit else None
-    supported = main is not None and main.get("recovered_ci95") is not None and main["recovered_ci95"][0] > 0
-    end = interchange["sweep"]["best_end"] if interchange and interchange["end_carries"] else None
-    k = interchange["das_k"] if end else None
-    return {"task": task, "does_task": base["does_task"], "accuracy": base["accuracy"],
-            "accuracy_ci95": base["accuracy_ci95"], "n_prompts": base["n_prompts"],
-            "path": path[0] if path and supported else None, "path_weakest_score": path[1] if path and supported else None,
-            "circuit_edges": circuit["n_edges"] if circuit else None,
-            "share_carried": main["recovered"] if supported else None,
-            "share_carried_ci95": main["recovered_ci95"] if supported else None,
-            "located": end["label"] if end else None, "located_site": end["site"] if end else None,
-            "iia": end["iia"] if end else None, "iia_ci95": end["iia_ci95"] if end else None,
-            "n_pairs": interchange["sweep"]["n_pairs"] if end else None,
-            "source_left": interchange["role_left"] if end else None,
-            "das_k": k["k"] if k else None, "das_iia": k["iia"] if k else None, "das_iia_ci95": k["iia_ci95"] if k else None,
-            "n_candidates": interchange["n_candidates"] if end else None}
 
 
-def interchange_facts(data: dict, task: str) -> dict | None:
-    """The located point and what its intervals support: END carries the source's value (IIA's
-    interval above 1/2); the source word's position no longer does there (its interval wholly below
-    END's); the smallest DAS subspace whose held-out IIA lies above every random subspace's and whose
-    paired difference from the whole vector (DAS minus full, per pair, word clusters resampled) has
-    an interval reaching 0, where the held-out pairs come from at least MIN_CLUSTERS words (fewer give
-    too few distinct resamples for the test); DAS at the source word's position after the same layer (point "source",
-    the same k) as the baseline."""
-    sweep, das = data.get("interchange", {}).get(task), data.get("das", {}).get(task)
-    if sweep is None or das is None:
-        return None
-    end, role = sweep["best_end"], sweep["role_at_best_end"]
-    at_end = next(loc for loc in das["locations"] if loc["site"] == end["site"] and loc["position"] == "END")
-    source = next((loc for loc in das["locations"] if loc.get("point") == "source"), None)
-    testable = bool(at_end["k"]) and at_end["k"][0]["n_clusters"] >= MIN_CLUSTERS
-    small = [k for k in at_end["k"] if k["iia_ci95"][0] > k["random_iia_max"] and k["minus_full"]["ci95"][1] >= 0]
-    k = small[0] if small and testable else None
-    return {"sweep": sweep, "das": at_end, "n_test": das["n_test"], "n_candidates": das["n_candidates"],
-            "end_carries": end["iia_ci95"][0] > 0.5, "role_left": role["iia_ci95"][1] < end["iia_ci95"][0],
-            "das_testable": testable, "das_k": k, "das_best": max(at_end["k"], key=lambda k: k["iia"]) if at_end["k"] else None,
-            "source": source, "source_k": next((s for s in source["k"] if k and s["k"] == k["k"]), None) if source else None}
 
 
 def recency_facts(res: dict) -> dict:

@@ -401,7 +401,7 @@ def glance(data: dict, tasks: list[str]) -> str:
     held (interchange) and in how small a subspace (DAS), how much of the effect the circuit carries on
     held-out prompts, the tasks it shares a function with, and what replicates across seeds."""
     from opposites.sharing import sharing_facts
-    from opposites.summary import glance as mechanism_glance, interchange_facts
+    from opposites.findings import glance as mechanism_glance, interchange_facts
 
     circuits = {t: data["circuit"][t] for t in tasks}
     graphs = {t: graph_of(data["edges"][t]) for t in tasks} if "edges" in data else None

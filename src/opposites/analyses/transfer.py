@@ -94,8 +94,8 @@ def measure(model, pairs: list[tuple[dict, dict, str]], cands: list[str], where:
             acts = source_activations(model, model.to_tokens([s["clean"] for _, s, _ in chunk]), where)
             # the source's END activation at every base position (only the base's END is patched)
             acts = {site: a[:, -1:].expand(a.shape[0], base.shape[1], *a.shape[2:]) for site, a in acts.items()}
-            want = torch.tensor([index[e] for _, _, e in chunk])
-            own = torch.tensor([index[b["answer"]] for b, _, _ in chunk])
+            want = torch.tensor([index[e] for _, _, e in chunk], device=base.device)
+            own = torch.tensor([index[b["answer"]] for b, _, _ in chunk], device=base.device)
             with torch.no_grad():
                 for j, iv in enumerate(where):
                     top = run(model, base, acts, [iv], ids=ids).argmax(-1).cpu()  # (batch,)
