@@ -20,7 +20,6 @@ import random
 from itertools import groupby
 
 import torch
-from torch import Tensor
 
 from opposites.interventions import Intervention, head_z, mlp_out, resid_post, run, source_activations
 from opposites.nodes import Node
