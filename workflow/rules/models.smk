@@ -9,7 +9,8 @@ if cfg.model_kind(MODEL) == "trained":
             directory(MODEL_DIR),
         params:
             train=config.get("train", {}),
-            seed=config["seed"],
+            seed=config["seed"],  # draws the evaluation prompts
+            train_seed=config["seed"],  # the paper's model; the extra seeds' rule passes its own
             tasks=TASKS,
             n_prompts=config["n_prompts"],
             min_prompts=config["min_prompts"],

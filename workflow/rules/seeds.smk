@@ -9,7 +9,7 @@ if EXTRA_SEEDS:
 
     rule train_seed:
         input:
-            code=code("train_seed.py", tasks=TASKS),
+            code=code("train_model.py", tasks=TASKS),
         output:
             directory(paths.fill(paths.SEED_MODEL_DIR, R)),
         params:
@@ -30,7 +30,7 @@ if EXTRA_SEEDS:
         benchmark:
             bench("train_seed")
         script:
-            "../../scripts/train_seed.py"
+            "../../scripts/train_model.py"
 
     SEED_ANALYSES = ["edges", "circuit"]
 
