@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from itertools import combinations
-
 import pandas as pd
 
 from opposites.derived import (accumulated_lens, classify_components, ioi_head_classes,
                                head_label, head_routes, layer_contributions, opposite_tasks, relation_similarity,
-                               signed_top_heads, top_abs_heads)
+                               signed_top_heads)
 from opposites.findings import glance, interchange_facts
 from opposites.nodes import head_nodes
 from opposites.overlap import compare, gpt2_classes, graph_of
@@ -100,13 +98,13 @@ def head_facts(data: dict, task: str) -> dict:
     return facts
 
 
-def summarize(data: dict, tasks: list[str], k: int = 5) -> dict:
+def summarize(data: dict, tasks: list[str]) -> dict:
     per_task = {}
     for t in tasks:
         dla = data["head_dla"][t]
         per_task[t] = {"baseline": data["baseline"][t], "lens": lens_facts(data["logit_lens"][t]),
                        "top_pos": signed_top_heads(dla), "top_neg": signed_top_heads(dla, sign=-1),
-                       "top_abs": sorted(head_label(*h) for h in top_abs_heads(dla, k)), "patch": patch_facts(data, t),
+                       "patch": patch_facts(data, t),
                        "heads": head_facts(data, t)}
     for t in tasks:
         per_task[t]["mechanism"] = mechanism_facts(data, t)
@@ -115,12 +113,8 @@ def summarize(data: dict, tasks: list[str], k: int = 5) -> dict:
         classes = classify_components(data["head_logits"][t])
         per_task[t]["classes"] = {"counts": {c: int((classes.cls == c).sum()) for c in CLASSES},
                                   "control": data["control"][t]}
-    sets = {t: set(per_task[t]["top_abs"]) for t in tasks}
-    pairs = [{"a": a, "b": b, "shared": sorted(sets[a] & sets[b])} for a, b in combinations(tasks, 2)]
-    shared_all = sorted(set.intersection(*sets.values())) if sets else []
     circuits = circuit_facts(data, tasks)
-    return {"tasks": per_task, "k": k, "opposite_tasks": opposite_tasks(tasks), "pairs": pairs,
-            "shared_all": shared_all, "circuits": circuits,
+    return {"tasks": per_task, "opposite_tasks": opposite_tasks(tasks), "circuits": circuits,
             "sharing": sharing_facts(data, tasks, circuits["compare"]["pairs"])}
 
 
