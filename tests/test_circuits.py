@@ -9,7 +9,7 @@ from opposites.analyses import circuits
 from opposites.circuit_metrics import PLANTED_MIN_AUC, cpr_cmd, prune_dangling, roc_auc, smallest_stable
 from opposites.nodes import Edge, Node
 from opposites.overlap import compare
-from opposites.core import batches, direction
+from opposites.core import JobCache, batches, direction
 from opposites.patching.edges import Graph, edge_attribution, edge_forward, shared_prefix
 from opposites.stats import average_ranks, pearson, spearman_ci
 from opposites.patching.engine import Weights
@@ -78,7 +78,7 @@ def test_batched_circuits_equal_one_at_a_time(toy64, rows, monkeypatch):
     gen = torch.Generator().manual_seed(0)
     keeps = (torch.rand(5, *runs.graph.allowed.shape, generator=gen) < 0.3) & runs.graph.allowed
     together = circuits.exact_lds(runs, keeps)
-    monkeypatch.setattr(circuits, "VARIANT_BYTES", 1)  # one circuit per forward
+    monkeypatch.setattr("opposites.patching.edges.VARIANT_BYTES", 1)  # one circuit per forward
     alone = circuits.exact_lds(runs, keeps)
     torch.testing.assert_close(together, alone, atol=1e-10, rtol=0)
     assert (together[0] - together[1]).abs().max() > 0  # the circuits differ
@@ -184,7 +184,7 @@ def test_attribution_in_chunks_equals_one_pass(toy64, rows, monkeypatch):
     the same per-prompt scores as the whole batch at once."""
     runs = circuits.prepare(toy64, rows["ioi"], 8)
     whole = circuits.attribution_scores(runs, 2)
-    monkeypatch.setattr(circuits, "ATTRIBUTION_BYTES", 1)  # one prompt per chunk
+    monkeypatch.setattr("opposites.patching.edges.ATTRIBUTION_BYTES", 1)  # one prompt per chunk
     torch.testing.assert_close(circuits.attribution_scores(runs, 2), whole, atol=1e-10, rtol=0)
     assert whole.shape[-1] == len(rows["ioi"])
 
@@ -197,16 +197,17 @@ def _without_seconds(x):
 
 
 def test_circuit_is_the_same_with_the_runs_edges_left_behind(toy64, rows):
-    """edges() leaves its runs and per-prompt scores on the model for circuit(); taken or recomputed,
-    the circuit is the same, and a different setting is never served the shared ones."""
+    """edges() leaves its runs and per-prompt scores in the job's cache for circuit(); taken or
+    recomputed, the circuit is the same, and a different setting is never served the shared ones."""
     r = rows["size"]
-    e = circuits.edges(toy64, r, 8, ig_steps=2)
-    shared = circuits.circuit(toy64, r, 8, 0.8, 2, 3, 0, edges=e)
-    assert not hasattr(toy64, circuits._SHARED)  # taken off the model
+    cache = JobCache()
+    e = circuits.edges(toy64, r, 8, ig_steps=2, cache=cache)
+    shared = circuits.circuit(toy64, r, 8, 0.8, 2, 3, 0, edges=e, cache=cache)
+    assert not cache.held  # taken out of the cache
     fresh = circuits.circuit(toy64, r, 8, 0.8, 2, 3, 0, edges=e)
     assert _without_seconds(shared) == _without_seconds(fresh)
-    circuits.edges(toy64, r, 8, ig_steps=2)
-    runs, scores = circuits._runs_and_scores(toy64, r, 8, ig_steps=3)  # other ig_steps: recomputed
+    circuits.edges(toy64, r, 8, ig_steps=2, cache=cache)
+    runs, scores = circuits._runs_and_scores(toy64, r, 8, 3, cache)  # other ig_steps: recomputed
     torch.testing.assert_close(scores["EAP-IG"], circuits.attribution_scores(runs, 3), atol=1e-10, rtol=0)
 
 
@@ -342,7 +343,7 @@ def reader_by_reader(w, tokens, corrupt, keep, d, bias):
     earlier writer's clean output where the edge is kept, its corrupted output where it is cut, plus
     the attention output biases so far), every node computed."""
     from opposites.patching import engine
-    from opposites.patching.edges import embed
+    from opposites.patching.engine import embed
 
     g, H = Graph(w.n_layers, w.n_heads), w.n_heads
     outs = [embed(w, tokens)]  # (batch, pos, d_model) per writer, in graph order

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from opposites.analyses import baseline, head_dla, logit_lens
-from opposites.core import batches, direction, end_state, read_out
+from opposites.core import JobCache, batches, direction, end_state, read_out
 
 TASKS = ("ioi", "size", "antonym", "isa")
 
@@ -48,9 +48,10 @@ def test_shared_end_states_follow_the_prompts_answers(toy, rows):
     same text but answer and wrong swapped must not get the first prompts' run: their DLA is negated."""
     r = rows["size"]
     swapped = [{**x, "answer": x["wrong"], "wrong": x["answer"]} for x in r]
-    dla = head_dla.per_prompt(toy, r, 8)
-    torch.testing.assert_close(head_dla.per_prompt(toy, swapped, 8), -dla, atol=1e-6, rtol=0)
-    torch.testing.assert_close(head_dla.per_prompt(toy, r, 8), dla, atol=0, rtol=0)
+    cache = JobCache()  # what one job's analyses share
+    dla = head_dla.per_prompt(toy, r, 8, cache)
+    torch.testing.assert_close(head_dla.per_prompt(toy, swapped, 8, cache), -dla, atol=1e-6, rtol=0)
+    torch.testing.assert_close(head_dla.per_prompt(toy, r, 8, cache), dla, atol=0, rtol=0)
 
 
 def _tl_reference(toy, batch):

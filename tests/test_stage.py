@@ -81,10 +81,8 @@ def test_a_patching_stage_prepares_each_prompts_runs_once(toy, rows, monkeypatch
     assert n_batches >= 1 and len({c for c in calls}) == n_batches  # each batch prepared once for both
     patching.patch_resid(toy, other, 4, "denoising", 0)
     assert len(calls) > n_batches  # new prompts: prepared anew
-    object.__setattr__(toy, patching._SHARED, None)  # nothing shared: each analysis on its own
-    for name in ("patch_resid", "patch_layers"):
+    for name in ("patch_resid", "patch_layers"):  # no job cache: each analysis on its own
         alone = analyses.run(name, toy, r, 4, settings, {})
-        object.__setattr__(toy, patching._SHARED, None)
         assert alone.equals(done[name])
 
 

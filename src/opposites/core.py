@@ -1,6 +1,6 @@
 """Shared tensor helpers: equal-length batches, the answer-minus-wrong direction, the final LayerNorm,
 the decomposition of the final-position residual stream into components, and what one job's
-analyses share (job_memo)."""
+analyses share (JobCache)."""
 
 from __future__ import annotations
 
@@ -119,15 +119,12 @@ def end_state(model, batch: Batch, tokens: Tensor | None = None) -> EndState:
     )
 
 
-_END_STATES = "_opposites_end_states"  # model attribute: the last prompts' batches and end states
-
-
-def end_states(model, rows: list[dict], batch_size: int) -> list[tuple[Batch, EndState]]:
-    """Every batch of the prompts with its EndState, one forward per batch per job (job_memo): the
-    lens stage's analyses (logit lens, head DLA, answer/wrong logits) read the same run."""
+def end_states(model, rows: list[dict], batch_size: int, cache: JobCache | None = None) -> list[tuple[Batch, EndState]]:
+    """Every batch of the prompts with its EndState, one forward per batch per job (through the job's
+    cache): the lens stage's analyses (logit lens, head DLA, answer/wrong logits) read the same run."""
     key = (tuple((r["id"], r["clean"], r["answer"], r["wrong"]) for r in rows), batch_size)
-    return job_memo(model, _END_STATES, key,
-                    lambda: [(b, end_state(model, b)) for b in batches(model, rows, batch_size, desc="end states")])
+    return shared(cache, "end_states", key,
+                  lambda: [(b, end_state(model, b)) for b in batches(model, rows, batch_size, desc="end states")])
 
 
 def read_out(model, state: EndState, x: Float[Tensor, "... batch d_model"], frozen: bool = True) -> Float[Tensor, "... batch"]:
@@ -140,15 +137,28 @@ def read_out(model, state: EndState, x: Float[Tensor, "... batch d_model"], froz
     return (ln_final(model, x) * state.direction).sum(-1) + state.bias_diff
 
 
-def job_memo(model, name: str, key: Any, make: Callable[[], Any], release: bool = False) -> Any:
-    """make()'s result for `key`, computed once per job: it stays on the model object (attribute
-    `name`) for the job's next analysis that asks with the same key; another key frees it first and
-    computes afresh. release=True takes it off the model (the last analysis that needs it)."""
-    held = getattr(model, name, None)
-    if held is None or held[0] != key:
-        object.__setattr__(model, name, None)  # free the previous value before computing the next
-        held = (key, make())
-        object.__setattr__(model, name, held)
-    if release:
-        object.__delattr__(model, name)
-    return held[1]
+class JobCache:
+    """What one job's analyses share (runs prepared once, end states, scores): run_stage makes one per
+    job and hands it to each analysis with a `cache` argument. One value per name: asking for a name
+    with another key frees the value held first and computes afresh; pop() hands the value over and
+    frees it (the last analysis that needs it)."""
+
+    def __init__(self):
+        self.held: dict[str, tuple[Any, Any]] = {}
+
+    def get(self, name: str, key: Any, make: Callable[[], Any]) -> Any:
+        if name not in self.held or self.held[name][0] != key:
+            self.held.pop(name, None)  # free the previous value before computing the next
+            self.held[name] = (key, make())
+        return self.held[name][1]
+
+    def pop(self, name: str, key: Any, make: Callable[[], Any]) -> Any:
+        value = self.get(name, key, make)
+        del self.held[name]
+        return value
+
+
+def shared(cache: JobCache | None, name: str, key: Any, make: Callable[[], Any]) -> Any:
+    """make()'s result, through the job's cache when there is one (an analysis called on its own
+    computes it)."""
+    return make() if cache is None else cache.get(name, key, make)

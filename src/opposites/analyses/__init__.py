@@ -2,12 +2,14 @@
 returns a dict (written as JSON) or a DataFrame (CSV), with its stage (the analyses of a stage run
 in one job per task, sharing one model load), the config keys it reads (`settings`: passed in, and
 rule params, so changing one reruns its stage) and the analyses whose results it reads (`requires`:
-passed in by name, and rule inputs when they belong to another stage)."""
+passed in by name, and rule inputs when they belong to another stage). One that takes a `cache`
+argument gets the job's core.JobCache, which the stage's analyses share."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -62,7 +64,6 @@ ANALYSES: dict[str, Analysis] = {
     "patch_attribution": Analysis(target="patching:patch_attribution", ext="csv", stage="patching", settings=PATCH),
     "patch_followup": Analysis(target="patch_followup:run", ext="json", stage="patching", settings=PATCH,
                                requires=("logit_lens", "head_dla")),
-    # congruence patches prompts of its own: after the analyses that share the task's prepared runs (prepared_pairs)
     "congruence": Analysis(target="congruence:run", ext="json", stage="patching", settings=PATCH,
                            needs="congruence"),
     "attention": Analysis(target="heads:attention", ext="csv", stage="heads", settings=("seed",)),
@@ -191,10 +192,13 @@ def settings_of(names, config: dict) -> dict[str, Any]:
     return {k: config[k] for n in names for k in ANALYSES[n].settings}
 
 
-def run(name: str, model, rows: list[dict], batch_size: int, settings: dict, required: dict[str, Any]) -> Any:
-    """Run analysis `name` with its settings and its required results."""
+def run(name: str, model, rows: list[dict], batch_size: int, settings: dict, required: dict[str, Any],
+        cache=None) -> Any:
+    """Run analysis `name` with its settings and its required results, and the job's cache
+    (core.JobCache) if it takes one."""
     a = ANALYSES[name]
-    return a.run(model, rows, batch_size, **{k: settings[k] for k in a.settings}, **required)
+    extra = {"cache": cache} if "cache" in inspect.signature(a.run).parameters else {}
+    return a.run(model, rows, batch_size, **{k: settings[k] for k in a.settings}, **required, **extra)
 
 
 def run_stage(names: list[str], model, rows: list[dict], batch_size: int, settings: dict,
@@ -202,14 +206,17 @@ def run_stage(names: list[str], model, rows: list[dict], batch_size: int, settin
     """Run the analyses `names` of one stage in order on one loaded model. A result another analysis
     of the stage requires is handed over in memory; one from another stage is read with load(name).
     Each analysis starts from the same seed, and write(name, result, seconds) is called as each ends.
+    What the analyses share (prepared runs, scores) lives in one core.JobCache made here.
     An analysis `across` tasks gets the prompts and its requirements of every task, as
     load(name, every_task=True) returns them ({task: result}; across_inputs names the files); one
     that reads the other seeds' circuits gets them as load("seeds", every_task=True) returns them
     ({seed: circuit}; seed_inputs names the files)."""
+    from opposites.core import JobCache
     from opposites.provenance import timed
     from opposites.seeding import seed_everything
 
     done: dict[str, Any] = {}
+    cache = JobCache()
     for name in names:
         seed_everything(seed)
         if ANALYSES[name].across:
@@ -219,6 +226,6 @@ def run_stage(names: list[str], model, rows: list[dict], batch_size: int, settin
         if ANALYSES[name].seeds:
             required["seeds"] = {int(s): c for s, c in load("seeds", every_task=True).items()}
         with timed() as t:
-            done[name] = run(name, model, rows, batch_size, settings, required)
+            done[name] = run(name, model, rows, batch_size, settings, required, cache)
         write(name, done[name], t["seconds"])
     return done

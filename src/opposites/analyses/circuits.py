@@ -25,15 +25,13 @@ from tqdm import tqdm
 from opposites.circuit_metrics import (ACDC_MAX_EDGES, EXACT_MAX_EDGES, FRACTIONS, REFINE_MAX, REFINE_MAX_EDGES, cpr_cmd, fraction_sizes,
                                        jaccard, prune_dangling, smallest_stable)
 from opposites.analyses import acdc
-from opposites.core import batches, direction, job_memo, prompt_clusters
+from opposites.core import JobCache, batches, direction, prompt_clusters
 from opposites.nodes import Edge, component_nodes
-from opposites.patching.edges import Graph, edge_attribution, edge_forward, shared_prefix
+from opposites.patching.edges import Graph, circuits_forward, edge_attribution, edge_forward, shared_prefix
 from opposites.patching.engine import Weights
 from opposites.stats import N_RESAMPLES, bias_corrected, interval, resample_weights, spearman_ci, wilson
 
 METHODS = ("EAP-IG", "EAP")  # the first is the paper's circuit; "exact" joins where affordable
-VARIANT_BYTES = 2 ** 30  # memory for batched exact evaluations (several circuits per forward)
-ATTRIBUTION_BYTES = 2 ** 30  # memory for the gradient passes of EAP and EAP-IG
 
 
 @dataclass
@@ -146,11 +144,8 @@ def exact_lds(runs: Runs, keeps: torch.Tensor, prompts: torch.Tensor | None = No
         return out
     for start, idx, (b, tokens, d, bias, prefix) in tqdm(_drawn(runs, prompts), total=len(runs.batches),
                                                          desc=f"{len(todo)} circuits", leave=False, disable=len(todo) < 4):
-        step = max(1, VARIANT_BYTES // (3 * b.numel() * b.element_size()))
-        for j in range(0, len(todo) if len(idx) else 0, step):
-            rows = todo[j:j + step]
-            ld = edge_forward(runs.weights, tokens, d, bias, b, keeps[rows].to(b.device), prefix=prefix)[0]
-            out[rows[:, None], start + idx] = ld.view(len(rows), -1).double().cpu()
+        if len(idx):
+            out[todo[:, None], start + idx] = circuits_forward(runs.weights, tokens, d, bias, b, keeps[todo], prefix).double().cpu()
     return out
 
 
@@ -186,20 +181,10 @@ def recovered(runs: Runs, keep: torch.Tensor) -> float:
 # ---- scores ---------------------------------------------------------------------------------------
 
 def attribution_scores(runs: Runs, ig_steps: int) -> torch.Tensor:
-    """(writer, reader, prompt) EAP (ig_steps 0) or EAP-IG scores, in raw logit-difference units.
-    The backward pass keeps every reader's input of every prompt, so prompts go through it in
-    chunks that fit ATTRIBUTION_BYTES."""
-    out = []
-    for r in tqdm(runs.batches, desc="EAP-IG" if ig_steps else "EAP", leave=False):
-        b = r["batch"]
-        per_prompt = 8 * len(runs.graph.readers) * (b.clean.shape[1] - r["prefix"].n) * runs.weights.W_E.shape[1] * 4  # bytes
-        step = max(1, ATTRIBUTION_BYTES // per_prompt)
-        for i in range(0, len(b.clean), step):
-            j = slice(i, i + step)
-            s = edge_attribution(runs.weights, b.clean[j], b.corrupted[j], r["dir"][j], r["bias"][j], ig_steps,
-                                 r["prefix"].select(j))[0]
-            out.append(s.double().cpu())
-    return torch.cat(out, -1)
+    """(writer, reader, prompt) EAP (ig_steps 0) or EAP-IG scores, in raw logit-difference units."""
+    return torch.cat([edge_attribution(runs.weights, r["batch"].clean, r["batch"].corrupted, r["dir"], r["bias"], ig_steps,
+                                       r["prefix"])[0].double().cpu()
+                      for r in tqdm(runs.batches, desc="EAP-IG" if ig_steps else "EAP", leave=False)], -1)
 
 
 def exact_scores(runs: Runs) -> torch.Tensor:
@@ -229,25 +214,26 @@ def scores_by_method(runs: Runs, ig_steps: int) -> dict[str, torch.Tensor]:
     return scores
 
 
-_SHARED = "_opposites_edge_runs"  # model attribute: the last edges() call's runs and per-prompt scores
-
-
-def _runs_and_scores(model, rows, batch_size, ig_steps, release: bool = False) -> tuple[Runs, dict[str, torch.Tensor]]:
-    """The prompts' prepared runs and per-prompt scores, computed once per job (job_memo): edges()
-    leaves them on the model for circuit(), which takes them off (release)."""
+def _runs_and_scores(model, rows, batch_size, ig_steps, cache: JobCache | None,
+                     release: bool = False) -> tuple[Runs, dict[str, torch.Tensor]]:
+    """The prompts' prepared runs and per-prompt scores, computed once per job: edges() leaves them
+    in the job's cache for circuit(), which takes them out (release)."""
     def make():
         runs = prepare(model, rows, batch_size)
         return runs, scores_by_method(runs, ig_steps)
 
-    return job_memo(model, _SHARED, (tuple(r["clean"] for r in rows), batch_size, ig_steps), make, release)
+    key = (tuple(r["clean"] for r in rows), batch_size, ig_steps)
+    if cache is None:
+        return make()
+    return (cache.pop if release else cache.get)("edge_runs", key, make)
 
 
-def edges(model, rows, batch_size, ig_steps: int) -> pd.DataFrame:
+def edges(model, rows, batch_size, ig_steps: int, cache: JobCache | None = None) -> pd.DataFrame:
     """Every edge's score by every method, normalised like patching: the estimated share of the
     clean-minus-corrupted logit difference that restoring this edge alone recovers. The prepared runs
-    and the per-prompt scores stay on the model for circuit() in the same job (same prompts, batch
-    size and ig_steps), which would otherwise compute them again."""
-    runs, scores = _runs_and_scores(model, rows, batch_size, ig_steps)
+    and the per-prompt scores stay in the job's cache for circuit() (same prompts, batch size and
+    ig_steps), which would otherwise compute them again."""
+    runs, scores = _runs_and_scores(model, rows, batch_size, ig_steps, cache)
     scale = (runs.clean - runs.corrupted).mean()
     ws, rs = runs.graph.allowed.nonzero(as_tuple=True)
     parts = [pd.DataFrame({"method": method, "src": [str(runs.graph.writers[i]) for i in ws.tolist()],
@@ -497,7 +483,8 @@ HYBRID = "EAP-IG+ACDC"  # ACDC's pass started from EAP-IG's grid circuit instead
 
 
 def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stability_resamples: int,
-            seed: int, acdc_max_edges: int = ACDC_MAX_EDGES, edges=None, clock: "Clock | None" = None) -> dict:
+            seed: int, acdc_max_edges: int = ACDC_MAX_EDGES, edges=None, clock: "Clock | None" = None,
+            cache: JobCache | None = None) -> dict:
     """The prompts split by word (halves): every method selects on one half, and is evaluated on
     both (in-sample numbers, and under "held_out" the other half's). Per method in edges.csv: the
     selected circuit, its recovery, completeness, CPR/CMD and curves; ACDC (and ACDC's pass started
@@ -510,7 +497,7 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
     Jaccard between resampled circuits. Every method's "seconds": CPU seconds of its scoring,
     selection and evaluation. `clock` (benchmarks) records the wall and CPU time of each phase."""
     clock = clock or Clock()
-    runs, per_prompt = _runs_and_scores(model, rows, batch_size, ig_steps, release=True)  # method -> (writer, reader, prompt)
+    runs, per_prompt = _runs_and_scores(model, rows, batch_size, ig_steps, cache, release=True)  # method -> (writer, reader, prompt)
     clock.lap("runs")
     selection = halves(runs.clusters, seed)  # (prompt,) bool; the rest is held out
     w_selection, w_held = part_weights(selection), part_weights(~selection)

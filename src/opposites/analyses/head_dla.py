@@ -6,17 +6,17 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from opposites.core import end_states, prompt_clusters, read_out
+from opposites.core import JobCache, end_states, prompt_clusters, read_out
 from opposites.stats import mean_ci
 
 
-def per_prompt(model, rows: list[dict], batch_size: int) -> torch.Tensor:
+def per_prompt(model, rows: list[dict], batch_size: int, cache: JobCache | None = None) -> torch.Tensor:
     """(layer, head, prompt) attributions."""
-    return torch.cat([read_out(model, state, state.heads) for _, state in end_states(model, rows, batch_size)],
+    return torch.cat([read_out(model, state, state.heads) for _, state in end_states(model, rows, batch_size, cache)],
                      dim=-1)  # (layer, head, batch) per batch
 
 
-def run(model, rows: list[dict], batch_size: int, seed: int) -> pd.DataFrame:
+def run(model, rows: list[dict], batch_size: int, seed: int, cache: JobCache | None = None) -> pd.DataFrame:
     """Mean DLA of every head over prompts, its std, 95% interval (cluster bootstrap over the task's
     source words), the p-value of mean 0 (normal approximation from the bootstrap) and n."""
     dla = per_prompt(model, rows, batch_size).double().cpu()  # (layer, head, prompt)

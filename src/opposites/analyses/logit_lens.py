@@ -19,7 +19,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from opposites.core import end_states, prompt_clusters, read_out
+from opposites.core import JobCache, end_states, prompt_clusters, read_out
 from opposites.stats import mean_ci
 
 
@@ -39,10 +39,10 @@ def per_prompt(model, state) -> list[tuple[str, str, int, torch.Tensor]]:
     return rows
 
 
-def run(model, rows: list[dict], batch_size: int, seed: int) -> pd.DataFrame:
+def run(model, rows: list[dict], batch_size: int, seed: int, cache: JobCache | None = None) -> pd.DataFrame:
     """Mean over prompts of every lens value, with its 95% bootstrap interval and n."""
     parts: dict[tuple[str, str, int], list[torch.Tensor]] = {}
-    for _, state in end_states(model, rows, batch_size):
+    for _, state in end_states(model, rows, batch_size, cache):
         for kind, label, layer, values in per_prompt(model, state):
             parts.setdefault((kind, label, layer), []).append(values.detach().double().cpu())
     keys = list(parts)

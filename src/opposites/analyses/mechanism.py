@@ -19,7 +19,7 @@ import random
 
 import torch
 
-from opposites.core import batch_order, batches, direction, job_memo, prompt_clusters
+from opposites.core import JobCache, batch_order, batches, direction, prompt_clusters, shared
 from opposites.derived import classify_components, head_label, top_patched_heads
 from opposites.nodes import Node
 from opposites.patching import engine
@@ -28,7 +28,7 @@ from opposites.prompts import load_spec
 from opposites.stats import mean_ci, proportion
 
 MAX_MOVERS = 4  # movers: heads that matter by patching (|z| >= 10% of the largest) and attend from END
-MIN_ATTENTION = 0.5  # to a template role with at least this mean weight; the top two by patching if none
+MOVER_ATTENTION = 0.5  # a mover: END attends to a template role at least this much (else the top two by patching)
 K_MAPPERS = 2  # opposite-mapping components named (largest answer - repeated contribution)
 N_CONTROL_DRAWS = 5  # random control sets: as many other heads and as many other MLP layers
 
@@ -53,12 +53,12 @@ def ablation_sources(rows, how: str, seed: int) -> list[tuple[int, ...]]:
 
 
 def ablated_logit_diff(model, rows, batch_size, heads: list[tuple[int, int]], mlps: list[int] = (),
-                       how: str = "mean", seed: int = 0) -> torch.Tensor:
+                       how: str = "mean", seed: int = 0, cache: JobCache | None = None) -> torch.Tensor:
     """(prompt,) logit difference with the given heads' z and MLP layers' outputs replaced by the
     mean of their clean activations over the prompts of the same template and length, at each
     position (how="mean"), or by a random other such prompt's (how="resample"; see
-    ablation_sources). On the patching engine, from the clean runs, which the job computes once."""
-    weights, runs = _clean_runs(model, rows, batch_size)
+    ablation_sources). On the patching engine, from the clean runs, which the job computes once (cache)."""
+    weights, runs = _clean_runs(model, rows, batch_size, cache)
     keys = [("z", l, h) for l, h in heads] + [("mlp", l) for l in mlps]
     sources = ablation_sources(rows, how, seed)
     clean = {key: [a for run, *_ in runs for a in _activation(run, key)] for key in keys}  # per prompt (pos, ...)
@@ -77,10 +77,7 @@ def _activation(run: dict, key: tuple) -> torch.Tensor:
     return run[f"z.{key[1]}"][:, :, key[2]] if key[0] == "z" else run[f"mlp_out.{key[1]}"]
 
 
-_SHARED = "_opposites_clean_runs"  # model attribute: the prompts' clean runs, shared by movers and mapping
-
-
-def _clean_runs(model, rows, batch_size) -> tuple[Weights, list[tuple]]:
+def _clean_runs(model, rows, batch_size, cache: JobCache | None) -> tuple[Weights, list[tuple]]:
     """The engine's weights and, per batch of equal-length prompts, the clean run's residual stream
     before each layer and at the end, heads' z and MLP outputs (what ablated_logit_diff reads), the
     answer-minus-wrong direction and bias; computed once per job."""
@@ -93,7 +90,7 @@ def _clean_runs(model, rows, batch_size) -> tuple[Weights, list[tuple]]:
             runs.append((run, *direction(model, b)))
         return weights, runs
 
-    return job_memo(model, _SHARED, (tuple(r["clean"] for r in rows), batch_size), make)
+    return shared(cache, "clean_runs", (tuple(r["clean"] for r in rows), batch_size), make)
 
 
 def _summary(ld: torch.Tensor, clean: torch.Tensor, seed: int, clusters: list[str]) -> dict:
@@ -127,13 +124,13 @@ def matched_draws(L: int, H: int, heads, mlps, rng: random.Random, n: int) -> li
     return [(rng.sample(other_heads, len(heads)), sorted(rng.sample(other_mlps, len(mlps)))) for _ in range(n)]
 
 
-def _test(model, rows, batch_size, seed, heads, mlps=()) -> dict:
+def _test(model, rows, batch_size, seed, heads, mlps=(), cache: JobCache | None = None) -> dict:
     """Ablate the named set (mean ablation and, beside it, resample ablation), and N_CONTROL_DRAWS
     random sets of as many other heads and as many other MLP layers (matched_draws), both ways."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     clusters = prompt_clusters(rows)
-    clean = ablated_logit_diff(model, rows, batch_size, [])  # nothing ablated: the clean run's
-    ablate = lambda hs, ms, how: ablated_logit_diff(model, rows, batch_size, hs, ms, how, seed)  # noqa: E731
+    clean = ablated_logit_diff(model, rows, batch_size, [], cache=cache)  # nothing ablated: the clean run's
+    ablate = lambda hs, ms, how: ablated_logit_diff(model, rows, batch_size, hs, ms, how, seed, cache)  # noqa: E731
     named = {"ablated": [head_label(*h) for h in heads] + [str(Node("mlp", l)) for l in mlps],
              **_summary(ablate(heads, list(mlps), "mean"), clean, seed, clusters),
              "resample": _summary(ablate(heads, list(mlps), "resample"), clean, seed, clusters)}
@@ -148,7 +145,7 @@ def _test(model, rows, batch_size, seed, heads, mlps=()) -> dict:
     return {"named": named, "random_others": control, "matched_control": True}
 
 
-def movers(model, rows, batch_size, seed: int, patch_heads=None, attention=None) -> dict:
+def movers(model, rows, batch_size, seed: int, patch_heads=None, attention=None, cache: JobCache | None = None) -> dict:
     """The heads that matter most by head-output patching, the role each attends to from END, and
     the test: mean-ablate them vs as many random other heads (_test)."""
     roles = load_spec(rows[0]["task"])["roles"]
@@ -160,13 +157,13 @@ def movers(model, rows, batch_size, seed: int, patch_heads=None, attention=None)
         candidates.append({"head": head_label(l, h), "layer": l, "index": h, "patching": float(z[(l, h)]),
                            "moves": str(top.src_role), "attention": float(top.value)})
     largest = max(abs(c["patching"]) for c in candidates)
-    named = [c for c in candidates if abs(c["patching"]) >= 0.1 * largest and c["attention"] >= MIN_ATTENTION][:MAX_MOVERS]
+    named = [c for c in candidates if abs(c["patching"]) >= 0.1 * largest and c["attention"] >= MOVER_ATTENTION][:MAX_MOVERS]
     named = named or candidates[:2]
     return {"n": len(rows), "movers": named,
-            "ablation": _test(model, rows, batch_size, seed, [(m["layer"], m["index"]) for m in named])}
+            "ablation": _test(model, rows, batch_size, seed, [(m["layer"], m["index"]) for m in named], cache=cache)}
 
 
-def mapping(model, rows, batch_size, seed: int, head_logits=None, movers=None) -> dict:
+def mapping(model, rows, batch_size, seed: int, head_logits=None, movers=None, cache: JobCache | None = None) -> dict:
     """Opposite tasks: the components classed opposite-mapping that push the answer most over the
     repeated word, and the test: mean-ablate them vs a matched random set (_test). Also the converse
     test of the movers: every other head and every MLP mean-ablated, so only the movers (their OV
@@ -181,8 +178,9 @@ def mapping(model, rows, batch_size, seed: int, head_logits=None, movers=None) -
     L, H = model.cfg.n_layers, model.cfg.n_heads
     keep = {(m["layer"], m["index"]) for m in movers["movers"]}
     rest = [(l, h) for l in range(L) for h in range(H) if (l, h) not in keep]
-    clean = ablated_logit_diff(model, rows, batch_size, [])  # nothing ablated: the clean run's
+    clean = ablated_logit_diff(model, rows, batch_size, [], cache=cache)  # nothing ablated: the clean run's
     only = {"kept": [m["head"] for m in movers["movers"]],
-            **_summary(ablated_logit_diff(model, rows, batch_size, rest, list(range(L))), clean, seed, prompt_clusters(rows))}
-    return {"n": len(rows), "mappers": named, "ablation": _test(model, rows, batch_size, seed, heads, mlps) if named else None,
+            **_summary(ablated_logit_diff(model, rows, batch_size, rest, list(range(L)), cache=cache), clean, seed,
+                       prompt_clusters(rows))}
+    return {"n": len(rows), "mappers": named, "ablation": _test(model, rows, batch_size, seed, heads, mlps, cache) if named else None,
             "movers_only": only}

@@ -19,7 +19,7 @@ import random
 import pandas as pd
 import torch
 
-from opposites.core import batches, end_states, job_memo, ln_final, prompt_clusters
+from opposites.core import JobCache, batches, end_states, ln_final, shared, prompt_clusters
 from opposites.derived import head_label
 from opposites.distribution import check_words
 from opposites.nodes import Node
@@ -37,27 +37,27 @@ def _relative(model, token: torch.Tensor, unrelated: torch.Tensor) -> torch.Tens
     return (model.W_U[:, token] - model.W_U[:, unrelated].mean(-1, keepdim=True)).T
 
 
-def component_logits(model, rows: list[dict], batch_size: int) -> dict[str, torch.Tensor]:
+def component_logits(model, rows: list[dict], batch_size: int, cache: JobCache | None = None) -> dict[str, torch.Tensor]:
     """Each head's and MLP layer's direct contribution at END to the answer and to the wrong
     (repeated) logit, relative to the unrelated adjectives: {"answer", "wrong"} -> (component,
     prompt), components heads (layer-major) then MLP layers; computed once per job."""
     def make():
         unrelated = unrelated_ids(model, rows[0]["task"])
         parts: dict[str, list[torch.Tensor]] = {"answer": [], "wrong": []}
-        for batch, s in end_states(model, rows, batch_size):
+        for batch, s in end_states(model, rows, batch_size, cache):
             comps = torch.cat([s.heads.flatten(0, 1), s.mlp])  # (head... then MLP layers, batch, d_model)
             normed = ln_final(model, comps, s.scale)
             for target, token in (("answer", batch.answer), ("wrong", batch.wrong)):
                 parts[target].append((normed * _relative(model, token, unrelated)).sum(-1).double().cpu())  # (comp, batch)
         return {target: torch.cat(chunks, -1) for target, chunks in parts.items()}
 
-    return job_memo(model, "_opposites_component_logits", tuple(r["clean"] for r in rows), make)
+    return shared(cache, "component_logits", tuple(r["clean"] for r in rows), make)
 
 
-def head_logits(model, rows: list[dict], batch_size: int, seed: int) -> pd.DataFrame:
+def head_logits(model, rows: list[dict], batch_size: int, seed: int, cache: JobCache | None = None) -> pd.DataFrame:
     """Per component and target (answer, wrong, and their paired difference answer - wrong, which
     the classes are decided on): mean over prompts, 95% cluster-bootstrap interval, n."""
-    logits = component_logits(model, rows, batch_size)
+    logits = component_logits(model, rows, batch_size, cache)
     logits["difference"] = logits["answer"] - logits["wrong"]  # paired by prompt
     L, H = model.cfg.n_layers, model.cfg.n_heads
     labels = [(l, h, head_label(l, h)) for l in range(L) for h in range(H)] + [(l, -1, str(Node("mlp", l))) for l in range(L)]
@@ -70,12 +70,12 @@ def head_logits(model, rows: list[dict], batch_size: int, seed: int) -> pd.DataF
     return pd.concat(out)
 
 
-def pair_direction(model, rows: list[dict], batch_size: int, seed: int) -> dict:
+def pair_direction(model, rows: list[dict], batch_size: int, seed: int, cache: JobCache | None = None) -> dict:
     """How far the components share one 'pair' direction: Pearson's r across components between
     their answer and repeated-word contributions (bias-corrected, 95% cluster-bootstrap interval).
     Near 1, a component that raises the answer raises the repeated word about as much: the contrast
     answer - repeated, not either contribution alone, tells the classes apart."""
-    logits = component_logits(model, rows, batch_size)
+    logits = component_logits(model, rows, batch_size, cache)
     est = pearson_ci(logits["answer"], logits["wrong"], seed, clusters=prompt_clusters(rows))
     return {"r": est.value.item(), "r_ci95": [est.ci_low.item(), est.ci_high.item()],
             "n_components": logits["answer"].shape[0], "n": len(rows)}
@@ -104,7 +104,7 @@ def _answer_stats(model, rows, batch_size, unrelated) -> dict[str, torch.Tensor]
     return {"rel": torch.cat(rel), "top1": torch.cat(top1)}
 
 
-def control(model, rows: list[dict], batch_size: int, seed: int) -> dict:
+def control(model, rows: list[dict], batch_size: int, seed: int, cache: JobCache | None = None) -> dict:
     """The answer's logit relative to the unrelated adjectives, and its top-1 rate, on the clean
     prompts and on the control prompts (ADJ1 unrelated); the drop is paired by prompt."""
     unrelated = unrelated_ids(model, rows[0]["task"])
@@ -122,7 +122,7 @@ def control(model, rows: list[dict], batch_size: int, seed: int) -> dict:
         est = proportion(hits)
         result |= {key: est.value.item(), f"{key}_ci95": [est.ci_low.item(), est.ci_high.item()]}
     result["example"] = ctrl[0]["clean"] if ctrl else None
-    result["pair_direction"] = pair_direction(model, rows, batch_size, seed)
+    result["pair_direction"] = pair_direction(model, rows, batch_size, seed, cache)
     # the unrelated adjectives are the reference of every relative logit and the control's words
     result["unrelated_check"] = check_words(model, [" " + w for w in load_spec(rows[0]["task"])["unrelated"]],
                                             copy_words(rows[0]["task"]))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pandas as pd
 
 from opposites.analyses.patching import dataset_sweep, patch_roles, table
-from opposites.core import prompt_clusters
+from opposites.core import JobCache, prompt_clusters
 from opposites.patching import exact
 from opposites.derived import head_label, largest_abs, layer_contributions
 from opposites.nodes import Node
@@ -40,7 +40,7 @@ def select(lens: pd.DataFrame, dla: pd.DataFrame, k_layers: int = 2, k_heads: in
     }
 
 
-def run(model, rows, batch_size, patch_direction: str, seed: int, logit_lens=None, head_dla=None) -> dict:
+def run(model, rows, batch_size, patch_direction: str, seed: int, logit_lens=None, head_dla=None, cache: JobCache | None = None) -> dict:
     chosen = select(logit_lens, head_dla)
     roles = patch_roles(rows)
     attn_layers = [s["layer"] for s in chosen["layers"] if s["component"] == "attn"]
@@ -53,7 +53,7 @@ def run(model, rows, batch_size, patch_direction: str, seed: int, logit_lens=Non
                 "heads": exact.head_by_role(pair, masks, heads=heads),
                 "mlp": exact.mlp_out_by_role(pair, masks, layers=mlp_layers)}
 
-    fine = dataset_sweep(model, rows, batch_size, patch_direction, by_role)
+    fine = dataset_sweep(model, rows, batch_size, patch_direction, by_role, cache=cache)
     clusters = prompt_clusters(rows)
     parts = []
     for kind, key, pairs in (("attn_layer_heads", "layer_heads", [(l, h) for l in attn_layers for h in range(model.cfg.n_heads)]),
@@ -67,7 +67,7 @@ def run(model, rows, batch_size, patch_direction: str, seed: int, logit_lens=Non
     by_role_df = pd.concat(parts) if parts else pd.DataFrame()
 
     paths = dataset_sweep(model, rows, batch_size, patch_direction,
-                          lambda pair: {head_label(*s): exact.path_to_receivers(pair, s) for s in heads})
+                          lambda pair: {head_label(*s): exact.path_to_receivers(pair, s) for s in heads}, cache=cache)
     path_rows = []
     for sender, t in paths.patched.items():
         df = table(t, paths, {**{"layer": list(range(t.shape[0])), "head": list(range(t.shape[1]))}, "input": list("qkv")}, seed, clusters)

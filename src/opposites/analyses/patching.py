@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from opposites.core import batches, job_memo, prompt_clusters
+from opposites.core import JobCache, batches, prompt_clusters, shared
 from opposites.derived import QKV_HEADS, top_patched_heads
 from opposites.patching import exact
 from opposites.patching.attribution import ACTIVATIONS, head_attribution
@@ -41,22 +41,20 @@ class Sweep:
         return _tree(lambda t: exact.normalise(t.double(), c, k), self.patched)
 
 
-_SHARED = "_opposites_patch_pairs"  # model attribute: the last prompts' prepared pairs
-
-
-def prepared_pairs(model, rows: list[dict], batch_size: int, patch_direction: str) -> list[exact.Pair]:
-    """The prompts' batches with their clean and corrupted runs, prepared once per job: they stay
-    on the model for the stage's next analysis of the same prompts (only the latest prompts)."""
+def prepared_pairs(model, rows: list[dict], batch_size: int, patch_direction: str,
+                   cache: JobCache | None = None) -> list[exact.Pair]:
+    """The prompts' batches with their clean and corrupted runs, prepared once per job (the job's
+    cache holds them for the stage's next analysis of the same prompts)."""
     key = (tuple((r["clean"], r["corrupted"]) for r in rows), batch_size, patch_direction)
-    return job_memo(model, _SHARED, key, lambda: list(exact.batches_of_pairs(
+    return shared(cache, "patch_pairs", key, lambda: list(exact.batches_of_pairs(
         model, batches(model, rows, batch_size, desc="patching runs"), patch_direction)))
 
 
 def dataset_sweep(model, rows: list[dict], batch_size: int, patch_direction: str,
-                  fn: Callable[[exact.Pair], Any]) -> Sweep:
+                  fn: Callable[[exact.Pair], Any], cache: JobCache | None = None) -> Sweep:
     """fn's per-prompt patched logit differences over all batches, concatenated along prompts."""
     parts, clean, corrupted = [], [], []
-    for pair in tqdm(prepared_pairs(model, rows, batch_size, patch_direction), desc="patching", unit="batch", leave=False):
+    for pair in tqdm(prepared_pairs(model, rows, batch_size, patch_direction, cache), desc="patching", unit="batch", leave=False):
         parts.append(fn(pair))
         clean.append(pair.clean_ld)
         corrupted.append(pair.corrupted_ld)
@@ -84,21 +82,21 @@ def table(patched: Tensor, sweep: Sweep, axes: dict[str, list], seed: int, clust
     return df.assign(n=est.n, normaliser_ok=bool(normaliser.excludes_zero()))
 
 
-def patch_resid(model, rows, batch_size, patch_direction: str, seed: int) -> pd.DataFrame:
+def patch_resid(model, rows, batch_size, patch_direction: str, seed: int, cache: JobCache | None = None) -> pd.DataFrame:
     roles = patch_roles(rows)
     s = dataset_sweep(model, rows, batch_size, patch_direction,
-                      lambda pair: exact.resid_pre_by_role(pair, exact.role_masks(pair, roles)))
+                      lambda pair: exact.resid_pre_by_role(pair, exact.role_masks(pair, roles)), cache=cache)
     return table(s.patched, s, {"layer": list(range(model.cfg.n_layers)), "role": roles}, seed, prompt_clusters(rows))
 
 
-def patch_layers(model, rows, batch_size, patch_direction: str, seed: int) -> pd.DataFrame:
+def patch_layers(model, rows, batch_size, patch_direction: str, seed: int, cache: JobCache | None = None) -> pd.DataFrame:
     roles = patch_roles(rows)
 
     def both(pair):
         masks = exact.role_masks(pair, roles)
         return {"attn": exact.attn_out_by_role(pair, masks), "mlp": exact.mlp_out_by_role(pair, masks)}
 
-    s = dataset_sweep(model, rows, batch_size, patch_direction, both)
+    s = dataset_sweep(model, rows, batch_size, patch_direction, both, cache=cache)
     axes = {"layer": list(range(model.cfg.n_layers)), "role": roles}
     return pd.concat([table(t, s, axes, seed, prompt_clusters(rows)).assign(component=name) for name, t in s.patched.items()])[
         ["component", "layer", "role", "value", "ci_low", "ci_high", "p_value", "n", "normaliser_ok"]]
@@ -108,17 +106,17 @@ def _heads(model) -> dict[str, list]:
     return {"layer": list(range(model.cfg.n_layers)), "head": list(range(model.cfg.n_heads))}
 
 
-def patch_heads(model, rows, batch_size, patch_direction: str, seed: int) -> pd.DataFrame:
+def patch_heads(model, rows, batch_size, patch_direction: str, seed: int, cache: JobCache | None = None) -> pd.DataFrame:
     """Every head's output (z) patched over all positions; its query, key, value and attention
     pattern patched for the QKV_HEADS heads whose output matters most (largest |z| effect): what the
     paper reads of them (the top heads' routes; the attribution-vs-exact comparison). Attribution
     patching (patch_attribution) estimates all five for every head."""
-    z = dataset_sweep(model, rows, batch_size, patch_direction, lambda pair: exact.head_all_pos(pair, "z"))
+    z = dataset_sweep(model, rows, batch_size, patch_direction, lambda pair: exact.head_all_pos(pair, "z"), cache=cache)
     clusters = prompt_clusters(rows)
     z_table = table(z.patched, z, _heads(model), seed, clusters).assign(activation="z")
     heads = top_patched_heads(z_table, QKV_HEADS)
     s = dataset_sweep(model, rows, batch_size, patch_direction,
-                      lambda pair: {act: exact.heads_all_pos(pair, heads, act) for act in ACTIVATIONS if act != "z"})
+                      lambda pair: {act: exact.heads_all_pos(pair, heads, act) for act in ACTIVATIONS if act != "z"}, cache=cache)
     layer_head = pd.DataFrame(heads, columns=["layer", "head"])
     parts = [table(t, s, {"i": list(range(len(heads)))}, seed, clusters).drop(columns="i").assign(activation=act)
              for act, t in s.patched.items()]
@@ -127,10 +125,10 @@ def patch_heads(model, rows, batch_size, patch_direction: str, seed: int) -> pd.
                                                 "normaliser_ok"]]
 
 
-def patch_attribution(model, rows, batch_size, patch_direction: str, seed: int) -> pd.DataFrame:
+def patch_attribution(model, rows, batch_size, patch_direction: str, seed: int, cache: JobCache | None = None) -> pd.DataFrame:
     """Attribution-patching estimates of every head's z, q, k, v and pattern patching (patch_heads'
     metric; patch_heads measures q, k, v and pattern exactly for QKV_HEADS heads only)."""
-    s = dataset_sweep(model, rows, batch_size, patch_direction, head_attribution)
+    s = dataset_sweep(model, rows, batch_size, patch_direction, head_attribution, cache=cache)
     parts = [table(t, s, _heads(model), seed, prompt_clusters(rows)).assign(activation=act) for act, t in s.patched.items()]
     return pd.concat(parts)[["layer", "head", "activation", "value", "ci_low", "ci_high", "p_value", "n", "normaliser_ok"]]
 
@@ -144,7 +142,7 @@ def effect(df: pd.DataFrame, direction: str) -> pd.DataFrame:
     return df.assign(value=1 - df.value, ci_low=1 - df.ci_high, ci_high=1 - df.ci_low)
 
 
-def patch_directions(model, rows, batch_size, patch_direction: str, seed: int) -> pd.DataFrame:
+def patch_directions(model, rows, batch_size, patch_direction: str, seed: int, cache: JobCache | None = None) -> pd.DataFrame:
     """The headline patching maps, residual stream by (layer, role) and every head's output, in both
     directions (denoising: clean into the corrupted run; noising: corrupted into the clean run),
     each as the share of the difference it moves (`effect`); patch_direction only picks which
@@ -153,7 +151,7 @@ def patch_directions(model, rows, batch_size, patch_direction: str, seed: int) -
     parts = []
     for direction in sorted(exact.RUNS, key=lambda d: d != patch_direction):
         resid = patch_resid(model, rows, batch_size, direction, seed).assign(kind="resid", head=-1)
-        z = dataset_sweep(model, rows, batch_size, direction, lambda pair: exact.head_all_pos(pair, "z"))
+        z = dataset_sweep(model, rows, batch_size, direction, lambda pair: exact.head_all_pos(pair, "z"), cache=cache)
         heads = table(z.patched, z, _heads(model), seed, prompt_clusters(rows)).assign(kind="z", role="")
         parts += [effect(df, direction).assign(direction=direction) for df in (resid, heads)]
     return pd.concat(parts, ignore_index=True)[["kind", "layer", "role", "head", "direction", "value", "ci_low",

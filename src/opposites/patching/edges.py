@@ -1,11 +1,12 @@
 """The computational graph at edge level, for circuit discovery: writers (embedding, each head's
 output, each MLP) and readers (each head's query, key and value input, each MLP's input, the
 logits). Each reader's input is the sum of the earlier writers' outputs (plus biases), so an edge
-weights -> r can be cut by giving r the corrupted run's output of weights instead of the current one.
+writer -> reader is cut by giving the reader the corrupted run's output of that writer instead of the
+current one.
 
   edge_forward(..., keep)   exact edge patching: run the clean prompts with every edge outside
                             `keep` fed the corrupted writer output (all edges kept = clean run,
-                            none = corrupted run);
+                            none = corrupted run), on engine.Forward's loop (EdgeForward);
   edge_attribution(...)     edge attribution patching, per prompt, every edge at once:
                             (clean - corrupted writer output) . d(logit diff)/d(reader input),
                             summed over positions. EAP (Syed et al. 2023) takes the gradient on the
@@ -208,126 +209,219 @@ def shared_prefix(weights: Weights, clean: Tensor, corrupted: Tensor) -> Prefix:
     return Prefix(n, [run[f"k.{l}"] for l in range(weights.n_layers)], [run[f"v.{l}"] for l in range(weights.n_layers)])
 
 
-def embed(weights: Weights, tokens: Tensor) -> Tensor:
-    """The embedding writer's output, (batch, pos, d_model)."""
-    return weights.W_E[tokens] + weights.W_pos[: tokens.shape[1]]
-
-
 def edge_forward(weights: Weights, tokens: Tensor, direction: Tensor, bias: Tensor, corrupt: Tensor | None = None,
                  keep: Tensor | None = None, grad_leaves: bool = False,
                  x: Tensor | None = None, prefix: Prefix | None = None,
                  record: bool = False, resume: Trace | None = None) -> tuple[Tensor, Tensor | Trace | None, list[Tensor]]:
-    """Forward with one input per reader. Returns (logit diff per prompt, writer outputs
-    (writer, batch, pos, d_model; None with `keep`), reader-input leaves for gradients when grad_leaves). `keep`
-    (writer, reader), or (variant, writer, reader) for several circuits in one pass: then the logit
-    differences are (variant * batch,), variant-major. `x` replaces the embedding (EAP-IG's
-    interpolated inputs). With a `prefix`, positions before prefix.n are not computed: `pos` in x,
-    `corrupt`, the writer outputs and the leaves counts from prefix.n. With one `keep`: `record`
-    returns the forward's Trace in place of the writer outputs, and `resume` (another circuit's
-    Trace on the same tokens, corrupt and prefix) starts at the first layer where the two differ
-    and recomputes only the heads and MLPs whose input differs (some input edge added or removed, or
-    kept from a writer whose output differs); the others' outputs are the trace's. It gives the
-    whole forward's numbers up to float rounding.
-
-    With `keep`, a head or MLP none of whose input edges is kept reads exactly the corrupted run's
-    residual, so its output is the corrupted one (`corrupt`) and is not recomputed: a small circuit
-    costs the forward of its own nodes."""
-    graph = Graph(weights.n_layers, weights.n_heads)
-    start = 0 if prefix is None else prefix.n
-    x = embed(weights, tokens)[:, start:] if x is None else x  # (batch, pos, d_model)
-    cuts, n_variants = None, 1
+    """Forward with one input per reader (EdgeForward). Returns (logit diff per prompt, writer outputs
+    (writer, batch, pos, d_model; with `keep`: None, or the Trace when `record`), reader-input leaves
+    for gradients when grad_leaves). `keep` (writer, reader), or (variant, writer, reader) for several
+    circuits in one pass: then the logit differences are (variant * batch,), variant-major. `x`
+    replaces the embedding (EAP-IG's interpolated inputs). With a `prefix`, positions before
+    prefix.n are not computed: `pos` in x, `corrupt`, the writer outputs and the leaves count from
+    prefix.n. `resume` (another circuit's Trace on the same tokens, corrupt and prefix) recomputes
+    only what differs from it (ResumedEdgeForward): the whole forward's numbers up to float rounding."""
+    x = engine.embed(weights, tokens)[:, 0 if prefix is None else prefix.n:] if x is None else x  # (batch, pos, d_model)
     if keep is not None:
         keep = keep[None] if keep.dim() == 2 else keep
         n_variants = keep.shape[0]
         x, direction, bias = x.repeat(n_variants, 1, 1), direction.repeat(n_variants, 1), bias.repeat(n_variants)
-        cuts = _Cuts(corrupt, keep)
-    assert not (record or resume) or (keep is not None and n_variants == 1), "traces are of single circuits (one keep)"
-    trace = Trace(keep[0], [], [], [], cuts.diff, cuts.rows) if record else None
-    outs, leaves = [], []
-    resid = x
-    n_heads = weights.n_heads
+    assert not (record or resume) or (keep is not None and keep.shape[0] == 1), "traces are of single circuits (one keep)"
+    if resume is not None:
+        forward = ResumedEdgeForward(weights, direction, bias, corrupt, keep, prefix, resume, record)
+        return forward.run(x, forward.first_layer), forward.trace, []
+    forward = EdgeForward(weights, direction, bias, corrupt, keep, prefix, record, grad_leaves)
+    forward.write(x[None], [0], x[None])  # the embedding
+    ld = forward.run(x)
+    return ld, (torch.stack(forward.outs) if keep is None else forward.trace), forward.leaves
 
-    def write(out: Tensor, live: list[int], computed: Tensor | None) -> None:
+
+VARIANT_BYTES = 2 ** 30  # memory for the circuits of one circuits_forward pass
+ATTRIBUTION_BYTES = 2 ** 30  # memory for the gradient passes of edge_attribution
+
+
+def circuits_forward(weights: Weights, tokens: Tensor, direction: Tensor, bias: Tensor, corrupt: Tensor,
+                     keeps: Tensor, prefix: Prefix | None = None) -> Tensor:
+    """(circuit, batch) logit differences of many circuits (keeps: (circuit, writer, reader)), as
+    many per edge_forward pass as fit VARIANT_BYTES."""
+    step = max(1, VARIANT_BYTES // (3 * corrupt.numel() * corrupt.element_size()))
+    return torch.cat([edge_forward(weights, tokens, direction, bias, corrupt, keeps[j:j + step].to(corrupt.device),
+                                   prefix=prefix)[0].view(len(keeps[j:j + step]), -1) for j in range(0, len(keeps), step)])
+
+
+class EdgeForward(engine.Forward):
+    """engine.Forward with one input per reader: each head's q, k and v input and each MLP's input is
+    the residual stream minus what its cut edges lose (_Cuts), and a head or MLP with no kept input
+    edge writes its corrupted output without being computed. Every position from the prefix on is
+    computed (the writer outputs and the reader inputs span them)."""
+
+    def __init__(self, weights: Weights, direction: Tensor, bias: Tensor, corrupt: Tensor | None, keep: Tensor | None,
+                 prefix: Prefix | None, record: bool = False, grad_leaves: bool = False):
+        super().__init__(weights, direction, bias, end_only=False)
+        self.graph = Graph(weights.n_layers, weights.n_heads)
+        self.corrupt, self.keep_edges, self.prefix, self.grad_leaves = corrupt, keep, prefix, grad_leaves
+        self.n_variants = 1 if keep is None else keep.shape[0]
+        self.cuts = None if keep is None else _Cuts(corrupt, keep)
+        self.trace = Trace(keep[0], [], [], [], self.cuts.diff, self.cuts.rows) if record else None
+        self.outs: list[Tensor] = []  # without keep: every writer's output
+        self.leaves: list[Tensor] = []
+
+    def write(self, out: Tensor, live: list[int], computed: Tensor | None) -> None:
         """The next writers' outputs (writer, batch, pos, d_model): those at offsets `live` were
         `computed`, the others are the corrupted run's; with keep, the cuts hold what is needed."""
-        if cuts is None:
-            outs.extend(out)
+        if self.cuts is None:
+            self.outs.extend(out)
         else:
-            cuts.add(len(out), live, computed)
+            self.cuts.add(len(out), live, computed)
 
-    def reader_inputs(readers: Tensor, stream: Tensor | None = None) -> Tensor:
-        stream = resid if stream is None else stream
+    def reader_inputs(self, readers: list[int] | Tensor, stream: Tensor) -> Tensor:
+        """(reader, batch, pos, d_model): the residual stream minus what each reader's cut edges lose."""
+        readers = torch.as_tensor(readers, device=stream.device)
         inp = stream.expand(len(readers), *stream.shape)
-        lost = None if cuts is None else cuts.lost(readers, stream.shape)
+        lost = None if self.cuts is None else self.cuts.lost(readers, stream.shape)
         if lost is not None:
             inp = inp - lost
-        if grad_leaves:
+        if self.grad_leaves:
             leaf = torch.zeros_like(inp, requires_grad=True)
-            leaves.append(leaf)
+            self.leaves.append(leaf)
             inp = inp + leaf
-        return inp  # (reader, batch, pos, d_model)
+        return inp
 
-    def active(readers: slice, n_writers: int) -> Tensor:
+    def head_outputs(self, layer: int, x: Tensor, live_heads: Tensor) -> Tensor:
+        """(head, variant * batch, pos, d_model): the outputs of layer's heads `live_heads` from their
+        own q, k and v inputs."""
+        first, n_heads = self.graph.reader_slice(layer).start, self.weights.n_heads
+        readers = torch.cat([first + i * n_heads + live_heads for i in range(3)])
+        inp = self.reader_inputs(readers, x).view(3, len(live_heads), *x.shape)
+        return _head_outputs(self.weights, layer, inp, live_heads, self.prefix, self.n_variants)
+
+    def active(self, readers: slice, n_writers: int) -> Tensor:
         """(reader,) bool: readers with some kept input edge."""
-        n = readers.stop - readers.start
-        if cuts is None:
-            return torch.ones(n, dtype=torch.bool, device=dev)
-        return keep[:, :n_writers, readers].any(0).any(0).to(dev)
+        if self.cuts is None:
+            return torch.ones(readers.stop - readers.start, dtype=torch.bool, device=self.direction.device)
+        return self.keep_edges[:, :n_writers, readers].any(0).any(0).to(self.direction.device)
 
-    dev = x.device
-    first_layer = 0
-    if resume is None:
-        write(x[None], [0], x[None])
-    else:  # the state where layer first_layer begins is the traced circuit's
-        first_layer = resume.start_layer(graph, keep[0])
-        cuts.n = graph.writers_before(first_layer) if first_layer < weights.n_layers else len(graph.writers)
-        cuts.rows = [w for w in resume.rows if w < cuts.n]
-        cuts.diff[:, :len(cuts.rows)] = resume.diff[:, :len(cuts.rows)]
-        cuts.total = resume.total[first_layer].clone()
-        if trace is not None:
-            trace.rows = cuts.rows
-            trace.resid, trace.mid = resume.resid[:first_layer], resume.mid[:first_layer]
-            trace.total = resume.total[:first_layer]
-        return _resumed(weights, graph, keep[0], cuts, resume, first_layer, prefix, trace, reader_inputs, direction, bias)
+    def layer_start(self, layer: int, x: Tensor) -> Tensor:
+        if self.trace is not None:
+            self.trace.layer_start(x, self.cuts.total)
+        return x
 
-    def checkpoint() -> None:
-        if trace is not None:
-            trace.layer_start(resid, cuts.total)
-
-    for l in range(first_layer, weights.n_layers):
-        checkpoint()
-        first, first_writer = graph.reader_slice(l).start, graph.writers_before(l)
-        kept_input = active(slice(first, first + 3 * n_heads), first_writer).view(3, n_heads)  # (q|k|v, head)
+    def attention(self, layer: int, x: Tensor) -> Tensor:
+        n_heads, corrupt = self.weights.n_heads, self.corrupt
+        first, first_writer = self.graph.reader_slice(layer).start, self.graph.writers_before(layer)
+        kept_input = self.active(slice(first, first + 3 * n_heads), first_writer).view(3, n_heads)  # (q|k|v, head)
         live_heads = kept_input.any(0).nonzero()[:, 0]  # heads with a kept input
         if len(live_heads) < n_heads:  # heads left out give their corrupted outputs
             heads = corrupt[first_writer:first_writer + n_heads]  # (head, batch, pos, d_model)
-            heads = heads.repeat(1, n_variants, 1, 1) if n_variants > 1 else heads  # (head, variant * batch, ...)
+            heads = heads.repeat(1, self.n_variants, 1, 1) if self.n_variants > 1 else heads  # (head, variant * batch, ...)
         out = None
         if len(live_heads):
-            readers = torch.cat([first + i * n_heads + live_heads for i in range(3)])
-            inp = reader_inputs(readers).view(3, len(live_heads), *resid.shape)
-            out = _head_outputs(weights, l, inp, live_heads, prefix, n_variants)
+            out = self.head_outputs(layer, x, live_heads)
             heads = out if len(live_heads) == n_heads else heads.index_copy(0, live_heads, out)
-        write(heads, live_heads.tolist(), out)
-        resid = resid + heads.sum(0) + weights.b_O[l]
-        if trace is not None:
-            trace.mid.append(resid)
-        mlp_reader, w_mlp = torch.tensor([first + 3 * n_heads], device=dev), graph.writers_before(l, mlp=True)
-        if active(slice(first + 3 * n_heads, first + 3 * n_heads + 1), w_mlp):
-            m, live = engine.mlp(weights, l, reader_inputs(mlp_reader)[0]), [0]
+        self.write(heads, live_heads.tolist(), out)
+        return x + heads.sum(0) + self.weights.b_O[layer]
+
+    def after_heads(self, layer: int, x: Tensor) -> Tensor:
+        if self.trace is not None:
+            self.trace.mid.append(x)
+        return x
+
+    def mlp(self, layer: int, x: Tensor) -> Tensor:
+        reader, writer = self.graph.reader_slice(layer).stop - 1, self.graph.writers_before(layer, mlp=True)
+        if self.active(slice(reader, reader + 1), writer):
+            m, live = engine.mlp(self.weights, layer, self.reader_inputs([reader], x)[0]), [0]
         else:
-            m, live = corrupt[w_mlp].repeat(n_variants, 1, 1) if n_variants > 1 else corrupt[w_mlp], []
-        write(m[None], live, m[None])
-        resid = resid + m
-    checkpoint()
-    final = reader_inputs(torch.tensor([len(graph.readers) - 1], device=dev))[0]
-    ld = engine.read_logit_diff(weights, final[:, -1], direction, bias)
-    return ld, (torch.stack(outs) if cuts is None else trace), leaves
+            m, live = self.corrupt[writer].repeat(self.n_variants, 1, 1) if self.n_variants > 1 else self.corrupt[writer], []
+        self.write(m[None], live, m[None])
+        return x + m
+
+    def read(self, x: Tensor) -> Tensor:
+        return super().read(self.reader_inputs([len(self.graph.readers) - 1], x)[0])
+
+
+class ResumedEdgeForward(EdgeForward):
+    """EdgeForward from another circuit's Trace on the same tokens (edge_forward's `resume`): the
+    state where the first layer whose readers' edges differ begins is the trace's, and from there
+    a head or MLP is recomputed only when its input may differ from the trace's (one of its
+    readers' edges differs, or it keeps an edge from a writer whose output differs, `moved`); the
+    others' changes are the trace's. The residual stream is the trace's plus the moved writers'
+    output changes (`shift`)."""
+
+    def __init__(self, weights: Weights, direction: Tensor, bias: Tensor, corrupt: Tensor, keep: Tensor,
+                 prefix: Prefix | None, resume: Trace, record: bool):
+        super().__init__(weights, direction, bias, corrupt, keep, prefix, record)
+        graph, cuts, keep = self.graph, self.cuts, keep[0]
+        self.resume, self.keep_edges = resume, keep  # (writer, reader)
+        self.first_layer = resume.start_layer(graph, keep)
+        cuts.n = graph.writers_before(self.first_layer) if self.first_layer < weights.n_layers else len(graph.writers)
+        cuts.rows = [w for w in resume.rows if w < cuts.n]
+        cuts.diff[:, :len(cuts.rows)] = resume.diff[:, :len(cuts.rows)]
+        cuts.total = resume.total[self.first_layer].clone()
+        if self.trace is not None:
+            self.trace.rows = cuts.rows
+            self.trace.resid, self.trace.mid = resume.resid[:self.first_layer], resume.mid[:self.first_layer]
+            self.trace.total = resume.total[:self.first_layer]
+        self.changed = (resume.keep != keep).any(0)  # (reader,) readers whose input edges differ
+        self.old = {w: resume.diff[0, i] for i, w in enumerate(resume.rows)}  # writer -> its change in the trace
+        self.moved = torch.zeros(len(graph.writers), dtype=torch.bool, device=keep.device)
+        self.shift = None  # (1, size): sum of the moved writers' output changes so far
+
+    def at(self, base: Tensor) -> Tensor:
+        return base if self.shift is None else base + self.shift.view(base.shape)
+
+    def redo(self, readers: slice) -> Tensor:
+        """(reader,) bool: readers whose input may differ from the trace's."""
+        n = self.cuts.n
+        return self.changed[readers] | self.keep_edges[:n][self.moved[:n], readers].any(0)
+
+    def settle(self, count: int, recomputed: dict[int, Tensor | None]) -> None:
+        """Record the next `count` writers: those at the offsets recomputed with their new changes
+        (None: 0), the others with the trace's."""
+        changes = {}
+        for offset in range(count):
+            w = self.cuts.n + offset
+            before = self.old.get(w)
+            after = recomputed[offset] if offset in recomputed else before
+            if after is not None:
+                changes[offset] = after
+            if offset in recomputed and not (before is None and after is None):
+                step = (0 if after is None else after) - (0 if before is None else before)
+                self.shift = step if self.shift is None else self.shift + step
+                self.moved[w] = True
+        self.cuts.add_changes(count, changes)
+
+    def layer_start(self, layer: int, x: Tensor) -> Tensor:
+        return super().layer_start(layer, self.at(self.resume.resid[layer]))
+
+    def attention(self, layer: int, x: Tensor) -> Tensor:
+        n_heads, keep, dev = self.weights.n_heads, self.keep_edges, x.device
+        first, first_writer = self.graph.reader_slice(layer).start, self.graph.writers_before(layer)
+        qkv = slice(first, first + 3 * n_heads)
+        active = keep[:first_writer, qkv].any(0).view(3, n_heads).any(0)
+        again = self.redo(qkv).view(3, n_heads).any(0)  # heads to recompute
+        live_heads = (active & again).nonzero()[:, 0].to(dev)
+        recomputed = {h: None for h in again.nonzero()[:, 0].tolist()}
+        if len(live_heads):
+            for h, o in zip(live_heads.tolist(), self.head_outputs(layer, x, live_heads)):
+                recomputed[h] = (o - self.corrupt[first_writer + h]).reshape(1, -1)
+        self.settle(n_heads, recomputed)
+        return self.at(self.resume.mid[layer])
+
+    def mlp(self, layer: int, x: Tensor) -> Tensor:
+        reader, writer = self.graph.reader_slice(layer).stop - 1, self.graph.writers_before(layer, mlp=True)
+        recomputed = {}
+        if self.redo(slice(reader, reader + 1)).any():
+            recomputed[0] = None
+            if self.keep_edges[:writer, reader].any():
+                m = engine.mlp(self.weights, layer, self.reader_inputs([reader], x)[0])
+                recomputed[0] = (m - self.corrupt[writer]).reshape(1, -1)
+        self.settle(1, recomputed)
+        return x  # the next layer starts from the trace's residual (layer_start)
 
 
 def _head_outputs(weights: Weights, l: int, inp: Tensor, live_heads: Tensor, prefix: Prefix | None, n_variants: int) -> Tensor:
-    """(head, variant * batch, pos, d_model) outputs of layer l's heads A from their q, k and v
-    inputs (3, head, variant * batch, pos, d_model)."""
+    """(head, variant * batch, pos, d_model) outputs of layer l's heads `live_heads` from their q, k
+    and v inputs (3, head, variant * batch, pos, d_model)."""
     heads = slice(None) if len(live_heads) == weights.n_heads else live_heads  # every head: views of the weights, not copies
     h = engine.layer_norm(inp, weights.ln1[l], weights.eps)
     q, k, v = (torch.einsum("hbpm,hmd->bphd", h[i], W[l][heads]) + b[l][heads]
@@ -339,86 +433,28 @@ def _head_outputs(weights: Weights, l: int, inp: Tensor, live_heads: Tensor, pre
     return torch.einsum("bphd,hdm->hbpm", z, weights.W_O[l][heads])
 
 
-def _resumed(weights: Weights, graph: Graph, keep: Tensor, cuts: _Cuts, resume: Trace, first_layer: int,
-             prefix: Prefix | None, trace: Trace | None, reader_inputs, direction: Tensor, bias: Tensor):
-    """edge_forward's layers from first_layer on, from another circuit's trace: a head or MLP is
-    recomputed only when its input may differ from the trace's (one of its readers' edges differs,
-    or it keeps an edge from a writer whose output differs, `moved`); the others' changes are the
-    trace's. The residual stream is the trace's plus the moved writers' output changes (`shift`)."""
-    n_heads, dev = weights.n_heads, resume.resid[0].device
-    changed = (resume.keep != keep).any(0)  # (reader,) readers whose input edges differ
-    old = {w: resume.diff[0, i] for i, w in enumerate(resume.rows)}  # writer -> its change in the trace
-    moved = torch.zeros(len(graph.writers), dtype=torch.bool, device=keep.device)
-    shift = None  # (1, size): sum of the moved writers' output changes so far
-
-    def at(base: Tensor) -> Tensor:
-        return base if shift is None else base + shift.view(base.shape)
-
-    def redo(readers: slice) -> Tensor:
-        """(reader,) bool: readers whose input may differ from the trace's."""
-        return changed[readers] | keep[:cuts.n][moved[:cuts.n], readers].any(0)
-
-    def settle(count: int, recomputed: dict[int, Tensor | None]) -> None:
-        """Record the next `count` writers: those at the offsets recomputed with their new changes
-        (None: 0), the others with the trace's."""
-        nonlocal shift
-        changes = {}
-        for offset in range(count):
-            w = cuts.n + offset
-            before = old.get(w)
-            after = recomputed[offset] if offset in recomputed else before
-            if after is not None:
-                changes[offset] = after
-            if offset in recomputed and not (before is None and after is None):
-                step = (0 if after is None else after) - (0 if before is None else before)
-                shift = step if shift is None else shift + step
-                moved[w] = True
-        cuts.add_changes(count, changes)
-
-    for l in range(first_layer, weights.n_layers):
-        resid = at(resume.resid[l])
-        if trace is not None:
-            trace.layer_start(resid, cuts.total)
-        first, first_writer = graph.reader_slice(l).start, graph.writers_before(l)
-        qkv = slice(first, first + 3 * n_heads)
-        active = keep[:first_writer, qkv].any(0).view(3, n_heads).any(0)
-        again = redo(qkv).view(3, n_heads).any(0)  # heads to recompute
-        live_heads = (active & again).nonzero()[:, 0].to(dev)
-        recomputed = {h: None for h in again.nonzero()[:, 0].tolist()}
-        if len(live_heads):
-            readers = torch.cat([first + i * n_heads + live_heads for i in range(3)])
-            inp = reader_inputs(readers, resid).view(3, len(live_heads), *resid.shape)
-            out = _head_outputs(weights, l, inp, live_heads, prefix, 1)
-            for h, o in zip(live_heads.tolist(), out):
-                recomputed[h] = (o - cuts.corrupt[first_writer + h]).reshape(1, -1)
-        settle(n_heads, recomputed)
-        mid = at(resume.mid[l])
-        if trace is not None:
-            trace.mid.append(mid)
-        w_mlp, mlp = graph.writers_before(l, mlp=True), first + 3 * n_heads
-        recomputed = {}
-        if redo(slice(mlp, mlp + 1)).any():
-            recomputed[0] = None
-            if keep[:w_mlp, mlp].any():
-                m = engine.mlp(weights, l, reader_inputs(torch.tensor([mlp], device=dev), mid)[0])
-                recomputed[0] = (m - cuts.corrupt[w_mlp]).reshape(1, -1)
-        settle(1, recomputed)
-    resid = at(resume.resid[weights.n_layers])
-    if trace is not None:
-        trace.layer_start(resid, cuts.total)
-    final = reader_inputs(torch.tensor([len(graph.readers) - 1], device=dev), resid)[0]
-    return engine.read_logit_diff(weights, final[:, -1], direction, bias), trace, []
-
-
 def edge_attribution(weights: Weights, clean: Tensor, corrupted: Tensor, direction: Tensor, bias: Tensor,
                      ig_steps: int = 0, prefix: Prefix | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """(writer, reader, prompt) estimated change of the logit difference when the edge alone carries
     the clean writer output into the corrupted run (0 where no edge): EAP with ig_steps = 0, EAP-IG
-    with ig_steps > 0; and the clean and corrupted logit differences per prompt."""
+    with ig_steps > 0; and the clean and corrupted logit differences per prompt. The backward pass
+    keeps every reader's input of every prompt, so prompts go through it in chunks that fit
+    ATTRIBUTION_BYTES."""
+    n = 0 if prefix is None else prefix.n
+    per_prompt = 8 * len(Graph(weights.n_layers, weights.n_heads).readers) * (clean.shape[1] - n) * weights.W_E.shape[1] * 4
+    step = max(1, ATTRIBUTION_BYTES // per_prompt)
+    parts = [_edge_attribution(weights, clean[i:i + step], corrupted[i:i + step], direction[i:i + step],
+                               bias[i:i + step], ig_steps, None if prefix is None else prefix.select(slice(i, i + step)))
+             for i in range(0, len(clean), step)]
+    return tuple(torch.cat(t, -1) for t in zip(*parts))
+
+
+def _edge_attribution(weights: Weights, clean: Tensor, corrupted: Tensor, direction: Tensor, bias: Tensor,
+                      ig_steps: int, prefix: Prefix | None) -> tuple[Tensor, Tensor, Tensor]:
     graph = Graph(weights.n_layers, weights.n_heads)
     with torch.no_grad():
         ld_clean, clean_out, _ = edge_forward(weights, clean, direction, bias, prefix=prefix)
-    x_clean, x_corr = clean_out[0], embed(weights, corrupted)[:, 0 if prefix is None else prefix.n:]  # embedding outputs
+    x_clean, x_corr = clean_out[0], engine.embed(weights, corrupted)[:, 0 if prefix is None else prefix.n:]  # embedding outputs
     alphas = [(k - 0.5) / ig_steps for k in range(1, ig_steps + 1)] if ig_steps else [0.0]
     grads = None
     for alpha in alphas:

@@ -9,15 +9,17 @@ computes the same numbers with far less work:
   * at the last layer it computes only the final position, and instead of the full unembedding
     only the answer-minus-wrong direction that the metric reads;
   * the MLP's bias and activation run in place, a block of rows at a time (`bias_act`).
-Patches are expressed as a change of the residual stream at (layer, "pre" | "mid") — patching a
-head's output, or its q/k/v/pattern (whose effect on that head's z is computed in closed form),
-reduces to that.
+Every forward here and in edges.py is one loop, `Forward.run`, whose steps are methods; exact.py
+expresses its patches as a change of the residual stream at (layer, "pre" | "mid"). The reference
+for every intervention is interventions.py (TransformerLens hooks); tests/test_backends.py checks
+that both give the same numbers.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from jaxtyping import Float
@@ -70,6 +72,11 @@ class Weights:
             ln_f=(det(model.ln_final.w), det(model.ln_final.b)),
             W_U=det(model.W_U), b_U=det(model.b_U),
             eps=cfg.eps, n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_head=cfg.d_head, act_fn=cfg.act_fn)
+
+
+def embed(weights: Weights, tokens: Tensor) -> Float[Tensor, "batch pos d_model"]:
+    """Token plus position embedding (edge patching's embedding writer)."""
+    return weights.W_E[tokens] + weights.W_pos[: tokens.shape[1]]
 
 
 def first_difference(a: Tensor, b: Tensor) -> int:
@@ -155,30 +162,103 @@ def mlp(weights: Weights, layer: int, x: Float[Tensor, "... pos d_model"]) -> Te
     return h @ weights.W_out[layer] + weights.b_out[layer]
 
 
-def full_forward(weights: Weights, tokens: Tensor, keep_grad: bool = False) -> dict[str, Tensor]:
-    """An ordinary forward that caches, per layer, everything patching reads. Keys like
-    'resid_pre.3', 'q.3', 'pattern.3', 'z.3', 'attn_out.3', 'resid_mid.3', 'mlp_out.3', and
-    'resid_final'. Shapes (batch, pos, ...), pattern (batch, head, q, k). keep_grad: build the
-    autograd graph and keep the gradients of q, k, v, pattern and z (attribution patching)."""
-    x = weights.W_E[tokens] + weights.W_pos[: tokens.shape[1]]  # (batch, pos, d_model)
-    if keep_grad:
-        x = x.detach().requires_grad_()
-    cache = {}
-    for layer in range(weights.n_layers):
-        cache[f"resid_pre.{layer}"] = x
-        acts = qkv(weights, layer, layer_norm(x, weights.ln1[layer], weights.eps))
-        z, pattern = attend(weights, acts["q"], acts["k"], acts["v"])
-        if keep_grad:
+class Forward:
+    """The engine's one layer loop, from the residual stream where `run` starts to the logit
+    difference (or the final residual). Each step is a method, so a forward that differs in one
+    step overrides that step only (edge patching's per-reader inputs and resumed circuits, edges.py):
+
+      layer_start(l, x)  the residual where layer l (l = n_layers: the logits) begins
+      attention(l, x)    the residual after layer l's heads
+      after_heads(l, x)  the same, recorded or replaced
+      mlp(l, x)          the residual after layer l's MLP
+      read(x)            the logit difference from the final residual
+
+    The defaults run the ordinary block, with these options:
+      end_only   the last layer computes the final position only (all a logit difference reads);
+      past       layer -> the keys and values (..., n, head, d_head) of n positions before x's,
+                 which x's positions attend to (a shared prefix, not recomputed);
+      z_values   {(layer, head): (..., pos, d_head)} replaces those heads' z;
+      mlp_values {layer: (..., pos, d_model)} replaces those MLPs' outputs;
+      cache      a dict that receives every activation patching reads (keys like 'resid_pre.3',
+                 'q.3', 'pattern.3', 'z.3', 'attn_out.3', 'resid_mid.3', 'mlp_out.3', 'resid_final');
+      keep_grad  keep the gradients of q, k, v, pattern and z (attribution patching)."""
+
+    def __init__(self, weights: Weights, direction: Tensor | None = None, bias: Tensor | None = None,
+                 end_only: bool = True, past: Callable[[int], tuple[Tensor, Tensor]] | None = None,
+                 z_values: dict[tuple[int, int], Tensor] | None = None, mlp_values: dict[int, Tensor] | None = None,
+                 cache: dict[str, Tensor] | None = None, keep_grad: bool = False):
+        self.weights, self.direction, self.bias = weights, direction, bias
+        self.end_only, self.past, self.cache, self.keep_grad = end_only, past, cache, keep_grad
+        self.z_values, self.mlp_values = z_values or {}, mlp_values or {}
+
+    def run(self, x: Float[Tensor, "... pos d_model"], first_layer: int = 0, stage: str = "pre") -> Tensor:
+        """From the residual x at (first_layer, stage), stage 'pre' (before the layer) or 'mid' (after
+        its heads), to read()'s result."""
+        for layer in range(first_layer, self.weights.n_layers):
+            if layer == first_layer and stage == "mid":
+                x = x[..., -1:, :] if self.end_at(layer) else x
+            else:
+                x = self.layer_start(layer, x)
+                x = self.after_heads(layer, self.attention(layer, x))
+            x = self.mlp(layer, x)
+        return self.read(self.layer_start(self.weights.n_layers, x))
+
+    def end_at(self, layer: int) -> bool:
+        return self.end_only and layer == self.weights.n_layers - 1
+
+    def keep(self, name: str, layer: int, value: Tensor) -> None:
+        if self.cache is not None:
+            self.cache[f"{name}.{layer}" if layer < self.weights.n_layers else name] = value
+
+    def layer_start(self, layer: int, x: Tensor) -> Tensor:
+        self.keep("resid_pre" if layer < self.weights.n_layers else "resid_final", layer, x)
+        return x
+
+    def attention(self, layer: int, x: Tensor) -> Tensor:
+        w, end = self.weights, self.end_at(layer)
+        h = layer_norm(x, w.ln1[layer], w.eps)
+        acts = qkv(w, layer, h, "kv") | qkv(w, layer, h[..., -1:, :], "q") if end else qkv(w, layer, h)
+        k, v = acts["k"], acts["v"]
+        if self.past is not None:
+            k_past, v_past = self.past(layer)
+            k, v = torch.cat([k_past, k], dim=-3), torch.cat([v_past, v], dim=-3)
+        z, pattern = attend(w, acts["q"], k, v)  # (..., pos, head, d_head), (..., head, q, k)
+        for (l, head), value in self.z_values.items():
+            if l == layer:
+                z[..., head, :] = value[..., -z.shape[-3]:, :]
+        if self.keep_grad:
             for t in (*acts.values(), pattern, z):
                 t.retain_grad()
-        a = attn_out(weights, layer, z)
-        x = x + a
-        cache |= {f"q.{layer}": acts["q"], f"k.{layer}": acts["k"], f"v.{layer}": acts["v"],
-                  f"pattern.{layer}": pattern, f"z.{layer}": z, f"attn_out.{layer}": a, f"resid_mid.{layer}": x}
-        m = mlp(weights, layer, x)
-        x = x + m
-        cache[f"mlp_out.{layer}"] = m
-    cache["resid_final"] = x
+        a = attn_out(w, layer, z)
+        for name, value in (("q", acts["q"]), ("k", k), ("v", v), ("pattern", pattern), ("z", z), ("attn_out", a)):
+            self.keep(name, layer, value)
+        return (x[..., -1:, :] if end else x) + a
+
+    def after_heads(self, layer: int, x: Tensor) -> Tensor:
+        self.keep("resid_mid", layer, x)
+        return x
+
+    def mlp(self, layer: int, x: Tensor) -> Tensor:
+        value = self.mlp_values.get(layer)
+        m = mlp(self.weights, layer, x) if value is None else value[..., -x.shape[-2]:, :]
+        self.keep("mlp_out", layer, m)
+        return x + m
+
+    def read(self, x: Tensor) -> Tensor:
+        if self.direction is None:
+            return x
+        return read_logit_diff(self.weights, x[..., -1, :], self.direction, self.bias)
+
+
+def full_forward(weights: Weights, tokens: Tensor, keep_grad: bool = False) -> dict[str, Tensor]:
+    """An ordinary forward that caches, per layer, everything patching reads (Forward's `cache`).
+    Shapes (batch, pos, ...), pattern (batch, head, q, k). keep_grad: build the autograd graph and
+    keep the gradients of q, k, v, pattern and z (attribution patching)."""
+    x = embed(weights, tokens)  # (batch, pos, d_model)
+    if keep_grad:
+        x = x.detach().requires_grad_()
+    cache: dict[str, Tensor] = {}
+    Forward(weights, end_only=False, cache=cache, keep_grad=keep_grad).run(x)
     return cache
 
 
@@ -227,19 +307,10 @@ def ablated(weights: Weights, run: dict[str, Tensor], values: dict[tuple, Tensor
     layers = {key[1] for key in values}
     if not layers:
         return read_logit_diff(weights, run["resid_final"][:, -1], direction, bias)
-    first, last = min(layers), weights.n_layers - 1
-    x = run[f"resid_pre.{first}"]  # (batch, pos, d_model)
-    for lay in range(first, weights.n_layers):
-        h = layer_norm(x, weights.ln1[lay], weights.eps)
-        acts = qkv(weights, lay, h, "kv") | qkv(weights, lay, h[:, -1:] if lay == last else h, "q")
-        z, _ = attend(weights, acts["q"], acts["k"], acts["v"])  # (batch, pos, head, d_head)
-        for key, value in values.items():
-            if key[0] == "z" and key[1] == lay:
-                z[:, :, key[2]] = value[:, -z.shape[1]:]
-        x = (x[:, -1:] if lay == last else x) + attn_out(weights, lay, z)
-        m = mlp(weights, lay, x)
-        x = x + (values[("mlp", lay)][:, -m.shape[1]:] if ("mlp", lay) in values else m)
-    return read_logit_diff(weights, x[:, -1], direction, bias)
+    first = min(layers)
+    forward = Forward(weights, direction, bias, z_values={key[1:]: v for key, v in values.items() if key[0] == "z"},
+                      mlp_values={key[1]: v for key, v in values.items() if key[0] == "mlp"})
+    return forward.run(run[f"resid_pre.{first}"], first)
 
 
 def run_from(weights: Weights, layer: int, stage: str, x: Float[Tensor, "variant batch suffix d_model"],
@@ -247,21 +318,7 @@ def run_from(weights: Weights, layer: int, stage: str, x: Float[Tensor, "variant
     """Run variants of the residual stream at (layer, stage) over the suffix positions (those from
     `prefix` on) to the end, reusing the base run's keys/values for the prefix; return the logit
     difference per variant and prompt."""
-    last = weights.n_layers - 1
-    for lay in range(layer, weights.n_layers):
-        if not (lay == layer and stage == "mid"):
-            h = layer_norm(x, weights.ln1[lay], weights.eps)
-            end_only = lay == last
-            acts = qkv(weights, lay, h, "kv")
-            acts |= qkv(weights, lay, h[..., -1:, :] if end_only else h, "q")
-            V = x.shape[0]
-            k = torch.cat([base[f"k.{lay}"][:, :prefix].expand(V, -1, -1, -1, -1), acts["k"]], dim=-3)
-            v = torch.cat([base[f"v.{lay}"][:, :prefix].expand(V, -1, -1, -1, -1), acts["v"]], dim=-3)
-            z, _ = attend(weights, acts["q"], k, v)
-            if end_only:
-                x = x[..., -1:, :]
-            x = x + attn_out(weights, lay, z)
-        elif lay == last:
-            x = x[..., -1:, :]
-        x = x + mlp(weights, lay, x)
-    return read_logit_diff(weights, x[..., -1, :], direction, bias)
+    def past(lay: int) -> tuple[Tensor, Tensor]:
+        return tuple(base[f"{name}.{lay}"][:, :prefix].expand(x.shape[0], -1, -1, -1, -1) for name in "kv")
+
+    return Forward(weights, direction, bias, past=past).run(x, layer, stage)
