@@ -63,3 +63,14 @@ def test_train_block_is_validated_with_its_own_keys():
 def test_fewer_prompts_than_the_minimum_is_one_sentence_naming_both_keys():
     with pytest.raises(config.ConfigError, match=r"n_prompts=4 but requires at least min_prompts=8 per task; raise n_prompts or lower min_prompts"):
         config.validate(base(n_prompts=4, min_prompts=8))
+
+
+def test_a_list_of_seeds_from_the_command_line_becomes_numbers():
+    """Snakemake hands --config trained_seeds=[0,1] over as ['0', '1']; a word stays a word (and fails)."""
+    from snakemake.cli import parse_config
+
+    given = parse_config(["trained_seeds=[0,1]"])["trained_seeds"]
+    assert given == ["0", "1"]  # what Snakemake passes on
+    assert config.validate(base(trained_seeds=given))["trained_seeds"] == [0, 1]
+    with pytest.raises(config.ConfigError, match="trained_seeds"):
+        config.validate(base(trained_seeds=["zero"]))

@@ -40,9 +40,22 @@ def _explain(error: jsonschema.ValidationError, sch: dict[str, Any]) -> str:
     return f"config key '{key}' is invalid: {error.message}. {allowed}".strip()
 
 
+def _numbers_from_command_line(config: dict[str, Any], sch: dict[str, Any]) -> None:
+    """Lists of numbers given on the command line (--config trained_seeds=[0,1]) arrive from
+    Snakemake as lists of strings: turn those that are numbers into numbers, in place."""
+    for key, value in config.items():
+        items = sch["properties"].get(key, {}).get("items", {})
+        if isinstance(value, list) and items.get("type") in ("integer", "number"):
+            kind = int if items["type"] == "integer" else float
+            config[key] = [kind(v) if isinstance(v, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?", v) else v
+                           for v in value]
+
+
 def validate(config: dict[str, Any]) -> dict[str, Any]:
-    """Return config unchanged, or raise ConfigError naming the bad key."""
+    """Return config (lists of numbers given as strings on the command line made numbers), or raise
+    ConfigError naming the bad key."""
     sch = schema()
+    _numbers_from_command_line(config, sch)
     errors = sorted(jsonschema.Draft202012Validator(sch).iter_errors(config),
                     key=lambda e: list(e.absolute_path))
     if errors:
