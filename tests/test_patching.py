@@ -114,6 +114,32 @@ def test_path_patching_against_transformer_lens_direct_path(toy64, rows, sender)
     assert (ours[later] - 0).abs().max() > 1e-3  # the paths move the metric
 
 
+@pytest.mark.parametrize("sender", [(0, 1), (2, 3)])
+def test_path_patching_into_mlps_and_logits_against_hooks(toy64, rows, sender):
+    """path_to_mlps against TransformerLens hooks on the corrupted run: the sender's clean-minus-
+    corrupted write is added to MLP l's LayerNorm input alone (blocks.l.ln2.hook_in), or to the final
+    LayerNorm's input alone (ln_final.hook_in: the direct path to the logits); per prompt, before
+    normalising (float64, 1e-6)."""
+    batch = one_batch(toy64, rows["ioi"])
+    _, clean_cache = toy64.run_with_cache(batch.clean)
+    _, corr_cache = toy64.run_with_cache(batch.corrupted)
+    ls, hs = sender
+    W_O = toy64.blocks[ls].attn.W_O[hs]
+    z = f"blocks.{ls}.attn.hook_z"
+    write = clean_cache[z][:, :, hs] @ W_O - corr_cache[z][:, :, hs] @ W_O  # (batch, pos, d_model)
+    add = lambda x, hook: x + write  # noqa: E731
+    pair = exact.prepare(toy64, Weights.from_bridge(toy64), batch, "denoising")
+    ours = exact.path_to_mlps(pair, sender)  # (layer + 1, prompt)
+    L = toy64.cfg.n_layers
+    readers = [f"blocks.{l}.ln2.hook_in" for l in range(ls, L)] + ["ln_final.hook_in"]
+    corrupted = logit_diff(toy64(batch.corrupted), batch)
+    for row, name in zip(range(ls, L + 1), readers):
+        ref = logit_diff(toy64.run_with_hooks(batch.corrupted, fwd_hooks=[(name, add)]), batch)
+        torch.testing.assert_close(ours[row].double(), ref.double(), atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+        assert (ref - corrupted).abs().max() > 1e-6  # the path moves the logit difference
+    assert ours[:ls].isnan().all()
+
+
 def test_plain_pytorch_head_patch(toy64, hf_toy, rows):
     """Patch head 2.1's z with a forward pre-hook on the HF model's c_proj: the convention check."""
     layer, head = 2, 1
