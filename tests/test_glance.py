@@ -70,3 +70,14 @@ def test_glance_writes_only_what_the_intervals_support():
     g = glance(data, "t", ic)
     assert g["path"] is None and g["share_carried"] is None
     assert g["located"] is None and g["iia"] is None and g["das_k"] is None
+
+
+def test_glance_states_path_patching_shares_of_its_own_path_only():
+    data, ic = facts([0.7, 0.9], [0.9, 1.0])
+    edge = {"sender": "0.1", "receiver": "MLP 0", "input": "", "value": 0.6, "ci_low": 0.5, "ci_high": 0.7}
+    data["circuit_paths"] = {"t": {"path": ["embed", "0.1.v", "0.1", "MLP 0", "logits"], "n_prompts": 64, "edges": [edge]}}
+    g = glance(data, "t", ic)
+    assert g["path_edges"] == [{"sender": "0.1", "reader": "MLP 0", "share": 0.6, "share_ci95": [0.5, 0.7],
+                                "excludes_zero": True}] and g["path_n_prompts"] == 64
+    data["circuit_paths"]["t"]["path"] = ["embed", "0.2.v", "0.2", "MLP 0", "logits"]  # another path's shares
+    assert glance(data, "t", ic)["path_edges"] is None

@@ -505,3 +505,22 @@ def test_headline_patching_in_both_directions(toy64, rows):
     assert ((both.ci_low <= both.value + 1e-12) & (both.value <= both.ci_high + 1e-12)).all()
     z = both[both.kind == "z"].set_index(["direction", "layer", "head"]).value
     assert (z.loc["denoising"] - z.loc["noising"]).abs().max() > 1e-3
+
+
+def test_circuit_paths_patch_each_head_into_its_next_node(toy64, rows):
+    """circuit_paths finds the circuit's widest path and reports, per head on it, the path patching
+    of that head into the next node: the same numbers as the sweeps run directly."""
+    from opposites.analyses.patch_followup import circuit_paths
+
+    edges = [{"src": "embed", "dst": "0.1.v", "score": 0.5}, {"src": "0.1", "dst": "1.2.k", "score": 0.6},
+             {"src": "1.2", "dst": "logits", "score": 0.7}, {"src": "0.1", "dst": "MLP 0", "score": 0.1},
+             {"src": "MLP 0", "dst": "logits", "score": 0.9}]
+    got = circuit_paths(toy64, rows["ioi"], 16, "denoising", 0, circuit={"edges": edges})
+    assert got["path"] == ["embed", "0.1.v", "0.1", "1.2.k", "1.2", "logits"]
+    assert [(e["sender"], e["receiver"], e["input"]) for e in got["edges"]] == [("0.1", "1.2", "k"), ("1.2", "logits", "")]
+    direct = dataset_sweep(toy64, rows["ioi"], 16, "denoising",
+                           lambda p: {"k": exact.path_to_receivers(p, (0, 1))[1, 2, 1],
+                                      "logits": exact.path_to_mlps(p, (1, 2))[-1]}).normalised()
+    assert got["edges"][0]["value"] == pytest.approx(direct["k"].item(), abs=1e-9)
+    assert got["edges"][1]["value"] == pytest.approx(direct["logits"].item(), abs=1e-9)
+    assert got["edges"][0]["ci_low"] <= got["edges"][0]["value"] <= got["edges"][0]["ci_high"]

@@ -43,7 +43,8 @@ def glance(data: dict, task: str, interchange: dict | None) -> dict:
     """One task's mechanism in fields (results/<model>/paper/mechanism.json; the paper's paragraph):
     whether the model does the task (accuracy, 95% Wilson interval); the circuit's widest path and
     the share of the logit difference the whole circuit recovers on the prompts held out from its
-    selection (exact edge patching, 95% interval over those prompts' words);
+    selection (exact edge patching, 95% interval over those prompts' words); per head on the path, the
+    share its output carries into the path's next node alone (path patching, `circuit_paths`);
     the interchange's located point (IIA, 95% Wilson interval) and the smallest DAS k its intervals
     support, with the number of candidate answers. A field whose support is missing is None: no path
     when the circuit's recovery interval reaches 0, no located point when END is not shown to carry
@@ -53,11 +54,17 @@ def glance(data: dict, task: str, interchange: dict | None) -> dict:
     main = paper_circuit_row(circuit)["held_out"] if circuit else None  # recovery on the held-out prompts
     path = widest_path(circuit["edges"]) if circuit else None
     supported = main is not None and main.get("recovered_ci95") is not None and main["recovered_ci95"][0] > 0
+    paths = data.get("circuit_paths", {}).get(task)
+    path_edges = [{"sender": e["sender"], "reader": e["receiver"] + (f".{e['input']}" if e["input"] else ""),
+                   "share": e["value"], "share_ci95": [e["ci_low"], e["ci_high"]],
+                   "excludes_zero": not e["ci_low"] <= 0 <= e["ci_high"]}
+                  for e in paths["edges"]] if paths and path and supported and paths["path"] == path[0] else None
     end = interchange["sweep"]["best_end"] if interchange and interchange["end_carries"] else None
     k = interchange["das_k"] if end else None
     return {"task": task, "does_task": base["does_task"], "accuracy": base["accuracy"],
             "accuracy_ci95": base["accuracy_ci95"], "n_prompts": base["n_prompts"],
             "path": path[0] if path and supported else None, "path_weakest_score": path[1] if path and supported else None,
+            "path_edges": path_edges, "path_n_prompts": paths["n_prompts"] if path_edges else None,
             "circuit_edges": circuit["n_edges"] if circuit else None,
             "share_carried": main["recovered"] if supported else None,
             "share_carried_ci95": main["recovered_ci95"] if supported else None,
