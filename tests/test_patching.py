@@ -524,3 +524,15 @@ def test_circuit_paths_patch_each_head_into_its_next_node(toy64, rows):
     assert got["edges"][0]["value"] == pytest.approx(direct["k"].item(), abs=1e-9)
     assert got["edges"][1]["value"] == pytest.approx(direct["logits"].item(), abs=1e-9)
     assert got["edges"][0]["ci_low"] <= got["edges"][0]["value"] <= got["edges"][0]["ci_high"]
+
+
+def test_second_corruption_patching_sees_only_io(toy64, rows):
+    """IOI's second corruption changes IO alone: patching IO's position before layer 0 restores the
+    clean run exactly and S2's (unchanged) restores nothing, unlike ABC, where S2 carries it all."""
+    from opposites.analyses.second_corruption import run
+
+    got = run(toy64, rows["ioi"], 16, "denoising", 0)
+    resid = pd.DataFrame(got["resid"]).set_index(["layer", "role"]).value
+    assert got["role"] == "IO" and got["n"] == len(rows["ioi"]) - got["n_left_out"] > 0
+    assert resid[(0, "IO")] == pytest.approx(1.0, abs=1e-6) and resid[(0, "S2")] == pytest.approx(0.0, abs=1e-6)
+    assert len(got["heads"]) == toy64.cfg.n_layers * toy64.cfg.n_heads

@@ -4,7 +4,7 @@ recovery. The prose (summary.py) and the glance table (tables.py) state them."""
 
 from __future__ import annotations
 
-from opposites.derived import MIN_CLUSTERS
+from opposites.derived import MIN_CLUSTERS, head_label
 
 
 def node_of(endpoint: str) -> str:
@@ -97,3 +97,28 @@ def interchange_facts(data: dict, task: str) -> dict | None:
             "end_carries": end["iia_ci95"][0] > 0.5, "role_left": role["iia_ci95"][1] < end["iia_ci95"][0],
             "das_testable": testable, "das_k": k, "das_best": max(at_end["k"], key=lambda k: k["iia"]) if at_end["k"] else None,
             "source": source, "source_k": next((s for s in source["k"] if k and s["k"] == k["k"]), None) if source else None}
+
+
+def second_corruption_facts(data: dict, task: str, k: int = 3) -> dict | None:
+    """Patching under the second corruption (analysis patch_second) beside the main one: the k heads
+    whose output patching moves the metric most there, each with its interval and its value under the
+    main corruption (patch_heads), and whether each interval excludes 0; those of them that show only
+    here (interval excluding 0 here, including it under the main corruption); the last layer before which
+    the changed role's residual restores at least half, and the first from which END's does."""
+    res = data.get("patch_second", {}).get(task)
+    if res is None:
+        return None
+    main = data["patch_heads"][task]
+    main = main[main.activation == "z"].set_index(["layer", "head"])
+    heads = sorted(res["heads"], key=lambda r: -abs(r["value"]))[:k]
+    at = lambda role: [r["layer"] for r in res["resid"] if r["role"] == role and r["value"] >= 0.5]  # noqa: E731
+    held, arrived = at(res["role"]), at("END")
+    facts = {**{key: res[key] for key in ("corruption", "role", "n", "n_left_out", "normaliser_ok", "example")},
+            "top": [{"head": head_label(r["layer"], r["head"]), "value": r["value"], "ci95": [r["ci_low"], r["ci_high"]],
+                     "excludes_zero": not r["ci_low"] <= 0 <= r["ci_high"],
+                     "main": float(main.value[(r["layer"], r["head"])]),
+                     "main_ci95": [float(main.ci_low[(r["layer"], r["head"])]), float(main.ci_high[(r["layer"], r["head"])])]}
+                    for r in heads],
+            "last_at_role": max(held) if held else None, "first_at_end": min(arrived) if arrived else None}
+    facts["only_here"] = [h["head"] for h in facts["top"] if h["excludes_zero"] and h["main_ci95"][0] <= 0 <= h["main_ci95"][1]]
+    return facts

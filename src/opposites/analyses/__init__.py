@@ -65,6 +65,9 @@ ANALYSES: dict[str, Analysis] = {
     # congruence patches prompts of its own: after the analyses that share the task's prepared runs (prepared_pairs)
     "congruence": Analysis(target="congruence:run", ext="json", stage="patching", settings=PATCH,
                            needs="congruence"),
+    # patches prompts of its own too (the second corruption): after the analyses that share the prepared runs
+    "patch_second": Analysis(target="second_corruption:run", ext="json", stage="patching", settings=PATCH,
+                             needs="second_corruption"),
     "attention": Analysis(target="heads:attention", ext="csv", stage="heads", settings=("seed",)),
     "attention_example": Analysis(target="heads:attention_example", ext="json", stage="heads",
                                   requires=("head_dla", "patch_heads")),
