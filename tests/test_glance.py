@@ -81,3 +81,24 @@ def test_glance_states_path_patching_shares_of_its_own_path_only():
                                 "excludes_zero": True}] and g["path_n_prompts"] == 64
     data["circuit_paths"]["t"]["path"] = ["embed", "0.2.v", "0.2", "MLP 0", "logits"]  # another path's shares
     assert glance(data, "t", ic)["path_edges"] is None
+
+
+def test_second_corruption_names_heads_that_show_only_under_it():
+    import pandas as pd
+
+    from opposites.findings import second_corruption_facts
+
+    heads = [{"layer": 0, "head": h, "value": v, "ci_low": lo, "ci_high": hi}
+             for h, v, lo, hi in [(0, 0.6, 0.4, 0.8), (1, 0.5, 0.3, 0.7), (2, 0.1, -0.1, 0.3), (3, 0.0, -0.1, 0.1)]]
+    resid = [{"layer": l, "role": r, "value": v} for l, r, v in [(0, "IO", 1.0), (1, "IO", 0.2), (0, "END", 0.0), (1, "END", 0.9)]]
+    second = {"corruption": "IO replaced", "role": "IO", "n": 8, "n_left_out": 0, "normaliser_ok": True, "example": None,
+              "heads": heads, "resid": resid}
+    main = pd.DataFrame([{"activation": "z", "layer": 0, "head": h, "value": v, "ci_low": lo, "ci_high": hi, "normaliser_ok": True}
+                         for h, v, lo, hi in [(0, 0.0, -0.2, 0.2), (1, 0.5, 0.3, 0.7), (2, 0.0, -0.1, 0.1), (3, 0.9, 0.8, 1.0)]])
+    data = {"patch_second": {"t": second}, "patch_heads": {"t": main}}
+    f = second_corruption_facts(data, "t")
+    assert [h["head"] for h in f["top"]] == ["0.0", "0.1", "0.2"] and f["only_here"] == ["0.0"]
+    assert f["last_at_role"] == 0 and f["first_at_end"] == 1
+    data["patch_heads"]["t"] = main.assign(normaliser_ok=False)  # the main maps are not interpreted: no comparison
+    assert second_corruption_facts(data, "t")["only_here"] == []
+    assert second_corruption_facts({"patch_heads": {"t": main}}, "t") is None

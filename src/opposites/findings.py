@@ -120,5 +120,7 @@ def second_corruption_facts(data: dict, task: str, k: int = 3) -> dict | None:
                      "main_ci95": [float(main.ci_low[(r["layer"], r["head"])]), float(main.ci_high[(r["layer"], r["head"])])]}
                     for r in heads],
             "last_at_role": max(held) if held else None, "first_at_end": min(arrived) if arrived else None}
-    facts["only_here"] = [h["head"] for h in facts["top"] if h["excludes_zero"] and h["main_ci95"][0] <= 0 <= h["main_ci95"][1]]
+    facts["main_ok"] = bool(main.normaliser_ok.iloc[0])  # the main corruption's maps are interpreted at all
+    facts["only_here"] = [h["head"] for h in facts["top"] if h["excludes_zero"] and h["main_ci95"][0] <= 0 <= h["main_ci95"][1]
+                          and facts["main_ok"]]
     return facts
