@@ -173,6 +173,7 @@ def das(model, rows: list[dict], batch_size: int, seed: int, interchange=None) -
     train_b, test_b = pair_batches(model, train, cands, batch_size), pair_batches(model, test, cands, batch_size)
     points = {"end": interchange["best_end"], "source": interchange["role_at_best_end"]}
     return {"role": role, "n_train": len(train), "n_test": len(test), "n_candidates": len(cands),
+            "optimiser": {"lr": LR, "max_steps": STEPS, "check": CHECK, "min_drop": MIN_DROP},
             "train_answers": sorted({s["answer"].strip() for _, s in train}),
             "test_answers": sorted({s["answer"].strip() for _, s in test}),
             "locations": [{"point": name, **das_at(model, train_b, test_b, ids, p["site"], p["position"], seed,
