@@ -83,7 +83,7 @@ def test_glance_states_path_patching_shares_of_its_own_path_only():
     assert glance(data, "t", ic)["path_edges"] is None
 
 
-def test_second_corruption_names_heads_that_show_only_under_it():
+def test_second_corruption_names_heads_that_matter_more_under_it():
     import pandas as pd
 
     from opposites.findings import second_corruption_facts
@@ -97,8 +97,8 @@ def test_second_corruption_names_heads_that_show_only_under_it():
                          for h, v, lo, hi in [(0, 0.0, -0.2, 0.2), (1, 0.5, 0.3, 0.7), (2, 0.0, -0.1, 0.1), (3, 0.9, 0.8, 1.0)]])
     data = {"patch_second": {"t": second}, "patch_heads": {"t": main}}
     f = second_corruption_facts(data, "t")
-    assert [h["head"] for h in f["top"]] == ["0.0", "0.1", "0.2"] and f["only_here"] == ["0.0"]
+    assert [h["head"] for h in f["top"]] == ["0.0", "0.1", "0.2"] and f["more_here"] == ["0.0"]  # 0.1: the same both ways
     assert f["last_at_role"] == 0 and f["first_at_end"] == 1
     data["patch_heads"]["t"] = main.assign(normaliser_ok=False)  # the main maps are not interpreted: no comparison
-    assert second_corruption_facts(data, "t")["only_here"] == []
+    assert second_corruption_facts(data, "t")["more_here"] == []
     assert second_corruption_facts({"patch_heads": {"t": main}}, "t") is None

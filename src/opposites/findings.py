@@ -102,8 +102,9 @@ def interchange_facts(data: dict, task: str) -> dict | None:
 def second_corruption_facts(data: dict, task: str, k: int = 3) -> dict | None:
     """Patching under the second corruption (analysis patch_second) beside the main one: the k heads
     whose output patching moves the metric most there, each with its interval and its value under the
-    main corruption (patch_heads), and whether each interval excludes 0; those of them that show only
-    here (interval excluding 0 here, including it under the main corruption); the last layer before which
+    main corruption (patch_heads), and whether each interval excludes 0; those of them that matter more
+    here than under the main corruption (interval excluding 0, larger |value|, intervals disjoint;
+    never when the main corruption's maps are not interpreted); the last layer before which
     the changed role's residual restores at least half, and the first from which END's does."""
     res = data.get("patch_second", {}).get(task)
     if res is None:
@@ -121,6 +122,6 @@ def second_corruption_facts(data: dict, task: str, k: int = 3) -> dict | None:
                     for r in heads],
             "last_at_role": max(held) if held else None, "first_at_end": min(arrived) if arrived else None}
     facts["main_ok"] = bool(main.normaliser_ok.iloc[0])  # the main corruption's maps are interpreted at all
-    facts["only_here"] = [h["head"] for h in facts["top"] if h["excludes_zero"] and h["main_ci95"][0] <= 0 <= h["main_ci95"][1]
-                          and facts["main_ok"]]
+    facts["more_here"] = [h["head"] for h in facts["top"] if facts["main_ok"] and h["excludes_zero"] and abs(h["value"]) > abs(h["main"])
+                          and (h["ci95"][0] > h["main_ci95"][1] or h["ci95"][1] < h["main_ci95"][0])]
     return facts
