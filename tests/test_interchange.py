@@ -271,3 +271,14 @@ def test_das_stops_when_the_loss_stops_falling():
                                                  (swap(h_base, h_source, B) for B in bases)]),
                       (h_source @ u < 0).long(), d, (1,), seed=0, trace=falling)
     assert len(falling) > 3 * das.CHECK and falling[-1] < 0.5 * falling[0]
+
+
+def test_das_step_cap_binds_on_gpt2_size_only():
+    """max_steps: the compute cap leaves the trained model's shape (d_model 128, 4 layers) its full
+    STEPS and gives GPT-2 small's shape (768, 12) fewer, but never fewer than CHECK."""
+    from types import SimpleNamespace as Cfg
+
+    tokens = 4 * 32 * 10  # every k x training pairs x tokens per prompt
+    assert das.max_steps(Cfg(d_model=128, d_mlp=512, n_layers=4), tokens) == das.STEPS
+    assert das.CHECK < das.max_steps(Cfg(d_model=768, d_mlp=3072, n_layers=12), tokens) < das.STEPS // 4
+    assert das.max_steps(Cfg(d_model=1600, d_mlp=6400, n_layers=48), tokens) == das.CHECK

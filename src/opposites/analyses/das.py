@@ -42,6 +42,12 @@ LR = 0.02
 # model's at once) ends the search there. benchmarks/README.md has the figures.
 CHECK = 10
 MIN_DROP = 0.001
+# And a compute cap per location: at most FLOP_BUDGET matmul FLOPs of training (forward and backward,
+# ~6 x block parameters x tokens a step), so the cost stops growing with the model: measured on
+# random:gpt2 (GPT-2 small's shape), a random model's loss at the source word kept falling for 91
+# steps (3.3 CPU s each) with held-out IIA 0; the cap allows 19 steps there and never binds on the
+# trained model (d_model 128: a step is ~100x cheaper).
+FLOP_BUDGET = 1e13
 RANDOM_DRAWS = 5  # random subspaces per k
 
 
@@ -96,6 +102,13 @@ def fit_subspaces(logits_of: Callable[[Tensor], Tensor], target: Tensor, d: int,
     return [r.weight.T.detach() for r in rotations]
 
 
+def max_steps(cfg, tokens: int) -> int:
+    """Steps that FLOP_BUDGET allows when each step runs `tokens` tokens forward and backward through
+    every block of a model with config cfg (at least CHECK, at most STEPS)."""
+    block = 4 * cfg.d_model ** 2 + 2 * cfg.d_model * cfg.d_mlp  # attention and MLP weights
+    return max(CHECK, min(STEPS, int(FLOP_BUDGET // (6 * cfg.n_layers * block * tokens))))
+
+
 def random_basis(d: int, k: int, generator: torch.Generator, dtype=torch.float32) -> Tensor:
     """(d, k) orthonormal basis of a uniformly random k-dimensional subspace."""
     return torch.linalg.qr(torch.randn(d, k, generator=generator, dtype=torch.float64, device="cpu"))[0].to(dtype)
@@ -147,7 +160,8 @@ def das_at(model, train: list[PairBatch], test: list[PairBatch], ids: Tensor, si
     ks = tuple(k for k in KS if k < d)
     full = hits(None, test)
     per_k, trace = [], []
-    for k, basis in zip(ks, fit_subspaces(stacked_logits, target, d, ks, seed, dtype, ids.device, trace=trace)):
+    steps = max_steps(model.cfg, len(ks) * sum(b.base.numel() for b in train))
+    for k, basis in zip(ks, fit_subspaces(stacked_logits, target, d, ks, seed, dtype, ids.device, steps, trace=trace)):
         draws = [hits(random_basis(d, k, generator, dtype).to(ids.device), test).double().mean().item()
                  for _ in range(RANDOM_DRAWS)]
         learned = hits(basis, test)
@@ -155,7 +169,7 @@ def das_at(model, train: list[PairBatch], test: list[PairBatch], ids: Tensor, si
                       "minus_full": paired(learned, full, clusters, seed),
                       "random_iia_mean": sum(draws) / len(draws), "random_iia_max": max(draws)})
     return {"site": site, "position": position, "layer": where.layer, "d": d, "full": iia(full, clusters, seed),
-            "steps": len(trace), "k": per_k}
+            "steps": len(trace), "max_steps": steps, "k": per_k}
 
 
 def batch_clusters(pairs: list[tuple[dict, dict]]) -> list[str]:
@@ -173,7 +187,7 @@ def das(model, rows: list[dict], batch_size: int, seed: int, interchange=None) -
     train_b, test_b = pair_batches(model, train, cands, batch_size), pair_batches(model, test, cands, batch_size)
     points = {"end": interchange["best_end"], "source": interchange["role_at_best_end"]}
     return {"role": role, "n_train": len(train), "n_test": len(test), "n_candidates": len(cands),
-            "optimiser": {"lr": LR, "max_steps": STEPS, "check": CHECK, "min_drop": MIN_DROP},
+            "optimiser": {"lr": LR, "max_steps": STEPS, "check": CHECK, "min_drop": MIN_DROP, "flop_budget": FLOP_BUDGET},
             "train_answers": sorted({s["answer"].strip() for _, s in train}),
             "test_answers": sorted({s["answer"].strip() for _, s in test}),
             "locations": [{"point": name, **das_at(model, train_b, test_b, ids, p["site"], p["position"], seed,
