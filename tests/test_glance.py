@@ -4,7 +4,8 @@ enumeration of every path, and no field written without the interval that suppor
 import itertools
 import random
 
-from opposites.findings import glance, node_of, widest_path
+from opposites.findings import glance
+from opposites.widest import node_of, widest_path
 
 
 def all_paths(edges, node="logits"):

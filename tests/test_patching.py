@@ -510,7 +510,7 @@ def test_headline_patching_in_both_directions(toy64, rows):
 def test_circuit_paths_patch_each_head_into_its_next_node(toy64, rows):
     """circuit_paths finds the circuit's widest path and reports, per head on it, the path patching
     of that head into the next node: the same numbers as the sweeps run directly."""
-    from opposites.analyses.patch_followup import circuit_paths
+    from opposites.analyses.circuit_paths import circuit_paths
 
     edges = [{"src": "embed", "dst": "0.1.v", "score": 0.5}, {"src": "0.1", "dst": "1.2.k", "score": 0.6},
              {"src": "1.2", "dst": "logits", "score": 0.7}, {"src": "0.1", "dst": "MLP 0", "score": 0.1},

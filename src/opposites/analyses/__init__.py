@@ -89,7 +89,7 @@ ANALYSES: dict[str, Analysis] = {
                         settings=("circuit_share", "ig_steps", "stability_resamples", "acdc_max_edges", "seed"),
                         requires=("edges",)),
     "faithfulness": Analysis(target="circuits:faithfulness", ext="csv", stage="circuits", requires=("circuit",)),
-    "circuit_paths": Analysis(target="patch_followup:circuit_paths", ext="json", stage="circuits", settings=PATCH,
+    "circuit_paths": Analysis(target="circuit_paths:circuit_paths", ext="json", stage="circuits", settings=PATCH,
                               requires=("circuit",)),
     "interchange": Analysis(target="interchange:interchange", ext="json", stage="interchange", settings=("seed",),
                             requires=("patch_heads", "patch_layers")),
