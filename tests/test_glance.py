@@ -4,7 +4,8 @@ enumeration of every path, and no field written without the interval that suppor
 import itertools
 import random
 
-from opposites.findings import glance, node_of, widest_path
+from opposites.findings import glance
+from opposites.widest import node_of, widest_path
 
 
 def all_paths(edges, node="logits"):
@@ -70,3 +71,35 @@ def test_glance_writes_only_what_the_intervals_support():
     g = glance(data, "t", ic)
     assert g["path"] is None and g["share_carried"] is None
     assert g["located"] is None and g["iia"] is None and g["das_k"] is None
+
+
+def test_glance_states_path_patching_shares_of_its_own_path_only():
+    data, ic = facts([0.7, 0.9], [0.9, 1.0])
+    edge = {"sender": "0.1", "receiver": "MLP 0", "input": "", "value": 0.6, "ci_low": 0.5, "ci_high": 0.7}
+    data["circuit_paths"] = {"t": {"path": ["embed", "0.1.v", "0.1", "MLP 0", "logits"], "n_prompts": 64, "edges": [edge]}}
+    g = glance(data, "t", ic)
+    assert g["path_edges"] == [{"sender": "0.1", "reader": "MLP 0", "share": 0.6, "share_ci95": [0.5, 0.7],
+                                "excludes_zero": True}] and g["path_n_prompts"] == 64
+    data["circuit_paths"]["t"]["path"] = ["embed", "0.2.v", "0.2", "MLP 0", "logits"]  # another path's shares
+    assert glance(data, "t", ic)["path_edges"] is None
+
+
+def test_second_corruption_names_heads_that_matter_more_under_it():
+    import pandas as pd
+
+    from opposites.findings import second_corruption_facts
+
+    heads = [{"layer": 0, "head": h, "value": v, "ci_low": lo, "ci_high": hi}
+             for h, v, lo, hi in [(0, 0.6, 0.4, 0.8), (1, 0.5, 0.3, 0.7), (2, 0.1, -0.1, 0.3), (3, 0.0, -0.1, 0.1)]]
+    resid = [{"layer": l, "role": r, "value": v} for l, r, v in [(0, "IO", 1.0), (1, "IO", 0.2), (0, "END", 0.0), (1, "END", 0.9)]]
+    second = {"corruption": "IO replaced", "role": "IO", "n": 8, "n_left_out": 0, "normaliser_ok": True, "example": None,
+              "heads": heads, "resid": resid}
+    main = pd.DataFrame([{"activation": "z", "layer": 0, "head": h, "value": v, "ci_low": lo, "ci_high": hi, "normaliser_ok": True}
+                         for h, v, lo, hi in [(0, 0.0, -0.2, 0.2), (1, 0.5, 0.3, 0.7), (2, 0.0, -0.1, 0.1), (3, 0.9, 0.8, 1.0)]])
+    data = {"patch_second": {"t": second}, "patch_heads": {"t": main}}
+    f = second_corruption_facts(data, "t")
+    assert [h["head"] for h in f["top"]] == ["0.0", "0.1", "0.2"] and f["more_here"] == ["0.0"]  # 0.1: the same both ways
+    assert f["last_at_role"] == 0 and f["first_at_end"] == 1
+    data["patch_heads"]["t"] = main.assign(normaliser_ok=False)  # the main maps are not interpreted: no comparison
+    assert second_corruption_facts(data, "t")["more_here"] == []
+    assert second_corruption_facts({"patch_heads": {"t": main}}, "t") is None

@@ -252,3 +252,33 @@ def test_table_and_prose_facts_follow_the_intervals(located):
     weak = {**located["size"][0], "best_end": {**located["size"][0]["best_end"], "iia": 0.5, "iia_ci95": [0.38, 0.62]}}
     facts = interchange_facts({"interchange": {"size": weak}, "das": {"size": located["size"][1]}}, "size")
     assert not facts["end_carries"]  # an interval reaching 1/2: no claim that END carries the value
+
+
+def test_das_stops_when_the_loss_stops_falling():
+    """fit_subspaces's early stop: a readout the basis cannot change (flat loss) stops at the first
+    check; the planted problem, whose loss falls, trains past it."""
+    g = torch.Generator().manual_seed(2)
+    d, n = 16, 64
+    target = torch.randint(0, 2, (n,), generator=g)
+    fixed = torch.randn(n, 2, generator=g)
+    flat = []
+    das.fit_subspaces(lambda bases: torch.stack([fixed + 0 * B.sum() for B in bases]), target, d, (1, 2), seed=0, trace=flat)
+    assert len(flat) == das.CHECK + 1 < das.STEPS
+    h_base, h_source = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+    u = torch.linalg.qr(torch.randn(d, 1, generator=g))[0][:, 0]
+    falling = []
+    das.fit_subspaces(lambda bases: torch.stack([4 * torch.stack([x @ u, -(x @ u)], -1) for x in
+                                                 (swap(h_base, h_source, B) for B in bases)]),
+                      (h_source @ u < 0).long(), d, (1,), seed=0, trace=falling)
+    assert len(falling) > 3 * das.CHECK and falling[-1] < 0.5 * falling[0]
+
+
+def test_das_step_cap_binds_on_gpt2_size_only():
+    """max_steps: the compute cap leaves the trained model's shape (d_model 128, 4 layers) its full
+    STEPS and gives GPT-2 small's shape (768, 12) fewer, but never fewer than CHECK."""
+    from types import SimpleNamespace as Cfg
+
+    tokens = 4 * 32 * 10  # every k x training pairs x tokens per prompt
+    assert das.max_steps(Cfg(d_model=128, d_mlp=512, n_layers=4), tokens) == das.STEPS
+    assert das.CHECK < das.max_steps(Cfg(d_model=768, d_mlp=3072, n_layers=12), tokens) < das.STEPS // 4
+    assert das.max_steps(Cfg(d_model=1600, d_mlp=6400, n_layers=48), tokens) == das.CHECK

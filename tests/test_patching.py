@@ -114,6 +114,32 @@ def test_path_patching_against_transformer_lens_direct_path(toy64, rows, sender)
     assert (ours[later] - 0).abs().max() > 1e-3  # the paths move the metric
 
 
+@pytest.mark.parametrize("sender", [(0, 1), (2, 3)])
+def test_path_patching_into_mlps_and_logits_against_hooks(toy64, rows, sender):
+    """path_to_mlps against TransformerLens hooks on the corrupted run: the sender's clean-minus-
+    corrupted write is added to MLP l's LayerNorm input alone (blocks.l.ln2.hook_in), or to the final
+    LayerNorm's input alone (ln_final.hook_in: the direct path to the logits); per prompt, before
+    normalising (float64, 1e-6)."""
+    batch = one_batch(toy64, rows["ioi"])
+    _, clean_cache = toy64.run_with_cache(batch.clean)
+    _, corr_cache = toy64.run_with_cache(batch.corrupted)
+    ls, hs = sender
+    W_O = toy64.blocks[ls].attn.W_O[hs]
+    z = f"blocks.{ls}.attn.hook_z"
+    write = clean_cache[z][:, :, hs] @ W_O - corr_cache[z][:, :, hs] @ W_O  # (batch, pos, d_model)
+    add = lambda x, hook: x + write  # noqa: E731
+    pair = exact.prepare(toy64, Weights.from_bridge(toy64), batch, "denoising")
+    ours = exact.path_to_mlps(pair, sender)  # (layer + 1, prompt)
+    L = toy64.cfg.n_layers
+    readers = [f"blocks.{l}.ln2.hook_in" for l in range(ls, L)] + ["ln_final.hook_in"]
+    corrupted = logit_diff(toy64(batch.corrupted), batch)
+    for row, name in zip(range(ls, L + 1), readers):
+        ref = logit_diff(toy64.run_with_hooks(batch.corrupted, fwd_hooks=[(name, add)]), batch)
+        torch.testing.assert_close(ours[row].double(), ref.double(), atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+        assert (ref - corrupted).abs().max() > 1e-6  # the path moves the logit difference
+    assert ours[:ls].isnan().all()
+
+
 def test_plain_pytorch_head_patch(toy64, hf_toy, rows):
     """Patch head 2.1's z with a forward pre-hook on the HF model's c_proj: the convention check."""
     layer, head = 2, 1
@@ -479,3 +505,34 @@ def test_headline_patching_in_both_directions(toy64, rows):
     assert ((both.ci_low <= both.value + 1e-12) & (both.value <= both.ci_high + 1e-12)).all()
     z = both[both.kind == "z"].set_index(["direction", "layer", "head"]).value
     assert (z.loc["denoising"] - z.loc["noising"]).abs().max() > 1e-3
+
+
+def test_circuit_paths_patch_each_head_into_its_next_node(toy64, rows):
+    """circuit_paths finds the circuit's widest path and reports, per head on it, the path patching
+    of that head into the next node: the same numbers as the sweeps run directly."""
+    from opposites.analyses.circuit_paths import circuit_paths
+
+    edges = [{"src": "embed", "dst": "0.1.v", "score": 0.5}, {"src": "0.1", "dst": "1.2.k", "score": 0.6},
+             {"src": "1.2", "dst": "logits", "score": 0.7}, {"src": "0.1", "dst": "MLP 0", "score": 0.1},
+             {"src": "MLP 0", "dst": "logits", "score": 0.9}]
+    got = circuit_paths(toy64, rows["ioi"], 16, "denoising", 0, circuit={"edges": edges})
+    assert got["path"] == ["embed", "0.1.v", "0.1", "1.2.k", "1.2", "logits"]
+    assert [(e["sender"], e["receiver"], e["input"]) for e in got["edges"]] == [("0.1", "1.2", "k"), ("1.2", "logits", "")]
+    direct = dataset_sweep(toy64, rows["ioi"], 16, "denoising",
+                           lambda p: {"k": exact.path_to_receivers(p, (0, 1))[1, 2, 1],
+                                      "logits": exact.path_to_mlps(p, (1, 2))[-1]}).normalised()
+    assert got["edges"][0]["value"] == pytest.approx(direct["k"].item(), abs=1e-9)
+    assert got["edges"][1]["value"] == pytest.approx(direct["logits"].item(), abs=1e-9)
+    assert got["edges"][0]["ci_low"] <= got["edges"][0]["value"] <= got["edges"][0]["ci_high"]
+
+
+def test_second_corruption_patching_sees_only_io(toy64, rows):
+    """IOI's second corruption changes IO alone: patching IO's position before layer 0 restores the
+    clean run exactly and S2's (unchanged) restores nothing, unlike ABC, where S2 carries it all."""
+    from opposites.analyses.second_corruption import run
+
+    got = run(toy64, rows["ioi"], 16, "denoising", 0)
+    resid = pd.DataFrame(got["resid"]).set_index(["layer", "role"]).value
+    assert got["role"] == "IO" and got["n"] == len(rows["ioi"]) - got["n_left_out"] > 0
+    assert resid[(0, "IO")] == pytest.approx(1.0, abs=1e-6) and resid[(0, "S2")] == pytest.approx(0.0, abs=1e-6)
+    assert len(got["heads"]) == toy64.cfg.n_layers * toy64.cfg.n_heads

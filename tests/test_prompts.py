@@ -139,3 +139,21 @@ def test_start_up_check_names_a_placeholder_nothing_fills(tokenizer, monkeypatch
 @pytest.mark.parametrize("task", ["ioi", "size", "antonym", "isa"])
 def test_shipped_task_files_pass_the_start_up_check(tokenizer, task):
     prompts.check_task(task, tokenizer)
+
+
+def test_second_corruption_changes_its_role_and_only_it(tokenizer):
+    """IOI's second corruption: in every prompt the corrupted tokens differ from the clean ones at
+    IO's position and nowhere else, the new IO is a name the prompt does not use, and the answer and
+    wrong stay the clean prompt's."""
+    rows, _ = make_prompts("ioi", tokenizer, 64, seed=0, min_prompts=8)
+    alt = prompts.second_corruption(rows, "ioi", tokenizer, seed=0)
+    assert len(alt) >= 0.9 * len(rows)
+    names = set(prompts.load_spec("ioi")["names"])
+    for r in alt:
+        clean, corrupted = (prompts.token_ids(tokenizer, r[k]) for k in ("clean", "corrupted"))
+        differ = [i + 1 for i, (a, b) in enumerate(zip(clean, corrupted)) if a != b]  # +1: positions count BOS
+        assert len(clean) == len(corrupted) and differ == [r["positions"]["IO"]], r
+        new = tokenizer.decode([corrupted[r["positions"]["IO"] - 1]]).strip()
+        assert new in names and new not in r["words"].values()
+        assert r["changed"] == ["IO"] and r["answer"] == " " + r["words"]["IO"]
+    assert alt == prompts.second_corruption(rows, "ioi", tokenizer, seed=0)  # seeded

@@ -4,34 +4,8 @@ recovery. The prose (summary.py) and the glance table (tables.py) state them."""
 
 from __future__ import annotations
 
-from opposites.derived import MIN_CLUSTERS
-
-
-def node_of(endpoint: str) -> str:
-    """A circuit edge's endpoint as a node: a head's input channel ("0.1.v") is the head ("0.1")."""
-    parts = endpoint.split(".")
-    return ".".join(parts[:2]) if len(parts) == 3 else endpoint
-
-
-def widest_path(edges: list[dict]) -> tuple[list[str], float] | None:
-    """The embed -> logits path of the circuit (a DAG: edges run forward through the layers) whose
-    weakest edge has the largest |attribution| (a widest path; ties: the first edge listed), as the
-    endpoints it passes (a head's input channel kept: "0.1.v"), with that weakest |score|; None
-    without such a path."""
-    into: dict[str, list[dict]] = {}
-    for e in edges:
-        into.setdefault(node_of(e["dst"]), []).append(e)
-    best: dict[str, tuple[float, list[str]] | None] = {"embed": (float("inf"), ["embed"])}
-
-    def widest(node: str) -> tuple[float, list[str]] | None:  # (weakest |score|, path) into node
-        if node not in best:
-            options = [(min(abs(e["score"]), w[0]), w[1] + ([e["dst"]] if e["dst"] != node else []) + [node])
-                       for e in into.get(node, []) for w in [widest(node_of(e["src"]))] if w]
-            best[node] = max(options, key=lambda o: o[0]) if options else None
-        return best[node]
-
-    found = widest("logits")
-    return (found[1], found[0]) if found else None
+from opposites.derived import MIN_CLUSTERS, head_label
+from opposites.widest import widest_path
 
 
 def paper_circuit_row(circuit: dict) -> dict:
@@ -43,7 +17,8 @@ def glance(data: dict, task: str, interchange: dict | None) -> dict:
     """One task's mechanism in fields (results/<model>/paper/mechanism.json; the paper's paragraph):
     whether the model does the task (accuracy, 95% Wilson interval); the circuit's widest path and
     the share of the logit difference the whole circuit recovers on the prompts held out from its
-    selection (exact edge patching, 95% interval over those prompts' words);
+    selection (exact edge patching, 95% interval over those prompts' words); per head on the path, the
+    share its output carries into the path's next node alone (path patching, `circuit_paths`);
     the interchange's located point (IIA, 95% Wilson interval) and the smallest DAS k its intervals
     support, with the number of candidate answers. A field whose support is missing is None: no path
     when the circuit's recovery interval reaches 0, no located point when END is not shown to carry
@@ -53,11 +28,17 @@ def glance(data: dict, task: str, interchange: dict | None) -> dict:
     main = paper_circuit_row(circuit)["held_out"] if circuit else None  # recovery on the held-out prompts
     path = widest_path(circuit["edges"]) if circuit else None
     supported = main is not None and main.get("recovered_ci95") is not None and main["recovered_ci95"][0] > 0
+    paths = data.get("circuit_paths", {}).get(task)
+    path_edges = [{"sender": e["sender"], "reader": e["receiver"] + (f".{e['input']}" if e["input"] else ""),
+                   "share": e["value"], "share_ci95": [e["ci_low"], e["ci_high"]],
+                   "excludes_zero": not e["ci_low"] <= 0 <= e["ci_high"]}
+                  for e in paths["edges"]] if paths and path and supported and paths["path"] == path[0] else None
     end = interchange["sweep"]["best_end"] if interchange and interchange["end_carries"] else None
     k = interchange["das_k"] if end else None
     return {"task": task, "does_task": base["does_task"], "accuracy": base["accuracy"],
             "accuracy_ci95": base["accuracy_ci95"], "n_prompts": base["n_prompts"],
             "path": path[0] if path and supported else None, "path_weakest_score": path[1] if path and supported else None,
+            "path_edges": path_edges, "path_n_prompts": paths["n_prompts"] if path_edges else None,
             "circuit_edges": circuit["n_edges"] if circuit else None,
             "share_carried": main["recovered"] if supported else None,
             "share_carried_ci95": main["recovered_ci95"] if supported else None,
@@ -90,3 +71,31 @@ def interchange_facts(data: dict, task: str) -> dict | None:
             "end_carries": end["iia_ci95"][0] > 0.5, "role_left": role["iia_ci95"][1] < end["iia_ci95"][0],
             "das_testable": testable, "das_k": k, "das_best": max(at_end["k"], key=lambda k: k["iia"]) if at_end["k"] else None,
             "source": source, "source_k": next((s for s in source["k"] if k and s["k"] == k["k"]), None) if source else None}
+
+
+def second_corruption_facts(data: dict, task: str, k: int = 3) -> dict | None:
+    """Patching under the second corruption (analysis patch_second) beside the main one: the k heads
+    whose output patching moves the metric most there, each with its interval and its value under the
+    main corruption (patch_heads), and whether each interval excludes 0; those of them that matter more
+    here than under the main corruption (interval excluding 0, larger |value|, intervals disjoint;
+    never when the main corruption's maps are not interpreted); the last layer before which
+    the changed role's residual restores at least half, and the first from which END's does."""
+    res = data.get("patch_second", {}).get(task)
+    if res is None:
+        return None
+    main = data["patch_heads"][task]
+    main = main[main.activation == "z"].set_index(["layer", "head"])
+    heads = sorted(res["heads"], key=lambda r: -abs(r["value"]))[:k]
+    at = lambda role: [r["layer"] for r in res["resid"] if r["role"] == role and r["value"] >= 0.5]  # noqa: E731
+    held, arrived = at(res["role"]), at("END")
+    facts = {**{key: res[key] for key in ("corruption", "role", "n", "n_left_out", "normaliser_ok", "example")},
+            "top": [{"head": head_label(r["layer"], r["head"]), "value": r["value"], "ci95": [r["ci_low"], r["ci_high"]],
+                     "excludes_zero": not r["ci_low"] <= 0 <= r["ci_high"],
+                     "main": float(main.value[(r["layer"], r["head"])]),
+                     "main_ci95": [float(main.ci_low[(r["layer"], r["head"])]), float(main.ci_high[(r["layer"], r["head"])])]}
+                    for r in heads],
+            "last_at_role": max(held) if held else None, "first_at_end": min(arrived) if arrived else None}
+    facts["main_ok"] = bool(main.normaliser_ok.iloc[0])  # the main corruption's maps are interpreted at all
+    facts["more_here"] = [h["head"] for h in facts["top"] if facts["main_ok"] and h["excludes_zero"] and abs(h["value"]) > abs(h["main"])
+                          and (h["ci95"][0] > h["main_ci95"][1] or h["ci95"][1] < h["main_ci95"][0])]
+    return facts

@@ -289,6 +289,23 @@ def make_prompts(task: str, tokenizer, n_prompts: int, seed: int, min_prompts: i
     return rows, dropped
 
 
+def second_corruption(rows: list[dict], task: str, tokenizer, seed: int) -> list[dict]:
+    """The task file's `second_corruption` on its rows: each clean prompt with its `role`'s word
+    replaced by a word of the list `words` that the prompt does not use (seeded), in the same template,
+    as the corrupted prompt; answer and wrong stay the clean prompt's. A row whose replacement would
+    change the token layout is left out."""
+    spec = load_spec(task)
+    role, words = spec["second_corruption"]["role"], spec[spec["second_corruption"]["words"]]
+    rng = random.Random(f"second-{task}-{seed}")
+    out = []
+    for r in rows:
+        word = rng.choice([w for w in words if w not in r["words"].values()])
+        filled = fill(spec["templates"][r["template"]], {**r["words"], role: word}, tokenizer, spec["roles"])
+        if filled is not None and filled[1] == r["positions"]:
+            out.append({**r, "corrupted": filled[0], "changed": [role]})
+    return out
+
+
 def write_jsonl(rows: list[dict], path: str | Path) -> None:
     from opposites.io import atomic_write_text
 

@@ -7,7 +7,7 @@ import pandas as pd
 from opposites.derived import (accumulated_lens, classify_components, ioi_head_classes,
                                head_label, head_routes, layer_contributions, opposite_tasks, relation_similarity,
                                signed_top_heads)
-from opposites.findings import glance, interchange_facts
+from opposites.findings import glance, interchange_facts, second_corruption_facts
 from opposites.nodes import head_nodes
 from opposites.overlap import compare, gpt2_classes, graph_of
 from opposites.sharing import sharing_facts
@@ -108,7 +108,8 @@ def summarize(data: dict, tasks: list[str]) -> dict:
                        "heads": head_facts(data, t)}
     for t in tasks:
         per_task[t]["mechanism"] = mechanism_facts(data, t)
-        per_task[t]["recency"] = recency_facts(data["recency"][t]) if t in data.get("recency", {}) else None
+        per_task[t]["recency"] = recency_facts(data["recency"][t], data["baseline"][t]) if t in data.get("recency", {}) else None
+        per_task[t]["second"] = second_corruption_facts(data, t)
     for t in opposite_tasks(tasks):
         classes = classify_components(data["head_logits"][t])
         per_task[t]["classes"] = {"counts": {c: int((classes.cls == c).sum()) for c in CLASSES},
@@ -156,11 +157,15 @@ def mechanism_facts(data: dict, task: str) -> dict:
 
 
 
-def recency_facts(res: dict) -> dict:
-    """The dissociating IOI prompts: the model's preference and the heads following each rule."""
+def recency_facts(res: dict, baseline: dict | None = None) -> dict:
+    """The dissociating IOI prompts: the model's preference and the heads following each rule; with
+    the task's baseline, whether IO beats S less often on the new template than on the task's own
+    (Wilson intervals disjoint: the behaviour depends on the template)."""
     label = lambda h: head_label(h["layer"], h["head"])  # noqa: E731
     low, high = res["io_minus_s3"]["ci95"]
+    beats = res.get("io_beats_s_ci95")
     return {**res, "io_s3_excludes_zero": low > 0 or high < 0,
+            "template_dependent": bool(baseline and beats and beats[1] < baseline["accuracy_ci95"][0]),
             "ioi_heads": [label(h) for h in res["heads"] if h["rule"] == "IOI"],
             "recent_heads": [label(h) for h in res["heads"] if h["rule"] == "most recent subject"]}
 

@@ -66,6 +66,9 @@ ANALYSES: dict[str, Analysis] = {
                                requires=("logit_lens", "head_dla")),
     "congruence": Analysis(target="congruence:run", ext="json", stage="patching", settings=PATCH,
                            needs="congruence"),
+    # patches prompts of its own too (the second corruption): after the analyses that share the prepared runs
+    "patch_second": Analysis(target="second_corruption:run", ext="json", stage="patching", settings=PATCH,
+                             needs="second_corruption"),
     "attention": Analysis(target="heads:attention", ext="csv", stage="heads", settings=("seed",)),
     "attention_example": Analysis(target="heads:attention_example", ext="json", stage="heads",
                                   requires=("head_dla", "patch_heads")),
@@ -87,6 +90,8 @@ ANALYSES: dict[str, Analysis] = {
                         settings=("circuit_share", "ig_steps", "stability_resamples", "acdc_max_edges", "seed"),
                         requires=("edges",)),
     "faithfulness": Analysis(target="circuits:faithfulness", ext="csv", stage="circuits", requires=("circuit",)),
+    "circuit_paths": Analysis(target="circuit_paths:circuit_paths", ext="json", stage="circuits", settings=PATCH,
+                              requires=("circuit",)),
     "interchange": Analysis(target="interchange:interchange", ext="json", stage="interchange", settings=("seed",),
                             requires=("patch_heads", "patch_layers")),
     "das": Analysis(target="das:das", ext="json", stage="interchange", settings=("seed",), requires=("interchange",)),

@@ -33,8 +33,21 @@ from opposites.prompts import cluster_of
 from opposites.stats import mean_ci, n_clusters, wilson
 
 KS = (1, 2, 4, 8)  # subspace dimensions
-STEPS = 150  # Adam steps, full batch
+STEPS = 150  # at most this many Adam steps, full batch
 LR = 0.02
+# Early stop: every CHECK steps, stop when the training loss (summed over k) fell by less than
+# MIN_DROP of itself since the last check. A step costs a forward and backward of every training pair
+# once per k through the model, so on a GPT-2-size model 150 steps at two points were ~900 CPU s per
+# task; a loss that has stopped improving (measured: the trained model's by ~80 steps, a random
+# model's at once) ends the search there. benchmarks/README.md has the figures.
+CHECK = 10
+MIN_DROP = 0.001
+# And a compute cap per location: at most FLOP_BUDGET matmul FLOPs of training (forward and backward,
+# ~6 x block parameters x tokens a step), so the cost stops growing with the model: measured on
+# random:gpt2 (GPT-2 small's shape), a random model's loss at the source word kept falling for 91
+# steps (3.3 CPU s each) with held-out IIA 0; the cap allows 19 steps there and never binds on the
+# trained model (d_model 128: a step is ~100x cheaper).
+FLOP_BUDGET = 1e13
 RANDOM_DRAWS = 5  # random subspaces per k
 
 
@@ -59,11 +72,14 @@ def split_by_word(pairs: list[tuple[dict, dict]], role: str, seed: int) -> tuple
 
 
 def fit_subspaces(logits_of: Callable[[Tensor], Tensor], target: Tensor, d: int, ks: tuple[int, ...], seed: int,
-                  dtype=torch.float32, device="cpu", steps: int = STEPS, lr: float = LR) -> list[Tensor]:
+                  dtype=torch.float32, device="cpu", steps: int = STEPS, lr: float = LR,
+                  trace: list[float] | None = None) -> list[Tensor]:
     """One (d, k) orthonormal basis per k, each minimising the cross-entropy of its logits against
     target (pairs,). logits_of(bases) takes the bases stacked (n_k, d, max k; columns past k are 0)
     and returns (n_k, pairs, candidates), so all k share each forward pass; each k's loss depends on
-    its own basis only, so their sum trains each as if alone. The model's weights get no gradient."""
+    its own basis only, so their sum trains each as if alone. The model's weights get no gradient.
+    At most `steps` steps, fewer when the loss stops falling (CHECK, MIN_DROP); `trace` gets the
+    summed loss of each step taken."""
     torch.manual_seed(seed)
     rotations = [nn.utils.parametrizations.orthogonal(nn.Linear(d, k, bias=False, dtype=dtype, device=device))
                  for k in ks]  # weight (k, d), orthonormal rows
@@ -73,13 +89,24 @@ def fit_subspaces(logits_of: Callable[[Tensor], Tensor], target: Tensor, d: int,
 
     params = [p for r in rotations for p in r.parameters()]
     opt = torch.optim.Adam(params, lr=lr)
+    trace = [] if trace is None else trace
     with torch.enable_grad():
-        for _ in range(steps):
+        for step in range(steps):
             loss = sum(F.cross_entropy(logits, target) for logits in logits_of(bases()))
+            trace.append(loss.item())
+            if step >= CHECK and step % CHECK == 0 and trace[step - CHECK] - trace[step] < MIN_DROP * trace[step - CHECK]:
+                break  # the loss has stopped falling
             for p, g in zip(params, torch.autograd.grad(loss, params)):
                 p.grad = g
             opt.step()
     return [r.weight.T.detach() for r in rotations]
+
+
+def max_steps(cfg, tokens: int) -> int:
+    """Steps that FLOP_BUDGET allows when each step runs `tokens` tokens forward and backward through
+    every block of a model with config cfg (at least CHECK, at most STEPS)."""
+    block = 4 * cfg.d_model ** 2 + 2 * cfg.d_model * cfg.d_mlp  # attention and MLP weights
+    return max(CHECK, min(STEPS, int(FLOP_BUDGET // (6 * cfg.n_layers * block * tokens))))
 
 
 def random_basis(d: int, k: int, generator: torch.Generator, dtype=torch.float32) -> Tensor:
@@ -132,8 +159,9 @@ def das_at(model, train: list[PairBatch], test: list[PairBatch], ids: Tensor, si
     generator = torch.Generator().manual_seed(seed)
     ks = tuple(k for k in KS if k < d)
     full = hits(None, test)
-    per_k = []
-    for k, basis in zip(ks, fit_subspaces(stacked_logits, target, d, ks, seed, dtype, ids.device)):
+    per_k, trace = [], []
+    steps = max_steps(model.cfg, len(ks) * sum(b.base.numel() for b in train))
+    for k, basis in zip(ks, fit_subspaces(stacked_logits, target, d, ks, seed, dtype, ids.device, steps, trace=trace)):
         draws = [hits(random_basis(d, k, generator, dtype).to(ids.device), test).double().mean().item()
                  for _ in range(RANDOM_DRAWS)]
         learned = hits(basis, test)
@@ -141,7 +169,7 @@ def das_at(model, train: list[PairBatch], test: list[PairBatch], ids: Tensor, si
                       "minus_full": paired(learned, full, clusters, seed),
                       "random_iia_mean": sum(draws) / len(draws), "random_iia_max": max(draws)})
     return {"site": site, "position": position, "layer": where.layer, "d": d, "full": iia(full, clusters, seed),
-            "k": per_k}
+            "steps": len(trace), "max_steps": steps, "k": per_k}
 
 
 def batch_clusters(pairs: list[tuple[dict, dict]]) -> list[str]:
@@ -159,6 +187,7 @@ def das(model, rows: list[dict], batch_size: int, seed: int, interchange=None) -
     train_b, test_b = pair_batches(model, train, cands, batch_size), pair_batches(model, test, cands, batch_size)
     points = {"end": interchange["best_end"], "source": interchange["role_at_best_end"]}
     return {"role": role, "n_train": len(train), "n_test": len(test), "n_candidates": len(cands),
+            "optimiser": {"lr": LR, "max_steps": STEPS, "check": CHECK, "min_drop": MIN_DROP, "flop_budget": FLOP_BUDGET},
             "train_answers": sorted({s["answer"].strip() for _, s in train}),
             "test_answers": sorted({s["answer"].strip() for _, s in test}),
             "locations": [{"point": name, **das_at(model, train_b, test_b, ids, p["site"], p["position"], seed,

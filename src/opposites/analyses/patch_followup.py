@@ -6,7 +6,8 @@ values in head analysis"):
     layer, are recorded beside them, not used); an attention layer is patched head by head and
     role by role, an MLP layer role by role;
   * the k_heads heads with the largest |DLA| are patched role by role, and path-patched into every
-    later head's query, key and value inputs (IOI-paper path patching).
+    later head's query, key and value inputs (IOI-paper path patching), into every MLP's input from
+    their own layer on, and into the logits (their direct path).
 The selection and its reasons are written with the results."""
 
 from __future__ import annotations
@@ -66,13 +67,40 @@ def run(model, rows, batch_size, patch_direction: str, seed: int, logit_lens=Non
                      .assign(kind="mlp_layer", component=str(Node("mlp", layer))))
     by_role_df = pd.concat(parts) if parts else pd.DataFrame()
 
-    paths = dataset_sweep(model, rows, batch_size, patch_direction,
-                          lambda pair: {head_label(*s): exact.path_to_receivers(pair, s) for s in heads}, cache=cache)
-    path_rows = []
-    for sender, t in paths.patched.items():
-        df = table(t, paths, {**{"layer": list(range(t.shape[0])), "head": list(range(t.shape[1]))}, "input": list("qkv")}, seed, clusters)
-        df = df[df.layer > Node.parse(sender).layer]
-        path_rows += [{"sender": sender, "receiver": head_label(r.layer, r.head), "input": r.input, "value": r.value,
-                       "ci_low": r.ci_low, "ci_high": r.ci_high} for r in df.itertuples()]
+    path_rows = path_patch(model, rows, batch_size, patch_direction, seed, [(s, k) for s in heads for k in READERS],
+                           cache)
     return {"selection": chosen, "n_prompts": len(rows), "normaliser_ok": bool(by_role_df.normaliser_ok.all()) if parts else True,
             "by_role": by_role_df.to_dict("records"), "path": path_rows}
+
+
+def mlp_readers(n_layers: int) -> list[str]:
+    """path_to_mlps's rows as reader nodes: MLP 0 .. MLP n_layers-1, then the logits."""
+    return [str(Node("mlp", l)) for l in range(n_layers)] + ["logits"]
+
+
+READERS = {"heads": exact.path_to_receivers, "mlps": exact.path_to_mlps}  # kind of reader -> its path sweep
+
+
+def path_patch(model, rows, batch_size, patch_direction: str, seed: int,
+               senders: list[tuple[tuple[int, int], str]], cache: JobCache | None = None) -> list[dict]:
+    """Each (sender head, kind of reader) path-patched into every reader of that kind it can reach
+    directly: "heads", later heads' q, k and v inputs; "mlps", MLP inputs from its own layer on and
+    the logits. One row per (sender, reader): input is q, k or v for a head reader, "" otherwise;
+    value and 95% interval on the patching metric."""
+    paths = dataset_sweep(model, rows, batch_size, patch_direction,  # flat keys: the sweep concatenates leaves
+                          lambda pair: {(s, kind): READERS[kind](pair, s) for s, kind in senders}, cache=cache)
+    clusters = prompt_clusters(rows)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    out = []
+    for (layer, head), kind in paths.patched:
+        t, sender = paths.patched[((layer, head), kind)], head_label(layer, head)
+        if kind == "heads":
+            df = table(t, paths, {"layer": list(range(L)), "head": list(range(H)), "input": list("qkv")}, seed, clusters)
+            out += [{"sender": sender, "receiver": head_label(r.layer, r.head), "input": r.input, "value": r.value,
+                     "ci_low": r.ci_low, "ci_high": r.ci_high} for r in df[df.layer > layer].itertuples()]
+        else:
+            df = table(t[layer:], paths, {"reader": mlp_readers(L)[layer:]}, seed, clusters)
+            out += [{"sender": sender, "receiver": r.reader, "input": "", "value": r.value, "ci_low": r.ci_low,
+                     "ci_high": r.ci_high} for r in df.itertuples()]
+    return out
+

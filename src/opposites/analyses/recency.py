@@ -7,7 +7,9 @@ a drink to"): the IOI rule still points at IO (Mary), the most recent subject is
 Per head: END's attention to IO, to S (both occurrences) and to S3, with 95% intervals, and the rule
 the head follows (its interval for one name lies wholly above both other names', with at least
 MIN_ATTENTION of END's weight). S3 is also the name nearest to END, so "most recent subject" and
-"most recent name" coincide in these prompts. Per prompt: which of the three names the model puts highest."""
+"most recent name" coincide in these prompts. Per prompt: which of the three names the model puts highest,
+and whether IO's logit beats S's (the task's own contrast, so the share compares with the task's
+accuracy on its own templates: template dependence)."""
 
 from __future__ import annotations
 
@@ -80,9 +82,11 @@ def run(model, rows: list[dict], batch_size: int, seed: int) -> dict:
             heads.append({"layer": l, "head": h, **a, "rule": rule(a)})
     top = lg.argmax(-1)
     shares = {n: proportion(top == i) for i, n in enumerate(NAMES)}  # Wilson intervals
+    beats = proportion(lg[:, 0] > lg[:, 1])  # IO over S: the task's own contrast, on the new template
     return {"n": len(dis), "example": dis[0]["clean"] if dis else "", "min_attention": MIN_ATTENTION, "chance": 1 / len(NAMES),
             "io_minus_s3": mean_ci(lg[:, 0] - lg[:, 2], seed, clusters=clusters).record(),
             "io_minus_s": mean_ci(lg[:, 0] - lg[:, 1], seed, clusters=clusters).record(),
+            "io_beats_s": beats.value.item(), "io_beats_s_ci95": [beats.ci_low.item(), beats.ci_high.item()],
             "preferred": {n: e.value.item() for n, e in shares.items()},
             "preferred_ci95": {n: [e.ci_low.item(), e.ci_high.item()] for n, e in shares.items()},
             "heads": heads}

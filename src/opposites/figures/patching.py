@@ -73,7 +73,7 @@ def patch_path(data: dict, tasks: list[str]):
             ax.set_title(f"{task}: no later heads")
             return
         top = largest_abs(path, 8)
-        labels = [f"{r.sender}→{r.receiver}.{r.input}" for r in top.itertuples()]
+        labels = [f"{r.sender}→{r.receiver}" + (f".{r.input}" if r.input else "") for r in top.itertuples()]
         ax.barh(range(len(top)), top.value, color=color(task))
         ax.set_yticks(range(len(top)), labels)
         ax.invert_yaxis()

@@ -216,6 +216,24 @@ def path_to_receivers(pair: Pair, sender: tuple[int, int]) -> Tensor:
     return out
 
 
+def path_to_mlps(pair: Pair, sender: tuple[int, int]) -> Tensor:
+    """(layer + 1, batch) path patching into the other readers: row l < n_layers, the sender head's
+    source-run output reaches only the input of MLP l (from the sender's own layer on: an MLP reads
+    the heads of its layer), and the MLP's changed output flows on normally; the last row, the
+    sender's output reaches only the logits (the final LayerNorm's input at END: its direct path).
+    Everything else stays the base run. Layers before the sender's are NaN."""
+    ls, hs = sender
+    L = pair.weights.n_layers
+    out = torch.full((L + 1, pair.n), float("nan"), dtype=pair.base_ld.dtype, device=pair.base_ld.device)
+    write = head_writes(pair, ls, pair.src[f"z.{ls}"])[hs]  # (batch, pos, d_model)
+    for lr in range(ls, L):
+        moved = engine.mlp(pair.weights, lr, pair.base[f"resid_mid.{lr}"] + write)  # (batch, pos, d_model)
+        change = moved - pair.base[f"mlp_out.{lr}"]
+        out[lr] = sweep(pair, lr + 1, "pre", 1, lambda variants: change[None])[0]
+    out[L] = sweep(pair, L, "pre", 1, lambda variants: write[None])[0]
+    return out
+
+
 def batches_of_pairs(model, batches: Iterator[Batch], patch_direction: str) -> Iterator[Pair]:
     weights = Weights.from_bridge(model)
     for batch in batches:
