@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from opposites.derived import FDR_Q, benjamini_hochberg, significant
-from opposites.stats import (average_ranks, interval, mean_ci, pearson, proportion, ratio_ci, resample_weights,
-                             spearman_ci, t_two_sided, wilson)
+from opposites.stats import (average_ranks, design_effect, interval, mean_ci, pearson, proportion, ratio_ci,
+                             resample_weights, spearman_ci, t_two_sided, wilson)
 
 
 def test_weights_are_resamples():
@@ -63,6 +63,49 @@ def test_wilson_does_not_collapse_at_all_successes():
     # vectorised over components; the interval holds the share
     est = proportion(torch.tensor([[1, 0, 1, 1], [0, 0, 0, 1]]))
     assert ((est.ci_low <= est.value) & (est.value <= est.ci_high)).all()
+
+
+WORDS = [i // 8 for i in range(64)]  # 8 words of 8 prompts each
+
+
+def test_proportion_widens_when_hits_follow_the_word():
+    """Planted word effect: every prompt of 5 words hits, every prompt of 3 misses. The prompts carry
+    no more than the 8 words do, so the interval is Wilson's at n = 8 words, far wider than Wilson's
+    over 64 prompts (what proportion() gave before clusters)."""
+    hits = torch.tensor([1.0 if w < 5 else 0.0 for w in WORDS])
+    plain, clustered = proportion(hits), proportion(hits, WORDS)
+    assert clustered.value.item() == plain.value.item() == 5 / 8 and clustered.n == 64
+    assert clustered.ci_low.item() < plain.ci_low.item() - 0.1 and clustered.ci_high.item() > plain.ci_high.item() + 0.1
+    assert [clustered.ci_low.item(), clustered.ci_high.item()] == pytest.approx(list(wilson(5, 8)))
+    assert design_effect(hits, WORDS).item() == pytest.approx(8.0)
+    # unequal words (sizes 2, 3, 5, 6): deff = sum m_i^2 / n = 74 / 16, the prompt-weighted mean size
+    sizes = [2, 3, 5, 6]
+    words = [w for w, m in enumerate(sizes) for _ in range(m)]
+    planted = torch.tensor([float(w % 2) for w in words])
+    assert design_effect(planted, words).item() == pytest.approx(74 / 16)
+
+
+def test_proportion_is_wilson_when_hits_ignore_the_word():
+    """Independent hits (no word effect): the estimated design effect is about 1 and the interval
+    about Wilson's over prompts; averaged over draws the clustered interval is no wider than 10%."""
+    gen = torch.Generator().manual_seed(0)
+    hits = (torch.rand(200, 64, generator=gen) < 0.6).double()  # (draw, prompt)
+    plain, clustered = proportion(hits), proportion(hits, WORDS)
+    ratio = ((clustered.ci_high - clustered.ci_low) / (plain.ci_high - plain.ci_low)).mean().item()
+    assert 1.0 <= ratio < 1.1
+    assert (clustered.ci_low <= plain.ci_low + 1e-12).all()  # never narrower than Wilson
+
+
+def test_all_hits_with_clusters_keep_a_lower_bound_below_one():
+    """64/64 over 8 words: no spread, so no word effect can be estimated; Wilson's bound over prompts
+    (about 0.94), not the degenerate [1, 1] of a cluster bootstrap."""
+    hits = torch.ones(64, dtype=torch.float64)
+    est = proportion(hits, WORDS)
+    assert est.ci_low.item() == pytest.approx(0.943, abs=0.002) and est.ci_high.item() == 1.0
+    assert mean_ci(hits, seed=0, clusters=WORDS).ci_low.item() == 1.0
+    one_miss = hits.clone()
+    one_miss[0] = 0.0
+    assert proportion(one_miss, WORDS).ci_low.item() <= est.ci_low.item()  # 63/64 no narrower than 64/64
 
 
 def test_cluster_weights_keep_each_drawn_word_whole():

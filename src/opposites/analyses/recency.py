@@ -79,7 +79,7 @@ def run(model, rows: list[dict], batch_size: int, seed: int) -> dict:
                  for i, n in enumerate(NAMES)}
             heads.append({"layer": l, "head": h, **a, "rule": rule(a)})
     top = lg.argmax(-1)
-    shares = {n: proportion(top == i) for i, n in enumerate(NAMES)}  # Wilson intervals
+    shares = {n: proportion(top == i, clusters) for i, n in enumerate(NAMES)}  # Wilson at n_eff over IO names
     return {"n": len(dis), "example": dis[0]["clean"] if dis else "", "min_attention": MIN_ATTENTION, "chance": 1 / len(NAMES),
             "io_minus_s3": mean_ci(lg[:, 0] - lg[:, 2], seed, clusters=clusters).record(),
             "io_minus_s": mean_ci(lg[:, 0] - lg[:, 1], seed, clusters=clusters).record(),
