@@ -23,7 +23,7 @@ import torch
 
 from opposites.interventions import Intervention, head_z, mlp_out, resid_post, run, source_activations
 from opposites.nodes import Node
-from opposites.prompts import cluster_of, load_spec
+from opposites.prompts import cluster_of, load_spec, task_names
 from opposites.stats import proportion_ci
 
 
@@ -75,6 +75,12 @@ def label(iv: Intervention) -> str:
     return f"MLP {iv.layer}" if iv.site.endswith("hook_mlp_out") else f"resid after {iv.layer}"
 
 
+def source_unit(row: dict) -> str:
+    """A source prompt's resampling unit: prompts.cluster_of for a task with a task file; for a task
+    made up elsewhere (a planted model's), its answer."""
+    return f"{row['task']}:{cluster_of(row) if row['task'] in task_names() else row['answer'].strip()}"
+
+
 def measure(model, pairs: list[tuple[dict, dict, str]], cands: list[str], where: list[Intervention],
             batch_size: int) -> list[dict]:
     """IIA of each location: the share of pairs whose top candidate becomes the expected answer
@@ -101,7 +107,7 @@ def measure(model, pairs: list[tuple[dict, dict, str]], cands: list[str], where:
                     top = run(model, base, acts, [iv], ids=ids).argmax(-1).cpu()  # (batch,)
                     hits[j].append(top == want)
                     kept[j].append(top == own)
-    clusters = [cluster_of(s) for _, s, _ in ordered]  # the order hits are appended in
+    clusters = [source_unit(s) for _, s, _ in ordered]  # the order hits are appended in
     out = []
     for iv, hit, keep in zip(where, hits, kept):
         hit, keep = torch.cat(hit), torch.cat(keep)
