@@ -11,7 +11,7 @@ import torch
 
 from opposites.derived import FDR_Q, benjamini_hochberg, significant
 from opposites.stats import (average_ranks, design_effect, interval, mean_ci, pearson, proportion, ratio_ci,
-                             resample_weights, spearman_ci, t_two_sided, wilson)
+                             resample_weights, spearman_ci, t_two_sided, wilson, wilson_at)
 
 
 def test_weights_are_resamples():
@@ -70,19 +70,22 @@ WORDS = [i // 8 for i in range(64)]  # 8 words of 8 prompts each
 
 def test_proportion_widens_when_hits_follow_the_word():
     """Planted word effect: every prompt of 5 words hits, every prompt of 3 misses. The prompts carry
-    no more than the 8 words do, so the interval is Wilson's at n = 8 words, far wider than Wilson's
-    over 64 prompts (what proportion() gave before clusters)."""
-    hits = torch.tensor([1.0 if w < 5 else 0.0 for w in WORDS])
+    no more than the 8 words do, so the interval is about Wilson's at n = 8 words (7 with the
+    C / (C - 1) correction), far wider than Wilson's over 64 prompts (what proportion() gave before
+    clusters). The design effect agrees with an independent one, the cluster bootstrap's variance
+    of the share over the binomial variance (the bootstrap lacks the C / (C - 1) factor)."""
+    hits = torch.tensor([1.0 if w < 5 else 0.0 for w in WORDS], dtype=torch.float64)
     plain, clustered = proportion(hits), proportion(hits, WORDS)
     assert clustered.value.item() == plain.value.item() == 5 / 8 and clustered.n == 64
     assert clustered.ci_low.item() < plain.ci_low.item() - 0.1 and clustered.ci_high.item() > plain.ci_high.item() + 0.1
-    assert [clustered.ci_low.item(), clustered.ci_high.item()] == pytest.approx(list(wilson(5, 8)))
-    assert design_effect(hits, WORDS).item() == pytest.approx(8.0)
-    # unequal words (sizes 2, 3, 5, 6): deff = sum m_i^2 / n = 74 / 16, the prompt-weighted mean size
-    sizes = [2, 3, 5, 6]
+    assert design_effect(hits, WORDS).item() == pytest.approx(8 * 8 / 7)
+    assert [clustered.ci_low.item(), clustered.ci_high.item()] == pytest.approx([t.item() for t in wilson_at(torch.tensor(5 / 8, dtype=torch.float64), torch.tensor(7.0))])
+    sizes = [2, 3, 5, 6]  # unequal words, alternate words hit
     words = [w for w, m in enumerate(sizes) for _ in range(m)]
-    planted = torch.tensor([float(w % 2) for w in words])
-    assert design_effect(planted, words).item() == pytest.approx(74 / 16)
+    for x, labels in ((hits, WORDS), (torch.tensor([float(w % 2) for w in words], dtype=torch.float64), words)):
+        n, C, p = len(x), len(set(labels)), x.mean().item()
+        boot = (x @ resample_weights(n, 0, 4000, clusters=labels)).var().item() / (p * (1 - p) / n)
+        assert design_effect(x, labels).item() * (C - 1) / C == pytest.approx(boot, rel=0.1)
 
 
 def test_proportion_is_wilson_when_hits_ignore_the_word():
@@ -106,6 +109,9 @@ def test_all_hits_with_clusters_keep_a_lower_bound_below_one():
     one_miss = hits.clone()
     one_miss[0] = 0.0
     assert proportion(one_miss, WORDS).ci_low.item() <= est.ci_low.item()  # 63/64 no narrower than 64/64
+    # one miss that is its word's only prompt carries no word effect: about Wilson's 63/64
+    alone = [0] + [1 + i // 8 for i in range(63)]
+    assert proportion(one_miss, alone).ci_low.item() == pytest.approx(wilson(63, 64)[0], abs=0.02)
 
 
 def test_cluster_weights_keep_each_drawn_word_whole():
