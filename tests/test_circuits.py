@@ -238,6 +238,29 @@ def test_held_out_numbers_come_from_the_held_out_prompts_only(toy64, rows):
     assert low <= got["held_out"]["recovered"] <= high
 
 
+def test_completeness_beside_the_embedding_edges_alone(toy64, rows):
+    """completeness_lost_embed cuts only the circuit's edges out of the embedding: every edge out of
+    it cut is the corrupted run (all lost, as completeness_lost of any circuit holding them), none
+    is the clean run (nothing lost); a random circuit's equals the recovery computed directly."""
+    runs = circuits.prepare(toy64, rows["size"], 8)
+    d = circuits.Discovery(runs, [])
+    graph = [Edge(runs.graph.writers[w], runs.graph.readers[r]) for w, r in zip(*runs.graph.allowed.nonzero(as_tuple=True))]
+    embed = [e for e in graph if e.src.kind == "embed"]
+    rest = [e for e in graph if e.src.kind != "embed"]
+    holding = circuits.recovery_numbers(d, embed + rest[:5], seed=0)[0]
+    assert holding["completeness_lost_embed"] == pytest.approx(1.0, abs=1e-4) and holding["n_embed_edges"] == len(embed)
+    assert holding["completeness_lost"] == pytest.approx(1.0, abs=1e-4)
+    assert circuits.recovery_numbers(d, rest[:5], seed=0)[0]["completeness_lost_embed"] == pytest.approx(0.0, abs=1e-9)
+    gen = torch.Generator().manual_seed(0)
+    some = [graph[i] for i in torch.randperm(len(graph), generator=gen)[:len(graph) // 3].tolist()]
+    got = circuits.recovery_numbers(d, some, seed=0)[0]
+    cut = runs.graph.allowed & ~d.mask([e for e in some if e.src.kind == "embed"])
+    direct = runs.recovery(circuits.exact_lds(runs, cut[None]))[0].item()
+    assert got["completeness_lost_embed"] == pytest.approx(1 - direct, abs=1e-9)
+    low, high = got["completeness_lost_embed_ci95"]
+    assert low <= got["completeness_lost_embed"] <= high
+
+
 def test_dangling_edges_are_dropped_and_change_nothing(toy64, rows):
     e = lambda s, d: Edge(Node.parse(s), Node.parse(d))  # noqa: E731
     kept = [e("embed", "0.0.v"), e("0.0", "1.1.q"), e("1.1", "logits"),

@@ -507,16 +507,38 @@ def test_mlp_ablation_control_is_matched(toy, rows):
     L, H = toy.cfg.n_layers, toy.cfg.n_heads
     draws = mechanism.matched_draws(L, H, [(0, 0)], [1], random.Random(0), 5)
     for hs, ms in draws:
-        assert len(hs) == 1 and hs[0] != (0, 0) and len(ms) == 1 and ms[0] != 1
+        assert len(hs) == 1 and hs[0] != (0, 0) and hs[0][0] == 0 and len(ms) == 1 and ms[0] != 1
     assert mechanism.matched_draws(L, H, [], list(range(L)), random.Random(0), 5) is None
     test = mechanism._test(toy, rows["size"], 8, 0, [(0, 0)], [1])
     assert test["matched_control"] and test["random_others"]["mlps"] == 1 and test["random_others"]["heads"] == 1
-    assert test["random_others"]["distinct_sets"] == (L * H - 1) * (L - 1)
+    assert test["random_others"]["distinct_sets"] == (H - 1) * (L - 1)  # other heads of layer 0, other MLPs
     none = mechanism._test(toy, rows["size"], 8, 0, [], list(range(L)))
     assert none["random_others"] is None and not none["matched_control"] and not carries(none)
     assert not lowers_logit_diff(none)
     drop = {"named": {"logit_diff_change_ci95": [-3.5, -2.6]}, "random_others": {"logit_diff_change_mean_ci95": [-0.8, -0.4]}}
     assert lowers_logit_diff(drop) and not lowers_logit_diff({**drop, "random_others": {"logit_diff_change_mean_ci95": [-3.0, -0.4]}})
+
+
+def test_head_control_is_drawn_from_the_ablated_heads_layers():
+    """Planted: named heads 0.0, 0.1 and 2.3 in a 4-layer, 4-head model. Every control set has two
+    other heads of layer 0 and one other head of layer 2 (never a named head, never another layer),
+    where a draw from all other heads would pick from layers 1 and 3 too; a layer with no other head
+    to draw gives no matched control. Plain Python, no model."""
+    import random
+
+    from opposites.analyses import mechanism
+
+    L, H, named = 4, 4, [(0, 0), (0, 1), (2, 3)]
+    draws = mechanism.matched_draws(L, H, named, [], random.Random(0), 50)
+    for hs, ms in draws:
+        assert sorted(l for l, _ in hs) == [0, 0, 2] and not set(hs) & set(named) and len(set(hs)) == 3 and ms == []
+    assert {h for hs, _ in draws for h in hs} == {(0, 2), (0, 3), (2, 0), (2, 1), (2, 2)}  # all reachable
+    anywhere = [(l, h) for l in range(L) for h in range(H) if (l, h) not in named]
+    unmatched = [random.Random(i).sample(anywhere, 3) for i in range(50)]  # the old, unmatched draw
+    assert any(l in (1, 3) for hs in unmatched for l, _ in hs)
+    assert mechanism.distinct_sets(L, H, named, []) == 1 * 3
+    assert mechanism.matched_draws(L, H, [(1, h) for h in range(H)], [], random.Random(0), 5) is None
+    assert mechanism.matched_draws(L, 2, [(0, 0), (0, 1)], [], random.Random(0), 5) is None
 
 
 def test_ablation_reports_the_paired_logit_difference_change(toy, rows):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from opposites.derived import FDR_Q, benjamini_hochberg, significant
-from opposites.stats import (average_ranks, interval, mean_ci, pearson, proportion, ratio_ci, resample_weights,
-                             spearman_ci, t_two_sided, wilson)
+from opposites.stats import (average_ranks, design_effect, interval, mean_ci, pearson, proportion, ratio_ci,
+                             resample_weights, spearman_ci, t_two_sided, wilson, wilson_at)
 
 
 def test_weights_are_resamples():
@@ -63,6 +63,55 @@ def test_wilson_does_not_collapse_at_all_successes():
     # vectorised over components; the interval holds the share
     est = proportion(torch.tensor([[1, 0, 1, 1], [0, 0, 0, 1]]))
     assert ((est.ci_low <= est.value) & (est.value <= est.ci_high)).all()
+
+
+WORDS = [i // 8 for i in range(64)]  # 8 words of 8 prompts each
+
+
+def test_proportion_widens_when_hits_follow_the_word():
+    """Planted word effect: every prompt of 5 words hits, every prompt of 3 misses. The prompts carry
+    no more than the 8 words do, so the interval is about Wilson's at n = 8 words (7 with the
+    C / (C - 1) correction), far wider than Wilson's over 64 prompts (what proportion() gave before
+    clusters). The design effect agrees with an independent one, the cluster bootstrap's variance
+    of the share over the binomial variance (the bootstrap lacks the C / (C - 1) factor)."""
+    hits = torch.tensor([1.0 if w < 5 else 0.0 for w in WORDS], dtype=torch.float64)
+    plain, clustered = proportion(hits), proportion(hits, WORDS)
+    assert clustered.value.item() == plain.value.item() == 5 / 8 and clustered.n == 64
+    assert clustered.ci_low.item() < plain.ci_low.item() - 0.1 and clustered.ci_high.item() > plain.ci_high.item() + 0.1
+    assert design_effect(hits, WORDS).item() == pytest.approx(8 * 8 / 7)
+    assert [clustered.ci_low.item(), clustered.ci_high.item()] == pytest.approx([t.item() for t in wilson_at(torch.tensor(5 / 8, dtype=torch.float64), torch.tensor(7.0))])
+    sizes = [2, 3, 5, 6]  # unequal words, alternate words hit
+    words = [w for w, m in enumerate(sizes) for _ in range(m)]
+    for x, labels in ((hits, WORDS), (torch.tensor([float(w % 2) for w in words], dtype=torch.float64), words)):
+        n, C, p = len(x), len(set(labels)), x.mean().item()
+        boot = (x @ resample_weights(n, 0, 4000, clusters=labels)).var().item() / (p * (1 - p) / n)
+        assert design_effect(x, labels).item() * (C - 1) / C == pytest.approx(boot, rel=0.1)
+
+
+def test_proportion_is_wilson_when_hits_ignore_the_word():
+    """Independent hits (no word effect): the estimated design effect is about 1 and the interval
+    about Wilson's over prompts; averaged over draws the clustered interval is no wider than 10%."""
+    gen = torch.Generator().manual_seed(0)
+    hits = (torch.rand(200, 64, generator=gen) < 0.6).double()  # (draw, prompt)
+    plain, clustered = proportion(hits), proportion(hits, WORDS)
+    ratio = ((clustered.ci_high - clustered.ci_low) / (plain.ci_high - plain.ci_low)).mean().item()
+    assert 1.0 <= ratio < 1.1
+    assert (clustered.ci_low <= plain.ci_low + 1e-12).all()  # never narrower than Wilson
+
+
+def test_all_hits_with_clusters_keep_a_lower_bound_below_one():
+    """64/64 over 8 words: no spread, so no word effect can be estimated; Wilson's bound over prompts
+    (about 0.94), not the degenerate [1, 1] of a cluster bootstrap."""
+    hits = torch.ones(64, dtype=torch.float64)
+    est = proportion(hits, WORDS)
+    assert est.ci_low.item() == pytest.approx(0.943, abs=0.002) and est.ci_high.item() == 1.0
+    assert mean_ci(hits, seed=0, clusters=WORDS).ci_low.item() == 1.0
+    one_miss = hits.clone()
+    one_miss[0] = 0.0
+    assert proportion(one_miss, WORDS).ci_low.item() <= est.ci_low.item()  # 63/64 no narrower than 64/64
+    # one miss that is its word's only prompt carries no word effect: about Wilson's 63/64
+    alone = [0] + [1 + i // 8 for i in range(63)]
+    assert proportion(one_miss, alone).ci_low.item() == pytest.approx(wilson(63, 64)[0], abs=0.02)
 
 
 def test_cluster_weights_keep_each_drawn_word_whole():

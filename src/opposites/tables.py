@@ -219,6 +219,13 @@ def circuit_shared(data: dict, tasks: list[str]) -> str:
                                            "null", "pct."], rows)
 
 
+def lost_without(held: dict) -> str:
+    """The share lost with the circuit's edges cut, and (after the slash) with only its edges out of
+    the embedding cut, where measured."""
+    lost = fmt_ci(held["completeness_lost"], held["completeness_lost_ci95"])
+    return lost + (f" / {fmt(held['completeness_lost_embed'])}" if "completeness_lost_embed" in held else "")
+
+
 @table
 def circuit_methods(data: dict, tasks: list[str]) -> str:
     """Each method's own selection (on the selection half): recovery there and held out, and the
@@ -232,11 +239,11 @@ def circuit_methods(data: dict, tasks: list[str]) -> str:
             rows.append([tex_escape(task), tex_escape(method), "--" if swept else fmt_ci(held["cpr"], held["cpr_ci95"]),
                          "--" if swept else fmt_ci(held["cmd"], held["cmd_ci95"]), f"{m['grid_size']} $\\to$ {m['n_edges']}",
                          fmt_ci(m["recovered"], m["recovered_ci95"]), fmt_ci(held["recovered"], held["recovered_ci95"]),
-                         fmt_ci(held["completeness_lost"], held["completeness_lost_ci95"]),
+                         lost_without(held),
                          str(m["exact_evaluations"]),
                          fmt_ci(m["spearman_vs_exact"], m["spearman_vs_exact_ci95"]) if "spearman_vs_exact" in m else "--"])
     return tabular("l l r r r r r r r r", ["task", "method", "CPR", "CMD", "edges", "recovered (sel.)",
-                                           "recovered (held out)", "lost w/o", "new evals", r"$\rho$ exact"], rows)
+                                           "recovered (held out)", "lost w/o / emb.", "new evals", r"$\rho$ exact"], rows)
 
 
 @table
@@ -249,14 +256,14 @@ def circuit_compare(data: dict, tasks: list[str]) -> str:
             held, paper = r["held_out"], (r["method"], r["how"]) == (c["method"], c["how"])
             rows.append([tex_escape(task), tex_escape(f"{r['method']} ({r['how']})") + (" $\\star$" if paper else ""),
                          str(r["n_edges"]), fmt(r["recovered"]), fmt_ci(held["recovered"], held["recovered_ci95"]),
-                         fmt_ci(held["completeness_lost"], held["completeness_lost_ci95"]),
+                         lost_without(held),
                          fmt_ci(r["cpr"], r["cpr_ci95"]) if "cpr" in r else "--",
                          fmt_ci(r["cmd"], r["cmd_ci95"]) if "cmd" in r else "--", fmt(r["seconds"], 0)])
         if "ACDC" not in c["methods"]:
             rows.append([tex_escape(task), r"\multicolumn{8}{l}{ACDC not run: " + f"{c['total_edges']:,}"
                          + " edges, above the " + f"{c['acdc_max_edges']:,}" + " it runs on (one exact forward per edge and threshold)}"])
     return tabular(r"l p{4.2cm} r r r r r r r", ["task", "method (circuit)", "edges", "rec. (sel.)", "recovered (held out)",
-                                                "lost w/o", "CPR", "CMD", "CPU s"], rows)
+                                                "lost w/o / emb.", "CPR", "CMD", "CPU s"], rows)
 
 
 @table

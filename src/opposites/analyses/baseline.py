@@ -2,7 +2,8 @@
 answer, the wrong token (for the opposite tasks: the repeated ADJ1) or something else is the top-1
 prediction, on clean prompts; and the corrupted prompts scored against their *own* answer where they
 have one (opposite and is-a: the clean prompt's wrong token; IOI's ABC corruption has none). Every
-mean carries a 95% interval (`<key>_ci95`): a proportion (accuracy, top-1 rates) its Wilson interval,
+mean carries a 95% interval (`<key>_ci95`): a proportion (accuracy, top-1 rates) its Wilson interval at the
+effective sample size given those words (stats.proportion),
 a mean logit difference a cluster bootstrap over the task's source words (prompts.CLUSTER_UNIT)."""
 
 from __future__ import annotations
@@ -39,17 +40,17 @@ def run(model, rows: list[dict], batch_size: int, seed: int) -> dict:
     result = {"n_prompts": len(rows), "n_words": len(set(clusters))}
     _with_ci(result, "logit_diff_mean", mean_ci(clean, seed, clusters=clusters))
     result["logit_diff_std"] = clean.std().item() if len(clean) > 1 else 0.0
-    _with_ci(result, "accuracy", proportion(clean > 0))
-    _with_ci(result, "top1", proportion(per["top1_answer"]))  # answer is the top-1 token
-    _with_ci(result, "top1_wrong", proportion(per["top1_wrong"]))  # the wrong (repeated) token is
-    _with_ci(result, "top1_other", proportion(1 - per["top1_answer"] - per["top1_wrong"]))
+    _with_ci(result, "accuracy", proportion(clean > 0, clusters))
+    _with_ci(result, "top1", proportion(per["top1_answer"], clusters))  # answer is the top-1 token
+    _with_ci(result, "top1_wrong", proportion(per["top1_wrong"], clusters))  # the wrong (repeated) token is
+    _with_ci(result, "top1_other", proportion(1 - per["top1_answer"] - per["top1_wrong"], clusters))
     _with_ci(result, "corrupted_logit_diff_mean", mean_ci(corrupted, seed, clusters=clusters))  # clean answer - clean wrong
     result["corrupted_logit_diff_std"] = corrupted.std().item() if len(corrupted) > 1 else 0.0
     own = CORRUPTED_ANSWER_IS_WRONG[load_spec(rows[0]["task"])["family"]]
     result["corrupted_has_own_answer"] = own
     if own:  # its own answer is the clean wrong token: it wins when the clean-direction difference is < 0
-        _with_ci(result, "corrupted_accuracy", proportion(corrupted < 0))
-        _with_ci(result, "corrupted_top1", proportion(per["corrupted_top1_own"]))
+        _with_ci(result, "corrupted_accuracy", proportion(corrupted < 0, clusters))
+        _with_ci(result, "corrupted_top1", proportion(per["corrupted_top1_own"], clusters))
     else:
         result |= {"corrupted_accuracy": None, "corrupted_accuracy_ci95": None,
                    "corrupted_top1": None, "corrupted_top1_ci95": None}

@@ -8,7 +8,11 @@ powers of two), dangling edges dropped, exact recovery measured (clean prompts, 
 outputs on every edge outside the circuit); the smallest size that reaches `circuit_share` and stays
 there for every larger size; then greedy refinement (try removing kept edges one at a time, weakest
 first; keep the removal while exact recovery stays at the target). Completeness: the circuit's own
-edges cut from the clean run. Integrated faithfulness: CPR and CMD over MIB's fractions. Stability:
+edges cut from the clean run (the IOI paper's test with K = C, the whole circuit), and beside it
+only the circuit's edges out of the embedding cut: the changed token reaches the final position
+only along edges out of the embedding, so where those alone lose as much, completeness holds for
+any circuit holding them and says nothing about the rest of it (scripts/completeness_check.py
+recomputes both in plain PyTorch). Integrated faithfulness: CPR and CMD over MIB's fractions. Stability:
 discovery re-run (EAP-IG scores and exact recoveries reweighted) on seeded bootstrap resamples of
 the prompts."""
 
@@ -422,17 +426,22 @@ def _node_order(label: str) -> tuple:
 
 def recovery_numbers(d: Discovery, kept: list[Edge], seed: int, curve_lds: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
     """A circuit's recovery and completeness (the share lost when only its edges are cut from the
-    clean run) on the prompts d weighs, each with a 95% interval over bootstrap resamples of those
-    prompts' words (the same per-prompt exact logit differences, reweighted); and the (circuit,
-    resample) recoveries of `curve_lds` (circuit, prompt) over the same resamples."""
+    clean run; and when only its edges out of the embedding are: completeness_lost_embed) on the
+    prompts d weighs, each with a 95% interval over bootstrap resamples of those prompts' words (the
+    same per-prompt exact logit differences, reweighted); and the (circuit, resample) recoveries of
+    `curve_lds` (circuit, prompt) over the same resamples."""
     runs = d.runs
-    without = runs.graph.allowed & ~d.mask(kept)  # the circuit's edges cut from the clean run
-    lost_lds = exact_lds(runs, without[None], d.prompts)
+    from_embed = [e for e in kept if e.src.kind == "embed"]
+    cuts = torch.stack([runs.graph.allowed & ~d.mask(kept),  # the circuit's edges cut from the clean run
+                        runs.graph.allowed & ~d.mask(from_embed)])  # only its edges out of the embedding
+    lost_lds = exact_lds(runs, cuts, d.prompts)  # (2, prompt)
     extra = curve_lds if curve_lds is not None else lost_lds[:0]
     boot = runs.intervals(torch.cat([d.lds([kept]), lost_lds, extra]), seed, d.drawn)
+    lost = 1 - runs.recovery(lost_lds, d.w)
     return {"recovered": d.recover([kept])[0], "recovered_ci95": interval(boot[0]),
-            "completeness_lost": 1 - runs.recovery(lost_lds, d.w)[0].item(),
-            "completeness_lost_ci95": interval(1 - boot[1])}, boot[2:]
+            "completeness_lost": lost[0].item(), "completeness_lost_ci95": interval(1 - boot[1]),
+            "completeness_lost_embed": lost[1].item(), "completeness_lost_embed_ci95": interval(1 - boot[2]),
+            "n_embed_edges": len(from_embed)}, boot[3:]
 
 
 def numbers(d: Discovery, kept: list[Edge], fractions: list[float], curve: list[list[Edge]], seed: int,

@@ -63,7 +63,7 @@ def run(model, rows: list[dict], batch_size: int, patch_direction: str, seed: in
     clusters = ["/".join(sorted((r["wrong"].strip(), r["answer"].strip()))) for r in batch_order(pairs)]
     patch = pd.concat([table(t, s, axes, seed, clusters).assign(component=name) for name, t in s.patched.items()])
     return {"n": len(pairs), "example_congruent": pairs[0]["clean"], "example_incongruent": pairs[0]["corrupted"],
-            **{name: {"logit_diff": mean_ci(ld, seed, clusters=clusters).record(), "accuracy": proportion(ld > 0).record()}
+            **{name: {"logit_diff": mean_ci(ld, seed, clusters=clusters).record(), "accuracy": proportion(ld > 0, clusters).record()}
                for name, ld in (("congruent", clean), ("incongruent", corrupted))},
             "pull": mean_ci(clean - corrupted, seed, clusters=clusters).record(),
             "patch": patch.to_dict("records")}

@@ -10,8 +10,9 @@ counterfactual answer was trained on. Controls on the same held-out pairs: rando
 subspaces of the same k, the full interchange (paired: DAS minus full per pair), and DAS at the
 source word's position after the same layer (where the full interchange no longer transfers the
 answer). Intervals resample word clusters (prompts.cluster_of of the source prompt: the held-out
-pairs of one adjective pair, category or IO name are not independent); Wilson intervals over pairs
-are kept beside them. The readout is the top one of the task's candidate answers; C answers read
+pairs of one adjective pair, category or IO name are not independent): an IIA's interval is
+Wilson's at the pairs' effective number under that clustering (stats.proportion), its cluster
+bootstrap kept beside it (iia_bootstrap95, degenerate at 0/n and n/n). The readout is the top one of the task's candidate answers; C answers read
 out linearly from a subspace need up to C - 1 of its dimensions (the corners of a simplex), so the
 k needed tracks the number of answers, which is reported beside it (n_candidates; the answers of
 the training and held-out pairs). Built on opposites.interventions (TransformerLens hooks;
@@ -30,7 +31,7 @@ from opposites.analyses.interchange import (PairBatch, candidate_ids, candidates
                                            source_role)
 from opposites.interventions import Intervention, run, source_activations
 from opposites.prompts import cluster_of
-from opposites.stats import mean_ci, n_clusters, wilson
+from opposites.stats import mean_ci, n_clusters, proportion_ci
 
 KS = (1, 2, 4, 8)  # subspace dimensions
 STEPS = 150  # at most this many Adam steps, full batch
@@ -115,10 +116,11 @@ def random_basis(d: int, k: int, generator: torch.Generator, dtype=torch.float32
 
 
 def iia(hits: Tensor, clusters: list[str], seed: int) -> dict:
-    """IIA with its 95% interval resampling the pairs' word clusters, and Wilson's over pairs."""
+    """IIA with its 95% interval (Wilson's at the effective number of pairs given their word
+    clusters), and the cluster bootstrap's beside it."""
     k, n = int(hits.sum()), len(hits)
     boot = mean_ci(hits.double(), seed, clusters=clusters)
-    return {"iia": k / n, "iia_ci95": [boot.ci_low.item(), boot.ci_high.item()], "iia_wilson95": list(wilson(k, n)),
+    return {"iia": k / n, "iia_ci95": proportion_ci(hits, clusters), "iia_bootstrap95": [boot.ci_low.item(), boot.ci_high.item()],
             "n": n, "n_clusters": n_clusters(clusters, n)}
 
 

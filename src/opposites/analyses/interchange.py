@@ -27,8 +27,8 @@ from torch import Tensor
 from opposites.derived import largest_abs, top_abs_heads
 from opposites.interventions import (Intervention, head_z, mlp_out, resid_post, resid_pre, role_positions, run,
                                      source_activations)
-from opposites.prompts import load_spec
-from opposites.stats import wilson
+from opposites.prompts import cluster_of, load_spec
+from opposites.stats import proportion_ci
 
 
 def source_role(task: str) -> str:
@@ -130,8 +130,10 @@ def score(logits: Tensor, b: PairBatch) -> tuple[Tensor, Tensor]:
     return (logits.argmax(-1) == b.source_answer).cpu(), (logits[rows, b.source_answer] - logits[rows, b.base_answer]).cpu()
 
 
-def sweep(model, batches: list[PairBatch], ids: Tensor, where: list[Intervention]) -> list[dict]:
-    """IIA and graded IIA of each single-location interchange."""
+def sweep(model, batches: list[PairBatch], ids: Tensor, where: list[Intervention], clusters=None) -> list[dict]:
+    """IIA and graded IIA of each single-location interchange; IIA's 95% interval is Wilson's at the
+    effective number of pairs given `clusters` (each pair's source word, batch order; None: pairs
+    independent)."""
     hits, diffs = [[] for _ in where], [[] for _ in where]
     base_d, source_d = [], []
     for b in batches:
@@ -148,7 +150,7 @@ def sweep(model, batches: list[PairBatch], ids: Tensor, where: list[Intervention
         hit = torch.cat(hit)
         k, n = int(hit.sum()), len(hit)
         out.append({"site": iv.site, "kind": kind(iv), "label": label(iv), "layer": iv.layer, "head": iv.head, "position": iv.position,
-                    "n": n, "iia": k / n, "iia_ci95": list(wilson(k, n)),
+                    "n": n, "iia": k / n, "iia_ci95": proportion_ci(hit, clusters),
                     "graded": (torch.cat(d) - base_d).double().sum().item() / span if span else None})
     return out
 
@@ -167,7 +169,8 @@ def interchange(model, rows: list[dict], batch_size: int, seed: int, patch_heads
     role = source_role(rows[0]["task"])
     pairs, cands = make_pairs(rows, role, seed), candidates(rows)
     batches = pair_batches(model, pairs, cands, batch_size)
-    result = sweep(model, batches, candidate_ids(model, cands), locations(model, role, patch_heads, patch_layers))
+    clusters = [cluster_of(s) for _, s in pair_order(pairs)]  # the source word of each pair, batch order
+    result = sweep(model, batches, candidate_ids(model, cands), locations(model, role, patch_heads, patch_layers), clusters)
     resid = [r for r in result if r["kind"] in ("resid_pre", "resid_post")]
     end = first_best([r for r in resid if r["position"] == "END"])
     at_role = first_best([r for r in resid if r["position"] == role], last=True)

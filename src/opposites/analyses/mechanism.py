@@ -8,9 +8,11 @@ Each named set is then mean-ablated (its output replaced by the mean of its clea
 prompts of the same template, at each position, which keeps what it writes on average and removes
 what depends on the prompt) and, beside that, resample-ablated (replaced by a random other such
 prompt's output), and accuracy and logit difference are compared with ablating as many other heads
-and as many other MLP layers, drawn at random (seeded), so the claim "these components carry the
-task" is tested, not assumed; where the model has too few other MLP layers there is no matched
-control and the result says so."""
+from the same layers (per layer, as many as are named there: heads of one layer share their input,
+so a head from another layer is not a like-for-like control) and as many other MLP layers, drawn
+at random (seeded), so the claim "these components carry the task" is tested, not assumed; where a
+named head's layer has too few other heads, or the model too few other MLP layers, there is no
+matched control and the result says so."""
 
 from __future__ import annotations
 
@@ -96,7 +98,7 @@ def _clean_runs(model, rows, batch_size, cache: JobCache | None) -> tuple[Weight
 def _summary(ld: torch.Tensor, clean: torch.Tensor, seed: int, clusters: list[str]) -> dict:
     """Accuracy (Wilson interval), mean logit difference and its mean change from the clean run
     (paired by prompt; both cluster bootstrap) of per-prompt ld."""
-    acc, mean, change = proportion(ld > 0), mean_ci(ld, seed, clusters=clusters), mean_ci(ld - clean, seed, clusters=clusters)
+    acc, mean, change = proportion(ld > 0, clusters), mean_ci(ld, seed, clusters=clusters), mean_ci(ld - clean, seed, clusters=clusters)
     return {"accuracy": acc.value.item(), "accuracy_ci95": [acc.ci_low.item(), acc.ci_high.item()],
             "logit_diff": mean.value.item(), "logit_diff_ci95": [mean.ci_low.item(), mean.ci_high.item()],
             "logit_diff_change": change.value.item(), "logit_diff_change_ci95": [change.ci_low.item(), change.ci_high.item()]}
@@ -114,19 +116,33 @@ def _draws_summary(lds: torch.Tensor, clean: torch.Tensor, seed: int, clusters: 
             "logit_diff_change_mean_ci95": [change.ci_low.item(), change.ci_high.item()]}
 
 
+def per_layer(heads) -> dict[int, int]:
+    """How many of the heads (layer, head) are in each layer."""
+    return {l: sum(1 for hl, _ in heads if hl == l) for l in sorted({l for l, _ in heads})}
+
+
 def matched_draws(L: int, H: int, heads, mlps, rng: random.Random, n: int) -> list[tuple[list, list]] | None:
-    """n random control sets matched to (heads, mlps): as many other heads and as many other MLP
-    layers; None when the model has too few other heads or MLP layers to match (no matched control)."""
-    other_heads = [(l, h) for l in range(L) for h in range(H) if (l, h) not in heads]
+    """n random control sets matched to (heads, mlps): in each layer of the named heads, as many
+    other heads of that layer, and as many other MLP layers; None when some such layer has too few
+    other heads, or the model too few other MLP layers (no matched control)."""
+    counts = per_layer(heads)
+    others = {l: [(l, h) for h in range(H) if (l, h) not in heads] for l in counts}
     other_mlps = [l for l in range(L) if l not in mlps]
-    if len(other_heads) < len(heads) or len(other_mlps) < len(mlps):
+    if any(len(others[l]) < c for l, c in counts.items()) or len(other_mlps) < len(mlps):
         return None
-    return [(rng.sample(other_heads, len(heads)), sorted(rng.sample(other_mlps, len(mlps)))) for _ in range(n)]
+    return [([hh for l, c in counts.items() for hh in rng.sample(others[l], c)], sorted(rng.sample(other_mlps, len(mlps))))
+            for _ in range(n)]
+
+
+def distinct_sets(L: int, H: int, heads, mlps) -> int:
+    """How many different control sets matched_draws can draw."""
+    return math.prod(math.comb(H - c, c) for c in per_layer(heads).values()) * math.comb(L - len(mlps), len(mlps))
 
 
 def _test(model, rows, batch_size, seed, heads, mlps=(), cache: JobCache | None = None) -> dict:
     """Ablate the named set (mean ablation and, beside it, resample ablation), and N_CONTROL_DRAWS
-    random sets of as many other heads and as many other MLP layers (matched_draws), both ways."""
+    random sets of as many other heads from the same layers and as many other MLP layers
+    (matched_draws), both ways."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     clusters = prompt_clusters(rows)
     clean = ablated_logit_diff(model, rows, batch_size, [], cache=cache)  # nothing ablated: the clean run's
@@ -141,7 +157,7 @@ def _test(model, rows, batch_size, seed, heads, mlps=(), cache: JobCache | None 
     control = {**_draws_summary(torch.stack([ablate(hs, ms, "mean") for hs, ms in draws]), clean, seed, clusters),
                "resample": _draws_summary(torch.stack([ablate(hs, ms, "resample") for hs, ms in draws]), clean, seed, clusters),
                "heads": len(heads), "mlps": len(mlps), "size": len(heads) + len(mlps), "draws": N_CONTROL_DRAWS,
-               "distinct_sets": math.comb(L * H - len(heads), len(heads)) * math.comb(L - len(mlps), len(mlps))}
+               "distinct_sets": distinct_sets(L, H, heads, list(mlps)), "layer_matched": True}
     return {"named": named, "random_others": control, "matched_control": True}
 
 

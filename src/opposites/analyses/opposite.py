@@ -119,7 +119,7 @@ def control(model, rows: list[dict], batch_size: int, seed: int, cache: JobCache
         est = mean_ci(x, seed, clusters=clusters)
         result |= {key: est.value.item(), f"{key}_ci95": [est.ci_low.item(), est.ci_high.item()]}
     for key, hits in (("top1_clean", clean["top1"]), ("top1_control", controlled["top1"])):
-        est = proportion(hits)
+        est = proportion(hits, clusters)
         result |= {key: est.value.item(), f"{key}_ci95": [est.ci_low.item(), est.ci_high.item()]}
     result["example"] = ctrl[0]["clean"] if ctrl else None
     result["pair_direction"] = pair_direction(model, rows, batch_size, seed, cache)

@@ -81,8 +81,8 @@ def run(model, rows: list[dict], batch_size: int, seed: int) -> dict:
                  for i, n in enumerate(NAMES)}
             heads.append({"layer": l, "head": h, **a, "rule": rule(a)})
     top = lg.argmax(-1)
-    shares = {n: proportion(top == i) for i, n in enumerate(NAMES)}  # Wilson intervals
-    beats = proportion(lg[:, 0] > lg[:, 1])  # IO over S: the task's own contrast, on the new template
+    shares = {n: proportion(top == i, clusters) for i, n in enumerate(NAMES)}  # Wilson at n_eff over IO names
+    beats = proportion(lg[:, 0] > lg[:, 1], clusters)  # IO over S: the task's own contrast, on the new template
     return {"n": len(dis), "example": dis[0]["clean"] if dis else "", "min_attention": MIN_ATTENTION, "chance": 1 / len(NAMES),
             "io_minus_s3": mean_ci(lg[:, 0] - lg[:, 2], seed, clusters=clusters).record(),
             "io_minus_s": mean_ci(lg[:, 0] - lg[:, 1], seed, clusters=clusters).record(),

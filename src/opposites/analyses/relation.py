@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from opposites.core import batches
-from opposites.prompts import load_spec, make_prompts
+from opposites.prompts import cluster_of, load_spec, make_prompts
 from opposites.stats import proportion
 
 RIDGE = 1.0  # the probe's L2 penalty, on standardised features
@@ -87,10 +87,11 @@ def run(model, rows: list[dict], batch_size: int, seed: int) -> dict:
                                             device="cpu")]
     resid, heads = _end_features(model, prompts, batch_size)
     k = len(classes)
+    held_words = [f"{r['task']}:{cluster_of(r)}" for r, t in zip(prompts, train.tolist()) if not t]  # held-out prompts' words
 
     def accuracy(x: torch.Tensor, y_train: torch.Tensor) -> dict:
         hit = (fit_predict(x[train], y_train, x[~train], k) == labels[~train]).double()
-        return proportion(hit).record()  # share of held-out prompts classified right (Wilson)
+        return proportion(hit, held_words).record()  # share of held-out prompts classified right (Wilson at n_eff)
 
     layers = [{"layer": l, "accuracy": accuracy(resid[l], labels[train]), "shuffled": accuracy(resid[l], shuffled)}
               for l in range(len(resid))]

@@ -23,8 +23,8 @@ import torch
 
 from opposites.interventions import Intervention, head_z, mlp_out, resid_post, run, source_activations
 from opposites.nodes import Node
-from opposites.prompts import load_spec
-from opposites.stats import wilson
+from opposites.prompts import cluster_of, load_spec, task_names
+from opposites.stats import proportion_ci
 
 
 def answer_map(rows: list[dict], role: str) -> dict[str, str]:
@@ -75,10 +75,17 @@ def label(iv: Intervention) -> str:
     return f"MLP {iv.layer}" if iv.site.endswith("hook_mlp_out") else f"resid after {iv.layer}"
 
 
+def source_unit(row: dict) -> str:
+    """A source prompt's resampling unit: prompts.cluster_of for a task with a task file; for a task
+    made up elsewhere (a planted model's), its answer."""
+    return f"{row['task']}:{cluster_of(row) if row['task'] in task_names() else row['answer'].strip()}"
+
+
 def measure(model, pairs: list[tuple[dict, dict, str]], cands: list[str], where: list[Intervention],
             batch_size: int) -> list[dict]:
     """IIA of each location: the share of pairs whose top candidate becomes the expected answer
-    (Wilson 95% interval over pairs), and the share that keep the base's own answer."""
+    (95% Wilson interval at the effective number of pairs, clustered by the source prompt's word),
+    and the share that keep the base's own answer."""
     index = {w: i for i, w in enumerate(cands)}
     ids = torch.tensor([model.to_single_token(w) for w in cands], device=model.W_U.device)
     hits, kept = [[] for _ in where], [[] for _ in where]
@@ -100,13 +107,14 @@ def measure(model, pairs: list[tuple[dict, dict, str]], cands: list[str], where:
                     top = run(model, base, acts, [iv], ids=ids).argmax(-1).cpu()  # (batch,)
                     hits[j].append(top == want)
                     kept[j].append(top == own)
+    clusters = [source_unit(s) for _, s, _ in ordered]  # the order hits are appended in
     out = []
     for iv, hit, keep in zip(where, hits, kept):
         hit, keep = torch.cat(hit), torch.cat(keep)
         k, n = int(hit.sum()), len(hit)
         out.append({"component": label(iv), "kind": "resid" if iv.site.endswith("resid_post") else
                     "head" if iv.head is not None else "mlp", "layer": iv.layer, "head": iv.head, "n": n,
-                    "iia": k / n, "iia_ci95": list(wilson(k, n)), "kept": float(keep.float().mean())})
+                    "iia": k / n, "iia_ci95": proportion_ci(hit, clusters), "kept": float(keep.float().mean())})
     return out
 
 
