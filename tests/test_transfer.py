@@ -172,7 +172,31 @@ def test_sharing_is_claimed_only_where_overlap_transfer_and_replication_agree():
     assert not pair_verdicts([chance], res, shared, replicated)[0]["claim"]
     fixed = {**pair, "heads_jaccard_null": [1.0, 1.0, 1.0], "edges_jaccard_null": [0.5, 0.5, 0.5]}
     assert pair_verdicts([fixed], res, shared, replicated)[0]["overlap"] == "not measurable"
+    capped = {**pair, "heads_jaccard_reachable": 90.0}  # even the largest overlap would not reach 97.5
+    assert pair_verdicts([capped], res, shared, replicated)[0]["overlap"] == "not testable"
+    assert not pair_verdicts([capped], res, shared, replicated)[0]["claim"]
     assert np.isfinite(pair["heads_jaccard_percentile"])
+
+
+def test_an_overlap_null_that_cannot_reach_the_threshold_is_not_testable():
+    """Two circuits of 4 and 5 heads out of 5: every random pair shares 4 heads, Jaccard 0.8, the
+    largest two sets of these sizes can have, so no observation can beat the null; with heads to
+    spare the largest overlap is above the null's range."""
+    from opposites.overlap import null_overlap, percentile_in
+    from opposites.sharing import overlap_support
+
+    assert percentile_in(np.array([0.2, 0.4, 0.4, 0.8]), 0.4) == 50.0  # ties count half
+    heads = [f"0.{h}" for h in range(5)]
+    graph = [("embed", f"{h}.q") for h in heads] + [(h, "logits") for h in heads]
+    small = {(h, "logits") for h in heads[:4]}
+    full = {(h, "logits") for h in heads}
+    cramped = null_overlap(small, full, graph, draws=200, seed=0)
+    assert cramped["heads_jaccard_reachable"] < 97.5
+    pair = {**cramped, "heads_jaccard_null": [0.6, 0.8, 0.9]}  # as if the null had freedom
+    assert overlap_support(pair) == "not testable"
+    wide = [("embed", f"0.{h}.q") for h in range(16)] + [(f"0.{h}", "logits") for h in range(16)]
+    spare = null_overlap({("0.0", "logits"), ("0.1", "logits")}, {("0.0", "logits"), ("0.2", "logits")}, wide, draws=200, seed=0)
+    assert spare["heads_jaccard_reachable"] > 97.5
 
 
 def test_replication_keeps_only_components_in_every_seed():

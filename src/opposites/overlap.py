@@ -90,7 +90,9 @@ def null_overlap(a: set[tuple[str, str]], b: set[tuple[str, str]], graph: list[t
     completely, when a circuit uses every head of its layers). Returns, for each, the null's 2.5th,
     50th and 97.5th percentiles and the observed value's percentile in the null (ties count half):
     a percentile near 100 is more overlap than the null gives; a null whose 2.5th and 97.5th
-    percentiles are equal leaves no freedom and cannot tell sharing from coincidence."""
+    percentiles are equal leaves no freedom and cannot tell sharing from coincidence. `reachable`:
+    the percentile the largest Jaccard two sets of these sizes can have (the smaller over the
+    larger) would get; below the support threshold the test cannot reject, whatever is observed."""
     graph = sorted(set(graph))
     index = {e: i for i, e in enumerate(graph)}
     pools: dict[tuple, list[int]] = defaultdict(list)
@@ -127,13 +129,20 @@ def null_overlap(a: set[tuple[str, str]], b: set[tuple[str, str]], graph: list[t
     n_a, n_b = len(head_set(real_a)), len(head_set(real_b))
     uniform = np.array([jac(rng.choice(len(heads), n_a, replace=False), rng.choice(len(heads), n_b, replace=False))
                         for _ in range(draws)])
+    largest = {"heads": min(n_a, n_b) / max(n_a, n_b, 1), "edges": min(len(a), len(b)) / max(len(a), len(b), 1)}
     out = {}
     for what, values in (("heads", null[:, 0]), ("edges", null[:, 1]), ("heads_uniform", uniform)):
         obs = observed[what.split("_")[0]]
-        below, equal = (values < obs).mean(), (values == obs).mean()
         out[f"{what}_jaccard_null"] = np.percentile(values, [2.5, 50, 97.5]).tolist()
-        out[f"{what}_jaccard_percentile"] = float(100 * (below + equal / 2))
+        out[f"{what}_jaccard_percentile"] = percentile_in(values, obs)
+        out[f"{what}_jaccard_reachable"] = percentile_in(values, largest[what.split("_")[0]])
     return out
+
+
+def percentile_in(values: np.ndarray, x: float) -> float:
+    """x's percentile among the null's values, ties counted half (floats equal within 1e-12)."""
+    equal = np.isclose(values, x, rtol=0, atol=1e-12)
+    return float(100 * ((values < x) & ~equal).mean() + 50 * equal.mean())
 
 
 def graph_of(edge_scores) -> list[tuple[str, str]]:

@@ -76,17 +76,21 @@ def disjoint_transfer(transfer: dict[str, dict], a: str, b: str, where: list[str
 
 
 def overlap_support(pair: dict) -> str:
-    """'supports', 'chance' or 'not measurable': the head overlap against the composition-matched
-    null, or where that null has no freedom (a circuit uses every head of its layers), the edge
-    overlap against its null."""
+    """'supports', 'chance', 'not testable' or 'not measurable': the head overlap against the
+    composition-matched null, or where that null has no freedom (a circuit uses every head of its
+    layers), the edge overlap against its null. 'not testable': even the largest overlap sets of
+    these sizes can have would not reach SUPPORT_PERCENTILE of the null (few heads, circuits that
+    hold most of them), so the test could never support sharing here."""
     heads, edges = pair.get("heads_jaccard_null"), pair.get("edges_jaccard_null")
     if heads and heads[0] != heads[2]:
-        pct = pair["heads_jaccard_percentile"]
+        what = "heads"
     elif edges and edges[0] != edges[2]:
-        pct = pair["edges_jaccard_percentile"]
+        what = "edges"
     else:
         return "not measurable"
-    return "supports" if pct >= SUPPORT_PERCENTILE else "chance"
+    if pair.get(f"{what}_jaccard_reachable", 100.0) < SUPPORT_PERCENTILE:
+        return "not testable"
+    return "supports" if pair[f"{what}_jaccard_percentile"] >= SUPPORT_PERCENTILE else "chance"
 
 
 def replication_support(replication: dict[str, dict] | None, a: str, b: str, shared: list[str]) -> dict:
@@ -153,4 +157,6 @@ def sharing_facts(data: dict, tasks: list[str], overlap_pairs: list[dict]) -> di
     for p in pairs:
         p["prompts"] = prompt_overlap(p["a"], p["b"], data["prompts"])
     return {"pairs": pairs, "measurable": [p for p in pairs if p["transfer"]["measurable"]],
-            "claimed": [p for p in pairs if p["claim"]], "replication": replication if measured else None}
+            "claimed": [p for p in pairs if p["claim"]], "replication": replication if measured else None,
+            "untestable_but_functional": [p for p in pairs if p["overlap"] == "not testable" and p["transfer"].get("transfers")
+                                          and p["replication"]["measured"] and p["replication"]["replicated"]]}
