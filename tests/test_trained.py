@@ -1,8 +1,8 @@
 """The methods find what is there (issue 13): on the model trained offline on the tasks, whose
 answer depends only on the role tokens, the analyses must show information entering at the role and
 arriving at END, a mover head attending to the role, agreement between DLA, patching, attribution
-and the circuit, and named components whose ablation collapses the task while as many random heads
-do not. Trained once per test session (conftest: trained_dir)."""
+and the circuit, and named components whose ablation hurts the task (claimed to carry it only
+against as many other heads of the same layers). Trained once per test session (conftest: trained_dir)."""
 
 import pytest
 
@@ -102,8 +102,15 @@ def test_circuit_recovers_the_target_with_few_edges(results, task):
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_ablating_the_named_movers_collapses_the_task(results, task):
-    assert carries(results[task]["movers"]["ablation"]), results[task]["movers"]
+def test_ablating_the_named_movers_hurts_the_task_and_the_claim_needs_a_layer_matched_control(results, task):
+    """Mean-ablating the named movers (layer-0 heads on this model) takes accuracy from about 1 to at
+    most 0.8, interval below 0.95 (measured: 0.58-0.63). Whether they matter more than other heads
+    is asked of as many other heads of the same layers: where the movers fill their layer there is
+    no such control, and the paper must not claim that they carry the task (summary.carries)."""
+    A = results[task]["movers"]["ablation"]
+    assert A["named"]["accuracy"] <= 0.8 and A["named"]["accuracy_ci95"][1] < 0.95, A["named"]
+    if not A["matched_control"]:
+        assert not carries(A)
 
 
 @pytest.mark.parametrize("task", ["size", "antonym"])

@@ -54,7 +54,7 @@ def wilson(k, n, z: float = Z95):
     percentile bootstrap it does not collapse at 0/n or n/n: 64/64 gives about [0.94, 1]."""
     as_tensor = isinstance(k, Tensor)
     k = torch.as_tensor(k, dtype=torch.float64, device=k.device if as_tensor else "cpu")
-    low, high = wilson_at(k / max(n, 1), torch.tensor(float(n), dtype=torch.float64), z)
+    low, high = wilson_at(k / max(n, 1), torch.tensor(float(n), dtype=torch.float64, device=k.device), z)
     return (low, high) if as_tensor else (low.item(), high.item())
 
 
