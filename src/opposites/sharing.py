@@ -118,9 +118,9 @@ def pair_verdicts(pairs: list[dict], transfer: dict[str, dict], shared: dict[tup
         t = pair_transfer(transfer, a, b, shared[(a, b)])
         rep = replication_support(replication, a, b, shared[(a, b)])
         ov = overlap_support(p)
-        claim = ov == "supports" and t.get("transfers", False) and rep["measured"] and bool(rep["replicated"])
+        functional = t.get("transfers", False) and rep["measured"] and bool(rep["replicated"])  # transfer and replication
         out.append({"a": a, "b": b, "overlap": ov, "overlap_pair": p, "transfer": t, "replication": rep,
-                    "shared": shared[(a, b)], "claim": claim})
+                    "shared": shared[(a, b)], "functional": functional, "claim": ov == "supports" and functional})
     return out
 
 
@@ -158,5 +158,4 @@ def sharing_facts(data: dict, tasks: list[str], overlap_pairs: list[dict]) -> di
         p["prompts"] = prompt_overlap(p["a"], p["b"], data["prompts"])
     return {"pairs": pairs, "measurable": [p for p in pairs if p["transfer"]["measurable"]],
             "claimed": [p for p in pairs if p["claim"]], "replication": replication if measured else None,
-            "untestable_but_functional": [p for p in pairs if p["overlap"] == "not testable" and p["transfer"].get("transfers")
-                                          and p["replication"]["measured"] and p["replication"]["replicated"]]}
+            "untestable_but_functional": [p for p in pairs if p["overlap"] == "not testable" and p["functional"]]}
