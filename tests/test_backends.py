@@ -10,7 +10,7 @@ import torch
 from opposites import models
 from opposites.core import batches
 from opposites.interventions import Intervention, head_z, mlp_out, resid_post, resid_pre, role_positions, run
-from opposites.patching import engine, exact
+from opposites.patching import engine, exact, swaps
 from opposites.patching.engine import Weights
 from opposites.prompts import make_prompts
 
@@ -103,3 +103,53 @@ def test_replacing_activations_by_given_values_agrees_on_both_backends(setup):
     torch.testing.assert_close(fast, ref, atol=TOLERANCE, rtol=0)
     clean = engine.read_logit_diff(pair.weights, run_clean["resid_final"][:, -1], d, bias)
     assert (ref - clean).abs().max() > NOT_TRIVIAL
+
+
+# ---- interchange interventions at one location: patching/swaps.py against the hooks ---------------
+
+SWAPS = {"resid_pre": lambda m: resid_pre(1), "resid_post": lambda m: resid_post(0),
+         "resid_post (last layer)": lambda m: resid_post(m.cfg.n_layers - 1), "mlp_out": lambda m: mlp_out(0),
+         "head_z": lambda m: head_z(0, 1)}
+
+
+def swap_pair(model, batch, iv: Intervention, position: str):
+    """(hooks, engine) logits (batch, n_ids) of the corrupted prompts with iv's activation at `position`
+    taken from the clean prompts, over the answer and wrong tokens."""
+    ids = torch.cat([batch.answer, batch.wrong]).unique()
+    iv = Intervention(iv.site, position, head=iv.head, basis=iv.basis)
+    positions = role_positions(batch.rows, batch.clean.device)
+    ref = run(model, batch.corrupted, batch.clean, [iv], positions, ids)
+    weights = Weights.from_bridge(model)
+    base, source = swaps.run(weights, batch.corrupted), swaps.run(weights, batch.clean)
+    index = positions[position] if position != "END" else torch.full_like(positions["END"], batch.clean.shape[1] - 1)
+    return ref, swaps.logits(weights, base, iv, swaps.value(weights, source, iv, index), index, ids)
+
+
+@pytest.mark.parametrize("position", ["END", ROLE])
+@pytest.mark.parametrize("kind", list(SWAPS))
+def test_a_swap_at_one_location_agrees_on_both_backends(setup, kind, position):
+    model, batch, _ = setup
+    ref, fast = swap_pair(model, batch, SWAPS[kind](model), position)
+    torch.testing.assert_close(fast, ref, atol=TOLERANCE, rtol=0)
+    plain = run(model, batch.corrupted, batch.clean, [], ids=torch.cat([batch.answer, batch.wrong]).unique())
+    if position == "END":  # not 0 against 0 (at the source word a late swap may not reach END)
+        assert (ref - plain).abs().max() > NOT_TRIVIAL
+
+
+def test_a_subspace_swap_per_variant_agrees_on_both_backends(setup):
+    """DAS's training forward: one basis per variant (leading axis), each equal to its own hook run."""
+    model, batch, _ = setup
+    g = torch.Generator().manual_seed(1)
+    bases = torch.stack([torch.linalg.qr(torch.randn(model.cfg.d_model, 2, generator=g, dtype=torch.float64))[0]
+                         for _ in range(3)])  # (variant, d_model, 2)
+    ids = torch.cat([batch.answer, batch.wrong]).unique()
+    positions = role_positions(batch.rows, batch.clean.device)
+    weights = Weights.from_bridge(model)
+    base, source = swaps.run(weights, batch.corrupted), swaps.run(weights, batch.clean)
+    for position in ("END", ROLE):
+        iv = resid_post(0, position, bases[:, None])  # (variant, 1, d, k): shared by the batch
+        index = positions[position] if position != "END" else torch.full_like(positions["END"], batch.clean.shape[1] - 1)
+        fast = swaps.logits(weights, base, iv, swaps.value(weights, source, iv, index), index, ids)  # (variant, batch, n_ids)
+        for v in range(len(bases)):
+            ref = run(model, batch.corrupted, batch.clean, [resid_post(0, position, bases[v])], positions, ids)
+            torch.testing.assert_close(fast[v], ref, atol=TOLERANCE, rtol=0)

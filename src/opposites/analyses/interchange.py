@@ -25,8 +25,9 @@ import torch
 from torch import Tensor
 
 from opposites.derived import largest_abs, top_abs_heads
-from opposites.interventions import (Intervention, head_z, mlp_out, resid_post, resid_pre, role_positions, run,
-                                     source_activations)
+from opposites.interventions import Intervention, head_z, mlp_out, resid_post, resid_pre, role_positions
+from opposites.patching import swaps
+from opposites.patching.engine import Weights
 from opposites.prompts import cluster_of, load_spec
 from opposites.stats import proportion_ci
 
@@ -133,15 +134,18 @@ def score(logits: Tensor, b: PairBatch) -> tuple[Tensor, Tensor]:
 def sweep(model, batches: list[PairBatch], ids: Tensor, where: list[Intervention], clusters=None) -> list[dict]:
     """IIA and graded IIA of each single-location interchange; IIA's 95% interval is Wilson's at the
     effective number of pairs given `clusters` (each pair's source word, batch order; None: pairs
-    independent)."""
+    independent). Run on the engine (patching/swaps.py; tests/test_backends.py checks it against the
+    hooks of interventions.run)."""
+    weights = Weights.from_bridge(model)
     hits, diffs = [[] for _ in where], [[] for _ in where]
     base_d, source_d = [], []
     for b in batches:
-        acts = source_activations(model, b.source, where)
-        base_d.append(score(run(model, b.base, acts, [], ids=ids), b)[1])
-        source_d.append(score(run(model, b.source, acts, [], ids=ids), b)[1])
+        base, source = swaps.run(weights, b.base), swaps.run(weights, b.source)
+        base_d.append(score(swaps.plain_logits(weights, base, ids), b)[1])
+        source_d.append(score(swaps.plain_logits(weights, source, ids), b)[1])
         for i, iv in enumerate(where):
-            hit, d = score(run(model, b.base, acts, [iv], b.positions, ids), b)
+            index = b.positions[iv.position]
+            hit, d = score(swaps.logits(weights, base, iv, swaps.value(weights, source, iv, index), index, ids), b)
             hits[i].append(hit)
             diffs[i].append(d)
     base_d, span = torch.cat(base_d), (torch.cat(source_d) - torch.cat(base_d)).double().sum().item()

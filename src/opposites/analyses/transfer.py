@@ -21,8 +21,10 @@ from itertools import groupby
 
 import torch
 
-from opposites.interventions import Intervention, head_z, mlp_out, resid_post, run, source_activations
+from opposites.interventions import Intervention, head_z, mlp_out, resid_post
 from opposites.nodes import Node
+from opposites.patching import swaps
+from opposites.patching.engine import Weights
 from opposites.prompts import cluster_of, load_spec, task_names
 from opposites.stats import proportion_ci
 
@@ -88,6 +90,7 @@ def measure(model, pairs: list[tuple[dict, dict, str]], cands: list[str], where:
     and the share that keep the base's own answer."""
     index = {w: i for i, w in enumerate(cands)}
     ids = torch.tensor([model.to_single_token(w) for w in cands], device=model.W_U.device)
+    weights = Weights.from_bridge(model)
     hits, kept = [[] for _ in where], [[] for _ in where]
     # batched by (base length, source length): no padding, END is each prompt's last token
     key = lambda p: (len(model.to_tokens(p[0]["clean"])[0]), len(model.to_tokens(p[1]["clean"])[0]), p[0]["id"])  # noqa: E731
@@ -96,17 +99,18 @@ def measure(model, pairs: list[tuple[dict, dict, str]], cands: list[str], where:
         group = list(group)
         for i in range(0, len(group), batch_size):
             chunk = group[i:i + batch_size]
-            base = model.to_tokens([b["clean"] for b, _, _ in chunk])  # (batch, base_pos)
-            acts = source_activations(model, model.to_tokens([s["clean"] for _, s, _ in chunk]), where)
-            # the source's END activation at every base position (only the base's END is patched)
-            acts = {site: a[:, -1:].expand(a.shape[0], base.shape[1], *a.shape[2:]) for site, a in acts.items()}
-            want = torch.tensor([index[e] for _, _, e in chunk], device=base.device)
-            own = torch.tensor([index[b["answer"]] for b, _, _ in chunk], device=base.device)
+            base = swaps.run(weights, model.to_tokens([b["clean"] for b, _, _ in chunk]))
+            source = swaps.run(weights, model.to_tokens([s["clean"] for _, s, _ in chunk]))
+            base_end = torch.full((len(chunk),), base["resid_final"].shape[1] - 1, device=ids.device)
+            source_end = torch.full((len(chunk),), source["resid_final"].shape[1] - 1, device=ids.device)
+            want = torch.tensor([index[e] for _, _, e in chunk], device=ids.device)
+            own = torch.tensor([index[b["answer"]] for b, _, _ in chunk], device=ids.device)
             with torch.no_grad():
-                for j, iv in enumerate(where):
-                    top = run(model, base, acts, [iv], ids=ids).argmax(-1).cpu()  # (batch,)
-                    hits[j].append(top == want)
-                    kept[j].append(top == own)
+                for j, iv in enumerate(where):  # the source's END activation into the base's END
+                    top = swaps.logits(weights, base, iv, swaps.value(weights, source, iv, source_end), base_end,
+                                       ids).argmax(-1).cpu()  # (batch,)
+                    hits[j].append(top == want.cpu())
+                    kept[j].append(top == own.cpu())
     clusters = [source_unit(s) for _, s, _ in ordered]  # the order hits are appended in
     out = []
     for iv, hit, keep in zip(where, hits, kept):
