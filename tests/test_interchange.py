@@ -275,10 +275,12 @@ def test_das_stops_when_the_loss_stops_falling():
 
 def test_das_step_cap_binds_on_gpt2_size_only():
     """max_steps: the compute cap leaves the trained model's shape (d_model 128, 4 layers) its full
-    STEPS and gives GPT-2 small's shape (768, 12) fewer, but never fewer than CHECK."""
+    STEPS even at the source word, where a step recomputes several positions; gives GPT-2 small's
+    shape (768, 12) fewer at END (one position, the layers after the first), and GPT-2 XL's
+    (1600, 48) at the source word no more than CHECK."""
     from types import SimpleNamespace as Cfg
 
-    tokens = 4 * 32 * 10  # every k x training pairs x tokens per prompt
-    assert das.max_steps(Cfg(d_model=128, d_mlp=512, n_layers=4), tokens) == das.STEPS
-    assert das.CHECK < das.max_steps(Cfg(d_model=768, d_mlp=3072, n_layers=12), tokens) < das.STEPS // 4
-    assert das.max_steps(Cfg(d_model=1600, d_mlp=6400, n_layers=48), tokens) == das.CHECK
+    at_end, at_word = 4 * 32 * 1, 4 * 32 * 6  # every k x training pairs x positions recomputed
+    assert das.max_steps(Cfg(d_model=128, d_mlp=512, n_layers=4), 4, at_word) == das.STEPS
+    assert das.CHECK < das.max_steps(Cfg(d_model=768, d_mlp=3072, n_layers=12), 11, at_end) < das.STEPS
+    assert das.max_steps(Cfg(d_model=1600, d_mlp=6400, n_layers=48), 47, at_word) == das.CHECK

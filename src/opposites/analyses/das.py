@@ -15,8 +15,9 @@ Wilson's at the pairs' effective number under that clustering (stats.proportion)
 bootstrap kept beside it (iia_bootstrap95, degenerate at 0/n and n/n). The readout is the top one of the task's candidate answers; C answers read
 out linearly from a subspace need up to C - 1 of its dimensions (the corners of a simplex), so the
 k needed tracks the number of answers, which is reported beside it (n_candidates; the answers of
-the training and held-out pairs). Built on opposites.interventions (TransformerLens hooks;
-see its docstring for why not pyvene)."""
+the training and held-out pairs). Interventions are opposites.interventions' (see its docstring for
+why not pyvene), run on the engine (patching/swaps.py: it resumes the base run at the swapped layer
+and position; tests/test_backends.py checks it against the hooks)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ from torch import Tensor, nn
 
 from opposites.analyses.interchange import (PairBatch, candidate_ids, candidates, make_pairs, pair_batches, pair_order,
                                            source_role)
-from opposites.interventions import Intervention, run, source_activations
+from opposites.interventions import Intervention
+from opposites.patching import swaps
+from opposites.patching.engine import Weights
 from opposites.prompts import cluster_of
 from opposites.stats import mean_ci, n_clusters, proportion_ci
 
@@ -37,18 +40,14 @@ KS = (1, 2, 4, 8)  # subspace dimensions
 STEPS = 150  # at most this many Adam steps, full batch
 LR = 0.02
 # Early stop: every CHECK steps, stop when the training loss (summed over k) fell by less than
-# MIN_DROP of itself since the last check. A step costs a forward and backward of every training pair
-# once per k through the model, so on a GPT-2-size model 150 steps at two points were ~900 CPU s per
-# task; a loss that has stopped improving (measured: the trained model's by ~80 steps, a random
-# model's at once) ends the search there. benchmarks/README.md has the figures.
+# MIN_DROP of itself since the last check (the trained model's loss flattens by ~80 steps, a random
+# model's at once).
 CHECK = 10
 MIN_DROP = 0.001
 # And a compute cap per location: at most FLOP_BUDGET matmul FLOPs of training (forward and backward,
-# ~6 x block parameters x tokens a step), so the cost stops growing with the model: measured on
-# random:gpt2 (GPT-2 small's shape), a random model's loss at the source word kept falling for 91
-# steps (3.3 CPU s each) with held-out IIA 0; the cap allows 19 steps there and never binds on the
-# trained model (d_model 128: a step is ~100x cheaper).
-FLOP_BUDGET = 1e13
+# ~6 x block parameters x the positions a step recomputes), so the cost stops growing with the model.
+# It binds only on GPT-2-size models at the source word's position (benchmarks/README.md).
+FLOP_BUDGET = 2e12
 RANDOM_DRAWS = 5  # random subspaces per k
 
 
@@ -103,11 +102,17 @@ def fit_subspaces(logits_of: Callable[[Tensor], Tensor], target: Tensor, d: int,
     return [r.weight.T.detach() for r in rotations]
 
 
-def max_steps(cfg, tokens: int) -> int:
-    """Steps that FLOP_BUDGET allows when each step runs `tokens` tokens forward and backward through
-    every block of a model with config cfg (at least CHECK, at most STEPS)."""
+def max_steps(cfg, layers: int, tokens: int) -> int:
+    """Steps that FLOP_BUDGET allows when each step runs `tokens` token positions forward and
+    backward through `layers` blocks of a model with config cfg (at least CHECK, at most STEPS)."""
     block = 4 * cfg.d_model ** 2 + 2 * cfg.d_model * cfg.d_mlp  # attention and MLP weights
-    return max(CHECK, min(STEPS, int(FLOP_BUDGET // (6 * cfg.n_layers * block * tokens))))
+    return max(CHECK, min(STEPS, int(FLOP_BUDGET // (6 * layers * block * tokens))))
+
+
+def swapped_tokens(batches: list[PairBatch], position: str) -> int:
+    """Token positions a swap at `position` recomputes per variant: each batch from its earliest
+    swapped position to its end (patching/swaps.py resumes there)."""
+    return sum(len(b.base) * (b.base.shape[1] - int(b.positions[position].min())) for b in batches)
 
 
 def random_basis(d: int, k: int, generator: torch.Generator, dtype=torch.float32) -> Tensor:
@@ -135,24 +140,21 @@ def das_at(model, train: list[PairBatch], test: list[PairBatch], ids: Tensor, si
            seed: int, clusters: list[str]) -> dict:
     """DAS for every k at one location, with the random and full-interchange controls; clusters:
     the held-out pairs' word clusters in batch order."""
+    weights = Weights.from_bridge(model)
     where = Intervention(site, position)
-    acts = {id(b): source_activations(model, b.source, [where]) for b in train + test}
-    d = next(iter(acts.values()))[site].shape[-1]
-    dtype = next(iter(acts.values()))[site].dtype
+    runs = {id(b): (swaps.run(weights, b.base), swaps.run(weights, b.source)) for b in train + test}
+    sources = {id(b): swaps.value(weights, runs[id(b)][1], where, b.positions[position]) for b in train + test}  # (batch, d)
+    d, dtype = weights.W_U.shape[0], weights.W_U.dtype
+
+    def swapped(basis: Tensor | None, b: PairBatch) -> Tensor:  # (..., batch, candidates)
+        iv = Intervention(site, position, basis=basis)
+        return swaps.logits(weights, runs[id(b)][0], iv, sources[id(b)], b.positions[position], ids)
 
     def logits_of(basis: Tensor | None, batches: list[PairBatch]) -> Tensor:  # (pairs, candidates)
-        iv = Intervention(site, position, basis=basis)
-        return torch.cat([run(model, b.base, acts[id(b)], [iv], b.positions, ids) for b in batches])
+        return torch.cat([swapped(basis, b) for b in batches])
 
     def stacked_logits(bases: Tensor) -> Tensor:  # bases (n_k, d, max k) -> (n_k, pairs, candidates)
-        n_k, out = len(bases), []
-        for b in train:  # the batch repeated once per k, each copy with its own basis
-            n = len(b.base)
-            iv = Intervention(site, position, basis=bases.repeat_interleave(n, 0))  # (n_k * n, d, max k)
-            rep = {key: v.repeat(n_k, *[1] * (v.dim() - 1)) for key, v in acts[id(b)].items()}
-            pos = {role: v.repeat(n_k) for role, v in b.positions.items()}
-            out.append(run(model, b.base.repeat(n_k, 1), rep, [iv], pos, ids).view(n_k, n, -1))
-        return torch.cat(out, 1)
+        return torch.cat([swapped(bases[:, None], b) for b in train], 1)  # each k's basis shared by its batch
 
     def hits(basis: Tensor | None, batches: list[PairBatch]) -> Tensor:
         return (logits_of(basis, batches).argmax(-1) == torch.cat([b.source_answer for b in batches])).cpu()
@@ -162,7 +164,7 @@ def das_at(model, train: list[PairBatch], test: list[PairBatch], ids: Tensor, si
     ks = tuple(k for k in KS if k < d)
     full = hits(None, test)
     per_k, trace = [], []
-    steps = max_steps(model.cfg, len(ks) * sum(b.base.numel() for b in train))
+    steps = max_steps(model.cfg, model.cfg.n_layers - where.layer, len(ks) * swapped_tokens(train, position))
     for k, basis in zip(ks, fit_subspaces(stacked_logits, target, d, ks, seed, dtype, ids.device, steps, trace=trace)):
         draws = [hits(random_basis(d, k, generator, dtype).to(ids.device), test).double().mean().item()
                  for _ in range(RANDOM_DRAWS)]
@@ -171,7 +173,7 @@ def das_at(model, train: list[PairBatch], test: list[PairBatch], ids: Tensor, si
                       "minus_full": paired(learned, full, clusters, seed),
                       "random_iia_mean": sum(draws) / len(draws), "random_iia_max": max(draws)})
     return {"site": site, "position": position, "layer": where.layer, "d": d, "full": iia(full, clusters, seed),
-            "steps": len(trace), "max_steps": steps, "k": per_k}
+            "steps": len(trace), "max_steps": steps, "capped": steps < STEPS and len(trace) == steps, "k": per_k}
 
 
 def batch_clusters(pairs: list[tuple[dict, dict]]) -> list[str]:

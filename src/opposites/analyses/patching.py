@@ -41,11 +41,15 @@ class Sweep:
         return _tree(lambda t: exact.normalise(t.double(), c, k), self.patched)
 
 
+def prompts_key(rows: list[dict]) -> tuple:
+    return tuple((r["clean"], r["corrupted"]) for r in rows)
+
+
 def prepared_pairs(model, rows: list[dict], batch_size: int, patch_direction: str,
                    cache: JobCache | None = None) -> list[exact.Pair]:
     """The prompts' batches with their clean and corrupted runs, prepared once per job (the job's
     cache holds them for the stage's next analysis of the same prompts)."""
-    key = (tuple((r["clean"], r["corrupted"]) for r in rows), batch_size, patch_direction)
+    key = (prompts_key(rows), batch_size, patch_direction)
     return shared(cache, "patch_pairs", key, lambda: list(exact.batches_of_pairs(
         model, batches(model, rows, batch_size, desc="patching runs"), patch_direction)))
 
@@ -82,11 +86,25 @@ def table(patched: Tensor, sweep: Sweep, axes: dict[str, list], seed: int, clust
     return df.assign(n=est.n, normaliser_ok=bool(normaliser.excludes_zero()))
 
 
-def patch_resid(model, rows, batch_size, patch_direction: str, seed: int, cache: JobCache | None = None) -> pd.DataFrame:
+def resid_sweep(model, rows, batch_size, patch_direction: str, cache: JobCache | None = None) -> Sweep:
+    """The residual stream patched before each layer at each role (patch_resid; patch_directions
+    reuses it through the job's cache)."""
     roles = patch_roles(rows)
-    s = dataset_sweep(model, rows, batch_size, patch_direction,
-                      lambda pair: exact.resid_pre_by_role(pair, exact.role_masks(pair, roles)), cache=cache)
-    return table(s.patched, s, {"layer": list(range(model.cfg.n_layers)), "role": roles}, seed, prompt_clusters(rows))
+    return shared(cache, "resid_sweep", (prompts_key(rows), batch_size, patch_direction), lambda: dataset_sweep(
+        model, rows, batch_size, patch_direction,
+        lambda pair: exact.resid_pre_by_role(pair, exact.role_masks(pair, roles)), cache=cache))
+
+
+def z_sweep(model, rows, batch_size, patch_direction: str, cache: JobCache | None = None) -> Sweep:
+    """Every head's output patched over all positions (patch_heads; patch_directions reuses it)."""
+    return shared(cache, "z_sweep", (prompts_key(rows), batch_size, patch_direction), lambda: dataset_sweep(
+        model, rows, batch_size, patch_direction, lambda pair: exact.head_all_pos(pair, "z"), cache=cache))
+
+
+def patch_resid(model, rows, batch_size, patch_direction: str, seed: int, cache: JobCache | None = None) -> pd.DataFrame:
+    s = resid_sweep(model, rows, batch_size, patch_direction, cache)
+    return table(s.patched, s, {"layer": list(range(model.cfg.n_layers)), "role": patch_roles(rows)}, seed,
+                 prompt_clusters(rows))
 
 
 def patch_layers(model, rows, batch_size, patch_direction: str, seed: int, cache: JobCache | None = None) -> pd.DataFrame:
@@ -111,7 +129,7 @@ def patch_heads(model, rows, batch_size, patch_direction: str, seed: int, cache:
     pattern patched for the QKV_HEADS heads whose output matters most (largest |z| effect): what the
     paper reads of them (the top heads' routes; the attribution-vs-exact comparison). Attribution
     patching (patch_attribution) estimates all five for every head."""
-    z = dataset_sweep(model, rows, batch_size, patch_direction, lambda pair: exact.head_all_pos(pair, "z"), cache=cache)
+    z = z_sweep(model, rows, batch_size, patch_direction, cache)
     clusters = prompt_clusters(rows)
     z_table = table(z.patched, z, _heads(model), seed, clusters).assign(activation="z")
     heads = top_patched_heads(z_table, QKV_HEADS)
@@ -150,8 +168,8 @@ def patch_directions(model, rows, batch_size, patch_direction: str, seed: int, c
     ci_low, ci_high, p_value, n, normaliser_ok."""
     parts = []
     for direction in sorted(exact.RUNS, key=lambda d: d != patch_direction):
-        resid = patch_resid(model, rows, batch_size, direction, seed).assign(kind="resid", head=-1)
-        z = dataset_sweep(model, rows, batch_size, direction, lambda pair: exact.head_all_pos(pair, "z"), cache=cache)
+        resid = patch_resid(model, rows, batch_size, direction, seed, cache).assign(kind="resid", head=-1)
+        z = z_sweep(model, rows, batch_size, direction, cache)
         heads = table(z.patched, z, _heads(model), seed, prompt_clusters(rows)).assign(kind="z", role="")
         parts += [effect(df, direction).assign(direction=direction) for df in (resid, heads)]
     return pd.concat(parts, ignore_index=True)[["kind", "layer", "role", "head", "direction", "value", "ci_low",
