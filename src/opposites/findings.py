@@ -150,7 +150,8 @@ def keys(data: dict, task: str, heads: list[str]) -> dict | None:
         out.append({**entry, "attention": found[1], "attention_ci95": found[2]})
     roles = {e["role"] for e in out}
     return {"heads": out, "task": [t for t in res["task"] if t["role"] in roles], "n_prompts": res["n_prompts"],
-            "n_clusters": res["n_clusters"], "unit": res["unit"]}
+            "n_clusters": res["n_clusters"], "unit": res["unit"], "clean_logit_diff": res["clean_logit_diff"],
+            "clean_logit_diff_ci95": res["clean_logit_diff_ci95"]}
 
 
 def das_status(interchange: dict | None) -> str | None:
