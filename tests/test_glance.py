@@ -56,8 +56,14 @@ def facts(recovered_ci, end_ci, does_task=True):
                            {"method": "EAP-IG", "how": "top", "held_out": held_out}],
                "edges": [{"src": "embed", "dst": "0.1.v", "score": 0.5}, {"src": "0.1", "dst": "MLP 0", "score": 0.4},
                          {"src": "MLP 0", "dst": "logits", "score": 0.9}]}
-    end = {"label": "after layer 0", "site": "blocks.0.hook_resid_post", "iia": 0.95, "iia_ci95": end_ci}
-    interchange = {"sweep": {"best_end": end, "n_pairs": 64}, "end_carries": end_ci[0] > 0.5, "role_left": True,
+    end = {"label": "after layer 0", "site": "blocks.0.hook_resid_post", "iia": 0.95, "iia_ci95": end_ci,
+           "kind": "resid_post", "layer": 0, "position": "END"}
+    locations = [{"label": "before layer 0", "kind": "resid_pre", "layer": 0, "position": "END", "iia": 0.0, "iia_ci95": [0.0, 0.06]},
+                 end, {"label": "head 0.1", "kind": "z", "layer": 0, "position": "END", "iia": 0.1, "iia_ci95": [0.0, 0.2]},
+                 {"label": "MLP 0", "kind": "mlp_out", "layer": 0, "position": "END", "iia": 0.9, "iia_ci95": [0.8, 1.0]},
+                 {"label": "MLP 1", "kind": "mlp_out", "layer": 1, "position": "END", "iia": 0.0, "iia_ci95": [0.0, 0.06]}]
+    interchange = {"sweep": {"best_end": end, "n_pairs": 64, "locations": locations}, "end_carries": end_ci[0] > 0.5,
+                   "role_left": True, "das_testable": True,
                    "das_k": {"k": 4, "iia": 0.9, "iia_ci95": [0.8, 1.0]}, "n_candidates": 12}
     return {"baseline": {"t": baseline}, "circuit": {"t": circuit}}, interchange
 
@@ -103,3 +109,20 @@ def test_second_corruption_names_heads_that_matter_more_under_it():
     data["patch_heads"]["t"] = main.assign(normaliser_ok=False)  # the main maps are not interpreted: no comparison
     assert second_corruption_facts(data, "t")["more_here"] == []
     assert second_corruption_facts({"patch_heads": {"t": main}}, "t") is None
+
+
+def test_glance_names_the_tied_head_set_das_state_and_arrival():
+    data, ic = facts([0.7, 0.9], [0.9, 1.0])
+    share = lambda h, v, lo, hi: {"sender": h, "receiver": "MLP 0", "input": "", "value": v, "ci_low": lo, "ci_high": hi}  # noqa: E731
+    shares = [share("0.0", 0.08, 0.05, 0.11), share("0.1", 0.21, 0.15, 0.27), share("0.2", 0.24, 0.19, 0.30)]
+    data["path_set"] = {"t": {"path": ["embed", "0.1.v", "0.1", "MLP 0", "logits"], "n_prompts": 64,
+                              "edges": [{"sender": "0.1", "reader": "MLP 0", "shares": shares, "tied": ["0.2", "0.1"]}]}}
+    g = glance(data, "t", ic)
+    assert g["head_sets"][0]["tied"] == ["0.2", "0.1"] and [x["head"] for x in g["head_sets"][0]["shares"]] == ["0.2", "0.1", "0.0"]
+    assert g["das_status"] == "found"
+    assert g["arrival"]["before"]["label"] == "before layer 0"
+    assert [x["label"] for x in g["arrival"]["parts"]] == ["head 0.1", "MLP 0"]  # the located layer's outputs only
+    assert glance(data, "t", {**ic, "das_k": None})["das_status"] == "none"
+    assert glance(data, "t", {**ic, "das_k": None, "das_testable": False})["das_status"] == "not testable"
+    data["path_set"]["t"]["path"] = ["embed", "0.2.v", "0.2", "MLP 0", "logits"]  # another path's set
+    assert glance(data, "t", ic)["head_sets"] is None

@@ -5,6 +5,7 @@ recovery. The prose (summary.py) and the glance table (tables.py) state them."""
 from __future__ import annotations
 
 from opposites.derived import MIN_CLUSTERS, head_label
+from opposites.prompts import load_spec
 from opposites.widest import widest_path
 
 
@@ -42,6 +43,7 @@ def glance(data: dict, task: str, interchange: dict | None) -> dict:
     named = movers + [h for s in sets or [] for h in s["tied"]] + [h["head"] for h in (second or {}).get("heads", [])]
     return {"task": task, "does_task": base["does_task"], "accuracy": base["accuracy"],
             "head_sets": sets, "keys": keys(data, task, named), "io_heads": second, "das_status": das_status(interchange),
+            "arrival": arrival(interchange),
             "accuracy_ci95": base["accuracy_ci95"], "n_prompts": base["n_prompts"],
             "path": path[0] if path and supported else None, "path_weakest_score": path[1] if path and supported else None,
             "path_edges": path_edges, "path_n_prompts": paths["n_prompts"] if path_edges else None,
@@ -175,4 +177,22 @@ def io_heads(data: dict, task: str) -> dict | None:
     heads = sorted((r for r in facts["heads"] if r["ci_low"] > 0), key=lambda r: -r["value"])
     named = [{"head": head_label(r["layer"], r["head"]), "share": r["value"], "ci95": [r["ci_low"], r["ci_high"]],
               "reads": end_role(data, task, head_label(r["layer"], r["head"]))} for r in heads]
-    return {"corruption": facts["corruption"], "role": facts["role"], "n": facts["n"], "heads": named}
+    return {"corruption": facts["corruption"], "role": facts["role"], "n": facts["n"], "heads": named,
+            "main_corruption": load_spec(task)["corruption"]}
+
+
+def arrival(interchange: dict | None) -> dict | None:
+    """How the source word's identity arrives at END's located point (interchange): END's point one
+    step earlier (after the previous layer, or before layer 0) with its IIA and interval, and each
+    head or MLP output of the located layer that the sweep tested at END alone, with its IIA and
+    interval; None where END is not located."""
+    if not interchange or not interchange["end_carries"]:
+        return None
+    sweep, best = interchange["sweep"], interchange["sweep"]["best_end"]
+    at_end = [loc for loc in sweep["locations"] if loc["position"] == "END"]
+    before = next((loc for loc in at_end if loc["kind"] == "resid_post" and loc["layer"] == best["layer"] - 1), None) \
+        or next((loc for loc in at_end if loc["kind"] == "resid_pre" and loc["layer"] == 0), None)
+    parts = [loc for loc in at_end if loc["kind"] in ("z", "mlp_out") and loc["layer"] == best["layer"]]
+    pick = lambda loc: {"label": loc["label"], "iia": loc["iia"], "iia_ci95": loc["iia_ci95"]}  # noqa: E731
+    return {"before": pick(before) if before and before is not best else None, "parts": [pick(p) for p in parts],
+            "n_pairs": sweep["n_pairs"]}
