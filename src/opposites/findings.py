@@ -8,6 +8,8 @@ from opposites.derived import MIN_CLUSTERS, head_label
 from opposites.prompts import load_spec
 from opposites.widest import widest_path
 
+K_IO_HEADS = 4  # second corruption: the heads named, largest restoring share first
+
 
 def paper_circuit_row(circuit: dict) -> dict:
     """The paper's circuit's row among the methods compared at one size (its held-out numbers)."""
@@ -42,7 +44,7 @@ def glance(data: dict, task: str, interchange: dict | None) -> dict:
     second = io_heads(data, task)
     named = movers + [h for s in sets or [] for h in s["tied"]] + [h["head"] for h in (second or {}).get("heads", [])]
     return {"task": task, "does_task": base["does_task"], "accuracy": base["accuracy"],
-            "head_sets": sets, "keys": keys(data, task, named), "io_heads": second, "das_status": das_status(interchange),
+            "head_sets": sets, "keyed": keys(data, task, named), "io_heads": second, "das_status": das_status(interchange),
             "arrival": arrival(interchange),
             "accuracy_ci95": base["accuracy_ci95"], "n_prompts": base["n_prompts"],
             "path": path[0] if path and supported else None, "path_weakest_score": path[1] if path and supported else None,
@@ -138,8 +140,10 @@ def end_role(data: dict, task: str, head: str) -> tuple[str, float, list[float]]
 def keys(data: dict, task: str, heads: list[str]) -> dict | None:
     """What the named heads key on (analysis shift): per head, the role it attends to most from END
     and its shift entries there (before, after, swap where the templates allow it, each with new
-    minus old position attention and its interval), and the task's logit difference under each
-    shift of that role; None without the shift results."""
+    minus old position attention and its interval), whether the model still does the task on the
+    shifted prompts (accuracy's interval above one half, as baseline's does_task: shifts_read for
+    before and after together, swap_read), and the task's logit difference under each shift of
+    that role; None without the shift results."""
     res = data.get("shift", {}).get(task)
     if res is None:
         return None
@@ -149,7 +153,9 @@ def keys(data: dict, task: str, heads: list[str]) -> dict | None:
         if found is None:
             continue
         entry = next(e for e in res["heads"] if e["head"] == head and e["role"] == found[0])
-        out.append({**entry, "attention": found[1], "attention_ci95": found[2]})
+        read = {t["shift"]: t["accuracy_ci95"][0] > 0.5 for t in res["task"] if t["role"] == found[0]}
+        out.append({**entry, "attention": found[1], "attention_ci95": found[2],
+                    "shifts_read": read["before"] and read["after"], "swap_read": read.get("swap", False)})
     roles = {e["role"] for e in out}
     return {"heads": out, "task": [t for t in res["task"] if t["role"] in roles], "n_prompts": res["n_prompts"],
             "n_clusters": res["n_clusters"], "unit": res["unit"], "clean_logit_diff": res["clean_logit_diff"],
@@ -169,12 +175,12 @@ def das_status(interchange: dict | None) -> str | None:
 
 def io_heads(data: dict, task: str) -> dict | None:
     """The second corruption's heads (analysis patch_second) whose output patching restores an
-    interval excluding 0, largest first, each with the role it attends to most from END; None where
+    interval excluding 0, the K_IO_HEADS largest, each with the role it attends to most from END; None where
     the task has no second corruption."""
     facts = data.get("patch_second", {}).get(task)
     if facts is None:
         return None
-    heads = sorted((r for r in facts["heads"] if r["ci_low"] > 0), key=lambda r: -r["value"])
+    heads = sorted((r for r in facts["heads"] if r["ci_low"] > 0), key=lambda r: -r["value"])[:K_IO_HEADS]
     named = [{"head": head_label(r["layer"], r["head"]), "share": r["value"], "ci95": [r["ci_low"], r["ci_high"]],
               "reads": end_role(data, task, head_label(r["layer"], r["head"]))} for r in heads]
     return {"corruption": facts["corruption"], "role": facts["role"], "n": facts["n"], "heads": named,

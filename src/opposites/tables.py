@@ -442,13 +442,14 @@ def movers_shift(data: dict, tasks: list[str]) -> str:
 
     rows = []
     for task in tasks:
-        k = mechanism_glance(data, task, interchange_facts(data, task))["keys"]
+        k = mechanism_glance(data, task, interchange_facts(data, task))["keyed"]
         for e in (k or {}).get("heads", []):
             for how in ("before", "after", "swap"):
                 if how not in e:
                     continue
                 s, ld = e[how], next(t for t in k["task"] if t["role"] == e["role"] and t["shift"] == how)
-                verdict = e["swap_keys_on"] if how == "swap" else e["keys_on"]
+                read = e["swap_read"] if how == "swap" else e["shifts_read"]
+                verdict = (e["swap_keys_on"] if how == "swap" else e["keys_on"]) if read else "not tested: task broken"
                 rows.append([tex_escape(task), e["head"], tex_escape(e["role"]) + f" {fmt(e['attention'])}",
                              how + (f" ({tex_escape(e['partner'])})" if how == "swap" else ""), fmt(s["new"]), fmt(s["old"]),
                              fmt_ci(s["follows"], s["follows_ci95"]), tex_escape(verdict),
