@@ -126,3 +126,26 @@ def test_glance_names_the_tied_head_set_das_state_and_arrival():
     assert glance(data, "t", {**ic, "das_k": None, "das_testable": False})["das_status"] == "not testable"
     data["path_set"]["t"]["path"] = ["embed", "0.2.v", "0.2", "MLP 0", "logits"]  # another path's set
     assert glance(data, "t", ic)["head_sets"] is None
+
+
+def test_key_tests_read_the_role_each_head_attends_and_only_shifts_the_model_still_reads():
+    import pandas as pd
+
+    from opposites.findings import io_heads, keys
+
+    att = pd.DataFrame([{"layer": 0, "head": 1, "dest_role": "END", "src_role": r, "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1}
+                        for r, v in [("IO", 0.3), ("S1", 0.6), ("BOS", 0.9), ("other", 0.9)]])
+    entry = lambda role: {"head": "0.1", "role": role, "keys_on": "content", "before": {}, "after": {}}  # noqa: E731
+    task = lambda role, how, low: {"role": role, "shift": how, "accuracy_ci95": [low, 1.0]}  # noqa: E731
+    shift = {"heads": [entry("IO"), entry("S1")], "n_prompts": 8, "n_clusters": 4, "unit": "source word",
+             "clean_logit_diff": 1.0, "clean_logit_diff_ci95": [0.5, 1.5],
+             "task": [task("S1", "before", 0.9), task("S1", "after", 0.3), task("S1", "swap", 0.9), task("IO", "before", 0.9)]}
+    k = keys({"attention": {"t": att}, "shift": {"t": shift}}, "t", ["0.1", "0.1"])
+    assert [(e["head"], e["role"]) for e in k["heads"]] == [("0.1", "S1")]  # the role it reads most, once
+    assert not k["heads"][0]["shifts_read"] and k["heads"][0]["swap_read"]  # 'after' breaks the task
+    assert {t["role"] for t in k["task"]} == {"S1"}
+    heads = [{"layer": 0, "head": h, "value": v, "ci_low": lo, "ci_high": 1.0} for h, v, lo in
+             [(0, 0.1, 0.05), (1, 0.5, 0.4), (2, 0.3, -0.1), (3, 0.2, 0.1), (4, 0.05, 0.01), (5, 0.4, 0.3)]]
+    second = {"corruption": "IO replaced", "role": "IO", "n": 8, "heads": heads}
+    got = io_heads({"patch_second": {"ioi": second}, "attention": {"ioi": att}}, "ioi")
+    assert [h["head"] for h in got["heads"]] == ["0.1", "0.5", "0.3", "0.0"]  # intervals above 0, the four largest
