@@ -122,6 +122,7 @@ def test_glance_names_the_tied_head_set_das_state_and_arrival():
     assert g["das_status"] == "found"
     assert g["arrival"]["before"]["label"] == "before layer 0"
     assert [x["label"] for x in g["arrival"]["parts"]] == ["head 0.1", "MLP 0"]  # the located layer's outputs only
+    assert g["arrival"]["carriers"] == ["MLP 0"]  # interval above one half
     assert glance(data, "t", {**ic, "das_k": None})["das_status"] == "none"
     assert glance(data, "t", {**ic, "das_k": None, "das_testable": False})["das_status"] == "not testable"
     data["path_set"]["t"]["path"] = ["embed", "0.2.v", "0.2", "MLP 0", "logits"]  # another path's set
