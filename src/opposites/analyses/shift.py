@@ -100,17 +100,23 @@ def followed(r: dict[str, Tensor], shift: str) -> Tensor:
     return moved if shift != "swap" else moved * torch.sign(r["clean"] - r["rival"])
 
 
-def role_shift(model, rows: list[dict], batch_size: int, role: str, shift: str, partner: str | None = None) -> dict[str, Tensor]:
+def clean_runs(model, rows: list[dict], batch_size: int) -> list[tuple[Tensor, Tensor]]:
+    """Per batch (batches() order), the clean prompts' END attention and last logits (end_attention),
+    computed once for every role and shift."""
+    return [end_attention(model, b.clean) for b in batches(model, rows, batch_size, desc="clean")]
+
+
+def role_shift(model, rows: list[dict], batch_size: int, role: str, shift: str, partner: str | None,
+               clean_run: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
     """Per prompt (batch order): every head's attention from END to the word's new and old positions
     on the shifted prompt and to the word on the clean one (layer, head, prompt), and the logit
     difference on the shifted and the clean prompt (prompt,); rival: the clean attention to the
-    partner's position (shift "swap": the word exchanged with the partner role's)."""
+    partner's position (shift "swap": the word exchanged with the partner role's); clean_run: clean_runs()."""
     new, old, clean, rival, ld, ld_clean = [], [], [], [], [], []
-    for b in batches(model, rows, batch_size, desc=f"shift {role} {shift}"):
+    for b, (pattern_clean, last_clean) in zip(batches(model, rows, batch_size, desc=f"shift {role} {shift}"), clean_run):
         moved = [swapped(t, r["positions"][role], r["positions"][partner]) if shift == "swap"
                  else shifted(t, r["positions"][role], shift) for t, r in zip(b.clean, b.rows)]
         pattern, last = end_attention(model, torch.stack([m[0] for m in moved]))  # (batch, layer, head, key)
-        pattern_clean, last_clean = end_attention(model, b.clean)
         idx = torch.arange(len(moved))
         new.append(pattern[idx, :, :, [m[1] for m in moved]])  # (batch, layer, head)
         old.append(pattern[idx, :, :, [m[2] for m in moved]])
@@ -130,10 +136,11 @@ def shift(model, rows: list[dict], batch_size: int, seed: int) -> dict:
     heads, task = [], []
     roles = load_spec(rows[0]["task"])["roles"]
     partners = swap_partners(rows, roles)
+    clean = clean_runs(model, rows, batch_size)
     for role in roles:
         per_shift = {}
         for how in SHIFTS + (("swap",) if role in partners else ()):
-            r = role_shift(model, rows, batch_size, role, how, partners.get(role))
+            r = role_shift(model, rows, batch_size, role, how, partners.get(role), clean)
             new, old, follows = (mean_ci(x, seed, clusters=clusters) for x in (r["new"], r["old"], followed(r, how)))
             per_shift[how] = (new, old, follows)
             acc, ld, change = (proportion(r["ld"] > 0, clusters), mean_ci(r["ld"], seed, clusters=clusters),
@@ -141,11 +148,11 @@ def shift(model, rows: list[dict], batch_size: int, seed: int) -> dict:
             task.append({"role": role, "shift": how, "partner": partners.get(role) if how == "swap" else None, "accuracy": _ci(acc)[0], "accuracy_ci95": _ci(acc)[1],
                          "logit_diff": _ci(ld)[0], "logit_diff_ci95": _ci(ld)[1],
                          "change": _ci(change)[0], "change_ci95": _ci(change)[1]})
-        clean = mean_ci(r["clean"], seed, clusters=clusters)
+        at_word = mean_ci(r["clean"], seed, clusters=clusters)
         for l in range(L):
             for h in range(H):
                 entry = {"head": head_label(l, h), "layer": l, "index": h, "role": role,
-                         "clean": _ci(clean, l, h)[0], "clean_ci95": _ci(clean, l, h)[1]}
+                         "clean": _ci(at_word, l, h)[0], "clean_ci95": _ci(at_word, l, h)[1]}
                 for how, (new, old, follows) in per_shift.items():
                     entry[how] = {"new": _ci(new, l, h)[0], "new_ci95": _ci(new, l, h)[1],
                                   "old": _ci(old, l, h)[0], "old_ci95": _ci(old, l, h)[1],
