@@ -10,10 +10,11 @@ In both shifts the old position holds the inserted copy and the new one the word
 keyed on the word's content follows it in both. Where the task's templates put two roles in either
 order (IOI: IO and S1), a third test swaps the two words within each prompt, which gives a prompt of
 the other order with the same answer: a head keyed on content follows its word to the partner's
-position, one keyed on position stays with the old position, now holding the partner's word. Per head, role and shift: mean attention from END
-to the word's new position and to the old one and their difference (paired per prompt), with 95%
-cluster-bootstrap intervals over source words (the unit of resampling); per role and shift, the
-task's logit difference (answer minus wrong) on the shifted prompts and its change from the clean
+position, one keyed on position stays with the old position, now holding the partner's word.
+Per head, role and shift: mean attention from END to the word's new position and to the old one
+and their difference (paired per prompt), with 95% cluster-bootstrap intervals over the task's word
+clusters (prompts.cluster_of, the unit of resampling); per role and shift, the task's logit
+difference (answer minus wrong) on the shifted prompts and its change from the clean
 prompts, and accuracy, since attention on prompts the model no longer reads says little."""
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import Tensor
 
 from opposites.core import batches, logit_diff, prompt_clusters
 from opposites.derived import head_label
-from opposites.prompts import load_spec
+from opposites.prompts import CLUSTER_UNIT, load_spec
 from opposites.stats import mean_ci, proportion
 
 SHIFTS = ("before", "after")
@@ -49,12 +50,11 @@ def swapped(tokens: Tensor, pos: int, partner: int) -> tuple[Tensor, int, int]:
 def swap_partners(rows: list[dict], roles: list[str]) -> dict[str, str]:
     """Each role whose position some template gives to another role that, in that template, sits at
     the first role's position (the templates put the two in either order): role -> partner."""
-    layouts = {tuple(sorted(r["positions"].items())) for r in rows}
+    layouts = [dict(x) for x in {tuple(sorted(r["positions"].items())) for r in rows}]
     out = {}
     for a in roles:
         for b in roles:
-            at = [dict(x) for x in layouts]
-            if a != b and any(x[a] == y[b] and x[b] == y[a] for x in at for y in at):
+            if a != b and any(x[a] == y[b] and x[b] == y[a] for x in layouts for y in layouts):
                 out.setdefault(a, b)
     return out
 
@@ -134,7 +134,8 @@ def shift(model, rows: list[dict], batch_size: int, seed: int) -> dict:
     clusters = prompt_clusters(rows)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     heads, task = [], []
-    roles = load_spec(rows[0]["task"])["roles"]
+    spec = load_spec(rows[0]["task"])
+    roles = spec["roles"]
     partners = swap_partners(rows, roles)
     clean = clean_runs(model, rows, batch_size)
     for role in roles:
@@ -145,7 +146,8 @@ def shift(model, rows: list[dict], batch_size: int, seed: int) -> dict:
             per_shift[how] = (new, old, follows)
             acc, ld, change = (proportion(r["ld"] > 0, clusters), mean_ci(r["ld"], seed, clusters=clusters),
                                mean_ci(r["ld"] - r["ld_clean"], seed, clusters=clusters))
-            task.append({"role": role, "shift": how, "partner": partners.get(role) if how == "swap" else None, "accuracy": _ci(acc)[0], "accuracy_ci95": _ci(acc)[1],
+            task.append({"role": role, "shift": how, "partner": partners.get(role) if how == "swap" else None,
+                         "accuracy": _ci(acc)[0], "accuracy_ci95": _ci(acc)[1],
                          "logit_diff": _ci(ld)[0], "logit_diff_ci95": _ci(ld)[1],
                          "change": _ci(change)[0], "change_ci95": _ci(change)[1]})
         at_word = mean_ci(r["clean"], seed, clusters=clusters)
@@ -162,6 +164,6 @@ def shift(model, rows: list[dict], batch_size: int, seed: int) -> dict:
                     entry["swap_keys_on"], entry["partner"] = keys_on(entry["swap"], None), partners[role]
                 heads.append(entry)
     ld_clean = mean_ci(r["ld_clean"], seed, clusters=clusters)
-    return {"n_prompts": len(rows), "n_clusters": len(set(clusters)), "unit": "source word",
+    return {"n_prompts": len(rows), "n_clusters": len(set(clusters)), "unit": CLUSTER_UNIT[spec["family"]],
             "clean_logit_diff": _ci(ld_clean)[0], "clean_logit_diff_ci95": _ci(ld_clean)[1],
             "heads": heads, "task": task}
