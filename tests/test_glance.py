@@ -56,8 +56,14 @@ def facts(recovered_ci, end_ci, does_task=True):
                            {"method": "EAP-IG", "how": "top", "held_out": held_out}],
                "edges": [{"src": "embed", "dst": "0.1.v", "score": 0.5}, {"src": "0.1", "dst": "MLP 0", "score": 0.4},
                          {"src": "MLP 0", "dst": "logits", "score": 0.9}]}
-    end = {"label": "after layer 0", "site": "blocks.0.hook_resid_post", "iia": 0.95, "iia_ci95": end_ci}
-    interchange = {"sweep": {"best_end": end, "n_pairs": 64}, "end_carries": end_ci[0] > 0.5, "role_left": True,
+    end = {"label": "after layer 0", "site": "blocks.0.hook_resid_post", "iia": 0.95, "iia_ci95": end_ci,
+           "kind": "resid_post", "layer": 0, "position": "END"}
+    locations = [{"label": "before layer 0", "kind": "resid_pre", "layer": 0, "position": "END", "iia": 0.0, "iia_ci95": [0.0, 0.06]},
+                 end, {"label": "head 0.1", "kind": "z", "layer": 0, "position": "END", "iia": 0.1, "iia_ci95": [0.0, 0.2]},
+                 {"label": "MLP 0", "kind": "mlp_out", "layer": 0, "position": "END", "iia": 0.9, "iia_ci95": [0.8, 1.0]},
+                 {"label": "MLP 1", "kind": "mlp_out", "layer": 1, "position": "END", "iia": 0.0, "iia_ci95": [0.0, 0.06]}]
+    interchange = {"sweep": {"best_end": end, "n_pairs": 64, "locations": locations}, "end_carries": end_ci[0] > 0.5,
+                   "role_left": True, "das_testable": True,
                    "das_k": {"k": 4, "iia": 0.9, "iia_ci95": [0.8, 1.0]}, "n_candidates": 12}
     return {"baseline": {"t": baseline}, "circuit": {"t": circuit}}, interchange
 
@@ -103,3 +109,44 @@ def test_second_corruption_names_heads_that_matter_more_under_it():
     data["patch_heads"]["t"] = main.assign(normaliser_ok=False)  # the main maps are not interpreted: no comparison
     assert second_corruption_facts(data, "t")["more_here"] == []
     assert second_corruption_facts({"patch_heads": {"t": main}}, "t") is None
+
+
+def test_glance_names_the_tied_head_set_das_state_and_arrival():
+    data, ic = facts([0.7, 0.9], [0.9, 1.0])
+    share = lambda h, v, lo, hi: {"sender": h, "receiver": "MLP 0", "input": "", "value": v, "ci_low": lo, "ci_high": hi}  # noqa: E731
+    shares = [share("0.0", 0.08, 0.05, 0.11), share("0.1", 0.21, 0.15, 0.27), share("0.2", 0.24, 0.19, 0.30)]
+    data["path_set"] = {"t": {"path": ["embed", "0.1.v", "0.1", "MLP 0", "logits"], "n_prompts": 64,
+                              "edges": [{"sender": "0.1", "reader": "MLP 0", "shares": shares, "tied": ["0.2", "0.1"]}]}}
+    g = glance(data, "t", ic)
+    assert g["head_sets"][0]["tied"] == ["0.2", "0.1"] and [x["head"] for x in g["head_sets"][0]["shares"]] == ["0.2", "0.1", "0.0"]
+    assert g["das_status"] == "found"
+    assert g["arrival"]["before"]["label"] == "before layer 0"
+    assert [x["label"] for x in g["arrival"]["parts"]] == ["head 0.1", "MLP 0"]  # the located layer's outputs only
+    assert g["arrival"]["carriers"] == ["MLP 0"]  # interval above one half
+    assert glance(data, "t", {**ic, "das_k": None})["das_status"] == "none"
+    assert glance(data, "t", {**ic, "das_k": None, "das_testable": False})["das_status"] == "not testable"
+    data["path_set"]["t"]["path"] = ["embed", "0.2.v", "0.2", "MLP 0", "logits"]  # another path's set
+    assert glance(data, "t", ic)["head_sets"] is None
+
+
+def test_key_tests_read_the_role_each_head_attends_and_only_shifts_the_model_still_reads():
+    import pandas as pd
+
+    from opposites.findings import io_heads, keys
+
+    att = pd.DataFrame([{"layer": 0, "head": 1, "dest_role": "END", "src_role": r, "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1}
+                        for r, v in [("IO", 0.3), ("S1", 0.6), ("BOS", 0.9), ("other", 0.9)]])
+    entry = lambda role: {"head": "0.1", "role": role, "keys_on": "content", "before": {}, "after": {}}  # noqa: E731
+    task = lambda role, how, low: {"role": role, "shift": how, "accuracy_ci95": [low, 1.0]}  # noqa: E731
+    shift = {"heads": [entry("IO"), entry("S1")], "n_prompts": 8, "n_clusters": 4, "unit": "source word",
+             "clean_logit_diff": 1.0, "clean_logit_diff_ci95": [0.5, 1.5],
+             "task": [task("S1", "before", 0.9), task("S1", "after", 0.3), task("S1", "swap", 0.9), task("IO", "before", 0.9)]}
+    k = keys({"attention": {"t": att}, "shift": {"t": shift}}, "t", ["0.1", "0.1"])
+    assert [(e["head"], e["role"]) for e in k["heads"]] == [("0.1", "S1")]  # the role it reads most, once
+    assert not k["heads"][0]["shifts_read"] and k["heads"][0]["swap_read"]  # 'after' breaks the task
+    assert {t["role"] for t in k["task"]} == {"S1"}
+    heads = [{"layer": 0, "head": h, "value": v, "ci_low": lo, "ci_high": 1.0} for h, v, lo in
+             [(0, 0.1, 0.05), (1, 0.5, 0.4), (2, 0.3, -0.1), (3, 0.2, 0.1), (4, 0.05, 0.01), (5, 0.4, 0.3)]]
+    second = {"corruption": "IO replaced", "role": "IO", "n": 8, "heads": heads}
+    got = io_heads({"patch_second": {"ioi": second}, "attention": {"ioi": att}}, "ioi")
+    assert [h["head"] for h in got["heads"]] == ["0.1", "0.5", "0.3", "0.0"]  # intervals above 0, the four largest

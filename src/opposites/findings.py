@@ -5,7 +5,10 @@ recovery. The prose (summary.py) and the glance table (tables.py) state them."""
 from __future__ import annotations
 
 from opposites.derived import MIN_CLUSTERS, head_label
+from opposites.prompts import load_spec
 from opposites.widest import widest_path
+
+K_IO_HEADS = 4  # second corruption: the heads named, largest restoring share first
 
 
 def paper_circuit_row(circuit: dict) -> dict:
@@ -35,7 +38,14 @@ def glance(data: dict, task: str, interchange: dict | None) -> dict:
                   for e in paths["edges"]] if paths and path and supported and paths["path"] == path[0] else None
     end = interchange["sweep"]["best_end"] if interchange and interchange["end_carries"] else None
     k = interchange["das_k"] if end else None
+    stated = path[0] if path and supported else None
+    sets = head_set(data, task, stated)
+    movers = [m["head"] for m in data["movers"][task]["movers"]] if task in data.get("movers", {}) else []
+    second = io_heads(data, task)
+    named = movers + [h for s in sets or [] for h in s["tied"]] + [h["head"] for h in (second or {}).get("heads", [])]
     return {"task": task, "does_task": base["does_task"], "accuracy": base["accuracy"],
+            "head_sets": sets, "keyed": keys(data, task, named), "io_heads": second, "das_status": das_status(interchange),
+            "arrival": arrival(interchange),
             "accuracy_ci95": base["accuracy_ci95"], "n_prompts": base["n_prompts"],
             "path": path[0] if path and supported else None, "path_weakest_score": path[1] if path and supported else None,
             "path_edges": path_edges, "path_n_prompts": paths["n_prompts"] if path_edges else None,
@@ -99,3 +109,97 @@ def second_corruption_facts(data: dict, task: str, k: int = 3) -> dict | None:
     facts["more_here"] = [h["head"] for h in facts["top"] if facts["main_ok"] and h["excludes_zero"] and abs(h["value"]) > abs(h["main"])
                           and (h["ci95"][0] > h["main_ci95"][1] or h["ci95"][1] < h["main_ci95"][0])]
     return facts
+
+
+def head_set(data: dict, task: str, path: list[str] | None) -> list[dict] | None:
+    """Per head edge of the stated path (analysis path_set): each same-layer circuit head's share
+    into the edge's reader (95% interval) and the heads not distinguishable from the largest (tied)."""
+    res = data.get("path_set", {}).get(task)
+    if not res or not path or res["path"] != path:
+        return None
+    return [{"sender": e["sender"], "reader": e["reader"], "tied": e["tied"],
+             "shares": [{"head": s["sender"], "share": s["value"], "ci95": [s["ci_low"], s["ci_high"]]}
+                        for s in sorted(e["shares"], key=lambda s: -s["value"])]} for e in res["edges"] if e["shares"]]
+
+
+def end_role(data: dict, task: str, head: str) -> tuple[str, float, list[float]] | None:
+    """The template role a head attends to most from END (analysis attention), with its mean
+    attention and 95% interval."""
+    att = data.get("attention", {}).get(task)
+    if att is None:
+        return None
+    layer, index = map(int, head.split("."))
+    roles = [r for r in att.src_role.unique() if r not in ("BOS", "END", "other")]
+    rows = att[(att.layer == layer) & (att["head"] == index) & (att.dest_role == "END") & att.src_role.isin(roles)]
+    if rows.empty:
+        return None
+    top = rows.sort_values("value", ascending=False).iloc[0]
+    return str(top.src_role), float(top.value), [float(top.ci_low), float(top.ci_high)]
+
+
+def keys(data: dict, task: str, heads: list[str]) -> dict | None:
+    """What the named heads key on (analysis shift): per head, the role it attends to most from END
+    and its shift entries there (before, after, swap where the templates allow it, each with new
+    minus old position attention and its interval), whether the model still does the task on the
+    shifted prompts (accuracy's interval above one half, as baseline's does_task: shifts_read for
+    before and after together, swap_read), and the task's logit difference under each shift of
+    that role; None without the shift results."""
+    res = data.get("shift", {}).get(task)
+    if res is None:
+        return None
+    out = []
+    for head in dict.fromkeys(heads):
+        found = end_role(data, task, head)
+        if found is None:
+            continue
+        entry = next(e for e in res["heads"] if e["head"] == head and e["role"] == found[0])
+        read = {t["shift"]: t["accuracy_ci95"][0] > 0.5 for t in res["task"] if t["role"] == found[0]}
+        out.append({**entry, "attention": found[1], "attention_ci95": found[2],
+                    "shifts_read": read["before"] and read["after"], "swap_read": read.get("swap", False)})
+    roles = {e["role"] for e in out}
+    return {"heads": out, "task": [t for t in res["task"] if t["role"] in roles], "n_prompts": res["n_prompts"],
+            "n_clusters": res["n_clusters"], "unit": res["unit"], "clean_logit_diff": res["clean_logit_diff"],
+            "clean_logit_diff_ci95": res["clean_logit_diff_ci95"]}
+
+
+def das_status(interchange: dict | None) -> str | None:
+    """The DAS column's state: found (a k whose intervals support it), not testable (held-out pairs
+    from fewer than MIN_CLUSTERS words), none (no k tested reaches the whole vector), or None where
+    END is not located."""
+    if not interchange or not interchange["end_carries"]:
+        return None
+    if not interchange["das_testable"]:
+        return "not testable"
+    return "found" if interchange["das_k"] else "none"
+
+
+def io_heads(data: dict, task: str) -> dict | None:
+    """The second corruption's heads (analysis patch_second) whose output patching restores an
+    interval excluding 0, the K_IO_HEADS largest, each with the role it attends to most from END; None where
+    the task has no second corruption."""
+    facts = data.get("patch_second", {}).get(task)
+    if facts is None:
+        return None
+    heads = sorted((r for r in facts["heads"] if r["ci_low"] > 0), key=lambda r: -r["value"])[:K_IO_HEADS]
+    named = [{"head": head_label(r["layer"], r["head"]), "share": r["value"], "ci95": [r["ci_low"], r["ci_high"]],
+              "reads": end_role(data, task, head_label(r["layer"], r["head"]))} for r in heads]
+    return {"corruption": facts["corruption"], "role": facts["role"], "n": facts["n"], "heads": named,
+            "main_corruption": load_spec(task)["corruption"]}
+
+
+def arrival(interchange: dict | None) -> dict | None:
+    """How the source word's identity arrives at END's located point (interchange): END's point one
+    step earlier (after the previous layer, or before layer 0) with its IIA and interval, and each
+    head or MLP output of the located layer that the sweep tested at END alone, with its IIA and
+    interval, and those whose interval lies above one half (carriers: that output alone carries the
+    source's answer to END, as end_carries); None where END is not located."""
+    if not interchange or not interchange["end_carries"]:
+        return None
+    sweep, best = interchange["sweep"], interchange["sweep"]["best_end"]
+    at_end = [loc for loc in sweep["locations"] if loc["position"] == "END"]
+    before = next((loc for loc in at_end if loc["kind"] == "resid_post" and loc["layer"] == best["layer"] - 1), None) \
+        or next((loc for loc in at_end if loc["kind"] == "resid_pre" and loc["layer"] == 0), None)
+    parts = [loc for loc in at_end if loc["kind"] in ("z", "mlp_out") and loc["layer"] == best["layer"]]
+    pick = lambda loc: {"label": loc["label"], "iia": loc["iia"], "iia_ci95": loc["iia_ci95"]}  # noqa: E731
+    return {"before": pick(before) if before and before is not best else None, "parts": [pick(p) for p in parts],
+            "carriers": [p["label"] for p in parts if p["iia_ci95"][0] > 0.5], "n_pairs": sweep["n_pairs"]}

@@ -417,8 +417,9 @@ def glance(data: dict, tasks: list[str]) -> str:
     for task in tasks:
         g = mechanism_glance(data, task, interchange_facts(data, task))
         located = (f"END {tex_escape(g['located'])}: {fmt_ci(g['iia'], g['iia_ci95'])}" if g["located"] else "not located")
-        das = (f"$k = {g['das_k']}$ of {g['n_candidates']} answers: {fmt_ci(g['das_iia'], g['das_iia_ci95'])}"
-               if g["das_k"] else "--")
+        das = {"found": lambda: f"$k = {g['das_k']}$ of {g['n_candidates']} answers: {fmt_ci(g['das_iia'], g['das_iia_ci95'])}",
+               "not testable": lambda: "not testable (too few held-out words)",
+               "none": lambda: "no tested $k$ reaches the whole vector", None: lambda: "--"}[g["das_status"]]()
         carried = (f"{g['circuit_edges']} edges: {fmt_ci(g['share_carried'], g['share_carried_ci95'])}"
                    if g["share_carried"] is not None else "not shown")
         shared = [p["b"] if p["a"] == task else p["a"] for p in sharing["claimed"] if task in (p["a"], p["b"])]
@@ -427,5 +428,31 @@ def glance(data: dict, tasks: list[str]) -> str:
         rows.append([tex_escape(task), fmt_ci(g["accuracy"], g["accuracy_ci95"]), located, das, carried,
                      ", ".join(map(tex_escape, shared)) or "none claimed", replicates])
     return tabular(r"l p{1.8cm} p{2.6cm} p{2.6cm} p{2.2cm} p{1.6cm} p{2.6cm}",
-                   ["task", "answer beats wrong", "value held at (IIA)", "DAS subspace (held-out IIA)",
+                   ["task", "answer beats wrong", "source word's identity at (IIA)", "DAS subspace (held-out IIA)",
                     "circuit (held-out recovery)", "shares function with", "in every seed's circuit"], rows)
+
+
+@table
+def movers_shift(data: dict, tasks: list[str]) -> str:
+    """What the named heads key on (analysis shift): per head (movers, heads tied on the stated path,
+    IOI's heads under the IO-changing corruption), the role it attends to most from END and, per
+    shift of that role's word, END's attention to the word's new position and to its old one, their
+    paired difference with its interval, the verdict, and the task's logit difference change."""
+    from opposites.findings import glance as mechanism_glance, interchange_facts
+
+    rows = []
+    for task in tasks:
+        k = mechanism_glance(data, task, interchange_facts(data, task))["keyed"]
+        for e in (k or {}).get("heads", []):
+            for how in ("before", "after", "swap"):
+                if how not in e:
+                    continue
+                s, ld = e[how], next(t for t in k["task"] if t["role"] == e["role"] and t["shift"] == how)
+                read = e["swap_read"] if how == "swap" else e["shifts_read"]
+                verdict = (e["swap_keys_on"] if how == "swap" else e["keys_on"]) if read else "not tested: task broken"
+                rows.append([tex_escape(task), e["head"], tex_escape(e["role"]) + f" {fmt(e['attention'])}",
+                             how + (f" ({tex_escape(e['partner'])})" if how == "swap" else ""), fmt(s["new"]), fmt(s["old"]),
+                             fmt_ci(s["follows"], s["follows_ci95"]), tex_escape(verdict),
+                             fmt_ci(ld["change"], ld["change_ci95"])])
+    return tabular(r"l l l l r r p{2.3cm} p{1.9cm} p{2.3cm}",
+                   ["task", "head", "reads (END)", "shift", "new", "old", "new $-$ old", "keys on", "$\\Delta$LD"], rows)
