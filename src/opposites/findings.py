@@ -42,6 +42,8 @@ def glance(data: dict, task: str, interchange: dict | None) -> dict:
             "circuit_edges": circuit["n_edges"] if circuit else None,
             "share_carried": main["recovered"] if supported else None,
             "share_carried_ci95": main["recovered_ci95"] if supported else None,
+            "held_out_recovered": main["recovered"] if main else None,  # beside its interval, shown or not
+            "held_out_recovered_ci95": main["recovered_ci95"] if main else None,
             "located": end["label"] if end else None, "located_site": end["site"] if end else None,
             "iia": end["iia"] if end else None, "iia_ci95": end["iia_ci95"] if end else None,
             "n_pairs": interchange["sweep"]["n_pairs"] if end else None,

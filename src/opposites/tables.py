@@ -420,7 +420,10 @@ def glance(data: dict, tasks: list[str]) -> str:
         das = (f"$k = {g['das_k']}$ of {g['n_candidates']} answers: {fmt_ci(g['das_iia'], g['das_iia_ci95'])}"
                if g["das_k"] else "--")
         carried = (f"{g['circuit_edges']} edges: {fmt_ci(g['share_carried'], g['share_carried_ci95'])}"
-                   if g["share_carried"] is not None else "not shown")
+                   if g["share_carried"] is not None else
+                   f"{g['circuit_edges']} edges: {fmt_ci(g['held_out_recovered'], g['held_out_recovered_ci95'])}"
+                   if g["held_out_recovered_ci95"] and g["held_out_recovered_ci95"][0] != g["held_out_recovered_ci95"][0]  # NaN: n too small
+                   else "not shown")
         shared = [p["b"] if p["a"] == task else p["a"] for p in sharing["claimed"] if task in (p["a"], p["b"])]
         rep = (sharing["replication"] or {}).get(task)
         replicates = (", ".join(rep["replicated"]) or "none") + f" ({rep['n_seeds']} seeds)" if rep else "one model"
