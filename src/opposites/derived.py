@@ -42,6 +42,18 @@ def significant(df: pd.DataFrame, value: str = "value", q: float = FDR_Q, floor:
     return pd.Series(benjamini_hochberg(df.p_value.to_numpy(), q), index=df.index) & (size >= floor * size.max())
 
 
+MIN_CONTROL_SETS = 2  # a matched random control needs at least this many different sets to draw from
+
+
+def matched_control(ablation: dict | None) -> dict | None:
+    """The matched random control of an ablation test (mechanism._test's random_others), or None
+    where none exists: no matched set at all, or only one possible set (distinct_sets 1: every
+    "random" draw is the same set, a single comparison whose interval resamples prompts, not
+    controls)."""
+    others = (ablation or {}).get("random_others")
+    return others if others and others.get("distinct_sets", MIN_CONTROL_SETS) >= MIN_CONTROL_SETS else None
+
+
 MIN_ATTENTION = 0.2  # a head "follows" a role only with at least this share of END's attention on it
 SUBSPACE_DIM = 8  # the subject space: this many top principal directions of the subject residuals
 RANDOM_SUBSPACES = 200  # random subspaces of the same size, the floor a head's share is set against

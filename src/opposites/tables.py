@@ -7,7 +7,7 @@ from typing import Callable
 import pandas as pd
 
 from opposites.derived import (classify_components, end_attention_to_roles, ioi_head_classes, largest_abs,
-                               opposite_tasks, role_preferences)
+                               matched_control, opposite_tasks, role_preferences)
 from opposites.derived import head_routes as derived_head_routes  # the table of the same name is below
 from opposites.overlap import compare, gpt2_classes, graph_of
 from opposites.prompts import CLUSTER_UNIT, load_spec
@@ -312,7 +312,7 @@ def mechanism(data: dict, tasks: list[str]) -> str:
             named_, others = a["named"], a["random_others"]
             ld = lambda r, m="": r"$\Delta$LD " + fmt_ci(r[f"logit_diff_change{m}"], r[f"logit_diff_change{m}_ci95"])  # noqa: E731
             rs = named_["resample"]
-            control = "no matched control" if not others else (
+            control = ("no matched control exists" + (" (one possible set)" if others else "")) if not matched_control(a) else (
                 fmt_ci(others["accuracy_mean"], others["accuracy_mean_ci95"]) + f" (min {fmt(others['accuracy_min'])}); "
                 + ld(others, "_mean") + "; resample " + ld(others["resample"], "_mean"))
             rows.append([tex_escape(task), kind, tex_escape(what), fmt(base["accuracy"]),
