@@ -3,6 +3,7 @@ torch, and no imports from those modules: everything above imports this, never t
 
 from __future__ import annotations
 
+import math
 from importlib import resources
 
 import numpy as np
@@ -32,6 +33,35 @@ def benjamini_hochberg(p_values, q: float = FDR_Q) -> np.ndarray:
     found = np.zeros(m, dtype=bool)
     found[order[:k]] = True
     return found
+
+
+def holm(p_values, alpha: float) -> np.ndarray:
+    """Which of the p-values are rejected by Holm's step-down procedure at family-wise error rate
+    alpha: the k-th smallest p-value is compared with alpha / (m - k + 1), stopping at the first
+    that exceeds it (NaN p-values: not tested, not counted in m)."""
+    p = np.asarray(p_values, dtype=float)
+    tested = np.flatnonzero(~np.isnan(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m = len(order)
+    rejected = np.zeros(len(p), dtype=bool)
+    for k, i in enumerate(order):
+        if p[i] > alpha / (m - k):
+            break
+        rejected[i] = True
+    return rejected
+
+
+def wilson_p_above(value: float, ci95: list[float], null: float) -> float:
+    """One-sided p-value of a proportion > null from its 95% Wilson interval: the score test the
+    interval inverts, z = (value - null) / sqrt(null (1 - null) / n_eff), with the effective n read
+    back from a bound b (value - b)^2 = z95^2 b (1 - b) / n_eff. NaN where neither bound tells n."""
+    z95 = 1.959963984540054
+    bound = next((b for b in (ci95[0], ci95[1]) if abs(b - value) > 1e-12 and 0 < b < 1), None)
+    if bound is None:
+        return math.nan
+    n_eff = z95 ** 2 * bound * (1 - bound) / (value - bound) ** 2
+    z = (value - null) / math.sqrt(null * (1 - null) / n_eff)
+    return 0.5 * math.erfc(z / math.sqrt(2))
 
 
 def significant(df: pd.DataFrame, value: str = "value", q: float = FDR_Q, floor: float = EFFECT_FLOOR) -> pd.Series:

@@ -370,8 +370,10 @@ def sharing(data: dict, tasks: list[str]) -> str:
         o = p["overlap_pair"]
         overlap = f"heads {fmt(o['heads_jaccard'])}, edges {fmt(o['edges_jaccard'])}" + (
             f"; pct. {fmt(o['heads_jaccard_percentile'], 0)} / {fmt(o['edges_jaccard_percentile'], 0)}"
-            if "heads_jaccard_percentile" in o else "") + f": {p['overlap']}"
+            if "heads_jaccard_percentile" in o else "") + f": {p['overlap']}" + (
+            f" (one-sided $p = {fmt(p['overlap_p'], 3)}$, Holm over {p['overlap_n_tested']})" if p.get("overlap_n_tested") and p["overlap_p"] == p["overlap_p"] else "")
         transfer = (tex_escape(t["reason"]) if not t["measurable"] else
+                    f"not after Holm over {t['n_tested']} pairs ($p = {fmt(t['p_value'], 3)}$)" if t.get("holm_failed") else
                     ("transfers: " + ", ".join(t["transferring"]) if t["transferring"] else
                      f"transfers at {t['located']['component']}" if t["transfers"] else
                      "does not transfer" + (": " + ", ".join(t["failing"]) if t["failing"] else "")))
