@@ -200,12 +200,17 @@ def ioi_head_classes() -> dict[str, list[str]]:
     return yaml.safe_load(resources.files("opposites").joinpath("data", "gpt2_head_classes.yaml").read_text())
 
 
+ANSWER_OVER_REPEAT = "answer-over-repeat"  # the class whose paired difference answer - repeated is above 0
+
+
 def classify_components(head_logits: pd.DataFrame) -> pd.DataFrame:
     """One row per component with its answer, wrong and paired difference (answer - wrong)
     contributions and a class, decided by which 95% intervals exclude 0, the paired difference's
     first (answer and repeated-word contributions share one direction, so the point estimates
-    alone cannot tell them apart): opposite-mapping (raises the answer, and more than the repeated
-    word), copy-like (raises the repeated word, and more than the answer), copy-suppressing (lowers
+    alone cannot tell them apart): answer-over-repeat (ANSWER_OVER_REPEAT: raises the answer, and more
+    than the repeated word; the difference is the component's direct attribution to the logit
+    difference itself, so a model that does the task has such components by construction: the name
+    says what is measured, not that the component maps a word to its opposite), copy-like (raises the repeated word, and more than the answer), copy-suppressing (lowers
     the repeated word, more than the answer), pair (raises or lowers both alike: the difference's
     interval holds 0), or none."""
     wide = head_logits.pivot_table(index=["component", "layer", "head"], columns="target",
@@ -216,7 +221,7 @@ def classify_components(head_logits: pd.DataFrame) -> pd.DataFrame:
     alike = ~up("difference") & ~down("difference") & ((up("answer") & up("wrong")) | (down("answer") & down("wrong")))
     cls = np.select([up("difference") & up("answer"), down("difference") & up("wrong"),
                      up("difference") & down("wrong"), alike],
-                    ["opposite-mapping", "copy-like", "copy-suppressing", "pair"], "none")
+                    [ANSWER_OVER_REPEAT, "copy-like", "copy-suppressing", "pair"], "none")
     return wide.assign(cls=cls).rename(columns={"value_answer": "answer", "value_wrong": "wrong",
                                                 "value_difference": "difference"})
 

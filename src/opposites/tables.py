@@ -11,6 +11,7 @@ from opposites.derived import (classify_components, end_attention_to_roles, ioi_
 from opposites.derived import head_routes as derived_head_routes  # the table of the same name is below
 from opposites.overlap import compare, gpt2_classes, graph_of
 from opposites.prompts import CLUSTER_UNIT, load_spec
+from opposites.summary import CLASSES
 from opposites.texutil import fmt, fmt_ci, tex_escape
 
 TABLES: dict[str, Callable] = {}
@@ -272,7 +273,7 @@ def component_classes(data: dict, tasks: list[str]) -> str:
     for task in tasks:
         df = classify_components(data["head_logits"][task])
         df = df.assign(size=df.answer.abs() + df.wrong.abs())
-        for cls in ("opposite-mapping", "copy-like", "copy-suppressing", "pair"):
+        for cls in CLASSES:
             part = df[df.cls == cls].nlargest(5, "size")
             cells = ", ".join(f"{tex_escape(r.component)} ({fmt(r.answer)}, {fmt(r.wrong)}; "
                               f"{fmt_ci(r.difference, [r.ci_low_difference, r.ci_high_difference])})"
