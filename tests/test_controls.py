@@ -71,3 +71,24 @@ def test_transfer_p_value_inverts_the_wilson_bound():
             low, high = wilson(k, n)
             p = wilson_p_above(k / n, [low, high], 0.5)
             assert (low > 0.5) == (p < 0.025), (k, n, low, p)
+
+
+def test_a_circuit_that_differs_between_seeds_is_reported_as_not_replicating():
+    """Planted from the trained IOI numbers: the paper's circuit has 18 components, the other seeds'
+    3 and 4, with only MLP 0 and MLP 1 in all three: it does not replicate (2 of 18), and the numbers
+    stated are the counts (6 to 60 edges); a circuit whose components all recur replicates. One model
+    (no seed axis): None, nothing stated."""
+    from opposites.findings import REPLICATES_SHARE, seed_replication
+    big = ["0.0", "0.1", "0.2", "0.3", "1.0", "1.1", "1.2", "2.0", "2.2", "2.3", "3.0", "3.1", "3.2", "3.3",
+           "MLP 0", "MLP 1", "MLP 2", "MLP 3"]
+    seed = lambda comps, edges: {"components": comps, "heads": [c for c in comps if not c.startswith("MLP")],  # noqa: E731
+                                 "n_edges": edges}
+    rep = {"measured": True, "replicated": ["MLP 0", "MLP 1"],
+           "seeds": {"0": seed(big, 60), "1": seed(["0.0", "MLP 0", "MLP 1", "MLP 2"], 7), "2": seed(["0.1", "MLP 0", "MLP 1"], 6)}}
+    got = seed_replication(rep, {"nodes": ["embed", *big, "logits"]})
+    assert not got["replicates"] and (got["n_replicated"], got["n_components"]) == (2, 18)
+    assert got["edges"] == [6, 60] and got["heads"] == [1, 14] and got["heads_jaccard_min"] == 0.0
+    same = {"measured": True, "replicated": ["0.1", "MLP 0"], "seeds": {s: seed(["0.1", "MLP 0"], 5) for s in "012"}}
+    ok = seed_replication(same, {"nodes": ["embed", "0.1", "MLP 0", "logits"]})
+    assert ok["replicates"] and ok["share"] == 1.0 >= REPLICATES_SHARE and ok["heads_jaccard_mean"] == 1.0
+    assert seed_replication({"measured": False}, {"nodes": []}) is None and seed_replication(None, {"nodes": []}) is None

@@ -101,3 +101,29 @@ def second_corruption_facts(data: dict, task: str, k: int = 3) -> dict | None:
     facts["more_here"] = [h["head"] for h in facts["top"] if facts["main_ok"] and h["excludes_zero"] and abs(h["value"]) > abs(h["main"])
                           and (h["ci95"][0] > h["main_ci95"][1] or h["ci95"][1] < h["main_ci95"][0])]
     return facts
+
+
+REPLICATES_SHARE = 0.5  # a circuit replicates when at least this share of its components is in every seed's circuit
+
+
+def seed_replication(replication: dict | None, circuit: dict) -> dict | None:
+    """Whether one task's circuit replicates across training seeds (replication analysis; None for
+    one model): of the components (heads and MLPs) in the paper's model's circuit, how many are in
+    every seed's circuit, the edge and head counts per seed (min, max), and the head Jaccard between
+    every two seeds' circuits (mean, min). It replicates when at least REPLICATES_SHARE of the
+    paper's components recur in every seed. No interval: with a handful of seeds (fewer than
+    MIN_CLUSTERS) a resampling interval says nothing, so the numbers are stated as they are."""
+    if not replication or not replication.get("measured"):
+        return None
+    seeds = replication["seeds"]
+    own = [x for x in circuit["nodes"] if x not in ("embed", "logits")]  # the paper's model's circuit
+    kept = [c for c in own if c in replication["replicated"]]
+    heads = [set(s["heads"]) for s in seeds.values()]
+    jac = [len(a & b) / len(a | b) if a | b else 1.0 for i, a in enumerate(heads) for b in heads[i + 1:]]
+    share = len(kept) / len(own) if own else 0.0
+    return {"n_seeds": len(seeds), "n_components": len(own), "n_replicated": len(kept), "share": share,
+            "replicated": kept, "replicates": share >= REPLICATES_SHARE,
+            "edges": [min(s["n_edges"] for s in seeds.values()), max(s["n_edges"] for s in seeds.values())],
+            "heads": [min(len(h) for h in heads), max(len(h) for h in heads)],
+            "heads_jaccard_mean": sum(jac) / len(jac) if jac else None, "heads_jaccard_min": min(jac) if jac else None,
+            "too_few_for_interval": len(seeds) < MIN_CLUSTERS}

@@ -7,7 +7,7 @@ import pandas as pd
 from opposites.derived import (ANSWER_OVER_REPEAT, accumulated_lens, classify_components, ioi_head_classes,
                                head_label, head_routes, layer_contributions, matched_control, opposite_tasks,
                                relation_similarity, signed_top_heads)
-from opposites.findings import glance, interchange_facts, second_corruption_facts
+from opposites.findings import glance, interchange_facts, second_corruption_facts, seed_replication
 from opposites.nodes import head_nodes
 from opposites.overlap import compare, gpt2_classes, graph_of
 from opposites.sharing import sharing_facts
@@ -114,6 +114,8 @@ def summarize(data: dict, tasks: list[str]) -> dict:
         classes = classify_components(data["head_logits"][t])
         per_task[t]["classes"] = {"counts": {c: int((classes.cls == c).sum()) for c in CLASSES},
                                   "control": data["control"][t]}
+    for t in tasks:  # does the circuit replicate across training seeds (None: one model)
+        per_task[t]["seed_replication"] = seed_replication(data.get("replication", {}).get(t), data["circuit"][t])
     circuits = circuit_facts(data, tasks)
     return {"tasks": per_task, "opposite_tasks": opposite_tasks(tasks), "circuits": circuits,
             "sharing": sharing_facts(data, tasks, circuits["compare"]["pairs"])}
