@@ -92,3 +92,16 @@ def test_a_circuit_that_differs_between_seeds_is_reported_as_not_replicating():
     ok = seed_replication(same, {"nodes": ["embed", "0.1", "MLP 0", "logits"]})
     assert ok["replicates"] and ok["share"] == 1.0 >= REPLICATES_SHARE and ok["heads_jaccard_mean"] == 1.0
     assert seed_replication({"measured": False}, {"nodes": []}) is None and seed_replication(None, {"nodes": []}) is None
+
+
+def test_das_training_iia_is_shown_beside_held_out():
+    """The glance states DAS's IIA on its training pairs beside the held-out IIA (before: held out
+    only, so a subspace that fits its training words but not new ones looked the same as one that
+    generalises)."""
+    from opposites.findings import glance
+    k = {"k": 2, "iia": 0.9, "iia_ci95": [0.7, 0.97], "train_iia": 1.0}
+    interchange = {"sweep": {"best_end": {"label": "after 0", "site": "s", "iia": 1.0, "iia_ci95": [0.9, 1.0]}, "n_pairs": 64},
+                   "end_carries": True, "role_left": True, "das_k": k, "n_candidates": 12}
+    data = {"baseline": {"t": {"does_task": True, "accuracy": 1.0, "accuracy_ci95": [0.6, 1.0], "n_prompts": 64}}}
+    got = glance(data, "t", interchange)
+    assert (got["das_iia"], got["das_train_iia"]) == (0.9, 1.0)

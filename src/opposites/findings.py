@@ -49,6 +49,7 @@ def glance(data: dict, task: str, interchange: dict | None) -> dict:
             "n_pairs": interchange["sweep"]["n_pairs"] if end else None,
             "source_left": interchange["role_left"] if end else None,
             "das_k": k["k"] if k else None, "das_iia": k["iia"] if k else None, "das_iia_ci95": k["iia_ci95"] if k else None,
+            "das_train_iia": k.get("train_iia") if k else None,  # on the pairs it was trained on: the fit, beside held-out
             "n_candidates": interchange["n_candidates"] if end else None}
 
 

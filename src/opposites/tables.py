@@ -336,15 +336,15 @@ def interchange(data: dict, tasks: list[str]) -> str:
         end, role = sweep["best_end"], sweep["role_at_best_end"]
         at_end = next(loc for loc in das["locations"] if loc["site"] == end["site"] and loc["position"] == "END")
         source = {k["k"]: k for loc in das["locations"] if loc.get("point") == "source" for k in loc["k"]}
-        ks = "; ".join(f"{k['k']}: {fmt(k['iia'])} ({fmt(k['random_iia_mean'])}"
+        ks = "; ".join(f"{k['k']}: {fmt(k['iia'])} ({fmt(k['train_iia']) if 'train_iia' in k else '--'}; {fmt(k['random_iia_mean'])}"
                        + (f"; {fmt(source[k['k']]['iia'])}" if k["k"] in source else "") + ")" for k in at_end["k"])
         rows.append([tex_escape(task), str(sweep["n_pairs"]), tex_escape(end["label"]), fmt_ci(end["iia"], end["iia_ci95"]),
                      f"{tex_escape(sweep['role'])}: {fmt_ci(role['iia'], role['iia_ci95'])}",
-                     f"{das['n_test']} ({at_end['full']['n_clusters']})", str(das["n_candidates"]), ks,
+                     f"{das['n_test']} ({at_end['full']['n_clusters']}) / {das['n_train']}", str(das["n_candidates"]), ks,
                      fmt_ci(at_end["full"]["iia"], at_end["full"]["iia_ci95"])])
     return tabular(r"l r l p{2.2cm} p{2.6cm} r r p{4.4cm} p{2.2cm}",
-                   ["task", "pairs", "END located", "IIA [95\\% CI]", "source word there", "held out (clusters)",
-                    "answers", "DAS IIA by $k$ (random; source word)", "full"], rows)
+                   ["task", "pairs", "END located", "IIA [95\\% CI]", "source word there", "held out (clusters) / train",
+                    "answers", "DAS held-out IIA by $k$ (train; random; source word)", "full"], rows)
 
 
 
@@ -421,7 +421,7 @@ def glance(data: dict, tasks: list[str]) -> str:
         g = mechanism_glance(data, task, interchange_facts(data, task))
         located = (f"END {tex_escape(g['located'])}: {fmt_ci(g['iia'], g['iia_ci95'])}" if g["located"] else "not located")
         das = (f"$k = {g['das_k']}$ of {g['n_candidates']} answers: {fmt_ci(g['das_iia'], g['das_iia_ci95'])}"
-               if g["das_k"] else "--")
+               + (f" (train {fmt(g['das_train_iia'])})" if g.get("das_train_iia") is not None else "") if g["das_k"] else "--")
         carried = (f"{g['circuit_edges']} edges: {fmt_ci(g['share_carried'], g['share_carried_ci95'])}"
                    if g["share_carried"] is not None else
                    f"{g['circuit_edges']} edges: {fmt_ci(g['held_out_recovered'], g['held_out_recovered_ci95'])}"
