@@ -648,3 +648,27 @@ def test_spearman_with_interval_against_plain_ranks():
     assert same.ci_low.item() == pytest.approx(1) and flipped.ci_high.item() == pytest.approx(-1)
     noise = spearman_ci(a, torch.randn(50, 12, generator=gen, dtype=torch.float64), 0)
     assert noise.ci_low < 0 < noise.ci_high
+
+
+def test_circuit_intervals_from_too_few_words_are_withheld(toy64, rows):
+    """One rule with DAS: a cluster bootstrap over fewer than MIN_CLUSTERS words gives no interval
+    (NaN, printed 'n too small'), while the estimate stays; with enough words the interval holds
+    the estimate. Before, 3 held-out words got a percentile interval."""
+    import math
+    from opposites.derived import MIN_CLUSTERS
+    from opposites.texutil import fmt_ci
+    runs = circuits.prepare(toy64, rows["ioi"], 8)
+    labels = list(dict.fromkeys(runs.clusters))
+    assert len(labels) >= MIN_CLUSTERS
+    graph = [Edge(runs.graph.writers[w], runs.graph.readers[r]) for w, r in zip(*runs.graph.allowed.nonzero(as_tuple=True))]
+    some = graph[::3]
+    few = torch.tensor([c in labels[:MIN_CLUSTERS - 1] for c in runs.clusters])
+    d = circuits.Discovery(runs, [], circuits.part_weights(few))
+    got = circuits.numbers(d, some, [0.5], [some], seed=0)
+    assert got["n_clusters"] == MIN_CLUSTERS - 1 and not math.isnan(got["recovered"])
+    for key in ("recovered_ci95", "completeness_lost_ci95", "completeness_lost_embed_ci95", "cpr_ci95", "cmd_ci95"):
+        assert all(math.isnan(x) for x in got[key]), key
+    assert fmt_ci(got["recovered"], got["recovered_ci95"]).endswith("[n too small]")
+    enough = circuits.recovery_numbers(circuits.Discovery(runs, []), some, seed=0)[0]
+    assert enough["n_clusters"] == len(labels)
+    assert enough["recovered_ci95"][0] <= enough["recovered"] <= enough["recovered_ci95"][1]

@@ -255,7 +255,8 @@ def test_components_are_classified_by_the_paired_difference():
     """Classes follow the paired difference answer - repeated and its interval, not the two point
     estimates: "pair" raises both (3.0 and 2.9, each interval above 0) with a difference whose
     interval holds 0; the old rule (answer's interval above 0 and answer > repeated) called it
-    opposite-mapping. "both" raises both with a difference clearly above 0: opposite-mapping."""
+    answer-over-repeat. "both" raises both with a difference clearly above 0: answer-over-repeat
+    (named for what it measures; it was called opposite-mapping, which the measure cannot show)."""
     import pandas as pd
 
     from opposites.derived import classify_components
@@ -268,8 +269,8 @@ def test_components_are_classified_by_the_paired_difference():
                       + rows("none", 0.05, 0.05, 0.0) + rows("both", 11.0, 8.0, 3.0) + rows("pair", 3.0, 2.9, 0.1)
                       + rows("low", -2.0, -2.1, 0.1))
     got = dict(zip(*classify_components(df)[["component", "cls"]].T.values))
-    assert got == {"copy": "copy-like", "supp": "copy-suppressing", "opp": "opposite-mapping", "none": "none",
-                   "both": "opposite-mapping", "pair": "pair", "low": "pair"}
+    assert got == {"copy": "copy-like", "supp": "copy-suppressing", "opp": "answer-over-repeat", "none": "none",
+                   "both": "answer-over-repeat", "pair": "pair", "low": "pair"}
 
 
 def test_head_logits_difference_and_pair_direction(toy, rows):

@@ -99,17 +99,23 @@ def test_proportion_is_wilson_when_hits_ignore_the_word():
     assert (clustered.ci_low <= plain.ci_low + 1e-12).all()  # never narrower than Wilson
 
 
-def test_all_hits_with_clusters_keep_a_lower_bound_below_one():
-    """64/64 over 8 words: no spread, so no word effect can be estimated; Wilson's bound over prompts
-    (about 0.94), not the degenerate [1, 1] of a cluster bootstrap."""
+def test_all_hits_with_clusters_count_each_word_once():
+    """64/64 over 8 words: no spread, so the within-word correlation cannot be estimated; the
+    conservative effective n is the number of words: Wilson's 8/8 (about [0.68, 1]), neither the
+    degenerate [1, 1] of a cluster bootstrap nor Wilson's over 64 independent prompts (about 0.94,
+    what proportion() gave before). 6 words (the size task's pairs): about [0.61, 1]."""
     hits = torch.ones(64, dtype=torch.float64)
     est = proportion(hits, WORDS)
-    assert est.ci_low.item() == pytest.approx(0.943, abs=0.002) and est.ci_high.item() == 1.0
+    assert est.ci_low.item() == pytest.approx(wilson(8, 8)[0]) and est.ci_high.item() == 1.0
+    assert est.ci_low.item() < 0.9 and est.n == 64
+    six = [i % 6 for i in range(64)]
+    assert proportion(hits, six).ci_low.item() == pytest.approx(0.61, abs=0.01)
+    assert proportion(torch.zeros(64, dtype=torch.float64), six).ci_high.item() == pytest.approx(0.39, abs=0.01)
+    assert proportion(hits).ci_low.item() == pytest.approx(0.943, abs=0.002)  # no clusters: prompts independent
     assert mean_ci(hits, seed=0, clusters=WORDS).ci_low.item() == 1.0
+    # one miss that is its word's only prompt carries no word effect: about Wilson's 63/64
     one_miss = hits.clone()
     one_miss[0] = 0.0
-    assert proportion(one_miss, WORDS).ci_low.item() <= est.ci_low.item()  # 63/64 no narrower than 64/64
-    # one miss that is its word's only prompt carries no word effect: about Wilson's 63/64
     alone = [0] + [1 + i // 8 for i in range(63)]
     assert proportion(one_miss, alone).ci_low.item() == pytest.approx(wilson(63, 64)[0], abs=0.02)
 

@@ -3,6 +3,7 @@ torch, and no imports from those modules: everything above imports this, never t
 
 from __future__ import annotations
 
+import math
 from importlib import resources
 
 import numpy as np
@@ -34,12 +35,53 @@ def benjamini_hochberg(p_values, q: float = FDR_Q) -> np.ndarray:
     return found
 
 
+def holm(p_values, alpha: float) -> np.ndarray:
+    """Which of the p-values are rejected by Holm's step-down procedure at family-wise error rate
+    alpha: the k-th smallest p-value is compared with alpha / (m - k + 1), stopping at the first
+    that exceeds it (NaN p-values: not tested, not counted in m)."""
+    p = np.asarray(p_values, dtype=float)
+    tested = np.flatnonzero(~np.isnan(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m = len(order)
+    rejected = np.zeros(len(p), dtype=bool)
+    for k, i in enumerate(order):
+        if p[i] > alpha / (m - k):
+            break
+        rejected[i] = True
+    return rejected
+
+
+def wilson_p_above(value: float, ci95: list[float], null: float) -> float:
+    """One-sided p-value of a proportion > null from its 95% Wilson interval: the score test the
+    interval inverts, z = (value - null) / sqrt(null (1 - null) / n_eff), with the effective n read
+    back from a bound b (value - b)^2 = z95^2 b (1 - b) / n_eff. NaN where neither bound tells n."""
+    z95 = 1.959963984540054
+    bound = next((b for b in (ci95[0], ci95[1]) if abs(b - value) > 1e-12 and 0 < b < 1), None)
+    if bound is None:
+        return math.nan
+    n_eff = z95 ** 2 * bound * (1 - bound) / (value - bound) ** 2
+    z = (value - null) / math.sqrt(null * (1 - null) / n_eff)
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
 def significant(df: pd.DataFrame, value: str = "value", q: float = FDR_Q, floor: float = EFFECT_FLOOR) -> pd.Series:
     """Cells of one panel (rows of df, with `value` and `p_value`) that are discoveries: BH at
     false discovery rate q over the panel's p-values, and |value| at least `floor` times the panel's
     largest |value|."""
     size = df[value].abs()
     return pd.Series(benjamini_hochberg(df.p_value.to_numpy(), q), index=df.index) & (size >= floor * size.max())
+
+
+MIN_CONTROL_SETS = 2  # a matched random control needs at least this many different sets to draw from
+
+
+def matched_control(ablation: dict | None) -> dict | None:
+    """The matched random control of an ablation test (mechanism._test's random_others), or None
+    where none exists: no matched set at all, or only one possible set (distinct_sets 1: every
+    "random" draw is the same set, a single comparison whose interval resamples prompts, not
+    controls)."""
+    others = (ablation or {}).get("random_others")
+    return others if others and others.get("distinct_sets", MIN_CONTROL_SETS) >= MIN_CONTROL_SETS else None
 
 
 MIN_ATTENTION = 0.2  # a head "follows" a role only with at least this share of END's attention on it
@@ -158,12 +200,17 @@ def ioi_head_classes() -> dict[str, list[str]]:
     return yaml.safe_load(resources.files("opposites").joinpath("data", "gpt2_head_classes.yaml").read_text())
 
 
+ANSWER_OVER_REPEAT = "answer-over-repeat"  # the class whose paired difference answer - repeated is above 0
+
+
 def classify_components(head_logits: pd.DataFrame) -> pd.DataFrame:
     """One row per component with its answer, wrong and paired difference (answer - wrong)
     contributions and a class, decided by which 95% intervals exclude 0, the paired difference's
     first (answer and repeated-word contributions share one direction, so the point estimates
-    alone cannot tell them apart): opposite-mapping (raises the answer, and more than the repeated
-    word), copy-like (raises the repeated word, and more than the answer), copy-suppressing (lowers
+    alone cannot tell them apart): answer-over-repeat (ANSWER_OVER_REPEAT: raises the answer, and more
+    than the repeated word; the difference is the component's direct attribution to the logit
+    difference itself, so a model that does the task has such components by construction: the name
+    says what is measured, not that the component maps a word to its opposite), copy-like (raises the repeated word, and more than the answer), copy-suppressing (lowers
     the repeated word, more than the answer), pair (raises or lowers both alike: the difference's
     interval holds 0), or none."""
     wide = head_logits.pivot_table(index=["component", "layer", "head"], columns="target",
@@ -174,7 +221,7 @@ def classify_components(head_logits: pd.DataFrame) -> pd.DataFrame:
     alike = ~up("difference") & ~down("difference") & ((up("answer") & up("wrong")) | (down("answer") & down("wrong")))
     cls = np.select([up("difference") & up("answer"), down("difference") & up("wrong"),
                      up("difference") & down("wrong"), alike],
-                    ["opposite-mapping", "copy-like", "copy-suppressing", "pair"], "none")
+                    [ANSWER_OVER_REPEAT, "copy-like", "copy-suppressing", "pair"], "none")
     return wide.assign(cls=cls).rename(columns={"value_answer": "answer", "value_wrong": "wrong",
                                                 "value_difference": "difference"})
 

@@ -4,6 +4,8 @@ recovery. The prose (summary.py) and the glance table (tables.py) state them."""
 
 from __future__ import annotations
 
+import math
+
 from opposites.derived import MIN_CLUSTERS, head_label
 from opposites.prompts import load_spec
 from opposites.widest import widest_path
@@ -24,18 +26,25 @@ def glance(data: dict, task: str, interchange: dict | None) -> dict:
     share its output carries into the path's next node alone (path patching, `circuit_paths`);
     the interchange's located point (IIA, 95% Wilson interval) and the smallest DAS k its intervals
     support, with the number of candidate answers. A field whose support is missing is None: no path
-    when the circuit's recovery interval reaches 0, no located point when END is not shown to carry
-    the value."""
+    when the circuit's recovery interval reaches 0 (or, where held-out words are too few for an
+    interval, when a path-patching interval along the path does), no located point when END is not
+    shown to carry the value."""
     base = data["baseline"][task]
     circuit = data.get("circuit", {}).get(task)
     main = paper_circuit_row(circuit)["held_out"] if circuit else None  # recovery on the held-out prompts
     path = widest_path(circuit["edges"]) if circuit else None
-    supported = main is not None and main.get("recovered_ci95") is not None and main["recovered_ci95"][0] > 0
+    interval = main.get("recovered_ci95") if main else None
+    too_few = interval is not None and all(math.isnan(x) for x in interval)  # held out from < MIN_CLUSTERS words
     paths = data.get("circuit_paths", {}).get(task)
     path_edges = [{"sender": e["sender"], "reader": e["receiver"] + (f".{e['input']}" if e["input"] else ""),
                    "share": e["value"], "share_ci95": [e["ci_low"], e["ci_high"]],
                    "excludes_zero": not e["ci_low"] <= 0 <= e["ci_high"]}
-                  for e in paths["edges"]] if paths and path and supported and paths["path"] == path[0] else None
+                  for e in paths["edges"]] if paths and path and paths["path"] == path[0] else None
+    # the path is stated when the circuit's held-out recovery excludes 0, or, where that interval
+    # cannot be had (too few held-out words), when path patching along it excludes 0 at every edge
+    supported = (interval is not None and not too_few and interval[0] > 0) or \
+        (too_few and bool(path_edges) and all(e["excludes_zero"] for e in path_edges))
+    path_edges = path_edges if supported else None
     end = interchange["sweep"]["best_end"] if interchange and interchange["end_carries"] else None
     k = interchange["das_k"] if end else None
     stated = path[0] if path and supported else None
@@ -52,11 +61,14 @@ def glance(data: dict, task: str, interchange: dict | None) -> dict:
             "circuit_edges": circuit["n_edges"] if circuit else None,
             "share_carried": main["recovered"] if supported else None,
             "share_carried_ci95": main["recovered_ci95"] if supported else None,
+            "held_out_recovered": main["recovered"] if main else None,  # beside its interval, shown or not
+            "held_out_recovered_ci95": main["recovered_ci95"] if main else None,
             "located": end["label"] if end else None, "located_site": end["site"] if end else None,
             "iia": end["iia"] if end else None, "iia_ci95": end["iia_ci95"] if end else None,
             "n_pairs": interchange["sweep"]["n_pairs"] if end else None,
             "source_left": interchange["role_left"] if end else None,
             "das_k": k["k"] if k else None, "das_iia": k["iia"] if k else None, "das_iia_ci95": k["iia_ci95"] if k else None,
+            "das_train_iia": k.get("train_iia") if k else None,  # on the pairs it was trained on: the fit, beside held-out
             "n_candidates": interchange["n_candidates"] if end else None}
 
 
@@ -203,3 +215,29 @@ def arrival(interchange: dict | None) -> dict | None:
     pick = lambda loc: {"label": loc["label"], "iia": loc["iia"], "iia_ci95": loc["iia_ci95"]}  # noqa: E731
     return {"before": pick(before) if before and before is not best else None, "parts": [pick(p) for p in parts],
             "carriers": [p["label"] for p in parts if p["iia_ci95"][0] > 0.5], "n_pairs": sweep["n_pairs"]}
+
+
+REPLICATES_SHARE = 0.5  # a circuit replicates when at least this share of its components is in every seed's circuit
+
+
+def seed_replication(replication: dict | None, circuit: dict) -> dict | None:
+    """Whether one task's circuit replicates across training seeds (replication analysis; None for
+    one model): of the components (heads and MLPs) in the paper's model's circuit, how many are in
+    every seed's circuit, the edge and head counts per seed (min, max), and the head Jaccard between
+    every two seeds' circuits (mean, min). It replicates when at least REPLICATES_SHARE of the
+    paper's components recur in every seed. No interval: with a handful of seeds (fewer than
+    MIN_CLUSTERS) a resampling interval says nothing, so the numbers are stated as they are."""
+    if not replication or not replication.get("measured"):
+        return None
+    seeds = replication["seeds"]
+    own = [x for x in circuit["nodes"] if x not in ("embed", "logits")]  # the paper's model's circuit
+    kept = [c for c in own if c in replication["replicated"]]
+    heads = [set(s["heads"]) for s in seeds.values()]
+    jac = [len(a & b) / len(a | b) if a | b else 1.0 for i, a in enumerate(heads) for b in heads[i + 1:]]
+    share = len(kept) / len(own) if own else 0.0
+    return {"n_seeds": len(seeds), "n_components": len(own), "n_replicated": len(kept), "share": share,
+            "replicated": kept, "replicates": share >= REPLICATES_SHARE,
+            "edges": [min(s["n_edges"] for s in seeds.values()), max(s["n_edges"] for s in seeds.values())],
+            "heads": [min(len(h) for h in heads), max(len(h) for h in heads)],
+            "heads_jaccard_mean": sum(jac) / len(jac) if jac else None, "heads_jaccard_min": min(jac) if jac else None,
+            "too_few_for_interval": len(seeds) < MIN_CLUSTERS}

@@ -18,7 +18,7 @@ from opposites.config import model_kind
 from opposites.outline import Item, Outline
 from opposites.provenance import versions
 from opposites.summary import summarize
-from opposites import circuit_metrics, derived, overlap, sharing
+from opposites import circuit_metrics, derived, findings, overlap, sharing
 from opposites.texutil import code, fmt, fmt_ci, pct, tex_escape
 
 
@@ -41,7 +41,7 @@ LATEX_TEXT = [(r"\\%", "%"), (r"\\&", "&"), (r"\\_", "_"), (r"\\to\b", "→"), (
               (r"\\(?:emph|textbf|texttt|textit)\{([^}]*)\}", r"\1"), (r"~", " "), (r"\$", "")]
 
 
-METHODS = {"circuits": circuit_metrics, "derived": derived, "overlap": overlap, "sharing": sharing}  # constants that captions and prose name
+METHODS = {"circuits": circuit_metrics, "derived": derived, "findings": findings, "overlap": overlap, "sharing": sharing}  # constants that captions and prose name
 
 
 def caption_text(item: Item, config: dict) -> str:

@@ -6,12 +6,25 @@ table and prose jobs use it):
                task makes of A's source word, as B's own activation does within B;
   replication  whether the shared components recur in the circuits of models trained from other
                seeds (absent for a single model such as GPT-2: not measured).
-Sharing is claimed only where all three support it."""
+Sharing is claimed only where all three support it.
+
+Multiplicity: overlap and transfer are each tested once per pair of tasks (6 pairs for 4 tasks), so
+each family is Holm-corrected over the pairs (family-wise error ALPHA, one-sided, as the single
+test's SUPPORT_PERCENTILE): overlap over the pairs whose overlap is testable (a pair whose largest
+possible overlap cannot reach the threshold can never be a false discovery, so it is not counted:
+Tarone's refinement), transfer over the pairs where it is measurable."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
+from opposites.derived import holm, wilson_p_above
+
 CARRIES = 0.5  # a location carries the source word when its IIA's lower 95% bound exceeds this
 SUPPORT_PERCENTILE = 97.5  # observed overlap above this percentile of the null: more than chance
+ALPHA = 1 - SUPPORT_PERCENTILE / 100  # one-sided family-wise error of each family of pair tests (Holm)
 
 
 def _locations(transfer: dict, source: str, disjoint: bool = False) -> dict[str, dict] | None:
@@ -93,6 +106,29 @@ def overlap_support(pair: dict) -> str:
     return "supports" if pair[f"{what}_jaccard_percentile"] >= SUPPORT_PERCENTILE else "chance"
 
 
+def overlap_p_value(pair: dict) -> float:
+    """One-sided p-value of the decisive overlap (overlap_support's: heads where that null has
+    freedom, else edges) against its null: the share of null draws above it, ties counted half
+    (1 - percentile / 100); NaN where the overlap is not testable or not measurable."""
+    if overlap_support(pair) not in ("supports", "chance"):
+        return math.nan
+    heads = pair.get("heads_jaccard_null")
+    what = "heads" if heads and heads[0] != heads[2] else "edges"
+    return 1 - pair[f"{what}_jaccard_percentile"] / 100
+
+
+def transfer_p_value(t: dict) -> float:
+    """One-sided p-value that a pair transfers: per location that carries the word within both
+    tasks, the larger of the two directions' p-values of IIA > CARRIES (both must hold), and the
+    smallest over those locations; NaN where transfer is not measurable or no location qualifies."""
+    if not t.get("measurable"):
+        return math.nan
+    rows = [r for r in t["rows"] if r["verdict"] in ("transfers", "does not transfer", "inconclusive")]
+    p = [max(wilson_p_above(r[d]["iia"], r[d]["iia_ci95"], CARRIES) for d in ("a_to_b", "b_to_a")) for r in rows]
+    p = [x for x in p if not math.isnan(x)]
+    return min(p) if p else math.nan
+
+
 def replication_support(replication: dict[str, dict] | None, a: str, b: str, shared: list[str]) -> dict:
     """Which of the components shared by a and b are in both tasks' circuits in every seed's model,
     and the pair's head Jaccard per seed as mean and range (measured: false for one model)."""
@@ -112,16 +148,25 @@ def pair_verdicts(pairs: list[dict], transfer: dict[str, dict], shared: dict[tup
                   replication: dict[str, dict] | None = None) -> list[dict]:
     """Per pair of tasks (overlap.compare's pairs): overlap against its null, transfer and
     replication, and the claim: sharing only where all three support it."""
+    transfers = [pair_transfer(transfer, p["a"], p["b"], shared[(p["a"], p["b"])]) for p in pairs]
+    overlap_p, transfer_p = [overlap_p_value(p) for p in pairs], [transfer_p_value(t) for t in transfers]
+    overlap_holm, transfer_holm = holm(overlap_p, ALPHA), holm(transfer_p, ALPHA)
     out = []
-    for p in pairs:
+    for i, (p, t) in enumerate(zip(pairs, transfers)):
         a, b = p["a"], p["b"]
-        t = pair_transfer(transfer, a, b, shared[(a, b)])
         rep = replication_support(replication, a, b, shared[(a, b)])
         ov = overlap_support(p)
+        if ov == "supports" and not overlap_holm[i]:
+            ov = "chance after Holm"  # beyond the null alone, not once the pairs tested are counted
+        if t.get("transfers") and not transfer_holm[i]:
+            t = {**t, "transfers": False, "holm_failed": True}
+        t = {**t, "p_value": transfer_p[i], "n_tested": int((~np.isnan(transfer_p)).sum())}
         functional = t.get("transfers", False) and rep["measured"] and bool(rep["replicated"])  # transfer and replication
-        out.append({"a": a, "b": b, "overlap": ov, "overlap_pair": p, "transfer": t, "replication": rep,
+        out.append({"a": a, "b": b, "overlap": ov, "overlap_pair": p, "overlap_p": overlap_p[i],
+                    "overlap_n_tested": int((~np.isnan(overlap_p)).sum()), "transfer": t, "replication": rep,
                     "shared": shared[(a, b)], "functional": functional, "claim": ov == "supports" and functional})
     return out
+
 
 
 def shared_components(circuits: dict[str, dict]) -> dict[tuple[str, str], list[str]]:

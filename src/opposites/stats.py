@@ -20,7 +20,9 @@ resamples and at 0/n or n/n it collapses to a point ([1, 1] for 64/64), which Wi
 does not. Not deff = 1 + (m - 1) icc with an ANOVA icc either: one miss that is its word's only
 prompt makes that icc 1 (no spread within words), which on the trained IOI accuracy (63/64, 29
 names) widened the interval to [0.83, 1.00] though one miss carries no word effect; the variance
-ratio gives about 1 there. With all prompts alike (64/64) deff = 1: Wilson's interval over prompts.
+ratio gives about 1 there. With all prompts alike (64/64 or 0/64) the within-word correlation cannot
+be estimated (both variances are 0): the conservative choice, n_eff = the number of words (deff = n / C),
+so 64/64 over 6 words gives Wilson's [0.61, 1] for 6/6, not [0.94, 1] as if prompts were independent.
 """
 
 from __future__ import annotations
@@ -153,8 +155,9 @@ def design_effect(hits: Tensor, clusters=None) -> Tensor:
     """(...,) Kish's design effect of the share of hits (..., n) clustered by `clusters` (one label
     per prompt; None: independent prompts, 1): the variance of the share under cluster sampling
     (the linearisation estimator, C / (C - 1) * sum_i (S_i - p m_i)^2 / n^2 over clusters i with m_i
-    prompts and S_i hits) over its variance under independent sampling, p (1 - p) / n; at least 1,
-    and 1 where both are 0 (all prompts alike) or there are fewer than two clusters."""
+    prompts and S_i hits) over its variance under independent sampling, p (1 - p) / n; at least 1;
+    n / C where both are 0 (all prompts alike: the within-word correlation cannot be estimated, so
+    each word counts once), and 1 where there are fewer than two clusters."""
     x = hits.double()
     n = x.shape[-1]
     ids = _cluster_ids(clusters, n).to(x.device)
@@ -167,7 +170,8 @@ def design_effect(hits: Tensor, clusters=None) -> Tensor:
     clustered = C / (C - 1) * ((x @ onehot - p * m) ** 2).sum(-1) / n ** 2
     independent = (p * (1 - p))[..., 0] / n
     ratio = clustered / independent.clamp(min=1e-300)
-    return torch.where(independent > 0, ratio, torch.ones_like(ratio)).clamp(min=1.0)
+    all_alike = torch.full_like(ratio, n / C)  # n_eff = C: one independent observation per word
+    return torch.where(independent > 0, ratio, all_alike).clamp(min=1.0)
 
 
 def proportion(hits: Tensor, clusters=None) -> Estimate:

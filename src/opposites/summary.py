@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pandas as pd
 
-from opposites.derived import (accumulated_lens, classify_components, ioi_head_classes,
-                               head_label, head_routes, layer_contributions, opposite_tasks, relation_similarity,
-                               signed_top_heads)
-from opposites.findings import glance, interchange_facts, second_corruption_facts
+from opposites.derived import (ANSWER_OVER_REPEAT, accumulated_lens, classify_components, ioi_head_classes,
+                               head_label, head_routes, layer_contributions, matched_control, opposite_tasks,
+                               relation_similarity, signed_top_heads)
+from opposites.findings import glance, interchange_facts, second_corruption_facts, seed_replication
 from opposites.nodes import head_nodes
 from opposites.overlap import compare, gpt2_classes, graph_of
 from opposites.sharing import sharing_facts
 
 
-CLASSES = ("opposite-mapping", "copy-like", "copy-suppressing", "pair")
+CLASSES = (ANSWER_OVER_REPEAT, "copy-like", "copy-suppressing", "pair")
 
 
 def lens_facts(lens: pd.DataFrame) -> dict:
@@ -114,6 +114,8 @@ def summarize(data: dict, tasks: list[str]) -> dict:
         classes = classify_components(data["head_logits"][t])
         per_task[t]["classes"] = {"counts": {c: int((classes.cls == c).sum()) for c in CLASSES},
                                   "control": data["control"][t]}
+    for t in tasks:  # does the circuit replicate across training seeds (None: one model)
+        per_task[t]["seed_replication"] = seed_replication(data.get("replication", {}).get(t), data["circuit"][t])
     circuits = circuit_facts(data, tasks)
     return {"tasks": per_task, "opposite_tasks": opposite_tasks(tasks), "circuits": circuits,
             "sharing": sharing_facts(data, tasks, circuits["compare"]["pairs"])}
@@ -123,7 +125,7 @@ def carries(ablation: dict | None, margin: float = 0.2) -> bool:
     """A named set carries the task when ablating it leaves accuracy below every random set of the
     same size by at least `margin`, and its interval lies wholly below the random sets' interval;
     never without a matched control (as many other heads and MLP layers)."""
-    if not ablation or not ablation.get("random_others"):
+    if not matched_control(ablation):
         return False
     named, other = ablation["named"], ablation["random_others"]
     return named["accuracy"] + margin <= other["accuracy_min"] and named["accuracy_ci95"][1] < other["accuracy_mean_ci95"][0]
@@ -132,7 +134,7 @@ def carries(ablation: dict | None, margin: float = 0.2) -> bool:
 def lowers_logit_diff(ablation: dict | None) -> bool:
     """Ablating the named set lowers the logit difference more than the matched random sets do:
     its change's interval lies wholly below theirs (never without a matched control)."""
-    if not ablation or not ablation.get("random_others"):
+    if not matched_control(ablation):
         return False
     return ablation["named"]["logit_diff_change_ci95"][1] < ablation["random_others"]["logit_diff_change_mean_ci95"][0]
 
@@ -143,6 +145,8 @@ def mechanism_facts(data: dict, task: str) -> dict:
     facts = {"movers": movers, "movers_carry": carries(movers["ablation"]), "mapping": mapping,
              "mappers_carry": carries(mapping["ablation"]) if mapping else False,
              "mappers_lower_ld": lowers_logit_diff(mapping["ablation"]) if mapping else False,
+             "movers_control": matched_control(movers["ablation"]) is not None,  # a matched control exists
+             "mappers_control": bool(mapping) and matched_control(mapping["ablation"]) is not None,
              "interchange": interchange_facts(data, task)}
     return {**facts, "glance": glance(data, task, facts["interchange"])}
 

@@ -7,10 +7,11 @@ from typing import Callable
 import pandas as pd
 
 from opposites.derived import (classify_components, end_attention_to_roles, ioi_head_classes, largest_abs,
-                               opposite_tasks, role_preferences)
+                               matched_control, opposite_tasks, role_preferences)
 from opposites.derived import head_routes as derived_head_routes  # the table of the same name is below
 from opposites.overlap import compare, gpt2_classes, graph_of
 from opposites.prompts import CLUSTER_UNIT, load_spec
+from opposites.summary import CLASSES
 from opposites.texutil import fmt, fmt_ci, tex_escape
 
 TABLES: dict[str, Callable] = {}
@@ -272,7 +273,7 @@ def component_classes(data: dict, tasks: list[str]) -> str:
     for task in tasks:
         df = classify_components(data["head_logits"][task])
         df = df.assign(size=df.answer.abs() + df.wrong.abs())
-        for cls in ("opposite-mapping", "copy-like", "copy-suppressing", "pair"):
+        for cls in CLASSES:
             part = df[df.cls == cls].nlargest(5, "size")
             cells = ", ".join(f"{tex_escape(r.component)} ({fmt(r.answer)}, {fmt(r.wrong)}; "
                               f"{fmt_ci(r.difference, [r.ci_low_difference, r.ci_high_difference])})"
@@ -312,7 +313,7 @@ def mechanism(data: dict, tasks: list[str]) -> str:
             named_, others = a["named"], a["random_others"]
             ld = lambda r, m="": r"$\Delta$LD " + fmt_ci(r[f"logit_diff_change{m}"], r[f"logit_diff_change{m}_ci95"])  # noqa: E731
             rs = named_["resample"]
-            control = "no matched control" if not others else (
+            control = ("no matched control exists" + (" (one possible set)" if others else "")) if not matched_control(a) else (
                 fmt_ci(others["accuracy_mean"], others["accuracy_mean_ci95"]) + f" (min {fmt(others['accuracy_min'])}); "
                 + ld(others, "_mean") + "; resample " + ld(others["resample"], "_mean"))
             rows.append([tex_escape(task), kind, tex_escape(what), fmt(base["accuracy"]),
@@ -335,15 +336,15 @@ def interchange(data: dict, tasks: list[str]) -> str:
         end, role = sweep["best_end"], sweep["role_at_best_end"]
         at_end = next(loc for loc in das["locations"] if loc["site"] == end["site"] and loc["position"] == "END")
         source = {k["k"]: k for loc in das["locations"] if loc.get("point") == "source" for k in loc["k"]}
-        ks = "; ".join(f"{k['k']}: {fmt(k['iia'])} ({fmt(k['random_iia_mean'])}"
+        ks = "; ".join(f"{k['k']}: {fmt(k['iia'])} ({fmt(k['train_iia']) if 'train_iia' in k else '--'}; {fmt(k['random_iia_mean'])}"
                        + (f"; {fmt(source[k['k']]['iia'])}" if k["k"] in source else "") + ")" for k in at_end["k"])
         rows.append([tex_escape(task), str(sweep["n_pairs"]), tex_escape(end["label"]), fmt_ci(end["iia"], end["iia_ci95"]),
                      f"{tex_escape(sweep['role'])}: {fmt_ci(role['iia'], role['iia_ci95'])}",
-                     f"{das['n_test']} ({at_end['full']['n_clusters']})", str(das["n_candidates"]), ks,
+                     f"{das['n_test']} ({at_end['full']['n_clusters']}) / {das['n_train']}", str(das["n_candidates"]), ks,
                      fmt_ci(at_end["full"]["iia"], at_end["full"]["iia_ci95"])])
     return tabular(r"l r l p{2.2cm} p{2.6cm} r r p{4.4cm} p{2.2cm}",
-                   ["task", "pairs", "END located", "IIA [95\\% CI]", "source word there", "held out (clusters)",
-                    "answers", "DAS IIA by $k$ (random; source word)", "full"], rows)
+                   ["task", "pairs", "END located", "IIA [95\\% CI]", "source word there", "held out (clusters) / train",
+                    "answers", "DAS held-out IIA by $k$ (train; random; source word)", "full"], rows)
 
 
 
@@ -370,8 +371,10 @@ def sharing(data: dict, tasks: list[str]) -> str:
         o = p["overlap_pair"]
         overlap = f"heads {fmt(o['heads_jaccard'])}, edges {fmt(o['edges_jaccard'])}" + (
             f"; pct. {fmt(o['heads_jaccard_percentile'], 0)} / {fmt(o['edges_jaccard_percentile'], 0)}"
-            if "heads_jaccard_percentile" in o else "") + f": {p['overlap']}"
+            if "heads_jaccard_percentile" in o else "") + f": {p['overlap']}" + (
+            f" (one-sided $p = {fmt(p['overlap_p'], 3)}$, Holm over {p['overlap_n_tested']})" if p.get("overlap_n_tested") and p["overlap_p"] == p["overlap_p"] else "")
         transfer = (tex_escape(t["reason"]) if not t["measurable"] else
+                    f"not after Holm over {t['n_tested']} pairs ($p = {fmt(t['p_value'], 3)}$)" if t.get("holm_failed") else
                     ("transfers: " + ", ".join(t["transferring"]) if t["transferring"] else
                      f"transfers at {t['located']['component']}" if t["transfers"] else
                      "does not transfer" + (": " + ", ".join(t["failing"]) if t["failing"] else "")))
@@ -417,11 +420,15 @@ def glance(data: dict, tasks: list[str]) -> str:
     for task in tasks:
         g = mechanism_glance(data, task, interchange_facts(data, task))
         located = (f"END {tex_escape(g['located'])}: {fmt_ci(g['iia'], g['iia_ci95'])}" if g["located"] else "not located")
-        das = {"found": lambda: f"$k = {g['das_k']}$ of {g['n_candidates']} answers: {fmt_ci(g['das_iia'], g['das_iia_ci95'])}",
+        das = {"found": lambda: f"$k = {g['das_k']}$ of {g['n_candidates']} answers: {fmt_ci(g['das_iia'], g['das_iia_ci95'])}"
+                                + (f" (train {fmt(g['das_train_iia'])})" if g.get("das_train_iia") is not None else ""),
                "not testable": lambda: "not testable (too few held-out words)",
                "none": lambda: "no tested $k$ reaches the whole vector", None: lambda: "--"}[g["das_status"]]()
         carried = (f"{g['circuit_edges']} edges: {fmt_ci(g['share_carried'], g['share_carried_ci95'])}"
-                   if g["share_carried"] is not None else "not shown")
+                   if g["share_carried"] is not None else
+                   f"{g['circuit_edges']} edges: {fmt_ci(g['held_out_recovered'], g['held_out_recovered_ci95'])}"
+                   if g["held_out_recovered_ci95"] and g["held_out_recovered_ci95"][0] != g["held_out_recovered_ci95"][0]  # NaN: n too small
+                   else "not shown")
         shared = [p["b"] if p["a"] == task else p["a"] for p in sharing["claimed"] if task in (p["a"], p["b"])]
         rep = (sharing["replication"] or {}).get(task)
         replicates = (", ".join(rep["replicated"]) or "none") + f" ({rep['n_seeds']} seeds)" if rep else "one model"

@@ -31,9 +31,12 @@ def fmt(x: float, digits: int = 2) -> str:
 
 
 def fmt_ci(value: float, ci: list[float] | None, digits: int = 2) -> str:
-    """'value [low, high]' for a table cell or sentence."""
+    """'value [low, high]' for a table cell or sentence; 'value [n too small]' where the interval is
+    NaN for lack of clusters (circuits.clustered_interval) and the value is not."""
     if ci is None:
         return fmt(value, digits)
+    if all(isinstance(x, float) and math.isnan(x) for x in ci) and fmt(value, digits) != "n/a":
+        return f"{fmt(value, digits)} [n too small]"
     return f"{fmt(value, digits)} [{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
 
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from opposites.circuit_metrics import (ACDC_MAX_EDGES, EXACT_MAX_EDGES, FRACTIONS, REFINE_MAX, REFINE_MAX_EDGES, cpr_cmd, fraction_sizes,
                                        jaccard, prune_dangling, smallest_stable)
 from opposites.analyses import acdc
+from opposites.derived import MIN_CLUSTERS
 from opposites.core import JobCache, batches, direction, prompt_clusters
 from opposites.nodes import Edge, component_nodes
 from opposites.patching.edges import Graph, circuits_forward, edge_attribution, edge_forward, shared_prefix
@@ -72,6 +73,11 @@ class Runs:
         out = torch.zeros(len(self.clean), n_resamples, dtype=torch.float64, device="cpu")
         out[inside] = resample_weights(len(inside), seed, n_resamples, clusters=clusters)
         return out
+
+    def n_clusters(self, part: torch.Tensor) -> int:
+        """How many clusters (resampling units) the prompts of `part` (prompt,) bool come from."""
+        inside = part.nonzero()[:, 0].tolist()
+        return len(inside) if self.clusters is None else len({self.clusters[i] for i in inside})
 
     def intervals(self, lds: torch.Tensor, seed: int, part: torch.Tensor | None = None) -> torch.Tensor:
         """(circuit, resample) recoveries over bootstrap resamples of the prompts (of `part` (prompt,)
@@ -438,10 +444,18 @@ def recovery_numbers(d: Discovery, kept: list[Edge], seed: int, curve_lds: torch
     extra = curve_lds if curve_lds is not None else lost_lds[:0]
     boot = runs.intervals(torch.cat([d.lds([kept]), lost_lds, extra]), seed, d.drawn)
     lost = 1 - runs.recovery(lost_lds, d.w)
-    return {"recovered": d.recover([kept])[0], "recovered_ci95": interval(boot[0]),
-            "completeness_lost": lost[0].item(), "completeness_lost_ci95": interval(1 - boot[1]),
-            "completeness_lost_embed": lost[1].item(), "completeness_lost_embed_ci95": interval(1 - boot[2]),
-            "n_embed_edges": len(from_embed)}, boot[3:]
+    n_clusters = runs.n_clusters(d.drawn)
+    ci = lambda resampled: clustered_interval(resampled, n_clusters)  # noqa: E731
+    return {"recovered": d.recover([kept])[0], "recovered_ci95": ci(boot[0]),
+            "completeness_lost": lost[0].item(), "completeness_lost_ci95": ci(1 - boot[1]),
+            "completeness_lost_embed": lost[1].item(), "completeness_lost_embed_ci95": ci(1 - boot[2]),
+            "n_embed_edges": len(from_embed), "n_clusters": n_clusters}, boot[3:]
+
+
+def clustered_interval(resampled: torch.Tensor, n_clusters: int) -> list[float]:
+    """[low, high] of a cluster bootstrap over n_clusters clusters; [NaN, NaN] (no interval: "n too
+    small") below MIN_CLUSTERS, where the resamples are too few and too alike to test anything."""
+    return interval(resampled) if n_clusters >= MIN_CLUSTERS else [math.nan, math.nan]
 
 
 def numbers(d: Discovery, kept: list[Edge], fractions: list[float], curve: list[list[Edge]], seed: int,
@@ -458,9 +472,10 @@ def numbers(d: Discovery, kept: list[Edge], fractions: list[float], curve: list[
     boot_mib = [cpr_cmd(fractions, col.tolist() + tail) for col in boot.T]  # (resample,) of (CPR, CMD)
     as_tensor = lambda xs: torch.tensor(xs, dtype=torch.float64, device="cpu")  # noqa: E731
     cmd_est = bias_corrected(as_tensor(cmd), as_tensor([c for _, c in boot_mib]), 0.0, math.inf)
-    return out | {"cpr": cpr, "cmd": cmd_est.value.item(), "cmd_uncorrected": cmd,
-                  "cpr_ci95": interval(as_tensor([c for c, _ in boot_mib])),
-                  "cmd_ci95": [cmd_est.ci_low.item(), cmd_est.ci_high.item()]}
+    enough = out["n_clusters"] >= MIN_CLUSTERS
+    return out | {"cpr": cpr, "cmd": cmd_est.value.item() if enough else cmd, "cmd_uncorrected": cmd,
+                  "cpr_ci95": clustered_interval(as_tensor([c for c, _ in boot_mib]), out["n_clusters"]),
+                  "cmd_ci95": [cmd_est.ci_low.item(), cmd_est.ci_high.item()] if enough else [math.nan, math.nan]}
 
 
 def described(d: Discovery, held: Discovery, kept: list[Edge], fractions: list[float], curve: list[list[Edge]],

@@ -22,7 +22,7 @@ import random
 import torch
 
 from opposites.core import JobCache, batch_order, batches, direction, prompt_clusters, shared
-from opposites.derived import classify_components, head_label, top_patched_heads
+from opposites.derived import ANSWER_OVER_REPEAT, classify_components, head_label, top_patched_heads
 from opposites.nodes import Node
 from opposites.patching import engine
 from opposites.patching.engine import Weights
@@ -185,7 +185,7 @@ def mapping(model, rows, batch_size, seed: int, head_logits=None, movers=None, c
     test of the movers: every other head and every MLP mean-ablated, so only the movers (their OV
     circuits) and the direct path can still map ADJ1 to its opposite."""
     cls = classify_components(head_logits)
-    mappers = cls[cls.cls == "opposite-mapping"]
+    mappers = cls[cls.cls == ANSWER_OVER_REPEAT]
     # push from these rows only: a Series over all rows would give an empty frame its index (rows of NaN)
     top = mappers.assign(push=mappers.answer - mappers.wrong).nlargest(K_MAPPERS, "push")
     named = [{"component": r.component, "answer": float(r.answer), "wrong": float(r.wrong)} for r in top.itertuples()]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from opposites.derived import classify_components
+from opposites.derived import ANSWER_OVER_REPEAT, classify_components
 from opposites.figures.style import figure, heatmap, mark_significant, per_task, task_row
 
 
@@ -15,7 +15,7 @@ def head_dla(data: dict, tasks: list[str]):
     return task_row(tasks, draw)
 
 
-CLASS_COLORS = {"copy-like": "#1b9e77", "copy-suppressing": "#7570b3", "opposite-mapping": "#d95f02", "pair": "#e7298a",
+CLASS_COLORS = {"copy-like": "#1b9e77", "copy-suppressing": "#7570b3", ANSWER_OVER_REPEAT: "#d95f02", "pair": "#e7298a",
                 "none": "0.7"}
 
 
