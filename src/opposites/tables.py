@@ -443,23 +443,28 @@ def glance(data: dict, tasks: list[str]) -> str:
 def movers_shift(data: dict, tasks: list[str]) -> str:
     """What the named heads key on (analysis shift): per head (movers, heads tied on the stated path,
     IOI's heads under the IO-changing corruption), the role it attends to most from END and, per
-    shift of that role's word, END's attention to the word's new position and to its old one, their
-    paired difference with its interval, the verdict, and the task's logit difference change."""
+    shift of that role's word, END's attention to the word's new position minus its old one with its
+    interval, and the verdict; per task, a row of the task's logit difference change under each
+    shift."""
     from opposites.findings import glance as mechanism_glance, interchange_facts
 
+    shifts = ("before", "after", "swap")
     rows = []
     for task in tasks:
         k = mechanism_glance(data, task, interchange_facts(data, task))["keyed"]
         for e in (k or {}).get("heads", []):
-            for how in ("before", "after", "swap"):
-                if how not in e:
-                    continue
-                s, ld = e[how], next(t for t in k["task"] if t["role"] == e["role"] and t["shift"] == how)
-                read = e["swap_read"] if how == "swap" else e["shifts_read"]
-                verdict = (e["swap_keys_on"] if how == "swap" else e["keys_on"]) if read else "not tested: task broken"
-                rows.append([tex_escape(task), e["head"], tex_escape(e["role"]) + f" {fmt(e['attention'])}",
-                             how + (f" ({tex_escape(e['partner'])})" if how == "swap" else ""), fmt(s["new"]), fmt(s["old"]),
-                             fmt_ci(s["follows"], s["follows_ci95"]), tex_escape(verdict),
-                             fmt_ci(ld["change"], ld["change_ci95"])])
-    return tabular(r"l l l l r r p{2.3cm} p{1.9cm} p{2.3cm}",
-                   ["task", "head", "reads (END)", "shift", "new", "old", "new $-$ old", "keys on", "$\\Delta$LD"], rows)
+            verdict = [e["keys_on"] if e["shifts_read"] else "not tested: task broken"]
+            if "swap" in e:
+                verdict.append(f"swap: {e['swap_keys_on']}" if e["swap_read"] else "swap: task broken")
+            rows.append([tex_escape(task), e["head"], tex_escape(e["role"]) + f" {fmt(e['attention'])}",
+                         *[fmt_ci(e[how]["follows"], e[how]["follows_ci95"]) if how in e else "--" for how in shifts],
+                         tex_escape("; ".join(verdict))])
+        if k and k["heads"]:
+            change = {(t["role"], t["shift"]): t for t in k["task"]}
+            for role in dict.fromkeys(e["role"] for e in k["heads"]):
+                rows.append([tex_escape(task), "$\\Delta$LD", tex_escape(role),
+                             *[fmt_ci(change[role, how]["change"], change[role, how]["change_ci95"])
+                               if (role, how) in change else "--" for how in shifts], ""])
+    return tabular(r"l l l p{2.2cm} p{2.2cm} p{2.2cm} p{2.6cm}",
+                   ["task", "head", "reads (END)", "before: new $-$ old", "after: new $-$ old", "swap: new $-$ old",
+                    "keys on"], rows)
