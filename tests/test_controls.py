@@ -100,8 +100,9 @@ def test_das_training_iia_is_shown_beside_held_out():
     generalises)."""
     from opposites.findings import glance
     k = {"k": 2, "iia": 0.9, "iia_ci95": [0.7, 0.97], "train_iia": 1.0}
-    interchange = {"sweep": {"best_end": {"label": "after 0", "site": "s", "iia": 1.0, "iia_ci95": [0.9, 1.0]}, "n_pairs": 64},
-                   "end_carries": True, "role_left": True, "das_k": k, "n_candidates": 12}
+    interchange = {"sweep": {"best_end": {"label": "after 0", "site": "s", "iia": 1.0, "iia_ci95": [0.9, 1.0], "layer": 0},
+                             "n_pairs": 64, "locations": []},
+                   "end_carries": True, "role_left": True, "das_testable": True, "das_k": k, "n_candidates": 12}
     data = {"baseline": {"t": {"does_task": True, "accuracy": 1.0, "accuracy_ci95": [0.6, 1.0], "n_prompts": 64}}}
     got = glance(data, "t", interchange)
     assert (got["das_iia"], got["das_train_iia"]) == (0.9, 1.0)

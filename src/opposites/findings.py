@@ -10,6 +10,7 @@ from opposites.derived import MIN_CLUSTERS, head_label
 from opposites.prompts import load_spec
 from opposites.widest import widest_path
 
+EQUIVALENCE_MARGIN = 0.10  # DAS "does what the whole vector does": its IIA at most this much lower (95% interval)
 K_IO_HEADS = 4  # second corruption: the heads named, largest restoring share first
 
 
@@ -77,7 +78,8 @@ def interchange_facts(data: dict, task: str) -> dict | None:
     interval above 1/2); the source word's position no longer does there (its interval wholly below
     END's); the smallest DAS subspace whose held-out IIA lies above every random subspace's and whose
     paired difference from the whole vector (DAS minus full, per pair, word clusters resampled) has
-    an interval reaching 0, where the held-out pairs come from at least MIN_CLUSTERS words (fewer give
+    an interval whose lower end is above -EQUIVALENCE_MARGIN (equivalent within the margin: an
+    interval that merely reaches 0 is absence of evidence), where the held-out pairs come from at least MIN_CLUSTERS words (fewer give
     too few distinct resamples for the test); DAS at the source word's position after the same layer (point "source",
     the same k) as the baseline."""
     sweep, das = data.get("interchange", {}).get(task), data.get("das", {}).get(task)
@@ -87,7 +89,8 @@ def interchange_facts(data: dict, task: str) -> dict | None:
     at_end = next(loc for loc in das["locations"] if loc["site"] == end["site"] and loc["position"] == "END")
     source = next((loc for loc in das["locations"] if loc.get("point") == "source"), None)
     testable = bool(at_end["k"]) and at_end["k"][0]["n_clusters"] >= MIN_CLUSTERS
-    small = [k for k in at_end["k"] if k["iia_ci95"][0] > k["random_iia_max"] and k["minus_full"]["ci95"][1] >= 0]
+    small = [k for k in at_end["k"] if k["iia_ci95"][0] > k["random_iia_max"]
+             and k["minus_full"]["ci95"][0] >= -EQUIVALENCE_MARGIN]
     k = small[0] if small and testable else None
     return {"sweep": sweep, "das": at_end, "n_test": das["n_test"], "n_candidates": das["n_candidates"],
             "end_carries": end["iia_ci95"][0] > 0.5, "role_left": role["iia_ci95"][1] < end["iia_ci95"][0],

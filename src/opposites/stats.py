@@ -156,8 +156,10 @@ def design_effect(hits: Tensor, clusters=None) -> Tensor:
     per prompt; None: independent prompts, 1): the variance of the share under cluster sampling
     (the linearisation estimator, C / (C - 1) * sum_i (S_i - p m_i)^2 / n^2 over clusters i with m_i
     prompts and S_i hits) over its variance under independent sampling, p (1 - p) / n; at least 1;
-    n / C where both are 0 (all prompts alike: the within-word correlation cannot be estimated, so
-    each word counts once), and 1 where there are fewer than two clusters."""
+    at least n / C where fewer prompts than words go against the majority (all alike, or a few
+    exceptions: the within-word correlation cannot be estimated from so few, so each word counts at
+    most once; one exception can then not narrow the interval of all alike), and 1 where there are
+    fewer than two clusters."""
     x = hits.double()
     n = x.shape[-1]
     ids = _cluster_ids(clusters, n).to(x.device)
@@ -170,8 +172,11 @@ def design_effect(hits: Tensor, clusters=None) -> Tensor:
     clustered = C / (C - 1) * ((x @ onehot - p * m) ** 2).sum(-1) / n ** 2
     independent = (p * (1 - p))[..., 0] / n
     ratio = clustered / independent.clamp(min=1e-300)
-    all_alike = torch.full_like(ratio, n / C)  # n_eff = C: one independent observation per word
-    return torch.where(independent > 0, ratio, all_alike).clamp(min=1.0)
+    per_word = torch.full_like(ratio, n / C)  # n_eff = C: one independent observation per word
+    hits_total = x.sum(-1)
+    few = torch.minimum(hits_total, n - hits_total) < C  # too few exceptions to estimate the correlation
+    ratio = torch.where(independent > 0, ratio, per_word)
+    return torch.where(few, torch.maximum(ratio, per_word), ratio).clamp(min=1.0)
 
 
 def proportion(hits: Tensor, clusters=None) -> Estimate:

@@ -423,7 +423,7 @@ def glance(data: dict, tasks: list[str]) -> str:
         das = {"found": lambda: f"$k = {g['das_k']}$ of {g['n_candidates']} answers: {fmt_ci(g['das_iia'], g['das_iia_ci95'])}"
                                 + (f" (train {fmt(g['das_train_iia'])})" if g.get("das_train_iia") is not None else ""),
                "not testable": lambda: "not testable (too few held-out words)",
-               "none": lambda: "no tested $k$ reaches the whole vector", None: lambda: "--"}[g["das_status"]]()
+               "none": lambda: "no tested $k$ is shown equivalent", None: lambda: "--"}[g["das_status"]]()
         carried = (f"{g['circuit_edges']} edges: {fmt_ci(g['share_carried'], g['share_carried_ci95'])}"
                    if g["share_carried"] is not None else
                    f"{g['circuit_edges']} edges: {fmt_ci(g['held_out_recovered'], g['held_out_recovered_ci95'])}"
