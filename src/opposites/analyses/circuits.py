@@ -48,7 +48,6 @@ class Runs:
     clean: torch.Tensor  # (prompt,)
     corrupted: torch.Tensor
     lds_of: dict = field(default_factory=dict)  # edge set -> (prompt,) exact logit differences
-    cut: tuple = (None, [])  # the last prompt selection _drawn cut the batches to, and the cut batches
     clusters: list | None = None  # each prompt's resampling unit (prompts.cluster_of), batch order
     seconds: dict = field(default_factory=dict)  # method -> CPU seconds of its scores
 
@@ -109,15 +108,10 @@ def prepare(model, rows, batch_size) -> Runs:
                 clusters=prompt_clusters(rows))
 
 
-def _drawn(runs: Runs, prompts: torch.Tensor | None) -> list:
+def drawn_batches(runs: Runs, prompts: torch.Tensor | None = None) -> list:
     """Per batch: (first prompt's index, the indices evaluated (batch order), and what edge_forward
     needs of them: corrupted writer outputs (writer, batch, pos, d_model), clean tokens, direction,
-    bias and prefix), the batch cut to the drawn prompts when `prompts` (prompt,) bool is given. The
-    last selection's cut batches are kept (runs.cut): a resample evaluates many circuits on one."""
-    if prompts is not None:
-        if runs.cut[0] is not None and torch.equal(runs.cut[0], prompts):
-            return runs.cut[1]
-        runs.cut = (None, [])  # the old cut is freed before the new one is made
+    bias and prefix), the batch cut to the drawn prompts when `prompts` (prompt,) bool is given."""
     out, start = [], 0
     for r in runs.batches:
         n = len(r["batch"].clean)
@@ -129,15 +123,13 @@ def _drawn(runs: Runs, prompts: torch.Tensor | None) -> list:
             inputs = b[:, i], tokens[i], d[i], bias[i], prefix.select(i)
         out.append((start, idx, inputs))
         start += n
-    if prompts is not None:
-        runs.cut = (prompts.clone(), out)
     return out
 
 
-def exact_lds(runs: Runs, keeps: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
+def exact_lds(runs: Runs, keeps: torch.Tensor, drawn: list | None = None) -> torch.Tensor:
     """(circuit, prompt) logit differences with each circuit's edges kept (keeps: (circuit, writer,
-    reader)), several circuits per forward as memory allows. `prompts` (prompt,) bool: evaluate
-    only these (a bootstrap resample's drawn prompts); the others are NaN. Keeping every edge is the
+    reader)), several circuits per forward as memory allows. `drawn` (drawn_batches; None: all):
+    evaluate only its prompts (a bootstrap resample's); the others are NaN. Keeping every edge is the
     clean run and keeping none the corrupted run, by definition: those are not evaluated."""
     out = torch.full((len(keeps), len(runs.clean)), float("nan"), dtype=torch.float64, device="cpu")
     everything = (keeps == runs.graph.allowed).flatten(1).all(1)
@@ -146,7 +138,7 @@ def exact_lds(runs: Runs, keeps: torch.Tensor, prompts: torch.Tensor | None = No
     todo = (~everything & ~nothing).nonzero()[:, 0]
     if not len(todo):
         return out
-    for start, idx, (b, tokens, d, bias, prefix) in tqdm(_drawn(runs, prompts), total=len(runs.batches),
+    for start, idx, (b, tokens, d, bias, prefix) in tqdm(drawn or drawn_batches(runs), total=len(runs.batches),
                                                          desc=f"{len(todo)} circuits", leave=False, disable=len(todo) < 4):
         if len(idx):
             out[todo[:, None], start + idx] = circuits_forward(runs.weights, tokens, d, bias, b, keeps[todo], prefix).double().cpu()
@@ -156,15 +148,15 @@ def exact_lds(runs: Runs, keeps: torch.Tensor, prompts: torch.Tensor | None = No
 Traces = list  # per batch: (prompt indices, Trace) or None, as traced_lds returns them
 
 
-def traced_lds(runs: Runs, keep: torch.Tensor, prompts: torch.Tensor | None = None,
+def traced_lds(runs: Runs, keep: torch.Tensor, drawn: list | None = None,
                base: Traces | None = None) -> tuple[torch.Tensor, Traces]:
     """exact_lds of one circuit keep (writer, reader), with each batch's forward recorded (Trace);
-    given `base` (another circuit's traces, the same `prompts`), each batch starts at the first layer
+    given `base` (another circuit's traces, the same `drawn`), each batch starts at the first layer
     whose readers' edges differ and recomputes only the heads and MLPs the difference reaches: greedy
     refinement's trials differ from the kept circuit by a few edges, often in late layers."""
     out = torch.full((len(runs.clean),), float("nan"), dtype=torch.float64, device="cpu")
     traces = []  # per batch: (the prompts it holds, its Trace); None for a batch with none drawn
-    for i, (start, idx, (b, tokens, d, bias, prefix)) in enumerate(_drawn(runs, prompts)):
+    for i, (start, idx, (b, tokens, d, bias, prefix)) in enumerate(drawn or drawn_batches(runs)):
         if not len(idx):
             traces.append(None)
             continue
@@ -274,7 +266,7 @@ class Discovery:
         self.recovery_at: dict[int, float] = {}  # size -> recovery of top(size)
         self.tops: dict[int, list[Edge]] = {}  # size -> top(size)
         self.drawn = runs.prompt_weights(w) > 0  # (prompt,): the prompts this discovery weighs
-        self.prompts = None if self.drawn.all() else self.drawn  # exact_lds's `prompts` (None: all)
+        self.batches = drawn_batches(runs, None if self.drawn.all() else self.drawn)  # cut once, evaluated often
 
     def missing(self, key: frozenset) -> bool:
         """Runs.lds_of lacks this edge set on some prompt this discovery weighs."""
@@ -296,7 +288,7 @@ class Discovery:
         todo = {k: c for k, c in zip(keys, circuits) if self.missing(k)}
         if todo:
             self.evaluations += len(todo)
-            lds = exact_lds(self.runs, torch.stack([self.mask(c) for c in todo.values()]), self.prompts)
+            lds = exact_lds(self.runs, torch.stack([self.mask(c) for c in todo.values()]), self.batches)
             for k, new in zip(todo, lds):
                 measured[k] = new if k not in measured else torch.where(new.isnan(), measured[k], new)
         return torch.stack([measured[k] for k in keys])
@@ -311,7 +303,7 @@ class Discovery:
         traces, where given). What Runs.lds_of already holds for it is kept."""
         key = edge_set(circuit)
         self.evaluations += 1
-        lds, traces = traced_lds(self.runs, self.mask(circuit), self.prompts, base)
+        lds, traces = traced_lds(self.runs, self.mask(circuit), self.batches, base)
         old = self.runs.lds_of.get(key)
         self.runs.lds_of[key] = lds if old is None else torch.where(old.isnan(), lds, old)
         return traces
@@ -434,7 +426,7 @@ def recovery_numbers(d: Discovery, kept: list[Edge], seed: int, curve_lds: torch
     from_embed = [e for e in kept if e.src.kind == "embed"]
     cuts = torch.stack([runs.graph.allowed & ~d.mask(kept),  # the circuit's edges cut from the clean run
                         runs.graph.allowed & ~d.mask(from_embed)])  # only its edges out of the embedding
-    lost_lds = exact_lds(runs, cuts, d.prompts)  # (2, prompt)
+    lost_lds = exact_lds(runs, cuts, d.batches)  # (2, prompt)
     extra = curve_lds if curve_lds is not None else lost_lds[:0]
     boot = runs.intervals(torch.cat([d.lds([kept]), lost_lds, extra]), seed, d.drawn)
     lost = 1 - runs.recovery(lost_lds, d.w)
