@@ -209,7 +209,7 @@ def test_circuit_is_the_same_with_the_runs_edges_left_behind(toy64, rows):
     fresh = circuits.circuit(toy64, r, 8, 0.8, 2, 3, 0, edges=e)
     assert _without_seconds(shared) == _without_seconds(fresh)
     circuits.edges(toy64, r, 8, ig_steps=2, cache=cache)
-    runs, scores = circuits._runs_and_scores(toy64, r, 8, 3, cache)  # other ig_steps: recomputed
+    runs, scores, _ = circuits._runs_and_scores(toy64, r, 8, 3, cache)  # other ig_steps: recomputed
     torch.testing.assert_close(scores["EAP-IG"], circuits.attribution_scores(runs, 3), atol=1e-10, rtol=0)
 
 

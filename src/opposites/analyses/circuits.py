@@ -49,7 +49,6 @@ class Runs:
     corrupted: torch.Tensor
     lds_of: dict = field(default_factory=dict)  # edge set -> (prompt,) exact logit differences
     clusters: list | None = None  # each prompt's resampling unit (prompts.cluster_of), batch order
-    seconds: dict = field(default_factory=dict)  # method -> CPU seconds of its scores
 
     def prompt_weights(self, w: torch.Tensor | None = None) -> torch.Tensor:
         """(prompt,) weights of a bootstrap resample, or all prompts equally (w None)."""
@@ -197,26 +196,27 @@ def exact_scores(runs: Runs) -> torch.Tensor:
     return out
 
 
-def scores_by_method(runs: Runs, ig_steps: int) -> dict[str, torch.Tensor]:
-    """(writer, reader, prompt) scores of each method; exact ones where the graph is small enough."""
+def scores_by_method(runs: Runs, ig_steps: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """(writer, reader, prompt) scores of each method (exact ones where the graph is small enough),
+    and the CPU seconds each took (CPU: the machine is shared)."""
     makers = {"EAP-IG": lambda: attribution_scores(runs, ig_steps), "EAP": lambda: attribution_scores(runs, 0)}
     if int(runs.graph.allowed.sum()) <= EXACT_MAX_EDGES:
         makers["exact"] = lambda: exact_scores(runs)
-    scores = {}
+    scores, seconds = {}, {}
     for method, make in makers.items():
         start = time.process_time()
         scores[method] = make()
-        runs.seconds[method] = time.process_time() - start  # CPU seconds: the machine is shared
-    return scores
+        seconds[method] = time.process_time() - start
+    return scores, seconds
 
 
 def _runs_and_scores(model, rows, batch_size, ig_steps, cache: JobCache | None,
-                     release: bool = False) -> tuple[Runs, dict[str, torch.Tensor]]:
-    """The prompts' prepared runs and per-prompt scores, computed once per job: edges() leaves them
-    in the job's cache for circuit(), which takes them out (release)."""
+                     release: bool = False) -> tuple[Runs, dict[str, torch.Tensor], dict[str, float]]:
+    """The prompts' prepared runs, per-prompt scores and scoring seconds, computed once per job:
+    edges() leaves them in the job's cache for circuit(), which takes them out (release)."""
     def make():
         runs = prepare(model, rows, batch_size)
-        return runs, scores_by_method(runs, ig_steps)
+        return runs, *scores_by_method(runs, ig_steps)
 
     key = (tuple(r["clean"] for r in rows), batch_size, ig_steps)
     if cache is None:
@@ -229,7 +229,7 @@ def edges(model, rows, batch_size, ig_steps: int, cache: JobCache | None = None)
     clean-minus-corrupted logit difference that restoring this edge alone recovers. The prepared runs
     and the per-prompt scores stay in the job's cache for circuit() (same prompts, batch size and
     ig_steps), which would otherwise compute them again."""
-    runs, scores = _runs_and_scores(model, rows, batch_size, ig_steps, cache)
+    runs, scores, _ = _runs_and_scores(model, rows, batch_size, ig_steps, cache)
     scale = (runs.clean - runs.corrupted).mean()
     ws, rs = runs.graph.allowed.nonzero(as_tuple=True)
     parts = [pd.DataFrame({"method": method, "src": [str(runs.graph.writers[i]) for i in ws.tolist()],
@@ -498,7 +498,7 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
     Jaccard between resampled circuits. Every method's "seconds": CPU seconds of its scoring,
     selection and evaluation. `clock` (benchmarks) records the wall and CPU time of each phase."""
     clock = clock or Clock()
-    runs, per_prompt = _runs_and_scores(model, rows, batch_size, ig_steps, cache, release=True)  # method -> (writer, reader, prompt)
+    runs, per_prompt, score_seconds = _runs_and_scores(model, rows, batch_size, ig_steps, cache, release=True)  # method -> (writer, reader, prompt)
     clock.lap("runs")
     selection = halves(runs.clusters, seed)  # (prompt,) bool; the rest is held out
     w_selection, w_held = part_weights(selection), part_weights(~selection)
@@ -509,7 +509,7 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
         discovery = Discovery(runs, ranked[method], w_selection)
         found[method] = discovery.select(circuit_share)
         methods[method] = _describe(discovery, Discovery(runs, ranked[method], w_held), found[method], seed)
-        seconds[method] = runs.seconds.get(method, 0.0) + time.process_time() - start
+        seconds[method] = score_seconds.get(method, 0.0) + time.process_time() - start
         clock.lap(f"selection {method}")
     if int(runs.graph.allowed.sum()) <= acdc_max_edges:  # ACDC: about one exact forward per edge and threshold
         start = time.process_time()
@@ -532,7 +532,7 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
             methods[method] |= {"spearman_vs_exact": rho.value.item(),
                                 "spearman_vs_exact_ci95": [rho.ci_low.item(), rho.ci_high.item()]}
     size = methods["ACDC"]["n_edges"] if "ACDC" in methods else methods[METHODS[0]]["n_edges"]
-    rows_at_size = compare_at_size(runs, ranked, methods, size, w_selection, w_held, seed)
+    rows_at_size = compare_at_size(runs, ranked, methods, size, w_selection, w_held, seed, score_seconds)
     main = max((r for r in rows_at_size if r["n_edges"] <= size and r["method"] != "ACDC"),
                key=lambda r: (r["recovered"], -r["n_edges"]))
     clock.lap("comparison")
@@ -560,7 +560,8 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
             "stability": stability}
 
 
-def compare_at_size(runs: Runs, ranked: dict, methods: dict, size: int, w_selection, w_held, seed: int) -> list[dict]:
+def compare_at_size(runs: Runs, ranked: dict, methods: dict, size: int, w_selection, w_held, seed: int,
+                    score_seconds: dict[str, float]) -> list[dict]:
     """The methods at one size: the ranked methods' top edges, at most `size` of them (the largest
     top(k) that fits: what ranking alone gives), EAP-IG's refined selection, ACDC's and the hybrid's
     circuits; each with its recovery on the selection half and its recovery and completeness, with
@@ -570,7 +571,7 @@ def compare_at_size(runs: Runs, ranked: dict, methods: dict, size: int, w_select
         discovery = Discovery(runs, ranked[method], w_selection)
         start = time.process_time()
         kept = discovery.fit(size)
-        seconds = runs.seconds.get(method, 0.0) + time.process_time() - start
+        seconds = score_seconds.get(method, 0.0) + time.process_time() - start
         held = methods[method]["held_out"]
         out.append(_row(method, "top", discovery, Discovery(runs, ranked[method], w_held), kept, seed, seconds)
                    | {k: held[k] for k in ("cpr", "cpr_ci95", "cmd", "cmd_ci95")})
