@@ -40,7 +40,7 @@ def hooked(model, batch, interventions, source=None) -> torch.Tensor:
 def masks(pair, position: str) -> torch.Tensor:
     """(1, batch, pos) 0/1: each prompt's position of a role, or every position (ALL)."""
     if position == "ALL":
-        return torch.ones(1, pair.n, pair.n_pos, dtype=pair.direction.dtype)
+        return torch.ones(1, pair.n, pair.base_tokens.shape[1], dtype=pair.direction.dtype)
     return exact.role_masks(pair, [position])
 
 

@@ -42,7 +42,7 @@ def test_a_resample_is_measured_on_its_drawn_prompts_only(toy64, rows):
     gen = torch.Generator().manual_seed(1)
     keeps = (torch.rand(3, *runs.graph.allowed.shape, generator=gen) < 0.3) & runs.graph.allowed
     drawn = torch.rand(len(runs.clean), generator=gen) < 0.5
-    full, part = circuits.exact_lds(runs, keeps), circuits.exact_lds(runs, keeps, drawn)
+    full, part = circuits.exact_lds(runs, keeps), circuits.exact_lds(runs, keeps, circuits.drawn_batches(runs, drawn))
     torch.testing.assert_close(part[:, drawn], full[:, drawn], atol=1e-5, rtol=0)
     assert part[:, ~drawn].isnan().all() and not full.isnan().any()
     w = drawn.double() / drawn.sum()
@@ -57,19 +57,21 @@ def test_a_resample_is_measured_on_its_drawn_prompts_only(toy64, rows):
         assert len(walked["curve"]) <= len(whole["curve"])
 
 
-def test_resamples_cut_the_batches_once_and_alternating_resamples_get_their_own_prompts(toy64, rows):
-    """The batches cut to a resample's prompts are kept for its next evaluations (the same objects)
-    and replaced when another resample comes: evaluations in any order equal fresh ones."""
+def test_a_discovery_cuts_the_batches_to_its_prompts_once_and_alternating_resamples_agree(toy64, rows):
+    """A Discovery cuts the batches to its drawn prompts once (every evaluation reads the same cut);
+    evaluations of two resamples in any order equal fresh ones."""
     runs = circuits.prepare(toy64, rows["size"], 8)
     gen = torch.Generator().manual_seed(2)
     keeps = (torch.rand(2, *runs.graph.allowed.shape, generator=gen) < 0.3) & runs.graph.allowed
     a, b = (torch.rand(len(runs.clean), generator=gen) < 0.5 for _ in range(2))
     assert not torch.equal(a, b)
-    assert circuits._drawn(runs, a) is circuits._drawn(runs, a.clone())
-    fresh = {k: circuits.exact_lds(circuits.prepare(toy64, rows["size"], 8), keeps, p) for k, p in (("a", a), ("b", b))}
+    d = circuits.Discovery(runs, [], a.double() / a.sum())
+    assert all(len(idx) == int(a[s:s + len(r["batch"].clean)].sum()) for (s, idx, _), r in zip(d.batches, runs.batches))
+    cut = {"a": circuits.drawn_batches(runs, a), "b": circuits.drawn_batches(runs, b)}
+    fresh = {k: circuits.exact_lds(circuits.prepare(toy64, rows["size"], 8), keeps, c) for k, c in cut.items()}
     for k, p in (("a", a), ("b", b), ("a", a), ("b", b)):
-        assert torch.equal(circuits.exact_lds(runs, keeps, p).isnan(), ~p[None].expand(2, -1))
-        torch.testing.assert_close(circuits.exact_lds(runs, keeps, p), fresh[k], atol=0, rtol=0, equal_nan=True)
+        assert torch.equal(circuits.exact_lds(runs, keeps, cut[k]).isnan(), ~p[None].expand(2, -1))
+        torch.testing.assert_close(circuits.exact_lds(runs, keeps, cut[k]), fresh[k], atol=0, rtol=0, equal_nan=True)
 
 
 def test_batched_circuits_equal_one_at_a_time(toy64, rows, monkeypatch):
@@ -94,7 +96,7 @@ def test_a_traced_forward_resumed_at_the_first_changed_layer_is_the_whole_forwar
     base = (torch.rand(*g.allowed.shape, generator=gen) < 0.5) & g.allowed
     drawn = torch.rand(len(runs.clean), generator=gen) < 0.6
     drawn[:len(runs.batches[0]["batch"].clean)] = False  # a batch with no prompt drawn
-    for prompts in (None, drawn):
+    for prompts in (None, circuits.drawn_batches(runs, drawn)):
         _, traces = circuits.traced_lds(runs, base, prompts)
         assert (traces[0] is None) == (prompts is not None)
         for layer in range(g.n_layers + 1):  # drop the kept edges into one layer's readers (n_layers: the logits)
@@ -137,9 +139,9 @@ def test_a_resumed_forward_recomputes_only_the_components_its_change_reaches(toy
                 if active(trial):
                     expected.add(c)
         ran = set()
-        real_heads, real_mlp = edges_module._head_outputs, edges_module.engine.mlp
-        monkeypatch.setattr(edges_module, "_head_outputs", lambda weights, l, inp, A, *a: (
-            ran.update((h, l) for h in A.tolist()), real_heads(weights, l, inp, A, *a))[1])
+        real_heads, real_mlp = edges_module.EdgeForward.head_outputs, edges_module.engine.mlp
+        monkeypatch.setattr(edges_module.EdgeForward, "head_outputs", lambda self, l, x, live: (
+            ran.update((h, l) for h in live.tolist()), real_heads(self, l, x, live))[1])
         monkeypatch.setattr(edges_module.engine, "mlp", lambda weights, l, x: (ran.add(("mlp", l)), real_mlp(weights, l, x))[1])
         resumed, _ = circuits.traced_lds(runs, trial, None, traces)
         monkeypatch.undo()
@@ -164,7 +166,7 @@ def test_refinement_from_traces_is_plain_greedy_refinement(toy64, rows):
     for w in (resample_weights(len(runs.clean), 0, 1)[:, 0], None):
         d = circuits.Discovery(runs, ranked, w)
         start = d.top(60)
-        plain = lambda c: runs.recovery(circuits.exact_lds(runs, d.mask(c)[None], None if w is None else w > 0), w)[0].item()  # noqa: E731
+        plain = lambda c: runs.recovery(circuits.exact_lds(runs, d.mask(c)[None], d.batches), w)[0].item()  # noqa: E731
         target = 0.8 * plain(start)
         kept, value = d.refine(start, target)
         circuit, expected = start, plain(start)
@@ -207,7 +209,7 @@ def test_circuit_is_the_same_with_the_runs_edges_left_behind(toy64, rows):
     fresh = circuits.circuit(toy64, r, 8, 0.8, 2, 3, 0, edges=e)
     assert _without_seconds(shared) == _without_seconds(fresh)
     circuits.edges(toy64, r, 8, ig_steps=2, cache=cache)
-    runs, scores = circuits._runs_and_scores(toy64, r, 8, 3, cache)  # other ig_steps: recomputed
+    runs, scores, _ = circuits._runs_and_scores(toy64, r, 8, 3, cache)  # other ig_steps: recomputed
     torch.testing.assert_close(scores["EAP-IG"], circuits.attribution_scores(runs, 3), atol=1e-10, rtol=0)
 
 

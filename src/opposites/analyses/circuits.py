@@ -49,9 +49,7 @@ class Runs:
     clean: torch.Tensor  # (prompt,)
     corrupted: torch.Tensor
     lds_of: dict = field(default_factory=dict)  # edge set -> (prompt,) exact logit differences
-    cut: tuple = (None, [])  # the last prompt selection _drawn cut the batches to, and the cut batches
     clusters: list | None = None  # each prompt's resampling unit (prompts.cluster_of), batch order
-    seconds: dict = field(default_factory=dict)  # method -> CPU seconds of its scores
 
     def prompt_weights(self, w: torch.Tensor | None = None) -> torch.Tensor:
         """(prompt,) weights of a bootstrap resample, or all prompts equally (w None)."""
@@ -115,15 +113,10 @@ def prepare(model, rows, batch_size) -> Runs:
                 clusters=prompt_clusters(rows))
 
 
-def _drawn(runs: Runs, prompts: torch.Tensor | None) -> list:
+def drawn_batches(runs: Runs, prompts: torch.Tensor | None = None) -> list:
     """Per batch: (first prompt's index, the indices evaluated (batch order), and what edge_forward
     needs of them: corrupted writer outputs (writer, batch, pos, d_model), clean tokens, direction,
-    bias and prefix), the batch cut to the drawn prompts when `prompts` (prompt,) bool is given. The
-    last selection's cut batches are kept (runs.cut): a resample evaluates many circuits on one."""
-    if prompts is not None:
-        if runs.cut[0] is not None and torch.equal(runs.cut[0], prompts):
-            return runs.cut[1]
-        runs.cut = (None, [])  # the old cut is freed before the new one is made
+    bias and prefix), the batch cut to the drawn prompts when `prompts` (prompt,) bool is given."""
     out, start = [], 0
     for r in runs.batches:
         n = len(r["batch"].clean)
@@ -135,15 +128,13 @@ def _drawn(runs: Runs, prompts: torch.Tensor | None) -> list:
             inputs = b[:, i], tokens[i], d[i], bias[i], prefix.select(i)
         out.append((start, idx, inputs))
         start += n
-    if prompts is not None:
-        runs.cut = (prompts.clone(), out)
     return out
 
 
-def exact_lds(runs: Runs, keeps: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
+def exact_lds(runs: Runs, keeps: torch.Tensor, drawn: list | None = None) -> torch.Tensor:
     """(circuit, prompt) logit differences with each circuit's edges kept (keeps: (circuit, writer,
-    reader)), several circuits per forward as memory allows. `prompts` (prompt,) bool: evaluate
-    only these (a bootstrap resample's drawn prompts); the others are NaN. Keeping every edge is the
+    reader)), several circuits per forward as memory allows. `drawn` (drawn_batches; None: all):
+    evaluate only its prompts (a bootstrap resample's); the others are NaN. Keeping every edge is the
     clean run and keeping none the corrupted run, by definition: those are not evaluated."""
     out = torch.full((len(keeps), len(runs.clean)), float("nan"), dtype=torch.float64, device="cpu")
     everything = (keeps == runs.graph.allowed).flatten(1).all(1)
@@ -152,7 +143,7 @@ def exact_lds(runs: Runs, keeps: torch.Tensor, prompts: torch.Tensor | None = No
     todo = (~everything & ~nothing).nonzero()[:, 0]
     if not len(todo):
         return out
-    for start, idx, (b, tokens, d, bias, prefix) in tqdm(_drawn(runs, prompts), total=len(runs.batches),
+    for start, idx, (b, tokens, d, bias, prefix) in tqdm(drawn or drawn_batches(runs), total=len(runs.batches),
                                                          desc=f"{len(todo)} circuits", leave=False, disable=len(todo) < 4):
         if len(idx):
             out[todo[:, None], start + idx] = circuits_forward(runs.weights, tokens, d, bias, b, keeps[todo], prefix).double().cpu()
@@ -162,15 +153,15 @@ def exact_lds(runs: Runs, keeps: torch.Tensor, prompts: torch.Tensor | None = No
 Traces = list  # per batch: (prompt indices, Trace) or None, as traced_lds returns them
 
 
-def traced_lds(runs: Runs, keep: torch.Tensor, prompts: torch.Tensor | None = None,
+def traced_lds(runs: Runs, keep: torch.Tensor, drawn: list | None = None,
                base: Traces | None = None) -> tuple[torch.Tensor, Traces]:
     """exact_lds of one circuit keep (writer, reader), with each batch's forward recorded (Trace);
-    given `base` (another circuit's traces, the same `prompts`), each batch starts at the first layer
+    given `base` (another circuit's traces, the same `drawn`), each batch starts at the first layer
     whose readers' edges differ and recomputes only the heads and MLPs the difference reaches: greedy
     refinement's trials differ from the kept circuit by a few edges, often in late layers."""
     out = torch.full((len(runs.clean),), float("nan"), dtype=torch.float64, device="cpu")
     traces = []  # per batch: (the prompts it holds, its Trace); None for a batch with none drawn
-    for i, (start, idx, (b, tokens, d, bias, prefix)) in enumerate(_drawn(runs, prompts)):
+    for i, (start, idx, (b, tokens, d, bias, prefix)) in enumerate(drawn or drawn_batches(runs)):
         if not len(idx):
             traces.append(None)
             continue
@@ -211,26 +202,27 @@ def exact_scores(runs: Runs) -> torch.Tensor:
     return out
 
 
-def scores_by_method(runs: Runs, ig_steps: int) -> dict[str, torch.Tensor]:
-    """(writer, reader, prompt) scores of each method; exact ones where the graph is small enough."""
+def scores_by_method(runs: Runs, ig_steps: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """(writer, reader, prompt) scores of each method (exact ones where the graph is small enough),
+    and the CPU seconds each took (CPU: the machine is shared)."""
     makers = {"EAP-IG": lambda: attribution_scores(runs, ig_steps), "EAP": lambda: attribution_scores(runs, 0)}
     if int(runs.graph.allowed.sum()) <= EXACT_MAX_EDGES:
         makers["exact"] = lambda: exact_scores(runs)
-    scores = {}
+    scores, seconds = {}, {}
     for method, make in makers.items():
         start = time.process_time()
         scores[method] = make()
-        runs.seconds[method] = time.process_time() - start  # CPU seconds: the machine is shared
-    return scores
+        seconds[method] = time.process_time() - start
+    return scores, seconds
 
 
 def _runs_and_scores(model, rows, batch_size, ig_steps, cache: JobCache | None,
-                     release: bool = False) -> tuple[Runs, dict[str, torch.Tensor]]:
-    """The prompts' prepared runs and per-prompt scores, computed once per job: edges() leaves them
-    in the job's cache for circuit(), which takes them out (release)."""
+                     release: bool = False) -> tuple[Runs, dict[str, torch.Tensor], dict[str, float]]:
+    """The prompts' prepared runs, per-prompt scores and scoring seconds, computed once per job:
+    edges() leaves them in the job's cache for circuit(), which takes them out (release)."""
     def make():
         runs = prepare(model, rows, batch_size)
-        return runs, scores_by_method(runs, ig_steps)
+        return runs, *scores_by_method(runs, ig_steps)
 
     key = (tuple(r["clean"] for r in rows), batch_size, ig_steps)
     if cache is None:
@@ -243,7 +235,7 @@ def edges(model, rows, batch_size, ig_steps: int, cache: JobCache | None = None)
     clean-minus-corrupted logit difference that restoring this edge alone recovers. The prepared runs
     and the per-prompt scores stay in the job's cache for circuit() (same prompts, batch size and
     ig_steps), which would otherwise compute them again."""
-    runs, scores = _runs_and_scores(model, rows, batch_size, ig_steps, cache)
+    runs, scores, _ = _runs_and_scores(model, rows, batch_size, ig_steps, cache)
     scale = (runs.clean - runs.corrupted).mean()
     ws, rs = runs.graph.allowed.nonzero(as_tuple=True)
     parts = [pd.DataFrame({"method": method, "src": [str(runs.graph.writers[i]) for i in ws.tolist()],
@@ -280,7 +272,7 @@ class Discovery:
         self.recovery_at: dict[int, float] = {}  # size -> recovery of top(size)
         self.tops: dict[int, list[Edge]] = {}  # size -> top(size)
         self.drawn = runs.prompt_weights(w) > 0  # (prompt,): the prompts this discovery weighs
-        self.prompts = None if self.drawn.all() else self.drawn  # exact_lds's `prompts` (None: all)
+        self.batches = drawn_batches(runs, None if self.drawn.all() else self.drawn)  # cut once, evaluated often
 
     def missing(self, key: frozenset) -> bool:
         """Runs.lds_of lacks this edge set on some prompt this discovery weighs."""
@@ -302,7 +294,7 @@ class Discovery:
         todo = {k: c for k, c in zip(keys, circuits) if self.missing(k)}
         if todo:
             self.evaluations += len(todo)
-            lds = exact_lds(self.runs, torch.stack([self.mask(c) for c in todo.values()]), self.prompts)
+            lds = exact_lds(self.runs, torch.stack([self.mask(c) for c in todo.values()]), self.batches)
             for k, new in zip(todo, lds):
                 measured[k] = new if k not in measured else torch.where(new.isnan(), measured[k], new)
         return torch.stack([measured[k] for k in keys])
@@ -317,7 +309,7 @@ class Discovery:
         traces, where given). What Runs.lds_of already holds for it is kept."""
         key = edge_set(circuit)
         self.evaluations += 1
-        lds, traces = traced_lds(self.runs, self.mask(circuit), self.prompts, base)
+        lds, traces = traced_lds(self.runs, self.mask(circuit), self.batches, base)
         old = self.runs.lds_of.get(key)
         self.runs.lds_of[key] = lds if old is None else torch.where(old.isnan(), lds, old)
         return traces
@@ -440,7 +432,7 @@ def recovery_numbers(d: Discovery, kept: list[Edge], seed: int, curve_lds: torch
     from_embed = [e for e in kept if e.src.kind == "embed"]
     cuts = torch.stack([runs.graph.allowed & ~d.mask(kept),  # the circuit's edges cut from the clean run
                         runs.graph.allowed & ~d.mask(from_embed)])  # only its edges out of the embedding
-    lost_lds = exact_lds(runs, cuts, d.prompts)  # (2, prompt)
+    lost_lds = exact_lds(runs, cuts, d.batches)  # (2, prompt)
     extra = curve_lds if curve_lds is not None else lost_lds[:0]
     boot = runs.intervals(torch.cat([d.lds([kept]), lost_lds, extra]), seed, d.drawn)
     lost = 1 - runs.recovery(lost_lds, d.w)
@@ -521,7 +513,7 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
     Jaccard between resampled circuits. Every method's "seconds": CPU seconds of its scoring,
     selection and evaluation. `clock` (benchmarks) records the wall and CPU time of each phase."""
     clock = clock or Clock()
-    runs, per_prompt = _runs_and_scores(model, rows, batch_size, ig_steps, cache, release=True)  # method -> (writer, reader, prompt)
+    runs, per_prompt, score_seconds = _runs_and_scores(model, rows, batch_size, ig_steps, cache, release=True)  # method -> (writer, reader, prompt)
     clock.lap("runs")
     selection = halves(runs.clusters, seed)  # (prompt,) bool; the rest is held out
     w_selection, w_held = part_weights(selection), part_weights(~selection)
@@ -532,7 +524,7 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
         discovery = Discovery(runs, ranked[method], w_selection)
         found[method] = discovery.select(circuit_share)
         methods[method] = _describe(discovery, Discovery(runs, ranked[method], w_held), found[method], seed)
-        seconds[method] = runs.seconds.get(method, 0.0) + time.process_time() - start
+        seconds[method] = score_seconds.get(method, 0.0) + time.process_time() - start
         clock.lap(f"selection {method}")
     if int(runs.graph.allowed.sum()) <= acdc_max_edges:  # ACDC: about one exact forward per edge and threshold
         start = time.process_time()
@@ -555,7 +547,7 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
             methods[method] |= {"spearman_vs_exact": rho.value.item(),
                                 "spearman_vs_exact_ci95": [rho.ci_low.item(), rho.ci_high.item()]}
     size = methods["ACDC"]["n_edges"] if "ACDC" in methods else methods[METHODS[0]]["n_edges"]
-    rows_at_size = compare_at_size(runs, ranked, methods, size, w_selection, w_held, seed)
+    rows_at_size = compare_at_size(runs, ranked, methods, size, w_selection, w_held, seed, score_seconds)
     main = max((r for r in rows_at_size if r["n_edges"] <= size and r["method"] != "ACDC"),
                key=lambda r: (r["recovered"], -r["n_edges"]))
     clock.lap("comparison")
@@ -583,7 +575,8 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
             "stability": stability}
 
 
-def compare_at_size(runs: Runs, ranked: dict, methods: dict, size: int, w_selection, w_held, seed: int) -> list[dict]:
+def compare_at_size(runs: Runs, ranked: dict, methods: dict, size: int, w_selection, w_held, seed: int,
+                    score_seconds: dict[str, float]) -> list[dict]:
     """The methods at one size: the ranked methods' top edges, at most `size` of them (the largest
     top(k) that fits: what ranking alone gives), EAP-IG's refined selection, ACDC's and the hybrid's
     circuits; each with its recovery on the selection half and its recovery and completeness, with
@@ -593,7 +586,7 @@ def compare_at_size(runs: Runs, ranked: dict, methods: dict, size: int, w_select
         discovery = Discovery(runs, ranked[method], w_selection)
         start = time.process_time()
         kept = discovery.fit(size)
-        seconds = runs.seconds.get(method, 0.0) + time.process_time() - start
+        seconds = score_seconds.get(method, 0.0) + time.process_time() - start
         held = methods[method]["held_out"]
         out.append(_row(method, "top", discovery, Discovery(runs, ranked[method], w_held), kept, seed, seconds)
                    | {k: held[k] for k in ("cpr", "cpr_ci95", "cmd", "cmd_ci95")})

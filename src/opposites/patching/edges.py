@@ -1,23 +1,16 @@
 """The computational graph at edge level, for circuit discovery: writers (embedding, each head's
-output, each MLP) and readers (each head's query, key and value input, each MLP's input, the
-logits). Each reader's input is the sum of the earlier writers' outputs (plus biases), so an edge
-writer -> reader is cut by giving the reader the corrupted run's output of that writer instead of the
-current one.
+output, each MLP) and readers (each head's q, k and v input, each MLP's input, the logits). A
+reader's input is the sum of the earlier writers' outputs, so an edge writer -> reader is cut by
+giving the reader the corrupted run's output of that writer instead.
 
-  edge_forward(..., keep)   exact edge patching: run the clean prompts with every edge outside
-                            `keep` fed the corrupted writer output (all edges kept = clean run,
-                            none = corrupted run), on engine.Forward's loop (EdgeForward);
-  edge_attribution(...)     edge attribution patching, per prompt, every edge at once:
-                            (clean - corrupted writer output) . d(logit diff)/d(reader input),
-                            summed over positions. EAP (Syed et al. 2023) takes the gradient on the
-                            corrupted run (the original code takes it on the clean run); EAP-IG
-                            (Hanna et al. 2024) averages it over `ig_steps` runs whose input
-                            embeddings lie on the straight line from corrupted to clean (midpoints
-                            alpha = (k - 1/2) / ig_steps), which fixes EAP's zero-gradient failures.
+  edge_forward(..., keep)  exact edge patching: the clean prompts with every edge outside `keep` fed
+                           the corrupted writer output (EdgeForward, on engine.Forward's loop);
+  edge_attribution(...)    EAP (Syed et al. 2023; gradient on the corrupted run) and EAP-IG (Hanna
+                           et al. 2024; gradients averaged over `ig_steps` inputs between corrupted
+                           and clean): (clean - corrupted writer output) . d(logit diff)/d(reader input).
 
-Both compute only the positions from the first one where the clean and corrupted prompts differ
-(`Prefix`): before it the two runs, and so every mix of them, are the same, every edge carries
-(clean - corrupted) = 0 there, and those positions' keys and values are computed once.
+Both compute only the positions from the first one where clean and corrupted differ (`Prefix`):
+before it every edge carries 0 and the keys and values are computed once.
 """
 
 from __future__ import annotations
@@ -80,13 +73,10 @@ class Graph:
 
 
 class _Cuts:
-    """What cutting edges takes from each reader's input, kept as the forward runs: the change
-    (current - corrupted output) of each writer, per variant, and their running sum. A writer none
-    of whose input edges is kept writes exactly its corrupted output: its change is 0, so it is
-    counted but not stored (`rows` lists the stored writers) and adds nothing. A reader loses the sum
-    over its cut edges; per variant that sum runs over whichever is fewer, the cut edges or the kept
-    ones (all writers so far minus the kept ones), sparse or dense by the density of all its edges
-    (`_sparse_sum`): the same sums as over every writer, without the zero terms."""
+    """What cutting edges takes from each reader's input: each writer's change (current - corrupted
+    output) per variant, and their running sum. A writer with no kept input edge has change 0: it is
+    counted, not stored (`rows`: the stored writers). A reader loses the sum over its cut edges,
+    summed over whichever is fewer, the cut or the kept edges (total minus the kept ones)."""
 
     def __init__(self, corrupt: Tensor, keep: Tensor):
         self.corrupt, self.keep = corrupt, keep  # (writer, batch, pos, d_model); (variant, writer, reader)
@@ -161,23 +151,14 @@ def _sparse_sum(mask: Tensor, rows: Tensor, dense: bool) -> Tensor:
 
 @dataclass
 class Trace:
-    """One circuit's exact forward (edge_forward with one `keep`, recorded), kept so that a circuit
-    whose edges differ from it only in readers of layer L or later starts at layer L: before it both
-    forwards compute the same, and from it only the components whose input differs are
-    recomputed. Per layer start (and once more before the logits): the residual stream and the
-    running sum of every writer's change; the residual stream after each layer's heads; and the
-    stored writers' changes (_Cuts)."""
+    """One circuit's recorded exact forward: a circuit whose edges differ from it only in readers of
+    layer L or later resumes from it at layer L (ResumedEdgeForward)."""
     keep: Tensor  # (writer, reader)
     resid: list[Tensor]  # n_layers + 1 of (batch, pos, d_model)
     mid: list[Tensor]  # n_layers of (batch, pos, d_model): after each layer's heads
     total: list[Tensor]  # n_layers + 1 of (1, size)
     diff: Tensor  # (1, stored writer, size)
     rows: list[int]  # the writer of each stored row
-
-    def layer_start(self, resid: Tensor, total: Tensor) -> None:
-        """Record the state where the next layer (or the logits) begins."""
-        self.resid.append(resid)
-        self.total.append(total.clone())
 
     def start_layer(self, graph: Graph, keep: Tensor) -> int:
         """The first layer whose readers' input edges differ between this trace's circuit and `keep`."""
@@ -187,8 +168,8 @@ class Trace:
 
 @dataclass
 class Prefix:
-    """The first n positions, identical in a batch's clean and corrupted prompts: each layer's keys
-    and values there, (batch, n, head, d_head). Forwards given a Prefix compute positions n on."""
+    """The first n positions, identical in clean and corrupted: each layer's keys and values there
+    (batch, n, head, d_head). Forwards given a Prefix compute positions n on."""
     n: int
     k: list[Tensor]
     v: list[Tensor]
@@ -196,10 +177,6 @@ class Prefix:
     def select(self, i) -> "Prefix":
         """The prompts i (an index or slice of the batch)."""
         return Prefix(self.n, [t[i] for t in self.k], [t[i] for t in self.v])
-
-    def kv(self, layer: int, heads: Tensor | slice, repeat: int) -> tuple[Tensor, Tensor]:
-        """Keys and values of `heads` (indices or a slice), the batch repeated `repeat` times (variant-major)."""
-        return tuple(t[layer][:, :, heads].repeat(repeat, 1, 1, 1) for t in (self.k, self.v))
 
 
 def shared_prefix(weights: Weights, clean: Tensor, corrupted: Tensor) -> Prefix:
@@ -213,19 +190,15 @@ def edge_forward(weights: Weights, tokens: Tensor, direction: Tensor, bias: Tens
                  keep: Tensor | None = None, grad_leaves: bool = False,
                  x: Tensor | None = None, prefix: Prefix | None = None,
                  record: bool = False, resume: Trace | None = None) -> tuple[Tensor, Tensor | Trace | None, list[Tensor]]:
-    """Forward with one input per reader (EdgeForward). Returns (logit diff per prompt, writer outputs
-    (writer, batch, pos, d_model; with `keep`: None, or the Trace when `record`), reader-input leaves
-    for gradients when grad_leaves). `keep` (writer, reader), or (variant, writer, reader) for several
-    circuits in one pass: then the logit differences are (variant * batch,), variant-major. `x`
-    replaces the embedding (EAP-IG's interpolated inputs). With a `prefix`, positions before
-    prefix.n are not computed: `pos` in x, `corrupt`, the writer outputs and the leaves count from
-    prefix.n. `resume` (another circuit's Trace on the same tokens, corrupt and prefix) recomputes
-    only what differs from it (ResumedEdgeForward): the whole forward's numbers up to float rounding."""
+    """Forward with one input per reader. Returns (logit diff per prompt; without `keep` the writer
+    outputs (writer, batch, pos, d_model), with it the Trace when `record`, else None; the reader-input
+    leaves when grad_leaves). `keep` (writer, reader), or (variant, writer, reader): logit differences
+    (variant * batch,), variant-major. `x` replaces the embedding (EAP-IG). With a `prefix`, pos counts
+    from prefix.n. `resume`: another circuit's Trace on the same inputs, recomputing only what differs."""
     x = engine.embed(weights, tokens)[:, 0 if prefix is None else prefix.n:] if x is None else x  # (batch, pos, d_model)
     if keep is not None:
-        keep = keep[None] if keep.dim() == 2 else keep
-        n_variants = keep.shape[0]
-        x, direction, bias = x.repeat(n_variants, 1, 1), direction.repeat(n_variants, 1), bias.repeat(n_variants)
+        keep = keep[None] if keep.dim() == 2 else keep  # (variant, writer, reader)
+        x, direction, bias = x.repeat(len(keep), 1, 1), direction.repeat(len(keep), 1), bias.repeat(len(keep))
     assert not (record or resume) or (keep is not None and keep.shape[0] == 1), "traces are of single circuits (one keep)"
     if resume is not None:
         forward = ResumedEdgeForward(weights, direction, bias, corrupt, keep, prefix, resume, record)
@@ -242,18 +215,15 @@ ATTRIBUTION_BYTES = 2 ** 30  # memory for the gradient passes of edge_attributio
 
 def circuits_forward(weights: Weights, tokens: Tensor, direction: Tensor, bias: Tensor, corrupt: Tensor,
                      keeps: Tensor, prefix: Prefix | None = None) -> Tensor:
-    """(circuit, batch) logit differences of many circuits (keeps: (circuit, writer, reader)), as
-    many per edge_forward pass as fit VARIANT_BYTES."""
+    """(circuit, batch) logit differences of circuits keeps (circuit, writer, reader), as many per pass as fit VARIANT_BYTES."""
     step = max(1, VARIANT_BYTES // (3 * corrupt.numel() * corrupt.element_size()))
     return torch.cat([edge_forward(weights, tokens, direction, bias, corrupt, keeps[j:j + step].to(corrupt.device),
                                    prefix=prefix)[0].view(len(keeps[j:j + step]), -1) for j in range(0, len(keeps), step)])
 
 
 class EdgeForward(engine.Forward):
-    """engine.Forward with one input per reader: each head's q, k and v input and each MLP's input is
-    the residual stream minus what its cut edges lose (_Cuts), and a head or MLP with no kept input
-    edge writes its corrupted output without being computed. Every position from the prefix on is
-    computed (the writer outputs and the reader inputs span them)."""
+    """engine.Forward with one input per reader: the residual stream minus what its cut edges lose
+    (_Cuts); a head or MLP with no kept input edge writes its corrupted output, uncomputed."""
 
     def __init__(self, weights: Weights, direction: Tensor, bias: Tensor, corrupt: Tensor | None, keep: Tensor | None,
                  prefix: Prefix | None, record: bool = False, grad_leaves: bool = False):
@@ -267,8 +237,7 @@ class EdgeForward(engine.Forward):
         self.leaves: list[Tensor] = []
 
     def write(self, out: Tensor, live: list[int], computed: Tensor | None) -> None:
-        """The next writers' outputs (writer, batch, pos, d_model): those at offsets `live` were
-        `computed`, the others are the corrupted run's; with keep, the cuts hold what is needed."""
+        """The next writers' outputs (writer, batch, pos, d_model): those at offsets `live` `computed`, the others corrupted."""
         if self.cuts is None:
             self.outs.extend(out)
         else:
@@ -288,12 +257,18 @@ class EdgeForward(engine.Forward):
         return inp
 
     def head_outputs(self, layer: int, x: Tensor, live_heads: Tensor) -> Tensor:
-        """(head, variant * batch, pos, d_model): the outputs of layer's heads `live_heads` from their
-        own q, k and v inputs."""
-        first, n_heads = self.graph.reader_slice(layer).start, self.weights.n_heads
-        readers = torch.cat([first + i * n_heads + live_heads for i in range(3)])
-        inp = self.reader_inputs(readers, x).view(3, len(live_heads), *x.shape)
-        return _head_outputs(self.weights, layer, inp, live_heads, self.prefix, self.n_variants)
+        """(head, variant * batch, pos, d_model): layer's heads `live_heads` from their own q, k and v inputs."""
+        w, first = self.weights, self.graph.reader_slice(layer).start
+        readers = torch.cat([first + i * w.n_heads + live_heads for i in range(3)])
+        h = engine.layer_norm(self.reader_inputs(readers, x).view(3, len(live_heads), *x.shape), w.ln1[layer], w.eps)
+        heads = slice(None) if len(live_heads) == w.n_heads else live_heads  # every head: views of the weights
+        q, k, v = (torch.einsum("hbpm,hmd->bphd", h[i], W[layer][heads]) + b[layer][heads]
+                   for i, (W, b) in enumerate(((w.W_Q, w.b_Q), (w.W_K, w.b_K), (w.W_V, w.b_V))))
+        if self.prefix is not None:  # the prefix's keys and values, the batch repeated per variant
+            k_pre, v_pre = (t[layer][:, :, heads].repeat(self.n_variants, 1, 1, 1) for t in (self.prefix.k, self.prefix.v))
+            k, v = torch.cat([k_pre, k], 1), torch.cat([v_pre, v], 1)
+        z, _ = engine.attend(w, q, k, v)
+        return torch.einsum("bphd,hdm->hbpm", z, w.W_O[layer][heads])
 
     def active(self, readers: slice, n_writers: int) -> Tensor:
         """(reader,) bool: readers with some kept input edge."""
@@ -303,7 +278,8 @@ class EdgeForward(engine.Forward):
 
     def layer_start(self, layer: int, x: Tensor) -> Tensor:
         if self.trace is not None:
-            self.trace.layer_start(x, self.cuts.total)
+            self.trace.resid.append(x)
+            self.trace.total.append(self.cuts.total.clone())
         return x
 
     def attention(self, layer: int, x: Tensor) -> Tensor:
@@ -340,11 +316,9 @@ class EdgeForward(engine.Forward):
 
 
 class ResumedEdgeForward(EdgeForward):
-    """EdgeForward from another circuit's Trace on the same tokens (edge_forward's `resume`): the
-    state where the first layer whose readers' edges differ begins is the trace's, and from there
-    a head or MLP is recomputed only when its input may differ from the trace's (one of its
-    readers' edges differs, or it keeps an edge from a writer whose output differs, `moved`); the
-    others' changes are the trace's. The residual stream is the trace's plus the moved writers'
+    """EdgeForward from another circuit's Trace, at the first layer whose readers' edges differ: a
+    head or MLP is recomputed only when its input may differ (its readers' edges differ, or it keeps
+    an edge from a `moved` writer); the residual stream is the trace's plus the moved writers'
     output changes (`shift`)."""
 
     def __init__(self, weights: Weights, direction: Tensor, bias: Tensor, corrupt: Tensor, keep: Tensor,
@@ -375,8 +349,7 @@ class ResumedEdgeForward(EdgeForward):
         return self.changed[readers] | self.keep_edges[:n][self.moved[:n], readers].any(0)
 
     def settle(self, count: int, recomputed: dict[int, Tensor | None]) -> None:
-        """Record the next `count` writers: those at the offsets recomputed with their new changes
-        (None: 0), the others with the trace's."""
+        """Record the next `count` writers: the recomputed ones' new changes (None: 0), the others' the trace's."""
         changes = {}
         for offset in range(count):
             w = self.cuts.n + offset
@@ -419,27 +392,11 @@ class ResumedEdgeForward(EdgeForward):
         return x  # the next layer starts from the trace's residual (layer_start)
 
 
-def _head_outputs(weights: Weights, l: int, inp: Tensor, live_heads: Tensor, prefix: Prefix | None, n_variants: int) -> Tensor:
-    """(head, variant * batch, pos, d_model) outputs of layer l's heads `live_heads` from their q, k
-    and v inputs (3, head, variant * batch, pos, d_model)."""
-    heads = slice(None) if len(live_heads) == weights.n_heads else live_heads  # every head: views of the weights, not copies
-    h = engine.layer_norm(inp, weights.ln1[l], weights.eps)
-    q, k, v = (torch.einsum("hbpm,hmd->bphd", h[i], W[l][heads]) + b[l][heads]
-               for i, (W, b) in enumerate(((weights.W_Q, weights.b_Q), (weights.W_K, weights.b_K), (weights.W_V, weights.b_V))))
-    if prefix is not None:
-        k_pre, v_pre = prefix.kv(l, heads, n_variants)
-        k, v = torch.cat([k_pre, k], 1), torch.cat([v_pre, v], 1)
-    z, _ = engine.attend(weights, q, k, v)
-    return torch.einsum("bphd,hdm->hbpm", z, weights.W_O[l][heads])
-
-
 def edge_attribution(weights: Weights, clean: Tensor, corrupted: Tensor, direction: Tensor, bias: Tensor,
                      ig_steps: int = 0, prefix: Prefix | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """(writer, reader, prompt) estimated change of the logit difference when the edge alone carries
-    the clean writer output into the corrupted run (0 where no edge): EAP with ig_steps = 0, EAP-IG
-    with ig_steps > 0; and the clean and corrupted logit differences per prompt. The backward pass
-    keeps every reader's input of every prompt, so prompts go through it in chunks that fit
-    ATTRIBUTION_BYTES."""
+    the clean writer output into the corrupted run (0 where no edge): EAP (ig_steps 0) or EAP-IG; and
+    the clean and corrupted logit differences per prompt. Prompts go in chunks that fit ATTRIBUTION_BYTES."""
     n = 0 if prefix is None else prefix.n
     per_prompt = 8 * len(Graph(weights.n_layers, weights.n_heads).readers) * (clean.shape[1] - n) * weights.W_E.shape[1] * 4
     step = max(1, ATTRIBUTION_BYTES // per_prompt)
@@ -469,10 +426,6 @@ def _edge_attribution(weights: Weights, clean: Tensor, corrupted: Tensor, direct
         with torch.no_grad():
             ld_corrupted, corr_out, _ = edge_forward(weights, corrupted, direction, bias, prefix=prefix)
     diff = clean_out - corr_out  # (writer, batch, pos, d_model)
-    scores = torch.zeros(len(graph.writers), len(graph.readers), diff.shape[1], dtype=diff.dtype, device=diff.device)
-    start = 0
-    for grad in grads:  # one per reader group, in reader order
-        n = grad.shape[0]
-        scores[:, start:start + n] = torch.einsum("wbpm,rbpm->wrb", diff, grad) / len(alphas)
-        start += n
+    # grads: one per reader group, every reader in order
+    scores = torch.cat([torch.einsum("wbpm,rbpm->wrb", diff, grad) / len(alphas) for grad in grads], 1)  # (writer, reader, batch)
     return scores * graph.allowed.to(diff.device)[..., None], ld_clean, ld_corrupted

@@ -1,18 +1,9 @@
-"""A plain-PyTorch GPT-2 forward over the bridge's processed weights, built for patching.
-
-TransformerLens's reference patching runs one full forward per patched component. This engine
-computes the same numbers with far less work:
-  * it starts at the patched layer from the unpatched run's cached residual stream;
-  * it skips the shared prompt prefix: positions before the first token where clean and corrupted
-    differ are identical in both runs, so their keys/values are taken from the cache;
-  * it batches many patches (variants) into one forward, as a leading variant dimension;
-  * at the last layer it computes only the final position, and instead of the full unembedding
-    only the answer-minus-wrong direction that the metric reads;
-  * the MLP's bias and activation run in place, a block of rows at a time (`bias_act`).
-Every forward here and in edges.py is one loop, `Forward.run`, whose steps are methods; exact.py
-expresses its patches as a change of the residual stream at (layer, "pre" | "mid"). The reference
-for every intervention is interventions.py (TransformerLens hooks); tests/test_backends.py checks
-that both give the same numbers.
+"""A plain-PyTorch GPT-2 forward over the bridge's processed weights, built for patching: one layer
+loop (`Forward`) that can start at any layer from a cached residual stream, skip a shared prompt
+prefix (its keys/values come from the cache), batch many patches as a leading variant dimension,
+and at the last layer compute only the final position and the answer-minus-wrong logit direction.
+The reference for every intervention is interventions.py (TransformerLens hooks);
+tests/test_backends.py checks that both give the same numbers.
 """
 
 from __future__ import annotations
@@ -59,19 +50,13 @@ class Weights:
         cfg = model.cfg
         assert cfg.normalization_type in ("LN", "LNPre") and cfg.act_fn in ("gelu_new", "gelu"), \
             "the patching engine implements GPT-2-style blocks (LayerNorm, GELU)"
-        det = lambda t: t.detach()  # noqa: E731
-        blocks = model.blocks
-        return cls(
-            W_E=det(model.W_E), W_pos=det(model.W_pos),
-            W_Q=det(model.W_Q), W_K=det(model.W_K), W_V=det(model.W_V),
-            b_Q=det(model.b_Q), b_K=det(model.b_K), b_V=det(model.b_V),
-            W_O=det(model.W_O), b_O=det(model.b_O),
-            W_in=det(model.W_in), b_in=det(model.b_in), W_out=det(model.W_out), b_out=det(model.b_out),
-            ln1=[(det(block.ln1.w), det(block.ln1.b)) for block in blocks],
-            ln2=[(det(block.ln2.w), det(block.ln2.b)) for block in blocks],
-            ln_f=(det(model.ln_final.w), det(model.ln_final.b)),
-            W_U=det(model.W_U), b_U=det(model.b_U),
-            eps=cfg.eps, n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_head=cfg.d_head, act_fn=cfg.act_fn)
+        names = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V", "W_O", "b_O", "W_in", "b_in", "W_out", "b_out",
+                 "W_U", "b_U")
+        wb = lambda ln: (ln.w.detach(), ln.b.detach())  # noqa: E731
+        return cls(**{name: getattr(model, name).detach() for name in names},
+                   ln1=[wb(block.ln1) for block in model.blocks], ln2=[wb(block.ln2) for block in model.blocks],
+                   ln_f=wb(model.ln_final), eps=cfg.eps, n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_head=cfg.d_head,
+                   act_fn=cfg.act_fn)
 
 
 def embed(weights: Weights, tokens: Tensor) -> Float[Tensor, "batch pos d_model"]:
@@ -80,8 +65,7 @@ def embed(weights: Weights, tokens: Tensor) -> Float[Tensor, "batch pos d_model"
 
 
 def first_difference(a: Tensor, b: Tensor) -> int:
-    """First position where any row of token batches a and b differ (length if none): before it both
-    runs compute the same, so patching (exact.py) and edge patching (edges.py) start there."""
+    """First position where any row of token batches a and b differ (length if none): patching starts there."""
     diff = (a != b).any(0).nonzero()
     return int(diff[0]) if len(diff) else a.shape[1]
 
@@ -91,23 +75,20 @@ def layer_norm(x: Tensor, wb: tuple[Tensor, Tensor], eps: float) -> Tensor:
 
 
 def gelu(x: Tensor, act_fn: str) -> Tensor:
-    """The model's activation: GPT-2's gelu_new (GELU's tanh approximation, written out as
-    transformers writes it: torch's fused kernel is faster but differs in the last bits, which a
-    small normaliser turns into visible changes of patching results) or the exact GELU."""
+    """The model's activation: GPT-2's gelu_new written out as transformers writes it (torch's fused
+    kernel differs in the last bits), or the exact GELU."""
     if act_fn == "gelu":
         return torch.nn.functional.gelu(x)
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
 
 
-BLOCK = 2 ** 17  # elements per block of bias_act (512 KB of float32: the block and its temporaries stay in a core's cache)
+BLOCK = 2 ** 17  # elements per block of bias_act: the block and its temporaries stay in a core's cache
 
 
 def bias_act(pre: Tensor, b: Tensor, act_fn: str) -> Tensor:
-    """gelu(pre + b), computed in pre's memory, BLOCK elements' worth of rows at a time: gelu_new's
-    eight elementwise steps then pass through a core's cache, not eight times through main memory
-    (4x faster on CPU, measured: 56 -> 14 ms for 2,560 x 3,072). The same operations in the same
-    order as gelu(), so the same bits (a test compares them). Out of place where autograd needs
-    pre, and in one block on a GPU."""
+    """gelu(pre + b) in pre's memory, BLOCK elements' worth of rows at a time (the same operations
+    in the same order as gelu(): the same bits). Out of place where autograd needs pre; one block on
+    a GPU."""
     if pre.requires_grad and torch.is_grad_enabled():
         return gelu(pre + b, act_fn)
     rows = pre.view(-1, pre.shape[-1])  # (row, d_mlp)
@@ -124,63 +105,51 @@ def bias_act(pre: Tensor, b: Tensor, act_fn: str) -> Tensor:
     return pre
 
 
-def _count(weights: Weights, n: float) -> None:
-    weights.flops[0] += n
-
-
 def qkv(weights: Weights, layer: int, x: Float[Tensor, "... pos d_model"], which: str = "qkv") -> dict[str, Tensor]:
     """Normalized input -> q/k/v, each (..., pos, head, d_head)."""
     out = {}
     for name in which:
         W, b = {"q": (weights.W_Q, weights.b_Q), "k": (weights.W_K, weights.b_K), "v": (weights.W_V, weights.b_V)}[name]
         out[name] = torch.einsum("...pm,hmd->...phd", x, W[layer]) + b[layer]
-        _count(weights, 2 * x[..., 0].numel() * W[layer].numel())
+        weights.flops[0] += 2 * x[..., 0].numel() * W[layer].numel()
     return out
 
 
-def attend(weights: Weights, q: Tensor, k: Tensor, v: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
-    """Causal attention. q (..., Q, head, d_head) are the last Q positions of k/v (..., K, head, d_head)
-    shifted by `offset` prefix positions that only k/v hold. Returns (z, pattern (..., head, Q, K))."""
+def attend(weights: Weights, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Causal attention. q (..., Q, head, d_head) are the last Q positions of k/v (..., K, head,
+    d_head). Returns (z, pattern (..., head, Q, K))."""
     scores = torch.einsum("...qhd,...khd->...hqk", q, k) / math.sqrt(weights.d_head)
     Q, K = q.shape[-3], k.shape[-3]
     q_pos = torch.arange(K - Q, K, device=q.device)[:, None]
     mask = torch.arange(K, device=q.device)[None, :] > q_pos  # (Q, K)
     pattern = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
     z = torch.einsum("...hqk,...khd->...qhd", pattern, v)
-    _count(weights, 4 * q.numel() * K)
+    weights.flops[0] += 4 * q.numel() * K
     return z, pattern
 
 
 def attn_out(weights: Weights, layer: int, z: Float[Tensor, "... pos head d_head"]) -> Tensor:
-    _count(weights, 2 * z.numel() * weights.W_O.shape[-1])
+    weights.flops[0] += 2 * z.numel() * weights.W_O.shape[-1]
     return torch.einsum("...phd,hdm->...pm", z, weights.W_O[layer]) + weights.b_O[layer]
 
 
 def mlp(weights: Weights, layer: int, x: Float[Tensor, "... pos d_model"]) -> Tensor:
     h = bias_act(layer_norm(x, weights.ln2[layer], weights.eps) @ weights.W_in[layer], weights.b_in[layer], weights.act_fn)
-    _count(weights, 4 * x[..., 0].numel() * weights.W_in[layer].numel())
+    weights.flops[0] += 4 * x[..., 0].numel() * weights.W_in[layer].numel()
     return h @ weights.W_out[layer] + weights.b_out[layer]
 
 
 class Forward:
     """The engine's one layer loop, from the residual stream where `run` starts to the logit
-    difference (or the final residual). Each step is a method, so a forward that differs in one
-    step overrides that step only (edge patching's per-reader inputs and resumed circuits, edges.py):
-
-      layer_start(l, x)  the residual where layer l (l = n_layers: the logits) begins
-      attention(l, x)    the residual after layer l's heads
-      after_heads(l, x)  the same, recorded or replaced
-      mlp(l, x)          the residual after layer l's MLP
-      read(x)            the logit difference from the final residual
-
-    The defaults run the ordinary block, with these options:
-      end_only   the last layer computes the final position only (all a logit difference reads);
-      past       layer -> the keys and values (..., n, head, d_head) of n positions before x's,
-                 which x's positions attend to (a shared prefix, not recomputed);
+    difference (or the final residual). Each step is a method that a subclass may override
+    (edges.py): layer_start(l, x) (l = n_layers: before the logits), attention(l, x) (the residual
+    after layer l's heads), after_heads(l, x), mlp(l, x), read(x). Options:
+      end_only   the last layer computes the final position only;
+      past       layer -> keys and values (..., n, head, d_head) of n positions before x's (a prefix);
       z_values   {(layer, head): (..., pos, d_head)} replaces those heads' z;
       mlp_values {layer: (..., pos, d_model)} replaces those MLPs' outputs;
-      cache      a dict that receives every activation patching reads (keys like 'resid_pre.3',
-                 'q.3', 'pattern.3', 'z.3', 'attn_out.3', 'resid_mid.3', 'mlp_out.3', 'resid_final');
+      cache      a dict receiving every activation patching reads ('resid_pre.3', 'q.3', 'pattern.3',
+                 'z.3', 'attn_out.3', 'resid_mid.3', 'mlp_out.3', 'resid_final');
       keep_grad  keep the gradients of q, k, v, pattern and z (attribution patching)."""
 
     def __init__(self, weights: Weights, direction: Tensor | None = None, bias: Tensor | None = None,
@@ -245,15 +214,12 @@ class Forward:
         return x + m
 
     def read(self, x: Tensor) -> Tensor:
-        if self.direction is None:
-            return x
-        return read_logit_diff(self.weights, x[..., -1, :], self.direction, self.bias)
+        return x if self.direction is None else read_logit_diff(self.weights, x[..., -1, :], self.direction, self.bias)
 
 
 def full_forward(weights: Weights, tokens: Tensor, keep_grad: bool = False) -> dict[str, Tensor]:
-    """An ordinary forward that caches, per layer, everything patching reads (Forward's `cache`).
-    Shapes (batch, pos, ...), pattern (batch, head, q, k). keep_grad: build the autograd graph and
-    keep the gradients of q, k, v, pattern and z (attribution patching)."""
+    """An ordinary forward caching everything patching reads (Forward's `cache`): shapes (batch, pos,
+    ...), pattern (batch, head, q, k). keep_grad: keep the gradients (attribution patching)."""
     x = embed(weights, tokens)  # (batch, pos, d_model)
     if keep_grad:
         x = x.detach().requires_grad_()
@@ -264,15 +230,14 @@ def full_forward(weights: Weights, tokens: Tensor, keep_grad: bool = False) -> d
 
 def read_logit_diff(weights: Weights, x_end: Float[Tensor, "... batch d_model"], direction: Tensor, bias: Tensor) -> Tensor:
     """Answer-minus-wrong logit from final-position residuals, without the full unembedding."""
-    _count(weights, 2 * x_end.numel())
+    weights.flops[0] += 2 * x_end.numel()
     return (layer_norm(x_end, weights.ln_f, weights.eps) * direction).sum(-1) + bias
 
 
 def layer_flops(weights: Weights, queries: int, keys: int, new_kv: int) -> float:
     """Matmul FLOPs of one block for one sequence: `queries` positions computed (q, attention out,
     MLP), attending over `keys` positions, of which `new_kv` need fresh keys/values."""
-    d = weights.W_O.shape[-1]  # d_model
-    d_mlp = weights.W_in.shape[-1]
+    d, d_mlp = weights.W_O.shape[-1], weights.W_in.shape[-1]  # d_model, d_mlp
     return (2 * queries * d * d + 2 * 2 * new_kv * d * d  # q; k and v
             + 4 * queries * keys * d  # scores and pattern @ v (all heads)
             + 2 * queries * d * d  # W_O
@@ -280,9 +245,8 @@ def layer_flops(weights: Weights, queries: int, keys: int, new_kv: int) -> float
 
 
 def suffix_flops(weights: Weights, layer: int, stage: str, suffix: int, length: int) -> float:
-    """FLOPs `run_from` spends per sequence for a suffix of `suffix` positions (of `length`): the
-    minimum for a patch whose first changed position is length - suffix, computing every later
-    position up to the last layer and only the final position there."""
+    """The minimum FLOPs per sequence of a patch at (layer, stage) whose first changed position is
+    length - suffix: every later position up to the last layer, only the final position there."""
     total, last = 0.0, weights.n_layers - 1
     for lay in range(layer, weights.n_layers):
         q = 1 if lay == last else suffix
@@ -293,17 +257,11 @@ def suffix_flops(weights: Weights, layer: int, stage: str, suffix: int, length: 
     return total + 2 * weights.W_O.shape[-1]  # read the answer-minus-wrong direction
 
 
-def full_forward_flops(weights: Weights, length: int, vocab: int) -> float:
-    """A plain forward of one sequence with the full unembedding (what the reference runs)."""
-    return weights.n_layers * layer_flops(weights, length, length, length) + 2 * length * weights.W_O.shape[-1] * vocab
-
-
 def ablated(weights: Weights, run: dict[str, Tensor], values: dict[tuple, Tensor],
             direction: Tensor, bias: Tensor) -> Float[Tensor, " batch"]:
-    """Logit difference per prompt with components' outputs replaced by given activations, computed
-    from `run` (full_forward of the same tokens): values maps ("z", layer, head) to (batch, pos,
-    d_head) and ("mlp", layer) to (batch, pos, d_model). The layers before the first replaced one
-    are the run's, and the last layer computes the final position only."""
+    """Logit difference per prompt with components' outputs replaced, from the first replaced layer
+    of `run` (full_forward of the same tokens) on: values maps ("z", layer, head) to (batch, pos,
+    d_head) and ("mlp", layer) to (batch, pos, d_model)."""
     layers = {key[1] for key in values}
     if not layers:
         return read_logit_diff(weights, run["resid_final"][:, -1], direction, bias)
@@ -311,14 +269,3 @@ def ablated(weights: Weights, run: dict[str, Tensor], values: dict[tuple, Tensor
     forward = Forward(weights, direction, bias, z_values={key[1:]: v for key, v in values.items() if key[0] == "z"},
                       mlp_values={key[1]: v for key, v in values.items() if key[0] == "mlp"})
     return forward.run(run[f"resid_pre.{first}"], first)
-
-
-def run_from(weights: Weights, layer: int, stage: str, x: Float[Tensor, "variant batch suffix d_model"],
-             base: dict[str, Tensor], prefix: int, direction: Tensor, bias: Tensor) -> Float[Tensor, "variant batch"]:
-    """Run variants of the residual stream at (layer, stage) over the suffix positions (those from
-    `prefix` on) to the end, reusing the base run's keys/values for the prefix; return the logit
-    difference per variant and prompt."""
-    def past(lay: int) -> tuple[Tensor, Tensor]:
-        return tuple(base[f"{name}.{lay}"][:, :prefix].expand(x.shape[0], -1, -1, -1, -1) for name in "kv")
-
-    return Forward(weights, direction, bias, past=past).run(x, layer, stage)

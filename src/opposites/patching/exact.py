@@ -1,14 +1,10 @@
 """Exact activation patching on top of engine.py: one generic sweep, thin named specialisations.
 
-The config's `patch_direction` is decided here once (RUNS): denoising runs the corrupted prompts
-and patches in clean activations; noising the reverse. Each sweep returns, per patched component, the patched logit difference *of every prompt* (last
-axis: the batch), so batches of different lengths concatenate and intervals can be bootstrapped over
-prompts; `normalise` turns them into the metric (patched - corrupted) / (clean - corrupted) on the
-mean logit difference (0 = corrupted, 1 = clean).
-
-Position-wise sweeps are aligned by *role*: each variant patches a (batch, pos) mask, so one variant
-patches every prompt at its own position of a role (IO, S2, ADJ1, END, ...; `role_masks`), whatever
-the prompt's template.
+The config's `patch_direction` decides the runs (RUNS): denoising runs the corrupted prompts and
+patches in clean activations; noising the reverse. Each sweep returns the patched logit difference
+of every prompt (last axis: the batch); `normalise` turns them into (patched - corrupted) /
+(clean - corrupted) on the mean (0 = corrupted, 1 = clean). Position-wise sweeps patch a (batch,
+pos) mask per variant: one variant patches every prompt at its own position of a role (`role_masks`).
 """
 
 from __future__ import annotations
@@ -38,7 +34,6 @@ class Pair:
     direction: Tensor  # (batch, d_model)
     bias: Tensor  # (batch,)
     base_ld: Tensor  # (batch,)
-    src_ld: Tensor
     base_tokens: Tensor  # (batch, pos)
     rows: list[dict]  # the prompts, for their role positions
     clean_ld: Tensor  # (batch,): the clean and corrupted runs' logit differences, whichever is base
@@ -48,10 +43,6 @@ class Pair:
     def n(self) -> int:
         return self.direction.shape[0]
 
-    @property
-    def n_pos(self) -> int:
-        return self.base["resid_final"].shape[1]
-
 
 def prepare(model, weights: Weights, batch: Batch, patch_direction: str) -> Pair:
     tokens = {"clean": batch.clean, "corrupted": batch.corrupted}
@@ -60,41 +51,44 @@ def prepare(model, weights: Weights, batch: Batch, patch_direction: str) -> Pair
     runs = {name: engine.full_forward(weights, tokens[name]) for name in (base_name, src_name)}
     ld = {name: engine.read_logit_diff(weights, run["resid_final"][:, -1], d, bias) for name, run in runs.items()}
     return Pair(weights, runs[base_name], runs[src_name], engine.first_difference(batch.clean, batch.corrupted),
-                d.detach(), bias.detach(), ld[base_name], ld[src_name], tokens[base_name], batch.rows,
+                d.detach(), bias.detach(), ld[base_name], tokens[base_name], batch.rows,
                 ld["clean"], ld["corrupted"])
 
 
 # ---- the generic sweep ---------------------------------------------------------------------------
 
-def sweep(pair: Pair, layer: int, stage: str, n_variants: int,
-          delta: Callable[[slice], Tensor], max_seqs: int = 2048, first: int | None = None) -> Tensor:
+MAX_SEQS = 2048  # sequences per forward of a sweep
+
+
+def sweep(pair: Pair, layer: int, stage: str, n_variants: int, delta: Callable[[slice], Tensor],
+          first: int | None = None) -> Tensor:
     """(variant, batch): the logit difference of each prompt for each variant of the residual stream
-    at (layer, stage), stage 'pre' (before the layer; layer == n_layers: the final residual) or 'mid'
-    (after its attention). delta(variant slice) -> (variants, batch, pos, d_model) change of the
-    base residual there; only positions from `first` (default pair.prefix) on are run: attention is
-    causal, so positions before every variant's first change keep the base run's values (and keys
-    and values, which the suffix reads from the cache)."""
+    at (layer, stage), 'pre' (before the layer; layer == n_layers: the final residual) or 'mid' (after
+    its attention); delta(variant slice) -> (variants, batch, pos, d_model) changes the base residual
+    there. Only positions from `first` (default pair.prefix) on run; earlier keys/values are the base's."""
     first = pair.prefix if first is None else first
     key = f"resid_{stage}.{layer}" if layer < pair.weights.n_layers else "resid_final"
     x0 = pair.base[key][:, first:]  # (batch, suffix, d_model)
     out = []
-    step = max(1, max_seqs // pair.n)
+    step = max(1, MAX_SEQS // pair.n)
     for start in range(0, n_variants, step):
         variants = slice(start, min(start + step, n_variants))
         x = x0 + delta(variants)[..., first:, :]  # (variant, batch, suffix, d_model)
-        out.append(engine.run_from(pair.weights, layer, stage, x, pair.base, first, pair.direction, pair.bias))
+        past = lambda lay: tuple(pair.base[f"{n}.{lay}"][:, :first].expand(len(x), -1, -1, -1, -1) for n in "kv")  # noqa: E731
+        out.append(engine.Forward(pair.weights, pair.direction, pair.bias, past=past).run(x, layer, stage))
     return torch.cat(out)
 
 
 def role_masks(pair: Pair, roles: list[str]) -> Tensor:
     """(role, batch, pos) 0/1 masks: each prompt's own position of each role; the role 'other'
     covers every position that is neither BOS nor a named role (the tokens in between)."""
-    masks = torch.zeros(len(roles), pair.n, pair.n_pos, dtype=pair.direction.dtype, device=pair.direction.device)
+    n_pos = pair.base_tokens.shape[1]
+    masks = torch.zeros(len(roles), pair.n, n_pos, dtype=pair.direction.dtype, device=pair.direction.device)
     for b, row in enumerate(pair.rows):
         named = set(row["positions"].values())
         for r, role in enumerate(roles):
             if role == "other":
-                masks[r, b, [p for p in range(1, pair.n_pos) if p not in named]] = 1.0
+                masks[r, b, [p for p in range(1, n_pos) if p not in named]] = 1.0
             elif role in row["positions"]:
                 masks[r, b, row["positions"][role]] = 1.0
     return masks
@@ -102,13 +96,8 @@ def role_masks(pair: Pair, roles: list[str]) -> Tensor:
 
 def position_masks(pair: Pair) -> Tensor:
     """(pos, batch, pos): one variant per position, the same for every prompt (for equal layouts)."""
-    eye = torch.eye(pair.n_pos, dtype=pair.direction.dtype, device=pair.direction.device)
-    return eye[:, None, :].expand(pair.n_pos, pair.n, pair.n_pos)
-
-
-def at_masks(change: Tensor, masks: Tensor, variants: slice) -> Tensor:
-    """Variants each applying `change` (batch, pos, d_model) where its mask (batch, pos) is 1."""
-    return masks[variants, :, :, None] * change  # (variant, batch, pos, d_model)
+    eye = torch.eye(pair.base_tokens.shape[1], dtype=pair.direction.dtype, device=pair.direction.device)  # (pos, pos)
+    return eye[:, None, :].expand(len(eye), pair.n, len(eye))
 
 
 def head_writes(pair: Pair, layer: int, z_new: Tensor) -> Tensor:
@@ -129,8 +118,8 @@ def by_mask(pair: Pair, layer: int, stage: str, change: Tensor, masks: Tensor) -
     for first in firsts[live].unique().tolist():  # masks that start later run fewer positions
         group = (live & (firsts == first)).nonzero()[:, 0]
         group_masks = masks[group]
-        out[group] = sweep(pair, layer, stage, len(group), lambda variants: at_masks(change, group_masks, variants),
-                           first=first)
+        out[group] = sweep(pair, layer, stage, len(group),
+                           lambda variants: group_masks[variants, :, :, None] * change, first=first)  # (variant, batch, pos, d_model)
     return out
 
 
@@ -217,11 +206,9 @@ def path_to_receivers(pair: Pair, sender: tuple[int, int]) -> Tensor:
 
 
 def path_to_mlps(pair: Pair, sender: tuple[int, int]) -> Tensor:
-    """(layer + 1, batch) path patching into the other readers: row l < n_layers, the sender head's
-    source-run output reaches only the input of MLP l (from the sender's own layer on: an MLP reads
-    the heads of its layer), and the MLP's changed output flows on normally; the last row, the
-    sender's output reaches only the logits (the final LayerNorm's input at END: its direct path).
-    Everything else stays the base run. Layers before the sender's are NaN."""
+    """(layer + 1, batch) path patching: row l < n_layers, the sender head's source-run output
+    reaches only MLP l's input (from the sender's own layer on) and that MLP's change flows on; the
+    last row, it reaches only the logits (its direct path). Layers before the sender's are NaN."""
     ls, hs = sender
     L = pair.weights.n_layers
     out = torch.full((L + 1, pair.n), float("nan"), dtype=pair.base_ld.dtype, device=pair.base_ld.device)
