@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from opposites.derived import accumulated_lens
 from opposites.figures.style import color, figure, per_task
@@ -36,7 +37,7 @@ def attn_mlp(data: dict, tasks: list[str]):
                    yerr=[part.value - part.ci_low, part.ci_high - part.value], error_kw={"lw": 0.5})
         ax.axhline(0, color="k", lw=0.6)
         ax.set(title=task, xlabel="layer")
-        ax.set_xticks(sorted(df.layer.unique()))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers, thinned where they would overlap
         ax.legend(frameon=False)
         if task == tasks[0]:
             ax.set_ylabel("direct logit difference")

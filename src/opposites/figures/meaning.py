@@ -45,7 +45,7 @@ def neuron_acts(data: dict, tasks: list[str]):
         for shift, col, c, label in ((-0.2, "act_task", color(task), task), (0.2, "act_control", "0.6", "control")):
             err = [df[col] - df[f"{col}_ci_low"], df[f"{col}_ci_high"] - df[col]]
             ax.bar(x + shift, df[col], width=0.4, color=c, label=label, yerr=err, capsize=2, error_kw={"lw": 0.6})
-        ax.set_xticks(x, [f"L{r.layer}N{r.neuron}" for r in df.itertuples()], rotation=30)
+        ax.set_xticks(x, [f"L{r.layer}\nN{r.neuron}" for r in df.itertuples()])  # two lines: GPT-2's indices are long
         ax.set(title=f"{task}: top neurons by direct effect", ylabel="activation at END")
         ax.legend(frameon=False, fontsize=6)
 

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from opposites.derived import significant  # noqa: E402
 
@@ -82,8 +83,8 @@ def heatmap(ax, df, title: str, value: str = "value"):
     lim = max(float(np.abs(grid).max()), 1e-9)
     im = ax.imshow(grid, cmap="RdBu", norm=TwoSlopeNorm(0, -lim, lim), aspect="auto", origin="lower")
     ax.set(title=title, xlabel="head", ylabel="layer")
-    ax.set_xticks(range(grid.shape[1]))
-    ax.set_yticks(range(grid.shape[0]))
+    for axis in (ax.xaxis, ax.yaxis):  # integer ticks, thinned where they would overlap (GPT-2: 12 heads)
+        axis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(False)
     ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
 
