@@ -117,7 +117,7 @@ def role_shift(model, rows: list[dict], batch_size: int, role: str, shift: str, 
         moved = [swapped(t, r["positions"][role], r["positions"][partner]) if shift == "swap"
                  else shifted(t, r["positions"][role], shift) for t, r in zip(b.clean, b.rows)]
         pattern, last = end_attention(model, torch.stack([m[0] for m in moved]))  # (batch, layer, head, key)
-        idx = torch.arange(len(moved))
+        idx = torch.arange(len(moved), device=pattern.device)
         new.append(pattern[idx, :, :, [m[1] for m in moved]])  # (batch, layer, head)
         old.append(pattern[idx, :, :, [m[2] for m in moved]])
         clean.append(pattern_clean[idx, :, :, [r["positions"][role] for r in b.rows]])
