@@ -6,7 +6,7 @@ from typing import Callable
 
 import pandas as pd
 
-from opposites.derived import (classify_components, end_attention_to_roles, ioi_head_classes, largest_abs,
+from opposites.derived import (MIN_CLUSTERS, classify_components, end_attention_to_roles, ioi_head_classes, largest_abs,
                                matched_control, opposite_tasks, role_preferences)
 from opposites.derived import head_routes as derived_head_routes  # the table of the same name is below
 from opposites.overlap import compare, gpt2_classes, graph_of
@@ -259,7 +259,7 @@ def circuit_compare(data: dict, tasks: list[str]) -> str:
                          str(r["n_edges"]), fmt(r["recovered"]), fmt_ci(held["recovered"], held["recovered_ci95"]),
                          lost_without(held),
                          fmt_ci(r["cpr"], r["cpr_ci95"]) if "cpr" in r else "--",
-                         fmt_ci(r["cmd"], r["cmd_ci95"]) if "cmd" in r else "--", fmt(r["seconds"], 0)])
+                         fmt_ci(r["cmd"], r["cmd_ci95"]) if "cmd" in r else "--", fmt(r["seconds"], 1)])
         if "ACDC" not in c["methods"]:
             rows.append([tex_escape(task), r"\multicolumn{8}{l}{ACDC not run: " + f"{c['total_edges']:,}"
                          + " edges, above the " + f"{c['acdc_max_edges']:,}" + " it runs on (one exact forward per edge and threshold)}"])
@@ -338,6 +338,8 @@ def interchange(data: dict, tasks: list[str]) -> str:
         source = {k["k"]: k for loc in das["locations"] if loc.get("point") == "source" for k in loc["k"]}
         ks = "; ".join(f"{k['k']}: {fmt(k['iia'])} ({fmt(k['train_iia']) if 'train_iia' in k else '--'}; {fmt(k['random_iia_mean'])}"
                        + (f"; {fmt(source[k['k']]['iia'])}" if k["k"] in source else "") + ")" for k in at_end["k"])
+        if at_end["k"] and at_end["k"][0]["n_clusters"] < MIN_CLUSTERS:  # as findings.interchange_facts: no claim
+            ks = f"not testable (held out from {at_end['k'][0]['n_clusters']} words): " + ks
         rows.append([tex_escape(task), str(sweep["n_pairs"]), tex_escape(end["label"]), fmt_ci(end["iia"], end["iia_ci95"]),
                      f"{tex_escape(sweep['role'])}: {fmt_ci(role['iia'], role['iia_ci95'])}",
                      f"{das['n_test']} ({at_end['full']['n_clusters']}) / {das['n_train']}", str(das["n_candidates"]), ks,

@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from opposites.figures.style import figure, per_task, task_row
+from opposites.findings import paper_circuit_row
 from opposites.nodes import Edge, Node, head_nodes
 
 
@@ -37,9 +38,11 @@ def circuit_graph(data: dict, tasks: list[str], max_edges: int = 60):
                 arrowstyle="-|>", lw=0.3 + 1.5 * abs(e.score) / lim, alpha=0.7,
                 color="#b2182b" if e.score > 0 else "#2166ac", shrinkA=4, shrinkB=4))
         for x, (px, py) in xy.items():  # the circle is the label's own box, so the label never spills out
-            ax.text(px, py, str(x).replace("MLP ", "M").replace("embed", "E").replace("logits", "L"), ha="center",
+            label = str(x.head) if x.is_head else str(x).replace("MLP ", "M").replace("embed", "E").replace("logits", "L")
+            ax.text(px, py, label, ha="center",
                     va="center", fontsize=6, zorder=4, bbox=dict(boxstyle="circle,pad=0.1", fc="white", lw=0.6))
-        ax.set(title=f"{task}: {c['n_edges']} edges\nrecovers {c['recovered']:.2f}", ylabel="layer")
+        held = paper_circuit_row(c)["held_out"]["recovered"]
+        ax.set(title=f"{task}: {c['n_edges']} edges\nheld out {held:.2f}", ylabel="layer")
         ax.set(xlim=(-0.8, n_heads + 1.3), ylim=(-1.6, top + 0.6))  # texts do not widen the limits
         ax.set_xticks([])
         ax.grid(False)
