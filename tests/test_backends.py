@@ -109,6 +109,7 @@ def test_replacing_activations_by_given_values_agrees_on_both_backends(setup):
 
 SWAPS = {"resid_pre": lambda m: resid_pre(1), "resid_post": lambda m: resid_post(0),
          "resid_post (last layer)": lambda m: resid_post(m.cfg.n_layers - 1), "mlp_out": lambda m: mlp_out(0),
+         "attn_out": lambda m: Intervention("blocks.1.hook_attn_out"),
          "head_z": lambda m: head_z(0, 1)}
 
 

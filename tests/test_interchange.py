@@ -163,6 +163,7 @@ def test_sweep_covers_what_patching_names_and_matches_the_full_grid(toy64):
     got = limited["locations"]
     assert {(r["layer"], r["head"]) for r in got if r["kind"] == "z"} == set(zip(z.layer, z["head"]))
     assert {r["layer"] for r in got if r["kind"] == "mlp_out"} == set(mlp.layer)
+    assert {r["layer"] for r in got if r["kind"] == "attn_out"} == set(z.layer)  # the named heads' layers, jointly
     layers = set(z.layer) | set(mlp.layer)
     assert {(r["layer"], r["position"]) for r in got if r["kind"] == "resid_post"} == \
         {(l, p) for l in layers for p in ("ADJ1", "END")}

@@ -205,7 +205,7 @@ def io_heads(data: dict, task: str) -> dict | None:
 def arrival(interchange: dict | None) -> dict | None:
     """How the source word's identity arrives at END's located point (interchange): END's point one
     step earlier (after the previous layer, or before layer 0) with its IIA and interval, and each
-    head or MLP output of the located layer that the sweep tested at END alone, with its IIA and
+    head's output, the attention output (all heads) or the MLP output of the located layer that the sweep tested at END alone, with its IIA and
     interval, and those whose interval lies above one half (carriers: that output alone carries the
     source's answer to END, as end_carries); None where END is not located."""
     if not interchange or not interchange["end_carries"]:
@@ -214,7 +214,7 @@ def arrival(interchange: dict | None) -> dict | None:
     at_end = [loc for loc in sweep["locations"] if loc["position"] == "END"]
     before = next((loc for loc in at_end if loc["kind"] == "resid_post" and loc["layer"] == best["layer"] - 1), None) \
         or next((loc for loc in at_end if loc["kind"] == "resid_pre" and loc["layer"] == 0), None)
-    parts = [loc for loc in at_end if loc["kind"] in ("z", "mlp_out") and loc["layer"] == best["layer"]]
+    parts = [loc for loc in at_end if loc["kind"] in ("z", "attn_out", "mlp_out") and loc["layer"] == best["layer"]]
     pick = lambda loc: {"label": loc["label"], "iia": loc["iia"], "iia_ci95": loc["iia_ci95"]}  # noqa: E731
     return {"before": pick(before) if before and before is not best else None, "parts": [pick(p) for p in parts],
             "carriers": [p["label"] for p in parts if p["iia_ci95"][0] > 0.5], "n_pairs": sweep["n_pairs"]}

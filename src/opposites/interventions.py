@@ -53,6 +53,10 @@ def head_z(layer: int, head: int, position: str = "END") -> Intervention:
     return Intervention(f"blocks.{layer}.attn.hook_z", position, head=head)
 
 
+def attn_out(layer: int, position: str = "END") -> Intervention:
+    return Intervention(f"blocks.{layer}.hook_attn_out", position)
+
+
 def mlp_out(layer: int, position: str = "END") -> Intervention:
     return Intervention(f"blocks.{layer}.hook_mlp_out", position)
 

@@ -5,8 +5,9 @@ and whose answers differ: the base prompt is run with one location taken from th
 If that location carries the source word's value (its adjective, name or entity), the base run's
 answer becomes the source prompt's answer. Locations, limited to what activation patching names (so
 a GPT-2-size model stays affordable): the TOP_HEADS heads' outputs (hook_z) at END with the largest
-|effect| in patch_heads, the TOP_MLPS MLPs' outputs at END with the largest |effect| at END in
-patch_layers, and the residual stream at the source word's position and at END before layer 0 and
+|effect| in patch_heads, their layers' attention outputs (all heads at once: whether the heads
+together carry what no one head does), the TOP_MLPS MLPs' outputs at END with the largest |effect|
+at END in patch_layers, and the residual stream at the source word's position and at END before layer 0 and
 after each layer those components sit in. Without patching results (a test's reference), every
 layer, head and MLP. Patching, not the circuit: the interchange jobs then run beside the circuit
 jobs (the longest of a build) instead of after them.
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from opposites.derived import largest_abs, top_abs_heads
-from opposites.interventions import Intervention, head_z, mlp_out, resid_post, resid_pre, role_positions
+from opposites.interventions import Intervention, attn_out, head_z, mlp_out, resid_post, resid_pre, role_positions
 from opposites.patching import swaps
 from opposites.patching.engine import Weights
 from opposites.prompts import cluster_of, load_spec
@@ -108,11 +109,12 @@ def named_components(model, patch_heads=None, patch_layers=None) -> tuple[list[t
 
 def locations(model, role: str, patch_heads=None, patch_layers=None) -> list[Intervention]:
     """Residual at the source word and END before layer 0 and after each layer the named heads and
-    MLPs sit in; those heads and MLPs at END."""
+    MLPs sit in; those heads, their layers' attention outputs (all heads at once) and MLPs at END."""
     heads, mlps = named_components(model, patch_heads, patch_layers)
     layers = sorted({l for l, _ in heads} | set(mlps))
     resid = [resid_pre(0, p) for p in (role, "END")] + [resid_post(l, p) for l in layers for p in (role, "END")]
-    return resid + [head_z(l, h) for l, h in heads] + [mlp_out(l) for l in mlps]
+    joint = [attn_out(l) for l in sorted({l for l, _ in heads})]  # all of a layer's heads at once
+    return resid + [head_z(l, h) for l, h in heads] + joint + [mlp_out(l) for l in mlps]
 
 
 def kind(iv: Intervention) -> str:
@@ -122,7 +124,7 @@ def kind(iv: Intervention) -> str:
 def label(iv: Intervention) -> str:
     """Where, in words: before/after a layer (the residual), a head, an MLP."""
     return {"resid_pre": f"before layer {iv.layer}", "resid_post": f"after layer {iv.layer}",
-            "z": f"head {iv.layer}.{iv.head}", "mlp_out": f"MLP {iv.layer}"}[kind(iv)]
+            "z": f"head {iv.layer}.{iv.head}", "attn_out": f"attention {iv.layer}", "mlp_out": f"MLP {iv.layer}"}[kind(iv)]
 
 
 def score(logits: Tensor, b: PairBatch) -> tuple[Tensor, Tensor]:

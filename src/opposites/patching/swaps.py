@@ -10,6 +10,7 @@ Every kind is a change of the residual stream at (layer, stage):
   blocks.L.hook_resid_pre            before layer L            (source - base)
   blocks.L.hook_resid_post           before layer L + 1        (source - base)
   blocks.L.hook_mlp_out              before layer L + 1        (source - base)
+  blocks.L.hook_attn_out             after layer L's heads     (source - base): all heads at once
   blocks.L.attn.hook_z, head h       after layer L's heads     (source - base) @ W_O[L, h]
 with a basis B only the projection (source - base) B B^T is swapped (residual sites; DAS).
 tests/test_backends.py checks each against the hooks."""
@@ -39,20 +40,20 @@ def _resumes_at(weights: Weights, iv: Intervention) -> tuple[int, str, str]:
     layer, kind = iv.layer, _kind(iv.site)
     if kind == "resid_pre":
         return layer, "pre", f"resid_pre.{layer}"
-    if kind == "z":
+    if kind in ("z", "attn_out"):
         return layer, "mid", f"resid_mid.{layer}"
     if kind in ("resid_post", "mlp_out"):
         after = layer + 1
         return after, "pre", f"resid_pre.{after}" if after < weights.n_layers else "resid_final"
-    raise ValueError(f"swaps.logits: {iv.site} is not a site the engine swaps (resid_pre, resid_post, mlp_out, "
-                     "attn.hook_z); run it through interventions.run (the hooks) or teach this module its kind")
+    raise ValueError(f"swaps.logits: {iv.site} is not a site the engine swaps (resid_pre, resid_post, attn_out, "
+                     "mlp_out, attn.hook_z); run it through interventions.run (the hooks) or teach this module its kind")
 
 
 def value(weights: Weights, cache: dict[str, Tensor], iv: Intervention, index: Tensor) -> Tensor:
     """(batch, d) iv's activation in a run (run()'s cache) at each prompt's position `index` (batch,):
     the residual, the MLP's output, or the head's z (batch, d_head)."""
     layer, kind = iv.layer, _kind(iv.site)
-    key = {"resid_pre": f"resid_pre.{layer}", "mlp_out": f"mlp_out.{layer}", "z": f"z.{layer}",
+    key = {"resid_pre": f"resid_pre.{layer}", "mlp_out": f"mlp_out.{layer}", "z": f"z.{layer}", "attn_out": f"attn_out.{layer}",
            "resid_post": f"resid_pre.{layer + 1}" if layer + 1 < weights.n_layers else "resid_final"}[kind]
     act = cache[key][torch.arange(len(index), device=index.device), index]  # (batch, d) or (batch, head, d_head)
     return act[:, iv.head] if kind == "z" else act
