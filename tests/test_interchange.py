@@ -240,7 +240,7 @@ def test_table_and_prose_facts_follow_the_intervals(located):
     interchange; with fewer words no k is claimed; a result whose intervals do not support it makes
     no such claim."""
     from opposites.derived import MIN_CLUSTERS
-    from opposites.findings import interchange_facts
+    from opposites.findings import EQUIVALENCE_MARGIN, interchange_facts
     from opposites.tables import interchange as table
 
     data = {"interchange": {t: located[t][0] for t in located}, "das": {t: located[t][1] for t in located}}
@@ -248,7 +248,9 @@ def test_table_and_prose_facts_follow_the_intervals(located):
         facts = interchange_facts(data, task)
         testable = facts["das"]["k"][0]["n_clusters"] >= MIN_CLUSTERS
         assert facts["end_carries"] and facts["role_left"] and facts["das_testable"] == testable
-        assert (facts["das_k"] is not None) == testable, (task, facts["das_k"])
+        supported = [k for k in facts["das"]["k"] if k["iia_ci95"][0] > k["random_iia_max"]
+                     and k["minus_full"]["ci95"][0] >= -EQUIVALENCE_MARGIN]  # within the margin of the whole vector
+        assert facts["das_k"] == (supported[0] if supported and testable else None), (task, facts["das_k"])
     assert table(data, list(located)).count(located["size"][0]["best_end"]["label"]) >= 1
     weak = {**located["size"][0], "best_end": {**located["size"][0]["best_end"], "iia": 0.5, "iia_ci95": [0.38, 0.62]}}
     facts = interchange_facts({"interchange": {"size": weak}, "das": {"size": located["size"][1]}}, "size")
@@ -285,3 +287,22 @@ def test_das_step_cap_binds_on_gpt2_size_only():
     assert das.max_steps(Cfg(d_model=128, d_mlp=512, n_layers=4), 4, at_word) == das.STEPS
     assert das.CHECK < das.max_steps(Cfg(d_model=768, d_mlp=3072, n_layers=12), 11, at_end) < das.STEPS
     assert das.max_steps(Cfg(d_model=1600, d_mlp=6400, n_layers=48), 47, at_word) == das.CHECK
+
+
+def test_das_is_claimed_only_within_the_equivalence_margin():
+    """A subspace whose paired difference from the whole vector has an interval that merely reaches 0
+    ([-0.2, 0.01]: absence of evidence) is not claimed; one whose interval lies above the margin is."""
+    from opposites.findings import EQUIVALENCE_MARGIN, interchange_facts
+
+    def data(low):
+        point = {"site": "blocks.0.hook_resid_post", "position": "END", "label": "after layer 0", "layer": 0,
+                 "iia": 1.0, "iia_ci95": [0.9, 1.0]}
+        role = {**point, "position": "ADJ1", "iia": 0.0, "iia_ci95": [0.0, 0.1]}
+        k = {"k": 2, "iia": 0.9, "iia_ci95": [0.8, 0.97], "random_iia_max": 0.1, "n_clusters": 8,
+             "minus_full": {"value": -0.05, "ci95": [low, 0.01], "p_value": 0.3}}
+        das_point = {"site": point["site"], "position": "END", "k": [k], "full": {"iia": 1.0}}
+        return {"interchange": {"t": {"best_end": point, "role_at_best_end": role}},
+                "das": {"t": {"locations": [das_point], "n_test": 30, "n_candidates": 12}}}
+
+    assert interchange_facts(data(-0.2), "t")["das_k"] is None
+    assert interchange_facts(data(-EQUIVALENCE_MARGIN / 2), "t")["das_k"]["k"] == 2

@@ -46,7 +46,7 @@ def test_pdf_text_has_the_baseline_numbers(built):
         for key in ("logit_diff_mean", "corrupted_logit_diff_mean"):
             assert fmt(base[key]).replace("$-$", "-") in text, (task, key)
     assert "Reproducibility" in text and "snakemake --cores 1 <target> --config model=toy" in text
-    assert "results/toy/figures/head_dla.pdf" in text
+    assert "(head_dla)" in text and "figures/<id>.pdf" in text  # a report item by id, and where its file is
 
 
 def test_the_pdf_has_a_title_and_no_latex_source_in_its_text(built):

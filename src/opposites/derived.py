@@ -201,6 +201,7 @@ def ioi_head_classes() -> dict[str, list[str]]:
 
 
 ANSWER_OVER_REPEAT = "answer-over-repeat"  # the class whose paired difference answer - repeated is above 0
+CLASSES = (ANSWER_OVER_REPEAT, "copy-like", "copy-suppressing", "pair")  # the component classes, in the order tables list them
 
 
 def classify_components(head_logits: pd.DataFrame) -> pd.DataFrame:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from opposites.derived import (ANSWER_OVER_REPEAT, accumulated_lens, classify_components, ioi_head_classes,
+from opposites.derived import (ANSWER_OVER_REPEAT, CLASSES, accumulated_lens, classify_components, ioi_head_classes,
                                head_label, head_routes, layer_contributions, matched_control, opposite_tasks,
                                relation_similarity, signed_top_heads)
 from opposites.findings import glance, interchange_facts, second_corruption_facts, seed_replication
@@ -13,7 +13,6 @@ from opposites.overlap import compare, gpt2_classes, graph_of
 from opposites.sharing import sharing_facts
 
 
-CLASSES = (ANSWER_OVER_REPEAT, "copy-like", "copy-suppressing", "pair")
 
 
 def lens_facts(lens: pd.DataFrame) -> dict:

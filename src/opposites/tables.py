@@ -6,12 +6,11 @@ from typing import Callable
 
 import pandas as pd
 
-from opposites.derived import (MIN_CLUSTERS, classify_components, end_attention_to_roles, ioi_head_classes, largest_abs,
+from opposites.derived import (CLASSES, MIN_CLUSTERS, classify_components, end_attention_to_roles, ioi_head_classes, largest_abs,
                                matched_control, opposite_tasks, role_preferences)
 from opposites.derived import head_routes as derived_head_routes  # the table of the same name is below
 from opposites.overlap import compare, gpt2_classes, graph_of
 from opposites.prompts import CLUSTER_UNIT, load_spec
-from opposites.summary import CLASSES
 from opposites.texutil import fmt, fmt_ci, tex_escape
 
 TABLES: dict[str, Callable] = {}
