@@ -69,14 +69,15 @@ def role_positions(rows: list[dict], device) -> dict[str, Tensor]:
 
 
 def interchange(base: Tensor, source: Tensor, basis: Tensor | None) -> Tensor:
-    """(batch, ..., d): the source's activation, or with a basis only its projection onto the
-    basis's span; the basis (d, k) is shared, or (batch, d, k) one per prompt."""
+    """(..., d): the source's activation, or with a basis only its projection onto the basis's span;
+    the basis (d, k) is shared, or (..., d, k) one per prompt (or per variant), broadcast against
+    the activations' leading axes."""
     if basis is None:
         return source
     if basis.dim() == 2:
         return base + (source - base) @ basis @ basis.T
-    coef = torch.einsum("b...d,bdk->b...k", source - base, basis)
-    return base + torch.einsum("b...k,bdk->b...d", coef, basis)
+    coef = torch.einsum("...d,...dk->...k", source - base, basis)
+    return base + torch.einsum("...k,...dk->...d", coef, basis)
 
 
 def open_gates(model, sites) -> None:

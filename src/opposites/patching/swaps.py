@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from opposites.interventions import Intervention
+from opposites.interventions import Intervention, interchange
 from opposites.patching import engine
 from opposites.patching.engine import Weights
 
@@ -67,12 +67,8 @@ def logits(weights: Weights, base: dict[str, Tensor], iv: Intervention, source: 
     or (..., batch or 1, d, k) swaps only its span. base: run() of the base prompts."""
     layer, stage, key = _resumes_at(weights, iv)
     batch = torch.arange(len(index), device=index.device)
-    change = source - value(weights, base, iv, index)  # (..., batch, d)
-    if iv.basis is not None and iv.basis.dim() == 2:
-        change = change @ iv.basis @ iv.basis.T
-    elif iv.basis is not None:  # one basis per prompt or variant, broadcast: (..., batch or 1, d, k)
-        coef = torch.einsum("...d,...dk->...k", change, iv.basis)
-        change = torch.einsum("...k,...dk->...d", coef, iv.basis)
+    own = value(weights, base, iv, index)  # (batch, d)
+    change = interchange(own, source, iv.basis) - own  # (..., batch, d)
     if _kind(iv.site) == "z":
         change = change @ weights.W_O[layer, iv.head]  # (..., batch, d_model)
     first = int(index.min())  # positions before it keep the base run's values
@@ -84,11 +80,14 @@ def logits(weights: Weights, base: dict[str, Tensor], iv: Intervention, source: 
     def past(lay: int) -> tuple[Tensor, Tensor]:  # the base run's keys/values before `first`
         return tuple(base[f"{name}.{lay}"][:, :first].expand(*lead, -1, -1, -1, -1) for name in "kv")
 
-    final = engine.Forward(weights, past=past).run(x, layer, stage)[..., -1, :]  # (..., batch, d_model)
-    normed = engine.layer_norm(final, weights.ln_f, weights.eps)
-    return normed @ weights.W_U[:, ids] + weights.b_U[ids]
+    return _unembed(weights, engine.Forward(weights, past=past).run(x, layer, stage)[..., -1, :], ids)
 
 
 def plain_logits(weights: Weights, cache: dict[str, Tensor], ids: Tensor) -> Tensor:
     """(batch, n_ids) a run's own logits of `ids` at the last position."""
-    return engine.layer_norm(cache["resid_final"][:, -1], weights.ln_f, weights.eps) @ weights.W_U[:, ids] + weights.b_U[ids]
+    return _unembed(weights, cache["resid_final"][:, -1], ids)
+
+
+def _unembed(weights: Weights, final: Tensor, ids: Tensor) -> Tensor:
+    """(..., n_ids) logits of `ids` from final residuals (..., d_model)."""
+    return engine.layer_norm(final, weights.ln_f, weights.eps) @ weights.W_U[:, ids] + weights.b_U[ids]
