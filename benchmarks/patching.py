@@ -50,7 +50,7 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def compare(model, n_prompts: int) -> None:
+def compare(model, n_prompts: int, only: str | None = None) -> None:
     import transformer_lens.patching as tlp
 
     rows = equal_length_rows(n_prompts)
@@ -73,6 +73,8 @@ def compare(model, n_prompts: int) -> None:
          lambda p: [(l, "mid", P - p.prefix) for l in range(w.n_layers) for _ in range(w.n_heads)], w.n_layers * w.n_heads),
     ]
     for name, ref_fn, ours_fn, _, variants, ref_passes in cases:
+        if only and not name.startswith(only):
+            continue
         ref, t_ref = timed(lambda: ref_fn(model, batch.corrupted, clean_cache, metric))
         w.flops[0] = 0.0
         pair, t_prep = timed(lambda: exact.prepare(model, w, batch, "denoising"))
@@ -120,13 +122,14 @@ def main() -> None:
     ap.add_argument("--memory-prompts", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32, help="prompts per batch in the memory run (config batch_size)")
     ap.add_argument("--skip-compare", action="store_true")
+    ap.add_argument("--only", choices=["residual", "head"], help="compare one case only (each takes minutes)")
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
         return memory_child(args.model, args.memory_prompts, args.batch_size)
     if not args.skip_compare:
         with tempfile.TemporaryDirectory() as tmp:
-            compare(load(args.model, tmp), args.n_prompts)
+            compare(load(args.model, tmp), args.n_prompts, args.only)
     out = subprocess.run([sys.executable, __file__, "--memory-child", "--model", args.model, "--memory-prompts",
                           str(args.memory_prompts), "--batch-size", str(args.batch_size)],
                          capture_output=True, text=True, check=True)
