@@ -11,7 +11,7 @@ from opposites.nodes import Edge, Node
 from opposites.overlap import compare
 from opposites.core import JobCache, batches, direction
 from opposites.patching.edges import Graph, edge_attribution, edge_forward, shared_prefix
-from opposites.stats import average_ranks, pearson, spearman_ci
+from opposites.stats import average_ranks, cluster_halves, pearson, spearman_ci
 from opposites.patching.engine import Weights
 
 
@@ -219,7 +219,7 @@ def test_held_out_numbers_come_from_the_held_out_prompts_only(toy64, rows):
     recoveries computed directly from the held-out prompts' exact logit differences, and the two
     halves split whole clusters (no word on both sides)."""
     runs = circuits.prepare(toy64, rows["ioi"], 8)
-    selection = circuits.halves(runs.clusters, 0)
+    selection = cluster_halves(runs.clusters, 0)
     assert 0 < selection.sum() < len(selection)
     assert not {c for c, s in zip(runs.clusters, selection) if s} & {c for c, s in zip(runs.clusters, selection) if not s}
     d = circuits.Discovery(runs, [], circuits.part_weights(selection))

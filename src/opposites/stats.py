@@ -276,3 +276,16 @@ def spearman_ci(a: Tensor, b: Tensor, seed: int, clusters=None, n_resamples: int
     est = bias_corrected(value, pearson(average_ranks(a @ W), average_ranks(b @ W)))
     est.n = a.shape[1]
     return est
+
+
+def cluster_halves(clusters: list, seed: int) -> torch.Tensor:
+    """(prompt,) bool: the selection half of the prompts, the rest held out. Whole clusters (the
+    resampling unit, e.g. a word pair) go to one side, half of them (rounded up) to selection, drawn
+    with `seed`; with fewer than two clusters, the prompts themselves are split."""
+    labels = sorted(set(clusters))
+    if len(labels) < 2:
+        labels, clusters = list(range(len(clusters))), list(range(len(clusters)))
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    order = torch.randperm(len(labels), generator=gen, device="cpu").tolist()
+    chosen = {labels[i] for i in order[:(len(labels) + 1) // 2]}
+    return torch.tensor([c in chosen for c in clusters], dtype=torch.bool, device="cpu")

@@ -34,7 +34,7 @@ from opposites.core import JobCache, batches, direction, prompt_clusters
 from opposites.nodes import Edge, component_nodes
 from opposites.patching.edges import Graph, circuits_forward, edge_attribution, edge_forward, shared_prefix
 from opposites.patching.engine import Weights
-from opposites.stats import N_RESAMPLES, bias_corrected, interval, resample_weights, spearman_ci, wilson
+from opposites.stats import N_RESAMPLES, bias_corrected, cluster_halves, interval, resample_weights, spearman_ci, wilson
 
 METHODS = ("EAP-IG", "EAP")  # the first is the paper's circuit; "exact" joins where affordable
 
@@ -83,19 +83,6 @@ class Runs:
         if part is None:
             return self.recovery(lds, resample_weights(len(self.clean), seed, clusters=self.clusters))
         return self.recovery(lds, self.resamples(seed, N_RESAMPLES, part))
-
-
-def halves(clusters: list, seed: int) -> torch.Tensor:
-    """(prompt,) bool: the selection half of the prompts, the rest held out. Whole clusters (the
-    resampling unit, e.g. a word pair) go to one side, half of them (rounded up) to selection, drawn
-    with `seed`; with fewer than two clusters, the prompts themselves are split."""
-    labels = sorted(set(clusters))
-    if len(labels) < 2:
-        labels, clusters = list(range(len(clusters))), list(range(len(clusters)))
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    order = torch.randperm(len(labels), generator=gen, device="cpu").tolist()
-    chosen = {labels[i] for i in order[:(len(labels) + 1) // 2]}
-    return torch.tensor([c in chosen for c in clusters], dtype=torch.bool, device="cpu")
 
 
 def prepare(model, rows, batch_size) -> Runs:
@@ -515,7 +502,7 @@ def circuit(model, rows, batch_size, circuit_share: float, ig_steps: int, stabil
     clock = clock or Clock()
     runs, per_prompt, score_seconds = _runs_and_scores(model, rows, batch_size, ig_steps, cache, release=True)  # method -> (writer, reader, prompt)
     clock.lap("runs")
-    selection = halves(runs.clusters, seed)  # (prompt,) bool; the rest is held out
+    selection = cluster_halves(runs.clusters, seed)  # (prompt,) bool; the rest is held out
     w_selection, w_held = part_weights(selection), part_weights(~selection)
     ranked = {m: ranked_edges(runs, per_prompt[m], w_selection) for m in edges.method.unique()}
     methods, seconds, found = {}, {}, {}
