@@ -9,7 +9,7 @@ pair that converts, at the file boundary:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 
 
 @dataclass(frozen=True)
@@ -19,18 +19,9 @@ class Node:
     head: int | None = None
     input: str | None = None  # q, k or v: a head's input (a reader); None for the head's output
 
-    @classmethod
-    def parse(cls, text: str) -> "Node":
-        if text in ("embed", "logits"):
-            return cls(text)
-        if text.startswith("MLP "):
-            return cls("mlp", int(text[4:]))
-        parts = text.split(".")
-        if (len(parts) == 2 or len(parts) == 3 and parts[2] in ("q", "k", "v")) and parts[0].isdigit() \
-                and parts[1].isdigit():
-            return cls("head", int(parts[0]), int(parts[1]), parts[2] if len(parts) == 3 else None)
-        raise ValueError(f"not a circuit node: {text!r} (expected embed, logits, 'MLP <layer>', "
-                         "'<layer>.<head>' or '<layer>.<head>.<q|k|v>')")
+    @staticmethod
+    def parse(text: str) -> "Node":
+        return _parse(text)  # nodes are immutable: one per label, parsed once
 
     def __str__(self) -> str:
         if self.kind in ("embed", "logits"):
@@ -62,6 +53,20 @@ class Node:
     @property
     def is_head(self) -> bool:
         return self.kind == "head"
+
+
+@cache
+def _parse(text: str) -> Node:
+    if text in ("embed", "logits"):
+        return Node(text)
+    if text.startswith("MLP "):
+        return Node("mlp", int(text[4:]))
+    parts = text.split(".")
+    if (len(parts) == 2 or len(parts) == 3 and parts[2] in ("q", "k", "v")) and parts[0].isdigit() \
+            and parts[1].isdigit():
+        return Node("head", int(parts[0]), int(parts[1]), parts[2] if len(parts) == 3 else None)
+    raise ValueError(f"not a circuit node: {text!r} (expected embed, logits, 'MLP <layer>', "
+                     "'<layer>.<head>' or '<layer>.<head>.<q|k|v>')")
 
 
 @dataclass(frozen=True)

@@ -110,8 +110,10 @@ def null_overlap(a: set[tuple[str, str]], b: set[tuple[str, str]], graph: list[t
             counts[_stratum(e)] += 1
         return [(np.array(pools[st]), k) for st, k in sorted(counts.items(), key=str)]
 
-    def draw(comp) -> np.ndarray:  # (edges,) indices into graph
-        return np.concatenate([rng.choice(pool, size=k, replace=False) for pool, k in comp]) if comp else np.zeros(0, int)
+    def draws_of(comp) -> np.ndarray:  # (draws, edges) indices into graph: one random circuit per row
+        # per stratum, the k smallest of uniform keys: a uniform k-subset of its pool in every row
+        picks = [pool[np.argpartition(rng.random((draws, len(pool))), k - 1, axis=1)[:, :k]] for pool, k in comp]
+        return np.concatenate(picks, axis=1) if picks else np.zeros((draws, 0), int)
 
     def head_set(idx: np.ndarray) -> np.ndarray:
         ids = ends[idx].ravel()
@@ -121,8 +123,18 @@ def null_overlap(a: set[tuple[str, str]], b: set[tuple[str, str]], graph: list[t
         union = len(np.union1d(x, y))
         return len(np.intersect1d(x, y)) / union if union else 0.0
 
-    comp_a, comp_b = composition(a), composition(b)
-    null = np.array([[jac(head_set(x), head_set(y)), jac(x, y)] for x, y in ((draw(comp_a), draw(comp_b)) for _ in range(draws))])
+    def masks(rows: np.ndarray, n: int) -> np.ndarray:  # (draws, n) bool: which of n items each row holds
+        out = np.zeros((len(rows), n + 1), bool)  # the last column takes the -1 of an end that is no head
+        out[np.arange(len(rows))[:, None], rows] = True
+        return out[:, :n]
+
+    def jaccards(x: np.ndarray, y: np.ndarray) -> np.ndarray:  # row-wise Jaccard of (draws, n) masks
+        union = (x | y).sum(1)
+        return np.where(union > 0, (x & y).sum(1) / np.maximum(union, 1), 0.0)
+
+    x, y = draws_of(composition(a)), draws_of(composition(b))
+    head_masks = [masks(ends[z].reshape(draws, -1), len(heads)) for z in (x, y)]
+    null = np.stack([jaccards(*head_masks), jaccards(masks(x, len(graph)), masks(y, len(graph)))], axis=1)
     real_a, real_b = np.array([index[e] for e in a], int), np.array([index[e] for e in b], int)
     observed = {"heads": jac(head_set(real_a), head_set(real_b)), "edges": jac(real_a, real_b)}
     # a coarser null that composition cannot pin down: as many heads, drawn uniformly from all heads

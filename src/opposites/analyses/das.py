@@ -36,7 +36,7 @@ from opposites.patching.engine import Weights
 from opposites.prompts import cluster_of
 from opposites.stats import mean_ci, n_clusters, proportion_ci
 
-KS = (1, 2, 4, 8)  # subspace dimensions
+MIN_K = 8  # subspace dimensions: powers of two up to at least this and at least C - 1 (subspace_sizes)
 STEPS = 150  # at most this many Adam steps, full batch
 LR = 0.02
 # Early stop: every CHECK steps, stop when the training loss (summed over k) fell by less than
@@ -47,7 +47,7 @@ MIN_DROP = 0.001
 # And a compute cap per location: at most FLOP_BUDGET matmul FLOPs of training (forward and backward,
 # ~6 x block parameters x the positions a step recomputes), so the cost stops growing with the model.
 # It binds only on GPT-2-size models at the source word's position (benchmarks/README.md).
-FLOP_BUDGET = 2e12
+FLOP_BUDGET = 1e12
 RANDOM_DRAWS = 5  # random subspaces per k
 
 
@@ -115,6 +115,18 @@ def swapped_tokens(batches: list[PairBatch], position: str) -> int:
     return sum(len(b.base) * (b.base.shape[1] - int(b.positions[position].min())) for b in batches)
 
 
+def subspace_sizes(n_candidates: int, d: int) -> tuple[int, ...]:
+    """k = 1, 2, 4, ... up to the first power of two >= max(MIN_K, C - 1), below d: a linear readout
+    of C answers may need C - 1 dimensions, so the grid reaches that many."""
+    ks, k = [], 1
+    while k < d:
+        ks.append(k)
+        if k >= max(MIN_K, n_candidates - 1):
+            break
+        k *= 2
+    return tuple(ks)
+
+
 def random_basis(d: int, k: int, generator: torch.Generator, dtype=torch.float32) -> Tensor:
     """(d, k) orthonormal basis of a uniformly random k-dimensional subspace."""
     return torch.linalg.qr(torch.randn(d, k, generator=generator, dtype=torch.float64, device="cpu"))[0].to(dtype)
@@ -161,7 +173,7 @@ def das_at(model, train: list[PairBatch], test: list[PairBatch], ids: Tensor, si
 
     target = torch.cat([b.source_answer for b in train])
     generator = torch.Generator().manual_seed(seed)
-    ks = tuple(k for k in KS if k < d)
+    ks = subspace_sizes(len(ids), d)
     full = hits(None, test)
     per_k, trace = [], []
     steps = max_steps(model.cfg, model.cfg.n_layers - where.layer, len(ks) * swapped_tokens(train, position))

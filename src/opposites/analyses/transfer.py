@@ -161,13 +161,22 @@ def transfer_into(model, base_rows: list[dict], sources: dict[str, list[dict]], 
     return {"task": task, "role": roles[task], "components": components, "sources": out}
 
 
+def shared_components(task: str, circuit: dict[str, dict]) -> list[str]:
+    """The components (heads and MLPs) of the task's circuit that some other task's circuit holds
+    too: a cross-task entry is read only at a component both tasks' circuits hold (sharing.py), so
+    only these are measured, in layer order."""
+    nodes = lambda t: {x for x in circuit[t]["nodes"] if x not in ("embed", "logits")}  # noqa: E731
+    others = set().union(*(nodes(t) for t in circuit if t != task))
+    return sorted(nodes(task) & others, key=lambda x: Node.parse(x).step + (Node.parse(x).head or 0,))
+
+
 def transfer(model, rows: list[dict], batch_size: int, seed: int, prompts: dict[str, list[dict]],
              circuit: dict[str, dict]) -> dict:
     """The registry's entry: this task as the base, every task (its prompts) as a source, at every
-    component (head or MLP) of any task's circuit and the residual after each layer."""
+    component this task's circuit shares with another task's (shared_components) and the residual
+    after each layer."""
     specs = {t: load_spec(t) for t in prompts}
-    components = sorted({x for c in circuit.values() for x in c["nodes"] if x not in ("embed", "logits")},
-                        key=lambda x: Node.parse(x).step + (Node.parse(x).head or 0,))
+    task = rows[0]["task"]
     return transfer_into(model, rows, prompts, {t: s["copy_role"] for t, s in specs.items()},
                          {t: s["family"] for t, s in specs.items()}, {t: s["templates"] for t, s in specs.items()},
-                         components, batch_size, seed)
+                         shared_components(task, circuit), batch_size, seed)
