@@ -41,6 +41,25 @@ def test_repo_outline_is_valid_and_drives_targets():
     assert not {i.id for s in o.sections for i in s.supplement} & {i.id for s in o.sections for i in s.report_only}
 
 
+def test_main_text_cites_no_item_the_pdf_does_not_draw():
+    """A report-only item (drawn in Snakemake's report, not on the pages) is never cited from the
+    main text: not from a main section's text, nor from a main item's caption."""
+    from pathlib import Path
+
+    o = outline.load("paper/outline.yaml", ["ioi", "size", "antonym", "isa"])
+    off_pages = {i.id for i in o.items() if not i.in_pdf}
+    assert off_pages
+    cited = lambda text: set(re.findall(r"\\ref\{(?:fig|tab):(\w+)\}", text)) & off_pages  # noqa: E731
+    for s in o.sections:
+        if s.appendix:
+            continue
+        text = Path(f"paper/sections/{s.id}.tex")
+        assert not cited(text.read_text() if text.exists() else ""), s.id
+        for item in s.main:
+            assert not cited(item.caption), item.id
+    assert not cited(Path("paper/sections/abstract.tex").read_text())
+
+
 @pytest.mark.parametrize("item,match", [
     ({"id": "no_such_plot", "kind": "figure"}, "no @figure function no_such_plot in .*figures/dla.py"),
     ({"id": "patch_heads", "kind": "figure"}, "no @figure function patch_heads"),  # lives in another section

@@ -60,6 +60,9 @@ def patch_facts(data: dict, task: str) -> dict:
                   "first_at_end": min(arrived) if arrived else None},
         "top_head": head_label(top.layer, top["head"]), "top_head_value": float(top.value),
         "top_head_ci": [float(top.ci_low), float(top.ci_high)],
+        # heads whose interval overlaps the top head's: the data do not single the top one out
+        "top_head_tied": [head_label(r.layer, r.head) for r in z.itertuples() if (r.layer, r.head) != (top.layer, top["head"])
+                          and r.ci_high >= top.ci_low and r.ci_low <= top.ci_high and r.value * top.value > 0],
         "resid_first": peak(first).to_dict(), "resid_last": peak(last).to_dict(),
         "n": int(resid.n.iloc[0]), "normaliser_ok": bool(resid.normaliser_ok.iloc[0]),
         "directions": both_directions(data, task, peak(first), peak(last), top) if "patch_directions" in data else None,

@@ -15,7 +15,9 @@ from opposites.figures.style import (color, figure, heatmap, mark_significant, n
 def patch_resid(data: dict, tasks: list[str]):
     def draw(ax, task):
         df = data["patch_resid"][task]
-        role_heatmap(ax, df, f"{task} (n={df.n.iloc[0]})")
+        # before layer 0 the residual is the input itself: a cell there restores the share of the
+        # changed tokens the role holds, by construction
+        role_heatmap(ax, df, f"{task} (n={df.n.iloc[0]})", by_construction=df.layer == 0)
 
     return task_row(tasks, draw, height=2.2)
 

@@ -10,7 +10,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from opposites.derived import significant  # noqa: E402
@@ -98,19 +100,24 @@ def not_meaningful(ax, title: str) -> bool:
     return True
 
 
-def mark_significant(ax, df, index: str, columns: str, order: list | None = None) -> None:
+def mark_significant(ax, df, index: str, columns: str, order: list | None = None,
+                     untested: pd.Series | None = None) -> None:
     """A dot on each heatmap cell that is a discovery of its panel (derived.significant: Benjamini-
-    Hochberg at FDR_Q over the cells' p-values, and |effect| >= EFFECT_FLOOR x the panel's largest)."""
-    sig = df.assign(sig=significant(df)).pivot(index=index, columns=columns, values="sig")
+    Hochberg at FDR_Q over the cells' p-values, and |effect| >= EFFECT_FLOOR x the panel's largest);
+    cells of `untested` (rows of df, bool: fixed by construction) are left out of the family."""
+    tested = df if untested is None else df[~untested]
+    sig = df.assign(sig=significant(tested).reindex(df.index, fill_value=False)).pivot(index=index, columns=columns,
+                                                                                      values="sig")
     if order is not None:
         sig = sig[order]
     ys, xs = np.nonzero(sig.to_numpy(dtype=bool))
     ax.scatter(xs, ys, s=3, color="k", marker="o", linewidths=0)
 
 
-def role_heatmap(ax, df, title: str) -> None:
+def role_heatmap(ax, df, title: str, by_construction: pd.Series | None = None) -> None:
     """Layer x role grid of a role-aligned patching table (roles in the table's order), diverging
-    around 0; dots mark the panel's discoveries (mark_significant)."""
+    around 0; dots mark the panel's discoveries (mark_significant); cells of `by_construction` (rows
+    of df, bool) are hatched and not tested."""
     if not df.normaliser_ok.all():
         not_meaningful(ax, title)
         return
@@ -118,7 +125,11 @@ def role_heatmap(ax, df, title: str) -> None:
     grid = df.pivot(index="layer", columns="role", values="value")[roles].to_numpy()  # (layer, role)
     lim = max(float(np.nanmax(np.abs(grid))), 1e-9)
     im = ax.imshow(grid, cmap="RdBu", norm=TwoSlopeNorm(0, -lim, lim), aspect="auto", origin="lower")
-    mark_significant(ax, df, "layer", "role", roles)
+    mark_significant(ax, df, "layer", "role", roles, untested=by_construction)
+    if by_construction is not None:
+        for _, r in df[by_construction].iterrows():
+            ax.add_patch(Rectangle((roles.index(r.role) - 0.5, r.layer - 0.5), 1, 1, fill=False, hatch="////",
+                                   edgecolor="0.45", linewidth=0))
     ax.set_xticks(range(len(roles)), roles, rotation=90)
     ax.set(title=title, ylabel="layer")
     ax.grid(False)
