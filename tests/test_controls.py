@@ -88,9 +88,15 @@ def test_a_circuit_that_differs_between_seeds_is_reported_as_not_replicating():
     got = seed_replication(rep, {"nodes": ["embed", *big, "logits"]})
     assert not got["replicates"] and (got["n_replicated"], got["n_components"]) == (2, 18)
     assert got["edges"] == [6, 60] and got["heads"] == [1, 14] and got["heads_jaccard_min"] == 0.0
-    same = {"measured": True, "replicated": ["0.1", "MLP 0"], "seeds": {s: seed(["0.1", "MLP 0"], 5) for s in "012"}}
-    ok = seed_replication(same, {"nodes": ["embed", "0.1", "MLP 0", "logits"]})
+    same = {"measured": True, "replicated": ["0.1", "1.2"], "beyond_chance": ["0.1", "1.2"],
+            "chance": {"0.1": 1 / 1728, "1.2": 1 / 1728}, "seeds": {s: seed(["0.1", "1.2"], 5) for s in "012"}}
+    ok = seed_replication(same, {"nodes": ["embed", "0.1", "1.2", "logits"]})
     assert ok["replicates"] and ok["share"] == 1.0 >= REPLICATES_SHARE and ok["heads_jaccard_mean"] == 1.0
+    # every seed keeps every head of its layer and the MLP: all recur, as composition alone gives
+    full = {"measured": True, "replicated": ["0.0", "0.1", "MLP 0"], "beyond_chance": [],
+            "chance": {"0.0": 1.0, "0.1": 1.0, "MLP 0": 1.0}, "seeds": {s: seed(["0.0", "0.1", "MLP 0"], 5) for s in "012"}}
+    default = seed_replication(full, {"nodes": ["embed", "0.0", "0.1", "MLP 0", "logits"]})
+    assert not default["replicates"] and default["n_replicated"] == 3 and default["expected_by_composition"] == 3.0
     assert seed_replication({"measured": False}, {"nodes": []}) is None and seed_replication(None, {"nodes": []}) is None
 
 

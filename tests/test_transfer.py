@@ -162,11 +162,15 @@ def test_sharing_is_claimed_only_where_overlap_transfer_and_replication_agree():
             "heads_jaccard_null": [0.1, 0.3, 0.6], "heads_jaccard_percentile": 99.0}
     shared = {("left", "right"): ["0.0"]}
     seeds = {s: {"heads": ["0.0"], "components": ["0.0"]} for s in ("0", "1", "2")}
-    replicated = {t: {"measured": True, "n_seeds": 3, "seeds": seeds, "replicated": ["0.0"]} for t in PAIRS}
+    replicated = {t: {"measured": True, "n_seeds": 3, "seeds": seeds, "replicated": ["0.0"], "beyond_chance": ["0.0"]}
+                  for t in PAIRS}
     assert pair_verdicts([pair], res, shared, replicated)[0]["claim"]
+    by_default = {t: {**r, "beyond_chance": []} for t, r in replicated.items()}  # recurs, but as composition gives
+    got = pair_verdicts([pair], res, shared, by_default)[0]
+    assert not got["claim"] and got["replication"]["by_default"] == ["0.0"]
     assert not pair_verdicts([pair], res, shared, None)[0]["claim"]  # one model: replication not measured
     assert pair_verdicts([pair], res, shared, replicated)[0]["replication"]["heads_jaccard"]["mean"] == 1
-    lost = {**replicated, "right": {**replicated["right"], "replicated": []}}  # not in every seed's circuit
+    lost = {**replicated, "right": {**replicated["right"], "replicated": [], "beyond_chance": []}}  # not in every seed's circuit
     assert not pair_verdicts([pair], res, shared, lost)[0]["claim"]
     chance = {**pair, "heads_jaccard_percentile": 60.0}
     assert not pair_verdicts([chance], res, shared, replicated)[0]["claim"]
@@ -200,18 +204,28 @@ def test_an_overlap_null_that_cannot_reach_the_threshold_is_not_testable():
 
 
 def test_replication_keeps_only_components_in_every_seed():
+    """Components in every seed's circuit are replicated; of those, beyond chance only where a
+    random head of the same layer would be in every circuit with probability below ALPHA given how
+    many heads of that layer each circuit holds (never an MLP: every circuit holding it is the event)."""
+    from types import SimpleNamespace
+
     from opposites.analyses.replication import replication
 
     def circuit(nodes, n_edges, recovered):
         return {"nodes": ["embed", *nodes, "logits"], "n_edges": n_edges, "recovered": recovered}
     rows = [{"task": "size"}]
-    res = replication(None, rows, 1, 0, circuit(["0.0", "0.1", "MLP 0"], 10, 0.8),
-                      {1: circuit(["0.0", "MLP 0"], 6, 0.9), 2: circuit(["0.1", "0.0", "MLP 0", "MLP 1"], 14, 0.85)})
+    model = lambda heads: SimpleNamespace(cfg=SimpleNamespace(n_heads=heads))  # noqa: E731
+    paper, others = circuit(["0.0", "0.1", "MLP 0"], 10, 0.8), {1: circuit(["0.0", "MLP 0"], 6, 0.9),
+                                                                 2: circuit(["0.1", "0.0", "MLP 0", "MLP 1"], 14, 0.85)}
+    res = replication(model(4), rows, 1, 0, paper, others)
     assert res["measured"] and res["n_seeds"] == 3 and list(res["seeds"]) == ["0", "1", "2"]
     assert res["replicated"] == ["0.0", "MLP 0"]  # 0.1 is missing in seed 1
+    assert res["chance"] == {"0.0": (2 / 4) * (1 / 4) * (2 / 4), "MLP 0": 1.0} and res["beyond_chance"] == []
+    wide = replication(model(12), rows, 1, 0, paper, others)  # 2, 1, 2 of 12 heads: chance 1/432
+    assert wide["beyond_chance"] == ["0.0"]
     assert res["n_edges"] == {"mean": 10.0, "min": 6.0, "max": 14.0}
     assert res["n_heads"]["max"] == 2 and res["n_heads"]["min"] == 1
-    one = replication(None, rows, 1, 0, circuit(["0.0"], 3, 0.8), {})
+    one = replication(model(4), rows, 1, 0, circuit(["0.0"], 3, 0.8), {})
     assert not one["measured"] and one["n_seeds"] == 1  # one model: no seed axis
 
 
@@ -252,3 +266,37 @@ def test_prompt_overlap_names_what_size_and_antonym_share_by_construction(rows):
     assert set(o["names"]) == set(size["names"]) & set(antonym["names"])
     assert o["source_words"] == []  # the two tasks' adjectives are disjoint
     assert prompt_overlap("ioi", "isa", rows)["templates"] == []
+
+
+def test_transfer_measures_only_components_another_circuit_shares():
+    """A component only one circuit holds is never read across tasks, so it is not measured."""
+    circuit = {"a": {"nodes": ["embed", "0.1", "MLP 0", "1.2", "logits"]},
+               "b": {"nodes": ["embed", "0.1", "1.3", "MLP 0", "logits"]},
+               "c": {"nodes": ["embed", "1.2", "logits"]}}
+    assert transfer.shared_components("a", circuit) == ["0.1", "MLP 0", "1.2"]
+    assert transfer.shared_components("b", circuit) == ["0.1", "MLP 0"]
+    assert transfer.shared_components("c", circuit) == ["1.2"]
+
+
+def test_a_pair_that_transfers_barely_at_one_of_many_locations_fails_holm():
+    """Each location's own interval is a 95% one; a pair tested at many locations is corrected over
+    them (Holm): one location just clearing CARRIES among twelve tested no longer transfers, while
+    the same location tested alone does, and a clear transfer survives the correction."""
+    from opposites.stats import wilson
+
+    def result(components: list[str], cross: dict[str, tuple[int, int]]) -> dict:
+        entry = lambda k, n: {"iia": k / n, "iia_ci95": list(wilson(k, n)), "n": n}  # noqa: E731
+        return {t: {"sources": [{"source": s, "locations": [
+            {"component": c, **entry(*((60, 64) if s == t else cross.get(c, (10, 64))))} for c in components]}
+            for s in PAIRS]} for t in PAIRS}
+
+    many = [f"0.{i}" for i in range(12)]
+    barely = 41  # 41/64: Wilson's lower bound 0.52, one-sided p 0.012
+    assert wilson(barely, 64)[0] > 0.5
+    alone = pair_transfer(result(["0.0"], {"0.0": (barely, 64)}), "left", "right", ["0.0"])
+    assert alone["transferring"] == ["0.0"]
+    crowd = pair_transfer(result(many, {"0.0": (barely, 64)}), "left", "right", many)
+    row = next(r for r in crowd["rows"] if r["component"] == "0.0")
+    assert row["verdict"] == "inconclusive after Holm" and not crowd["transferring"]
+    clear = pair_transfer(result(many, {"0.0": (62, 64)}), "left", "right", many)
+    assert clear["transferring"] == ["0.0"]

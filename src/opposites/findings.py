@@ -228,8 +228,10 @@ def seed_replication(replication: dict | None, circuit: dict) -> dict | None:
     one model): of the components (heads and MLPs) in the paper's model's circuit, how many are in
     every seed's circuit, the edge and head counts per seed (min, max), and the head Jaccard between
     every two seeds' circuits (mean, min). It replicates when at least REPLICATES_SHARE of the
-    paper's components recur in every seed. No interval: with a handful of seeds (fewer than
-    MIN_CLUSTERS) a resampling interval says nothing, so the numbers are stated as they are."""
+    paper's components recur in every seed beyond the seeds' circuits' composition (the analysis's
+    beyond_chance: a component whose layer's heads, or MLP, every circuit keeps recurs by default).
+    No interval: with a handful of seeds (fewer than MIN_CLUSTERS) a resampling interval says
+    nothing, so the numbers are stated as they are, with the count composition alone would give."""
     if not replication or not replication.get("measured"):
         return None
     seeds = replication["seeds"]
@@ -237,9 +239,13 @@ def seed_replication(replication: dict | None, circuit: dict) -> dict | None:
     kept = [c for c in own if c in replication["replicated"]]
     heads = [set(s["heads"]) for s in seeds.values()]
     jac = [len(a & b) / len(a | b) if a | b else 1.0 for i, a in enumerate(heads) for b in heads[i + 1:]]
-    share = len(kept) / len(own) if own else 0.0
+    beyond = [c for c in kept if c in replication.get("beyond_chance", [])]
+    share = len(beyond) / len(own) if own else 0.0
+    chance = replication.get("chance", {})
     return {"n_seeds": len(seeds), "n_components": len(own), "n_replicated": len(kept), "share": share,
-            "replicated": kept, "replicates": share >= REPLICATES_SHARE,
+            "replicated": kept, "beyond_chance": beyond, "expected_by_composition": sum(chance.get(c, 0.0) for c in kept),
+            "replicates": share >= REPLICATES_SHARE,
+            "differs": (len(kept) / len(own) if own else 0.0) < REPLICATES_SHARE,  # fails even by index
             "edges": [min(s["n_edges"] for s in seeds.values()), max(s["n_edges"] for s in seeds.values())],
             "heads": [min(len(h) for h in heads), max(len(h) for h in heads)],
             "heads_jaccard_mean": sum(jac) / len(jac) if jac else None, "heads_jaccard_min": min(jac) if jac else None,

@@ -65,6 +65,7 @@ def pair_transfer(transfer: dict[str, dict], a: str, b: str, shared: list[str]) 
         if c in into_b and c in into_a:
             rows.append({"component": c, "within_a": within_a[c], "within_b": within_b[c], "a_to_b": into_b[c],
                          "b_to_a": into_a[c], "verdict": component_verdict(within_a[c], within_b[c], into_b[c], into_a[c])})
+    holm_over_locations(rows)
     resid = [r for r in rows if r["component"].startswith("resid") and r["verdict"] != "carries the source word in one task only"
              and r["verdict"] != "carries the source word in neither task"]
     located = resid[0] if resid else None  # the earliest residual point where both tasks carry the word
@@ -117,21 +118,40 @@ def overlap_p_value(pair: dict) -> float:
     return 1 - pair[f"{what}_jaccard_percentile"] / 100
 
 
+TESTED = ("transfers", "does not transfer", "inconclusive", "inconclusive after Holm")  # carries within both
+
+
+def location_p_value(row: dict) -> float:
+    """One-sided p-value that a location transfers: the larger of the two directions' p-values of
+    IIA > CARRIES (both must hold)."""
+    return max(wilson_p_above(row[d]["iia"], row[d]["iia_ci95"], CARRIES) for d in ("a_to_b", "b_to_a"))
+
+
+def holm_over_locations(rows: list[dict]) -> None:
+    """A pair is tested at every location that carries the word within both tasks: a location
+    transfers only where Holm's procedure over those locations (one-sided, at ALPHA) keeps it; one
+    whose own interval clears CARRIES but fails the correction becomes "inconclusive after Holm"."""
+    tested = [r for r in rows if r["verdict"] in TESTED]
+    for r, kept in zip(tested, holm([location_p_value(r) for r in tested], ALPHA)):
+        if r["verdict"] == "transfers" and not kept:
+            r["verdict"] = "inconclusive after Holm"
+
+
 def transfer_p_value(t: dict) -> float:
-    """One-sided p-value that a pair transfers: per location that carries the word within both
-    tasks, the larger of the two directions' p-values of IIA > CARRIES (both must hold), and the
-    smallest over those locations; NaN where transfer is not measurable or no location qualifies."""
+    """One-sided p-value that a pair transfers at some location: the smallest location p-value times
+    the number of locations tested (Bonferroni, Holm's first step; at most 1); NaN where transfer is
+    not measurable or no location carries the word within both tasks."""
     if not t.get("measurable"):
         return math.nan
-    rows = [r for r in t["rows"] if r["verdict"] in ("transfers", "does not transfer", "inconclusive")]
-    p = [max(wilson_p_above(r[d]["iia"], r[d]["iia_ci95"], CARRIES) for d in ("a_to_b", "b_to_a")) for r in rows]
-    p = [x for x in p if not math.isnan(x)]
-    return min(p) if p else math.nan
+    p = [x for x in (location_p_value(r) for r in t["rows"] if r["verdict"] in TESTED) if not math.isnan(x)]
+    return min(1.0, len(p) * min(p)) if p else math.nan
 
 
 def replication_support(replication: dict[str, dict] | None, a: str, b: str, shared: list[str]) -> dict:
-    """Which of the components shared by a and b are in both tasks' circuits in every seed's model,
-    and the pair's head Jaccard per seed as mean and range (measured: false for one model)."""
+    """Which of the components shared by a and b are in both tasks' circuits in every seed's model
+    beyond what the circuits' composition gives (replicated; the analysis's beyond_chance), which
+    recur only by default (by_default), and the pair's head Jaccard per seed as mean and range
+    (measured: false for one model)."""
     ra, rb = (replication or {}).get(a), (replication or {}).get(b)
     if not ra or not rb or not ra["measured"] or not rb["measured"] or ra["seeds"].keys() != rb["seeds"].keys():
         return {"measured": False, "replicated": []}
@@ -140,7 +160,9 @@ def replication_support(replication: dict[str, dict] | None, a: str, b: str, sha
         ha, hb = set(ra["seeds"][s]["heads"]), set(rb["seeds"][s]["heads"])
         jac.append(len(ha & hb) / len(ha | hb) if ha | hb else 0.0)
     return {"measured": True, "n_seeds": ra["n_seeds"], "seeds": list(ra["seeds"]),
-            "replicated": [c for c in shared if c in ra["replicated"] and c in rb["replicated"]],
+            "replicated": [c for c in shared if c in ra.get("beyond_chance", []) and c in rb.get("beyond_chance", [])],
+            "by_default": [c for c in shared if c in ra["replicated"] and c in rb["replicated"]
+                           and not (c in ra.get("beyond_chance", []) and c in rb.get("beyond_chance", []))],
             "heads_jaccard": {"mean": sum(jac) / len(jac), "min": min(jac), "max": max(jac)}}
 
 

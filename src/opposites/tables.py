@@ -381,7 +381,8 @@ def sharing(data: dict, tasks: list[str]) -> str:
                      "does not transfer" + (": " + ", ".join(t["failing"]) if t["failing"] else "")))
         j = rep.get("heads_jaccard")
         replication = ("not measured (one model)" if not rep["measured"] else
-                       f"{', '.join(rep['replicated']) or 'none'} in all {rep['n_seeds']} seeds; head Jaccard "
+                       f"{', '.join(rep['replicated']) or 'none'} in all {rep['n_seeds']} seeds beyond composition"
+                       + (f" ({len(rep['by_default'])} by default)" if rep.get("by_default") else "") + "; head Jaccard "
                        f"{fmt(j['mean'])} ({fmt(j['min'])}--{fmt(j['max'])})")
         rows.append([f"{tex_escape(p['a'])}--{tex_escape(p['b'])}", ", ".join(p["shared"]) or "--",
                      overlap, transfer, replication, "yes" if p["claim"] else "no"])
@@ -432,7 +433,8 @@ def glance(data: dict, tasks: list[str]) -> str:
                    else "not shown")
         shared = [p["b"] if p["a"] == task else p["a"] for p in sharing["claimed"] if task in (p["a"], p["b"])]
         rep = (sharing["replication"] or {}).get(task)
-        replicates = (", ".join(rep["replicated"]) or "none") + f" ({rep['n_seeds']} seeds)" if rep else "one model"
+        replicates = (f"{', '.join(rep.get('beyond_chance', [])) or 'none'} beyond composition ({len(rep['replicated'])} "
+                      f"by index; {rep['n_seeds']} seeds)" if rep else "one model")
         rows.append([tex_escape(task), fmt_ci(g["accuracy"], g["accuracy_ci95"]), located, das, carried,
                      ", ".join(map(tex_escape, shared)) or "none claimed", replicates])
     return tabular(r"l p{1.8cm} p{2.6cm} p{2.6cm} p{2.2cm} p{1.6cm} p{2.6cm}",
