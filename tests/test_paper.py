@@ -41,6 +41,14 @@ def test_repo_outline_is_valid_and_drives_targets():
     assert not {i.id for s in o.sections for i in s.supplement} & {i.id for s in o.sections for i in s.report_only}
 
 
+def test_report_list_leads_stop_at_a_clause_and_never_inside_math_or_braces():
+    assert paper.first_sentence("Transfer matrices: at each component") == "Transfer matrices."
+    assert paper.first_sentence("Pull $a: b$ and {x; y} here. Then more") == "Pull $a: b$ and {x; y} here."
+    long = "word " * 40 + "(a b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f g h i j k l m n o p)"
+    cut = paper.first_sentence(long)
+    assert cut.endswith(r"~\dots") and len(cut) < 170 and "(" not in cut
+
+
 def test_main_text_cites_no_item_the_pdf_does_not_draw():
     """A report-only item (drawn in Snakemake's report, not on the pages) is never cited from the
     main text: not from a main section's text, nor from a main item's caption."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import pandas as pd
@@ -11,7 +12,7 @@ from opposites.derived import (CLASSES, MIN_CLUSTERS, classify_components, end_a
 from opposites.derived import head_routes as derived_head_routes  # the table of the same name is below
 from opposites.overlap import compare, gpt2_classes, graph_of
 from opposites.prompts import CLUSTER_UNIT, load_spec
-from opposites.texutil import fmt, fmt_ci, tex_escape
+from opposites.texutil import component_runs, fmt, fmt_ci, tex_escape
 
 TABLES: dict[str, Callable] = {}
 
@@ -22,6 +23,9 @@ def table(fn: Callable) -> Callable:
 
 
 def tabular(columns: str, header: list[str], rows: list[list[str]]) -> str:
+    """A booktabs tabular; paragraph (p{...}) columns are set ragged right, so a narrow cell never
+    stretches its words apart."""
+    columns = re.sub(r"(?<![>}])p\{", r">{\\raggedright\\arraybackslash}p{", columns)
     lines = [f"\\begin{{tabular}}{{{columns}}}", "\\toprule", " & ".join(header) + r" \\", "\\midrule"]
     lines += [" & ".join(r) + r" \\" for r in rows]
     return "\n".join(lines + ["\\bottomrule", "\\end{tabular}", ""])
@@ -370,24 +374,29 @@ def sharing(data: dict, tasks: list[str]) -> str:
     for p in _sharing(data, tasks):
         t, rep = p["transfer"], p["replication"]
         o = p["overlap_pair"]
-        overlap = f"heads {fmt(o['heads_jaccard'])}, edges {fmt(o['edges_jaccard'])}" + (
-            f"; pct. {fmt(o['heads_jaccard_percentile'], 0)} / {fmt(o['edges_jaccard_percentile'], 0)}"
+        overlap = f"{fmt(o['heads_jaccard'])} / {fmt(o['edges_jaccard'])}" + (
+            f" (pct. {fmt(o['heads_jaccard_percentile'], 0)} / {fmt(o['edges_jaccard_percentile'], 0)})"
             if "heads_jaccard_percentile" in o else "") + f": {p['overlap']}" + (
-            f" (one-sided $p = {fmt(p['overlap_p'], 3)}$, Holm over {p['overlap_n_tested']})" if p.get("overlap_n_tested") and p["overlap_p"] == p["overlap_p"] else "")
-        transfer = (tex_escape(t["reason"]) if not t["measurable"] else
+            f" ($p = {fmt(p['overlap_p'], 3)}$, Holm over {p['overlap_n_tested']})" if p.get("overlap_n_tested") and p["overlap_p"] == p["overlap_p"] else "")
+        held = [r["component"] for r in t.get("rows", []) if r["verdict"] == "inconclusive after Holm"]
+        transfer = (("not measurable (task families differ)" if "families differ" in t["reason"] else tex_escape(t["reason"]))
+                    if not t["measurable"] else
                     f"not after Holm over {t['n_tested']} pairs ($p = {fmt(t['p_value'], 3)}$)" if t.get("holm_failed") else
-                    ("transfers: " + ", ".join(t["transferring"]) if t["transferring"] else
-                     f"transfers at {t['located']['component']}" if t["transfers"] else
-                     "does not transfer" + (": " + ", ".join(t["failing"]) if t["failing"] else "")))
+                    "transfers: " + ", ".join(t["transferring"]) if t["transferring"] else
+                    f"transfers at {t['located']['component']}" if t["transfers"] else
+                    f"inconclusive after Holm over the locations ({len(held)} clear 0.5 alone)" if held else
+                    "does not transfer: " + ", ".join(t["failing"]) if t["failing"] else
+                    "no location carries the word within both tasks")
         j = rep.get("heads_jaccard")
         replication = ("not measured (one model)" if not rep["measured"] else
-                       f"{', '.join(rep['replicated']) or 'none'} in all {rep['n_seeds']} seeds beyond composition"
-                       + (f" ({len(rep['by_default'])} by default)" if rep.get("by_default") else "") + "; head Jaccard "
-                       f"{fmt(j['mean'])} ({fmt(j['min'])}--{fmt(j['max'])})")
-        rows.append([f"{tex_escape(p['a'])}--{tex_escape(p['b'])}", ", ".join(p["shared"]) or "--",
+                       f"{', '.join(rep['replicated']) or 'none'}"
+                       + (f" ({len(rep['by_default'])} by default)" if rep.get("by_default") else "")
+                       + f"; {fmt(j['mean'])} ({fmt(j['min'])}--{fmt(j['max'])})")
+        rows.append([f"{tex_escape(p['a'])}--{tex_escape(p['b'])}", component_runs(p["shared"]) or "--",
                      overlap, transfer, replication, "yes" if p["claim"] else "no"])
-    return tabular(r"l p{2.4cm} p{3.2cm} p{3.6cm} p{2.4cm} l",
-                   ["tasks", "shared components", "overlap vs null", "transfer", "replication", "shared?"], rows)
+    return tabular(r"l p{2.6cm} p{3.8cm} p{3.6cm} p{3.0cm} l",
+                   ["tasks", "shared components", "Jaccard heads / edges vs null", "transfer",
+                    "in every seed beyond composition; head Jaccard", "shared?"], rows)
 
 
 @table

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from opposites.nodes import Node
+
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
         "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
@@ -43,3 +45,19 @@ def fmt_ci(value: float, ci: list[float] | None, digits: int = 2) -> str:
 def pct(x: float | None) -> str:
     """A share as a percentage for the text ('n/a' when undefined)."""
     return "n/a" if x is None else f"{100 * x:.0f}\\%"
+
+
+def component_runs(components: list[str]) -> str:
+    """Components as runs: heads of one layer with consecutive indices as "0.0--0.3", MLPs of
+    consecutive layers as "MLP 0--3", in the order given otherwise ("0.0, 0.1, 0.2, MLP 1" ->
+    "0.0--0.2, MLP 1")."""
+    runs: list[list] = []  # [kind, layer, first, last]
+    for c in components:
+        n = Node.parse(c)
+        key, index = (("head", n.layer), n.head) if n.is_head else (("mlp", None), n.layer)
+        if runs and runs[-1][0] == key and runs[-1][2] == index - 1:
+            runs[-1][2] = index
+        else:
+            runs.append([key, index, index])
+    label = lambda key, i: f"{key[1]}.{i}" if key[0] == "head" else f"MLP {i}"  # noqa: E731
+    return ", ".join(label(k, a) if a == b else f"{label(k, a)}--{b if k[0] == 'mlp' else label(k, b)}" for k, a, b in runs)
