@@ -138,6 +138,13 @@ def test_path_patching_into_mlps_and_logits_against_hooks(toy64, rows, sender):
         torch.testing.assert_close(ours[row].double(), ref.double(), atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
         assert (ref - corrupted).abs().max() > 1e-6  # the path moves the logit difference
     assert ours[:ls].isnan().all()
+    # one reader only (path_set's use): that row as in the full sweep, every other row NaN
+    for only in (ls, L):
+        one = exact.path_to_mlps(pair, sender, [only])
+        assert torch.equal(one[only], ours[only]) and one[[r for r in range(L + 1) if r != only]].isnan().all()
+    if ls + 1 < L:
+        full, one = exact.path_to_receivers(pair, sender), exact.path_to_receivers(pair, sender, [ls + 1])
+        assert torch.equal(one[ls + 1], full[ls + 1]) and one[ls + 2:].isnan().all()
 
 
 def test_plain_pytorch_head_patch(toy64, hf_toy, rows):
@@ -536,3 +543,17 @@ def test_second_corruption_patching_sees_only_io(toy64, rows):
     assert got["role"] == "IO" and got["n"] == len(rows["ioi"]) - got["n_left_out"] > 0
     assert resid[(0, "IO")] == pytest.approx(1.0, abs=1e-6) and resid[(0, "S2")] == pytest.approx(0.0, abs=1e-6)
     assert len(got["heads"]) == toy64.cfg.n_layers * toy64.cfg.n_heads
+
+
+def test_path_patching_from_a_last_layer_head_reaches_only_the_logits(toy64, rows):
+    """A sender in the last layer has no later head to reach: no head rows, and its MLP-kind rows
+    are its own layer's MLP and the logits; with `layer` only that reader's row comes back."""
+    from opposites.analyses.patch_followup import path_patch
+
+    L = toy64.cfg.n_layers
+    sender = [((L - 1, 0), "heads"), ((L - 1, 0), "mlps")]
+    got = path_patch(toy64, rows["ioi"][:16], 8, "denoising", 0, sender)
+    assert {r["receiver"] for r in got} == {f"MLP {L - 1}", "logits"}
+    only = path_patch(toy64, rows["ioi"][:16], 8, "denoising", 0, [((L - 1, 0), "mlps")], layer=L)
+    assert [r["receiver"] for r in only] == ["logits"]
+    assert only[0]["value"] == next(r["value"] for r in got if r["receiver"] == "logits")

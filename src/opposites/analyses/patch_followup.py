@@ -82,24 +82,31 @@ READERS = {"heads": exact.path_to_receivers, "mlps": exact.path_to_mlps}  # kind
 
 
 def path_patch(model, rows, batch_size, patch_direction: str, seed: int,
-               senders: list[tuple[tuple[int, int], str]], cache: JobCache | None = None) -> list[dict]:
+               senders: list[tuple[tuple[int, int], str]], cache: JobCache | None = None,
+               layer: int | None = None) -> list[dict]:
     """Each (sender head, kind of reader) path-patched into every reader of that kind it can reach
     directly: "heads", later heads' q, k and v inputs; "mlps", MLP inputs from its own layer on and
-    the logits. One row per (sender, reader): input is q, k or v for a head reader, "" otherwise;
-    value and 95% interval on the patching metric."""
+    the logits (layer n_layers); only the readers of `layer` where given. One row per (sender,
+    reader): input is q, k or v for a head reader, "" otherwise; value and 95% interval on the
+    patching metric."""
+    only = None if layer is None else [layer]
     paths = dataset_sweep(model, rows, batch_size, patch_direction,  # flat keys: the sweep concatenates leaves
-                          lambda pair: {(s, kind): READERS[kind](pair, s) for s, kind in senders}, cache=cache)
+                          lambda pair: {(s, kind): READERS[kind](pair, s, only) for s, kind in senders}, cache=cache)
     clusters = prompt_clusters(rows)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     out = []
-    for (layer, head), kind in paths.patched:
-        t, sender = paths.patched[((layer, head), kind)], head_label(layer, head)
+    for (ls, head), kind in paths.patched:
+        t, sender = paths.patched[((ls, head), kind)], head_label(ls, head)
+        keep = [l for l in range(L + 1) if l >= ls and (layer is None or l == layer)]  # rows computed
         if kind == "heads":
-            df = table(t, paths, {"layer": list(range(L)), "head": list(range(H)), "input": list("qkv")}, seed, clusters)
+            keep = [l for l in keep if ls < l < L]
+            if not keep:  # a last-layer sender reaches no later head
+                continue
+            df = table(t[keep], paths, {"layer": keep, "head": list(range(H)), "input": list("qkv")}, seed, clusters)
             out += [{"sender": sender, "receiver": head_label(r.layer, r.head), "input": r.input, "value": r.value,
-                     "ci_low": r.ci_low, "ci_high": r.ci_high} for r in df[df.layer > layer].itertuples()]
+                     "ci_low": r.ci_low, "ci_high": r.ci_high} for r in df.itertuples()]
         else:
-            df = table(t[layer:], paths, {"reader": mlp_readers(L)[layer:]}, seed, clusters)
+            df = table(t[keep], paths, {"reader": [mlp_readers(L)[l] for l in keep]}, seed, clusters)
             out += [{"sender": sender, "receiver": r.reader, "input": "", "value": r.value, "ci_low": r.ci_low,
                      "ci_high": r.ci_high} for r in df.itertuples()]
     return out

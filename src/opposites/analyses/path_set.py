@@ -34,8 +34,9 @@ def path_set(model, rows, batch_size, patch_direction: str, seed: int, circuit=N
             continue
         target = str(Node("head", reader.layer, reader.head)) if reader.kind == "head" else there
         heads = sorted({(n.layer, n.head) for n in nodes if n.is_head and n.layer == node.layer} | {(node.layer, node.head)})
+        at = model.cfg.n_layers if reader.kind == "logits" else reader.layer  # only the edge's reader is patched
         found_rows = path_patch(model, rows, batch_size, patch_direction, seed,
-                                [(h, "heads" if reader.input else "mlps") for h in heads])
+                                [(h, "heads" if reader.input else "mlps") for h in heads], layer=at)
         shares = [r for r in found_rows if r["receiver"] == target and r["input"] == (reader.input or "")]
         edges.append({"sender": here, "reader": there, "shares": shares, "tied": tied(shares)})
     return {"path": path, "n_prompts": len(rows), "edges": edges}

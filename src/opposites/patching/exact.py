@@ -187,15 +187,16 @@ def head_by_role(pair: Pair, masks: Tensor, layers: list[int] | None = None,
     return out
 
 
-def path_to_receivers(pair: Pair, sender: tuple[int, int]) -> Tensor:
+def path_to_receivers(pair: Pair, sender: tuple[int, int], layers: list[int] | None = None) -> Tensor:
     """(layer, head, 3, batch) path patching: the sender head's source-run output reaches only the q,
     k or v input of one later receiver head (direct path; everything else stays the base run), and
-    the receiver's changed output flows on normally. Layers up to the sender's are NaN."""
+    the receiver's changed output flows on normally. Layers up to the sender's, and those outside
+    `layers` where given, are NaN."""
     ls, hs = sender
     L, H = pair.weights.n_layers, pair.weights.n_heads
     out = torch.full((L, H, 3, pair.n), float("nan"), dtype=pair.base_ld.dtype, device=pair.base_ld.device)
     write = head_writes(pair, ls, pair.src[f"z.{ls}"])[hs]  # (batch, pos, d_model)
-    for lr in range(ls + 1, L):
+    for lr in (l for l in range(ls + 1, L) if layers is None or l in layers):
         h = engine.layer_norm(pair.base[f"resid_pre.{lr}"] + write, pair.weights.ln1[lr], pair.weights.eps)
         moved = engine.qkv(pair.weights, lr, h)
         base = {n: pair.base[f"{n}.{lr}"] for n in "qkv"}
@@ -205,19 +206,21 @@ def path_to_receivers(pair: Pair, sender: tuple[int, int]) -> Tensor:
     return out
 
 
-def path_to_mlps(pair: Pair, sender: tuple[int, int]) -> Tensor:
+def path_to_mlps(pair: Pair, sender: tuple[int, int], layers: list[int] | None = None) -> Tensor:
     """(layer + 1, batch) path patching: row l < n_layers, the sender head's source-run output
     reaches only MLP l's input (from the sender's own layer on) and that MLP's change flows on; the
-    last row, it reaches only the logits (its direct path). Layers before the sender's are NaN."""
+    last row, it reaches only the logits (its direct path). Rows before the sender's layer, and
+    those outside `layers` where given (the logits' row is n_layers), are NaN."""
     ls, hs = sender
     L = pair.weights.n_layers
     out = torch.full((L + 1, pair.n), float("nan"), dtype=pair.base_ld.dtype, device=pair.base_ld.device)
     write = head_writes(pair, ls, pair.src[f"z.{ls}"])[hs]  # (batch, pos, d_model)
-    for lr in range(ls, L):
+    for lr in (l for l in range(ls, L) if layers is None or l in layers):
         moved = engine.mlp(pair.weights, lr, pair.base[f"resid_mid.{lr}"] + write)  # (batch, pos, d_model)
         change = moved - pair.base[f"mlp_out.{lr}"]
         out[lr] = sweep(pair, lr + 1, "pre", 1, lambda variants: change[None])[0]
-    out[L] = sweep(pair, L, "pre", 1, lambda variants: write[None])[0]
+    if layers is None or L in layers:
+        out[L] = sweep(pair, L, "pre", 1, lambda variants: write[None])[0]
     return out
 
 
