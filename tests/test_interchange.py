@@ -114,14 +114,20 @@ def test_paired_difference_resamples_word_clusters():
     """DAS minus full, per pair: the mean difference; identical hits give exactly 0; with two clusters
     of four pairs, one holding the differences, a resample's mean can only be 0, -1/4 or -1/2
     (probabilities 1/4, 1/2, 1/4), so the clustered 95% interval is exactly [-1/2, 0]; resampling
-    pairs instead gives another."""
+    pairs instead gives another. The reported interval (ci95) also holds Newcombe's paired interval,
+    which does not collapse where the bootstrap's does."""
     a = torch.tensor([1, 1, 1, 1, 0, 1, 0, 1.0])
     b = torch.tensor([1, 1, 1, 1, 1, 1, 1, 1.0])
     two = ["x"] * 4 + ["y"] * 4
-    assert das.paired(a, a, two, SEED) == {"value": 0.0, "ci95": [0.0, 0.0], "p_value": 1.0}
+    same = das.paired(a, a, two, SEED)
+    assert (same["value"], same["bootstrap95"], same["p_value"]) == (0.0, [0.0, 0.0], 1.0)
+    assert same["ci95"][0] < 0 < same["ci95"][1]  # 8 pairs from 2 words: no interval of width 0
     by_cluster, by_pair = das.paired(a, b, two, SEED), das.paired(a, b, [str(i) for i in range(8)], SEED)
     assert by_cluster["value"] == pytest.approx(-0.25) == by_pair["value"]
-    assert by_cluster["ci95"] == [-0.5, 0.0] != by_pair["ci95"]
+    assert by_cluster["bootstrap95"] == [-0.5, 0.0] != by_pair["bootstrap95"]
+    for got in (same, by_cluster, by_pair):
+        assert got["ci95"][0] <= min(got["bootstrap95"][0], got["newcombe95"][0])
+        assert got["ci95"][1] >= max(got["bootstrap95"][1], got["newcombe95"][1])
     assert das.iia(a, two, SEED)["n_clusters"] == 2 and das.iia(a, two, SEED)["iia"] == 0.75
 
 
@@ -224,11 +230,14 @@ def test_das_finds_a_small_subspace_random_ones_do_not(located, task):
 @pytest.mark.parametrize("task", ["size", "antonym"])
 def test_das_at_the_source_word_after_that_layer_stays_at_chance(located, task):
     """The baseline: the same DAS at the source word's position after the located layer (where the
-    full interchange no longer transfers the answer) stays near chance for every k; the number of
-    candidate answers the readout chooses among is reported beside k."""
+    full interchange no longer transfers the answer) stays near chance at the largest k, which bounds
+    every smaller one (the only k run there); the number of candidate answers the readout chooses
+    among is reported beside k."""
     sweep, result = located[task]
     source = next(loc for loc in result["locations"] if loc["point"] == "source")
+    end = next(loc for loc in result["locations"] if loc["point"] == "end")
     assert (source["site"], source["position"]) == (sweep["best_end"]["site"], sweep["role"])
+    assert [k["k"] for k in source["k"]] == [end["k"][-1]["k"]]
     assert all(k["iia"] <= 0.2 for k in source["k"]), source["k"]
     assert result["n_candidates"] >= len(set(result["train_answers"]) | set(result["test_answers"]))
 

@@ -226,3 +226,24 @@ def test_pearson_ci_finds_a_planted_correlation():
     assert hi.ci_low <= hi.value <= hi.ci_high and lo.ci_low <= lo.value <= lo.ci_high
     assert hi.value > 0.9 and hi.ci_low > 0.5
     assert lo.value == pytest.approx(pearson(a.mean(1), free.mean(1)).item(), abs=0.05) and abs(lo.value) < 0.5
+
+
+def test_newcombe_paired_interval_holds_where_the_bootstrap_collapses():
+    """Both shares 30/30: every bootstrap difference is 0, while Newcombe's paired interval keeps
+    each share's Wilson uncertainty (±(1 - Wilson's lower bound of 30/30) at phi = 0); swapping the
+    arms negates it; it contains the difference; positive correlation narrows it."""
+    from opposites.stats import newcombe_paired, wilson
+
+    ones = torch.ones(30)
+    low, high = newcombe_paired(ones, ones)
+    assert abs(high - (1 - wilson(30, 30)[0])) < 1e-9 and abs(low + high) < 1e-9
+    clustered = newcombe_paired(ones, ones, [str(i % 6) for i in range(30)])
+    assert clustered[0] < low  # six words: a smaller effective n, a wider interval
+    a = torch.tensor([1.0] * 24 + [0.0] * 6)
+    b = torch.tensor([1.0] * 20 + [0.0] * 10)
+    lo, hi = newcombe_paired(a, b)
+    assert lo < (a.mean() - b.mean()).item() < hi
+    assert [round(x, 12) for x in newcombe_paired(b, a)] == [round(-hi, 12), round(-lo, 12)]
+    shuffled = torch.tensor([0.0] * 6 + [1.0] * 24)  # same share as a, uncorrelated with b's order
+    lo2, hi2 = newcombe_paired(shuffled, b)
+    assert hi - lo < hi2 - lo2

@@ -196,6 +196,24 @@ def proportion_ci(hits: Tensor, clusters=None) -> list[float]:
     return [est.ci_low.item(), est.ci_high.item()]
 
 
+def newcombe_paired(a: Tensor, b: Tensor, clusters=None) -> list[float]:
+    """[low, high] 95% interval of the difference of two paired shares of hits a, b (n,) (0/1 on
+    the same items): Newcombe's (1998) method 10, from each share's Wilson interval (here at its
+    effective n under `clusters`, proportion_ci) and the phi correlation of the pairs. Unlike a
+    bootstrap of the differences it does not collapse when both shares are n/n."""
+    a, b = a.double(), b.double()
+    p1, p2 = a.mean().item(), b.mean().item()
+    (l1, u1), (l2, u2) = proportion_ci(a, clusters), proportion_ci(b, clusters)
+    n11, n10 = (a * b).sum().item(), (a * (1 - b)).sum().item()
+    n01, n00 = ((1 - a) * b).sum().item(), ((1 - a) * (1 - b)).sum().item()
+    denominator = (n11 + n10) * (n01 + n00) * (n11 + n01) * (n10 + n00)
+    phi = (n11 * n00 - n10 * n01) / math.sqrt(denominator) if denominator > 0 else 0.0
+    d = p1 - p2
+    low = d - math.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
+    high = d + math.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
+    return [low, high]
+
+
 def mean_ci(x: Tensor, seed: int, n_resamples: int = N_RESAMPLES, clusters=None) -> Estimate:
     """Mean over the last axis (prompts) of x (..., n), with a bootstrap interval resampling the
     prompts' clusters (None: the prompts)."""

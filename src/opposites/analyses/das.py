@@ -34,7 +34,7 @@ from opposites.interventions import Intervention
 from opposites.patching import swaps
 from opposites.patching.engine import Weights
 from opposites.prompts import cluster_of
-from opposites.stats import mean_ci, n_clusters, proportion_ci
+from opposites.stats import mean_ci, n_clusters, newcombe_paired, proportion_ci
 
 MIN_K = 8  # subspace dimensions: powers of two up to at least this and at least C - 1 (subspace_sizes)
 STEPS = 150  # at most this many Adam steps, full batch
@@ -143,15 +143,20 @@ def iia(hits: Tensor, clusters: list[str], seed: int) -> dict:
 
 def paired(a: Tensor, b: Tensor, clusters: list[str], seed: int) -> dict:
     """Mean of a - b over pairs (0/1 hits of two interventions on the same pairs), its 95% interval
-    and p-value (of 0) resampling word clusters: a paired test."""
+    and p-value (of 0) resampling word clusters: a paired test. The interval (ci95) is the wider of
+    that cluster bootstrap's and Newcombe's paired interval from the Wilson intervals: where both
+    shares are n/n every resample's difference is 0 and the bootstrap interval collapses to [0, 0]."""
     e = mean_ci(a.double() - b.double(), seed, clusters=clusters)
-    return {"value": e.value.item(), "ci95": [e.ci_low.item(), e.ci_high.item()], "p_value": e.p_value.item()}
+    boot, newcombe = [e.ci_low.item(), e.ci_high.item()], newcombe_paired(a, b, clusters)
+    return {"value": e.value.item(), "ci95": [min(boot[0], newcombe[0]), max(boot[1], newcombe[1])],
+            "bootstrap95": boot, "newcombe95": newcombe, "p_value": e.p_value.item()}
 
 
 def das_at(model, train: list[PairBatch], test: list[PairBatch], ids: Tensor, site: str, position: str,
-           seed: int, clusters: list[str]) -> dict:
-    """DAS for every k at one location, with the random and full-interchange controls; clusters:
-    the held-out pairs' word clusters in batch order."""
+           seed: int, clusters: list[str], largest_only: bool = False) -> dict:
+    """DAS for every k of subspace_sizes at one location (only the largest with `largest_only`),
+    with the random and full-interchange controls; clusters: the held-out pairs' word clusters in
+    batch order."""
     weights = Weights.from_bridge(model)
     where = Intervention(site, position)
     runs = {id(b): (swaps.run(weights, b.base), swaps.run(weights, b.source)) for b in train + test}
@@ -173,7 +178,7 @@ def das_at(model, train: list[PairBatch], test: list[PairBatch], ids: Tensor, si
 
     target = torch.cat([b.source_answer for b in train])
     generator = torch.Generator().manual_seed(seed)
-    ks = subspace_sizes(len(ids), d)
+    ks = subspace_sizes(len(ids), d)[-1:] if largest_only else subspace_sizes(len(ids), d)
     full = hits(None, test)
     per_k, trace = [], []
     steps = max_steps(model.cfg, model.cfg.n_layers - where.layer, len(ks) * swapped_tokens(train, position))
@@ -195,7 +200,9 @@ def batch_clusters(pairs: list[tuple[dict, dict]]) -> list[str]:
 
 def das(model, rows: list[dict], batch_size: int, seed: int, interchange=None) -> dict:
     """DAS at the END point the sweep located ("end") and, as a baseline, at the source word's
-    position after the same layer ("source")."""
+    position after the same layer ("source"), there at the largest k only: the best k-dimensional
+    subspace can do no worse than the best smaller one, so where the largest fails every smaller k
+    does."""
     role = source_role(rows[0]["task"])
     train, test = split_by_word(make_pairs(rows, role, seed), role, seed)
     cands = candidates(rows)
@@ -207,5 +214,5 @@ def das(model, rows: list[dict], batch_size: int, seed: int, interchange=None) -
             "train_answers": sorted({s["answer"].strip() for _, s in train}),
             "test_answers": sorted({s["answer"].strip() for _, s in test}),
             "locations": [{"point": name, **das_at(model, train_b, test_b, ids, p["site"], p["position"], seed,
-                                                   batch_clusters(test))}
+                                                   batch_clusters(test), largest_only=name == "source")}
                           for name, p in points.items()]}
