@@ -105,7 +105,7 @@ def test_second_corruption_names_heads_that_matter_more_under_it():
     data = {"patch_second": {"t": second}, "patch_heads": {"t": main}}
     f = second_corruption_facts(data, "t")
     assert [h["head"] for h in f["top"]] == ["0.0", "0.1", "0.2"] and f["more_here"] == ["0.0"]  # 0.1: the same both ways
-    assert f["last_at_role"] == 0 and f["first_at_end"] == 1
+    assert f["last_at_role"] is None and f["first_at_end"] == 1  # IO before layer 0 is the input itself: not a finding
     data["patch_heads"]["t"] = main.assign(normaliser_ok=False)  # the main maps are not interpreted: no comparison
     assert second_corruption_facts(data, "t")["more_here"] == []
     assert second_corruption_facts({"patch_heads": {"t": main}}, "t") is None

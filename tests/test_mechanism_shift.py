@@ -118,3 +118,13 @@ def test_trained_ioi_swap_keeps_the_task_and_heads_keep_their_position(trained):
     assert swap["accuracy_ci95"][0] > 0.5
     io = [e for e in out["heads"] if e["role"] == "IO" and e["clean"] >= 0.5]
     assert io and all(e["swap_keys_on"] == "position" for e in io)
+
+
+def test_a_head_that_follows_only_a_little_is_not_called_content():
+    """is-a's head 0.1 on the trained model: clean attention 0.98, new - old 0.11 [0.02, 0.22] when
+    the word moves and 0.95 when only its offset changes: the interval clears 0, the size does not
+    (less than half its clean attention), so it is not distinguished, not content."""
+    weak, strong = {"follows": 0.11, "follows_ci95": [0.02, 0.22]}, {"follows": 0.95, "follows_ci95": [0.93, 0.97]}
+    assert shift_mod.keys_on(weak, strong) == "content"  # the interval alone
+    assert shift_mod.keys_on(weak, strong, clean=0.98) == "not distinguished"
+    assert shift_mod.keys_on(strong, strong, clean=0.98) == "content"

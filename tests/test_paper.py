@@ -9,6 +9,7 @@ from opposites.texutil import fmt, tex_escape
 def test_fmt_and_escape():
     assert fmt(1.234) == "1.23" and fmt(-0.5) == "$-$0.50" and fmt(0.00123) == "0.0012"
     assert fmt(float("nan")) == "n/a" and fmt(0.0) == "0.00"
+    assert fmt(-6.9e-05) == "$-$0.000069" and fmt(-6.4e-09) == "0.00"  # no exponent; float noise is 0
     assert tex_escape("a_b & 50% {x}") == r"a\_b \& 50\% \{x\}"
     assert tex_escape("ab\ufffd\u00e9") == "ab??"
 

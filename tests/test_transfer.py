@@ -220,9 +220,11 @@ def test_replication_keeps_only_components_in_every_seed():
     res = replication(model(4), rows, 1, 0, paper, others)
     assert res["measured"] and res["n_seeds"] == 3 and list(res["seeds"]) == ["0", "1", "2"]
     assert res["replicated"] == ["0.0", "MLP 0"]  # 0.1 is missing in seed 1
-    assert res["chance"] == {"0.0": (2 / 4) * (1 / 4) * (2 / 4), "MLP 0": 1.0} and res["beyond_chance"] == []
-    wide = replication(model(12), rows, 1, 0, paper, others)  # 2, 1, 2 of 12 heads: chance 1/432
-    assert wide["beyond_chance"] == ["0.0"]
+    # the paper's circuit chose 0.0: only the other seeds' circuits are draws (1 and 2 of 4 heads)
+    assert res["chance"] == {"0.0": (1 / 4) * (2 / 4), "MLP 0": 1.0} and res["beyond_chance"] == []
+    assert not res["testable"]  # 4 heads, 2 other seeds: even one head alone per layer recurs with chance 1/16
+    wide = replication(model(12), rows, 1, 0, paper, others)  # 1 and 2 of 12 heads: chance 1/72
+    assert wide["beyond_chance"] == ["0.0"] and wide["testable"]
     assert res["n_edges"] == {"mean": 10.0, "min": 6.0, "max": 14.0}
     assert res["n_heads"]["max"] == 2 and res["n_heads"]["min"] == 1
     one = replication(model(4), rows, 1, 0, circuit(["0.0"], 3, 0.8), {})
@@ -300,3 +302,24 @@ def test_a_pair_that_transfers_barely_at_one_of_many_locations_fails_holm():
     assert row["verdict"] == "inconclusive after Holm" and not crowd["transferring"]
     clear = pair_transfer(result(many, {"0.0": (62, 64)}), "left", "right", many)
     assert clear["transferring"] == ["0.0"]
+
+
+def test_the_primary_residual_point_gates_the_other_locations():
+    """The earliest residual point carrying the word within both tasks is tested alone at ALPHA;
+    the components are tested (Holm among themselves) only when it transfers."""
+    from opposites.stats import wilson
+
+    def result(cross: dict[str, tuple[int, int]]) -> dict:
+        entry = lambda k, n: {"iia": k / n, "iia_ci95": list(wilson(k, n)), "n": n}  # noqa: E731
+        where = ["0.0", "0.1", "resid after 0", "resid after 1"]
+        return {t: {"sources": [{"source": s, "locations": [
+            {"component": c, **entry(*((60, 64) if s == t else cross[c]))} for c in where]} for s in PAIRS]} for t in PAIRS}
+
+    clear = {"0.0": (62, 64), "0.1": (40, 64), "resid after 0": (41, 64), "resid after 1": (30, 64)}
+    got = pair_transfer(result(clear), "left", "right", ["0.0", "0.1"])
+    assert got["located"]["component"] == "resid after 0" and got["located"]["verdict"] == "transfers"  # p 0.012, alone
+    assert got["transferring"] == ["0.0"]  # 0.1 (p 0.023) fails Holm among 0.0, 0.1 and resid after 1 (0.025 / 2)
+    assert next(r for r in got["rows"] if r["component"] == "0.1")["verdict"] == "inconclusive after Holm"
+    closed = pair_transfer(result({**clear, "resid after 0": (30, 64)}), "left", "right", ["0.0", "0.1"])
+    assert not closed["transfers"] and closed["transferring"] == []
+    assert next(r for r in closed["rows"] if r["component"] == "0.0")["verdict"].startswith("not tested")

@@ -95,7 +95,7 @@ def interchange_facts(data: dict, task: str) -> dict | None:
     return {"sweep": sweep, "das": at_end, "n_test": das["n_test"], "n_candidates": das["n_candidates"],
             "end_carries": end["iia_ci95"][0] > 0.5, "role_left": role["iia_ci95"][1] < end["iia_ci95"][0],
             "das_testable": testable, "das_k": k, "das_best": max(at_end["k"], key=lambda k: k["iia"]) if at_end["k"] else None,
-            "source": source, "source_k": next((s for s in source["k"] if k and s["k"] == k["k"]), None) if source else None}
+            "source": source, "source_k": next((s for s in source["k"] if k and s["k"] >= k["k"]), None) if source else None}  # a larger k bounds it
 
 
 def second_corruption_facts(data: dict, task: str, k: int = 3) -> dict | None:
@@ -112,7 +112,7 @@ def second_corruption_facts(data: dict, task: str, k: int = 3) -> dict | None:
     main = main[main.activation == "z"].set_index(["layer", "head"])
     heads = sorted(res["heads"], key=lambda r: -abs(r["value"]))[:k]
     at = lambda role: [r["layer"] for r in res["resid"] if r["role"] == role and r["value"] >= 0.5]  # noqa: E731
-    held, arrived = at(res["role"]), at("END")
+    held, arrived = [l for l in at(res["role"]) if l > 0], at("END")  # before layer 0: the input itself, by construction
     facts = {**{key: res[key] for key in ("corruption", "role", "n", "n_left_out", "normaliser_ok", "example")},
             "top": [{"head": head_label(r["layer"], r["head"]), "value": r["value"], "ci95": [r["ci_low"], r["ci_high"]],
                      "excludes_zero": not r["ci_low"] <= 0 <= r["ci_high"],
@@ -204,20 +204,29 @@ def io_heads(data: dict, task: str) -> dict | None:
 
 def arrival(interchange: dict | None) -> dict | None:
     """How the source word's identity arrives at END's located point (interchange): END's point one
-    step earlier (after the previous layer, or before layer 0) with its IIA and interval, and each
-    head's output, the attention output (all heads) or the MLP output of the located layer that the sweep tested at END alone, with its IIA and
-    interval, and those whose interval lies above one half (carriers: that output alone carries the
-    source's answer to END, as end_carries); None where END is not located."""
+    step earlier (after the previous layer, or before layer 0) with its IIA and interval, and whether
+    that interval overlaps the located point's (where it also lies above one half, the two points
+    are not separated); each head's output, attention output (all heads) or MLP output of the
+    located layer or an earlier one that the sweep tested at END alone, with its IIA and interval,
+    and those whose interval lies above one half (carriers: that output alone carries the source's
+    answer to END, as end_carries); None where END is not located."""
     if not interchange or not interchange["end_carries"]:
         return None
     sweep, best = interchange["sweep"], interchange["sweep"]["best_end"]
     at_end = [loc for loc in sweep["locations"] if loc["position"] == "END"]
     before = next((loc for loc in at_end if loc["kind"] == "resid_post" and loc["layer"] == best["layer"] - 1), None) \
         or next((loc for loc in at_end if loc["kind"] == "resid_pre" and loc["layer"] == 0), None)
-    parts = [loc for loc in at_end if loc["kind"] in ("z", "attn_out", "mlp_out") and loc["layer"] == best["layer"]]
+    parts = [loc for loc in at_end if loc["kind"] in ("z", "attn_out", "mlp_out") and loc["layer"] <= best["layer"]]
     pick = lambda loc: {"label": loc["label"], "iia": loc["iia"], "iia_ci95": loc["iia_ci95"]}  # noqa: E731
-    return {"before": pick(before) if before and before is not best else None, "parts": [pick(p) for p in parts],
-            "carriers": [p["label"] for p in parts if p["iia_ci95"][0] > 0.5], "n_pairs": sweep["n_pairs"]}
+    earlier = before if before and before is not best else None
+    carriers = [p for p in parts if p["iia_ci95"][0] > 0.5]
+    return {"before": pick(earlier) if earlier else None, "parts": [pick(p) for p in parts],
+            # the earlier point's interval overlaps the located one's: the data do not separate them
+            "before_overlaps": bool(earlier) and earlier["iia_ci95"][1] >= best["iia_ci95"][0] and earlier["iia_ci95"][0] > 0.5,
+            "carriers": [p["label"] for p in carriers], "n_pairs": sweep["n_pairs"],
+            # an attention output and the MLP of the same layer both carrying: the MLP reads the attention's output
+            "chained": sorted({p["layer"] for p in carriers if p["kind"] == "attn_out"}
+                              & {p["layer"] for p in carriers if p["kind"] == "mlp_out"})}
 
 
 REPLICATES_SHARE = 0.5  # a circuit replicates when at least this share of its components is in every seed's circuit
@@ -244,7 +253,7 @@ def seed_replication(replication: dict | None, circuit: dict) -> dict | None:
     chance = replication.get("chance", {})
     return {"n_seeds": len(seeds), "n_components": len(own), "n_replicated": len(kept), "share": share,
             "replicated": kept, "beyond_chance": beyond, "expected_by_composition": sum(chance.get(c, 0.0) for c in kept),
-            "replicates": share >= REPLICATES_SHARE,
+            "replicates": share >= REPLICATES_SHARE, "testable": replication.get("testable", True),
             "differs": (len(kept) / len(own) if own else 0.0) < REPLICATES_SHARE,  # fails even by index
             "edges": [min(s["n_edges"] for s in seeds.values()), max(s["n_edges"] for s in seeds.values())],
             "heads": [min(len(h) for h in heads), max(len(h) for h in heads)],

@@ -65,10 +65,9 @@ def pair_transfer(transfer: dict[str, dict], a: str, b: str, shared: list[str]) 
         if c in into_b and c in into_a:
             rows.append({"component": c, "within_a": within_a[c], "within_b": within_b[c], "a_to_b": into_b[c],
                          "b_to_a": into_a[c], "verdict": component_verdict(within_a[c], within_b[c], into_b[c], into_a[c])})
-    holm_over_locations(rows)
-    resid = [r for r in rows if r["component"].startswith("resid") and r["verdict"] != "carries the source word in one task only"
-             and r["verdict"] != "carries the source word in neither task"]
+    resid = [r for r in rows if r["component"].startswith("resid") and r["verdict"] in TESTED]
     located = resid[0] if resid else None  # the earliest residual point where both tasks carry the word
+    gatekeep(rows, located)
     components = [r for r in rows if not r["component"].startswith("resid")]
     transferring = [r["component"] for r in components if r["verdict"] == "transfers"]
     failing = [r["component"] for r in components if r["verdict"] == "does not transfer"]
@@ -118,7 +117,7 @@ def overlap_p_value(pair: dict) -> float:
     return 1 - pair[f"{what}_jaccard_percentile"] / 100
 
 
-TESTED = ("transfers", "does not transfer", "inconclusive", "inconclusive after Holm")  # carries within both
+TESTED = ("transfers", "does not transfer", "inconclusive")  # the location carries the word within both tasks
 
 
 def location_p_value(row: dict) -> float:
@@ -127,23 +126,34 @@ def location_p_value(row: dict) -> float:
     return max(wilson_p_above(row[d]["iia"], row[d]["iia_ci95"], CARRIES) for d in ("a_to_b", "b_to_a"))
 
 
-def holm_over_locations(rows: list[dict]) -> None:
-    """A pair is tested at every location that carries the word within both tasks: a location
-    transfers only where Holm's procedure over those locations (one-sided, at ALPHA) keeps it; one
-    whose own interval clears CARRIES but fails the correction becomes "inconclusive after Holm"."""
-    tested = [r for r in rows if r["verdict"] in TESTED]
-    for r, kept in zip(tested, holm([location_p_value(r) for r in tested], ALPHA)):
+def gatekeep(rows: list[dict], primary: dict | None) -> None:
+    """A pair is tested first at its primary location, the earliest residual point that carries the
+    word within both tasks, at ALPHA; only if it transfers there are the other locations that carry
+    the word within both tasks tested, Holm-corrected among themselves (a fixed-sequence procedure:
+    the family-wise error stays ALPHA). Without a primary point those locations are the family. A
+    location whose own interval clears CARRIES but that the procedure does not reach, or that fails
+    the correction, is marked so instead of "transfers"."""
+    secondary = [r for r in rows if r is not primary and r["verdict"] in TESTED]
+    if primary is not None and primary["verdict"] != "transfers":
+        for r in secondary:
+            if r["verdict"] == "transfers":
+                r["verdict"] = "not tested (the primary point does not transfer)"
+        return
+    for r, kept in zip(secondary, holm([location_p_value(r) for r in secondary], ALPHA)):
         if r["verdict"] == "transfers" and not kept:
             r["verdict"] = "inconclusive after Holm"
 
 
 def transfer_p_value(t: dict) -> float:
-    """One-sided p-value that a pair transfers at some location: the smallest location p-value times
-    the number of locations tested (Bonferroni, Holm's first step; at most 1); NaN where transfer is
-    not measurable or no location carries the word within both tasks."""
+    """One-sided p-value that a pair transfers: its primary location's (gatekeep), else the smallest
+    location p-value times the number of locations tested (Bonferroni, at most 1); NaN where
+    transfer is not measurable or no location carries the word within both tasks."""
     if not t.get("measurable"):
         return math.nan
-    p = [x for x in (location_p_value(r) for r in t["rows"] if r["verdict"] in TESTED) if not math.isnan(x)]
+    if t.get("located") is not None:
+        return location_p_value(t["located"])
+    p = [x for x in (location_p_value(r) for r in t["rows"] if r["verdict"] in TESTED + ("inconclusive after Holm",))
+         if not math.isnan(x)]
     return min(1.0, len(p) * min(p)) if p else math.nan
 
 
@@ -159,7 +169,8 @@ def replication_support(replication: dict[str, dict] | None, a: str, b: str, sha
     for s in ra["seeds"]:
         ha, hb = set(ra["seeds"][s]["heads"]), set(rb["seeds"][s]["heads"])
         jac.append(len(ha & hb) / len(ha | hb) if ha | hb else 0.0)
-    return {"measured": True, "n_seeds": ra["n_seeds"], "seeds": list(ra["seeds"]),
+    return {"measured": True, "testable": ra.get("testable", True) and rb.get("testable", True),
+            "n_seeds": ra["n_seeds"], "seeds": list(ra["seeds"]),
             "replicated": [c for c in shared if c in ra.get("beyond_chance", []) and c in rb.get("beyond_chance", [])],
             "by_default": [c for c in shared if c in ra["replicated"] and c in rb["replicated"]
                            and not (c in ra.get("beyond_chance", []) and c in rb.get("beyond_chance", []))],

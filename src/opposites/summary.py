@@ -53,7 +53,7 @@ def patch_facts(data: dict, task: str) -> dict:
     peak = lambda df: df.loc[df.value.abs().idxmax()]  # noqa: E731
     role = data["prompts"][task][0]["changed"][0]  # where the corruption changes a word
     at = lambda r: resid[resid.role == r].set_index("layer").value  # noqa: E731
-    held = [int(l) for l, v in at(role).items() if v >= 0.5]
+    held = [int(l) for l, v in at(role).items() if v >= 0.5 and l > 0]  # before layer 0: the input itself, by construction
     arrived = [int(l) for l, v in at("END").items() if v >= 0.5]
     return {
         "route": {"role": role, "last_at_role": max(held) if held else None,

@@ -384,11 +384,13 @@ def sharing(data: dict, tasks: list[str]) -> str:
                     f"not after Holm over {t['n_tested']} pairs ($p = {fmt(t['p_value'], 3)}$)" if t.get("holm_failed") else
                     "transfers: " + ", ".join(t["transferring"]) if t["transferring"] else
                     f"transfers at {t['located']['component']}" if t["transfers"] else
+                    f"{t['located']['verdict']} at {t['located']['component']} (the primary point)" if t["located"] else
                     f"inconclusive after Holm over the locations ({len(held)} clear 0.5 alone)" if held else
                     "does not transfer: " + ", ".join(t["failing"]) if t["failing"] else
                     "no location carries the word within both tasks")
         j = rep.get("heads_jaccard")
         replication = ("not measured (one model)" if not rep["measured"] else
+                       f"not testable; {fmt(j['mean'])} ({fmt(j['min'])}--{fmt(j['max'])})" if not rep["testable"] else
                        f"{', '.join(rep['replicated']) or 'none'}"
                        + (f" ({len(rep['by_default'])} by default)" if rep.get("by_default") else "")
                        + f"; {fmt(j['mean'])} ({fmt(j['min'])}--{fmt(j['max'])})")
@@ -442,10 +444,13 @@ def glance(data: dict, tasks: list[str]) -> str:
                    else "not shown")
         shared = [p["b"] if p["a"] == task else p["a"] for p in sharing["claimed"] if task in (p["a"], p["b"])]
         rep = (sharing["replication"] or {}).get(task)
-        replicates = (f"{', '.join(rep.get('beyond_chance', [])) or 'none'} beyond composition ({len(rep['replicated'])} "
-                      f"by index; {rep['n_seeds']} seeds)" if rep else "one model")
+        replicates = ("one model" if not rep else
+                      f"not testable ({len(rep['replicated'])} by index; {rep['n_seeds']} seeds)" if not rep.get("testable", True) else
+                      f"{', '.join(rep.get('beyond_chance', [])) or 'none'} beyond composition ({len(rep['replicated'])} "
+                      f"by index; {rep['n_seeds']} seeds)")
         rows.append([tex_escape(task), fmt_ci(g["accuracy"], g["accuracy_ci95"]), located, das, carried,
-                     ", ".join(map(tex_escape, shared)) or "none claimed", replicates])
+                     ", ".join(map(tex_escape, shared)) or ("not testable here" if rep and not rep.get("testable", True)
+                                                            else "none claimed"), replicates])
     return tabular(r"l p{1.8cm} p{2.6cm} p{2.6cm} p{2.2cm} p{1.6cm} p{2.6cm}",
                    ["task", "answer beats wrong", "source word's identity at (IIA)", "DAS subspace (held-out IIA)",
                     "circuit (held-out recovery)", "shares function with", "in every seed's circuit"], rows)

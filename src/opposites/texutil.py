@@ -21,14 +21,20 @@ def code(text: object) -> str:
     return tex_escape(text).replace("-", "-{}")
 
 
-def fmt(x: float, digits: int = 2) -> str:
-    """A number for the text: `digits` decimals, or two significant digits when that would print
-    0.00 for a non-zero value; a real minus sign; 'n/a' for NaN."""
+TINY = 1e-6  # below this a number prints as 0 (float noise: a patched cell's -6e-09)
+
+
+def fmt(x: float, digits: int = 2, exact: bool = False) -> str:
+    """A number for the text: `digits` decimals, or (unless `exact`) two significant digits when
+    that would print 0.00 for a value of at least TINY, never in exponent notation (0.000069, not
+    6.9e-05); a real minus sign; 'n/a' for NaN."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
+    if abs(x) < TINY:
+        x = 0.0
     s = f"{x:.{digits}f}"
-    if x != 0 and float(s) == 0 and digits > 0:
-        s = f"{x:.2g}"
+    if x != 0 and float(s) == 0 and digits > 0 and not exact:
+        s = f"{x:.{1 - math.floor(math.log10(abs(x)))}f}"
     return s.replace("-", "$-$", 1) if s.startswith("-") else s
 
 
@@ -39,7 +45,9 @@ def fmt_ci(value: float, ci: list[float] | None, digits: int = 2) -> str:
         return fmt(value, digits)
     if all(isinstance(x, float) and math.isnan(x) for x in ci) and fmt(value, digits) != "n/a":
         return f"{fmt(value, digits)} [n too small]"
-    return f"{fmt(value, digits)} [{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
+    shown = fmt(value, digits)  # the bounds get the estimate's decimals: one format per interval
+    places = len(shown.rsplit(".", 1)[1]) if "." in shown else digits
+    return f"{shown} [{fmt(ci[0], places, exact=True)}, {fmt(ci[1], places, exact=True)}]"
 
 
 def pct(x: float | None) -> str:

@@ -28,9 +28,10 @@ def spread(values: list[float]) -> dict:
 
 
 def composition_chance(component: str, circuits: list[list[str]], n_heads: int) -> float:
-    """The chance that a random component of this one's kind and layer is in every circuit, given
-    how many components of that kind and layer each circuit holds (a layer has n_heads heads and one
-    MLP): a circuit that keeps every head of a layer, or an MLP, recurs across seeds by default."""
+    """The chance that a random component of this one's kind and layer is in every one of
+    `circuits` (the other seeds' circuits: the paper's circuit chose the component, so it is not a
+    draw), given how many components of that kind and layer each holds (a layer has n_heads heads
+    and one MLP): a circuit that keeps every head of a layer, or an MLP, recurs by default."""
     node = Node.parse(component)
     same = lambda x: (Node.parse(x).kind, Node.parse(x).layer) == (node.kind, node.layer)  # noqa: E731
     return math.prod(sum(map(same, c)) / (n_heads if node.is_head else 1) for c in circuits)
@@ -38,13 +39,16 @@ def composition_chance(component: str, circuits: list[list[str]], n_heads: int) 
 
 def replication(model, rows: list[dict], batch_size: int, seed: int, circuit: dict, seeds: dict[int, dict]) -> dict:
     """`circuit`: the paper's model's (trained with `seed`); `seeds`: {seed: circuit} of the other
-    seeds' models."""
+    seeds' models. `testable`: whether any component could count at all, i.e. whether a head that
+    every other seed's circuit holds alone in its layer would recur by chance below ALPHA."""
     per_seed = {str(seed): summary(circuit), **{str(s): summary(c) for s, c in sorted(seeds.items())}}
     every = [set(s["components"]) for s in per_seed.values()]
     order = per_seed[str(seed)]["components"]
     replicated = [x for x in order if all(x in e for e in every)]
-    chance = {x: composition_chance(x, [s["components"] for s in per_seed.values()], model.cfg.n_heads) for x in replicated}
+    others = [summary(c)["components"] for _, c in sorted(seeds.items())]
+    chance = {x: composition_chance(x, others, model.cfg.n_heads) for x in replicated}
     return {"task": rows[0]["task"], "measured": bool(seeds), "n_seeds": len(per_seed), "seeds": per_seed,
+            "testable": bool(seeds) and model.cfg.n_heads ** -len(seeds) < ALPHA, "heads_per_layer": model.cfg.n_heads,
             "replicated": replicated, "chance": chance, "beyond_chance": [x for x in replicated if chance[x] < ALPHA],
             "n_edges": spread([s["n_edges"] for s in per_seed.values()]),
             "n_heads": spread([len(s["heads"]) for s in per_seed.values()]),
