@@ -1,6 +1,8 @@
 """Controls and multiplicity read off result files (no model): a matched control needs more than
 one possible set; overlap tests over the task pairs are Holm-corrected."""
 
+import pytest
+
 from opposites.derived import matched_control
 from opposites.summary import carries, lowers_logit_diff
 
@@ -112,3 +114,17 @@ def test_das_training_iia_is_shown_beside_held_out():
     data = {"baseline": {"t": {"does_task": True, "accuracy": 1.0, "accuracy_ci95": [0.6, 1.0], "n_prompts": 64}}}
     got = glance(data, "t", interchange)
     assert (got["das_iia"], got["das_train_iia"]) == (0.9, 1.0)
+
+
+def test_head_overlap_must_beat_the_uniform_head_null_too():
+    """Trained ioi-size: head Jaccard 0.29, the largest possible (size's 4 heads inside ioi's 14),
+    at percentile 99 of the composition-matched null (its random circuits spread over more heads)
+    but near the middle of the uniform head null: not support for sharing."""
+    from opposites.sharing import overlap_p_value, overlap_support
+
+    pair = {"heads_jaccard_null": [0.1, 0.2, 0.27], "heads_jaccard_percentile": 99.3, "heads_jaccard_reachable": 99.3,
+            "edges_jaccard_null": [0.2, 0.27, 0.33], "edges_jaccard_percentile": 49.0,
+            "heads_uniform_jaccard_percentile": 62.0, "heads_uniform_jaccard_reachable": 99.0}
+    assert overlap_support(pair) == "chance" and overlap_p_value(pair) == pytest.approx(0.38)
+    assert overlap_support({**pair, "heads_uniform_jaccard_percentile": 98.0}) == "supports"
+    assert overlap_support({**pair, "heads_uniform_jaccard_reachable": 90.0}) == "not testable"

@@ -120,8 +120,8 @@ def test_glance_names_the_tied_head_set_das_state_and_arrival():
     g = glance(data, "t", ic)
     assert g["head_sets"][0]["tied"] == ["0.2", "0.1"] and [x["head"] for x in g["head_sets"][0]["shares"]] == ["0.2", "0.1", "0.0"]
     assert g["das_status"] == "found"
-    assert g["arrival"]["before"]["label"] == "before layer 0"
-    assert [x["label"] for x in g["arrival"]["parts"]] == ["head 0.1", "MLP 0"]  # the located layer's outputs only
+    assert g["arrival"]["before"] is None  # END before layer 0 holds the same token in both prompts: no contrast
+    assert [x["label"] for x in g["arrival"]["parts"]] == ["head 0.1", "MLP 0"]  # outputs up to the located layer
     assert g["arrival"]["carriers"] == ["MLP 0"]  # interval above one half
     assert glance(data, "t", {**ic, "das_k": None})["das_status"] == "none"
     assert glance(data, "t", {**ic, "das_k": None, "das_testable": False})["das_status"] == "not testable"
@@ -150,3 +150,24 @@ def test_key_tests_read_the_role_each_head_attends_and_only_shifts_the_model_sti
     second = {"corruption": "IO replaced", "role": "IO", "n": 8, "heads": heads}
     got = io_heads({"patch_second": {"ioi": second}, "attention": {"ioi": att}}, "ioi")
     assert [h["head"] for h in got["heads"]] == ["0.1", "0.5", "0.3", "0.0"]  # intervals above 0, the four largest
+
+
+def test_arrival_flags_an_earlier_point_it_cannot_separate_and_lists_earlier_outputs():
+    """Trained ioi: END after layer 1 98% [85, 100] is located, but after layer 0 is 83% [64, 93]:
+    overlapping and above one half, so the two are not separated; outputs of layer 0 (attention 0,
+    MLP 0) swapped alone are reported too, with the attention-to-MLP chain named."""
+    from opposites.findings import arrival
+
+    loc = lambda label, kind, layer, iia, ci: {"label": label, "kind": kind, "layer": layer, "position": "END",  # noqa: E731
+                                               "iia": iia, "iia_ci95": ci}
+    best = loc("after layer 1", "resid_post", 1, 0.98, [0.85, 1.0])
+    sweep = {"best_end": best, "n_pairs": 64, "locations": [
+        loc("after layer 0", "resid_post", 0, 0.83, [0.64, 0.93]), best,
+        loc("attention 0", "attn_out", 0, 0.83, [0.64, 0.93]), loc("MLP 0", "mlp_out", 0, 0.80, [0.61, 0.91]),
+        loc("head 0.3", "z", 0, 0.42, [0.30, 0.55]), loc("MLP 2", "mlp_out", 2, 0.9, [0.8, 0.95])]}
+    got = arrival({"end_carries": True, "sweep": sweep})
+    assert got["before_overlaps"] and got["before"]["label"] == "after layer 0"
+    assert [p["label"] for p in got["parts"]] == ["attention 0", "MLP 0", "head 0.3"]  # not MLP 2: after the located layer
+    assert got["carriers"] == ["attention 0", "MLP 0"] and got["chained"] == [0]
+    apart = {**sweep, "locations": [loc("after layer 0", "resid_post", 0, 0.3, [0.2, 0.45]), *sweep["locations"][1:]]}
+    assert not arrival({"end_carries": True, "sweep": apart})["before_overlaps"]

@@ -52,10 +52,12 @@ def glance(data: dict, task: str, interchange: dict | None) -> dict:
     sets = head_set(data, task, stated)
     movers = [m["head"] for m in data["movers"][task]["movers"]] if task in data.get("movers", {}) else []
     second = io_heads(data, task)
-    named = movers + [h for s in sets or [] for h in s["tied"]] + [h["head"] for h in (second or {}).get("heads", [])]
+    named = movers + [h for s in sets or [] for h in s["tied"]]  # the heads Table movers_shift lists for every task
     return {"task": task, "does_task": base["does_task"], "accuracy": base["accuracy"],
             "head_sets": sets, "keyed": keys(data, task, named), "io_heads": second, "das_status": das_status(interchange),
+            "das_too_few_words": interchange.get("das_too_few_words") if interchange else None,
             "arrival": arrival(interchange),
+            "located_not_separated": bool((arrival(interchange) or {}).get("before_overlaps")),  # from the point before it
             "accuracy_ci95": base["accuracy_ci95"], "n_prompts": base["n_prompts"],
             "path": path[0] if path and supported else None, "path_weakest_score": path[1] if path and supported else None,
             "path_edges": path_edges, "path_n_prompts": paths["n_prompts"] if path_edges else None,
@@ -88,13 +90,16 @@ def interchange_facts(data: dict, task: str) -> dict | None:
     end, role = sweep["best_end"], sweep["role_at_best_end"]
     at_end = next(loc for loc in das["locations"] if loc["site"] == end["site"] and loc["position"] == "END")
     source = next((loc for loc in das["locations"] if loc.get("point") == "source"), None)
-    testable = bool(at_end["k"]) and at_end["k"][0]["n_clusters"] >= MIN_CLUSTERS
+    enough_words = bool(at_end["k"]) and at_end["k"][0]["n_clusters"] >= MIN_CLUSTERS
+    # even DAS hits equal to the whole vector's would give this paired interval: below the margin, no k can pass
+    reachable = at_end["full"].get("perfect_match95", [0.0, 0.0])[0] >= -EQUIVALENCE_MARGIN
+    testable = enough_words and reachable
     small = [k for k in at_end["k"] if k["iia_ci95"][0] > k["random_iia_max"]
              and k["minus_full"]["ci95"][0] >= -EQUIVALENCE_MARGIN]
     k = small[0] if small and testable else None
     return {"sweep": sweep, "das": at_end, "n_test": das["n_test"], "n_candidates": das["n_candidates"],
             "end_carries": end["iia_ci95"][0] > 0.5, "role_left": role["iia_ci95"][1] < end["iia_ci95"][0],
-            "das_testable": testable, "das_k": k, "das_best": max(at_end["k"], key=lambda k: k["iia"]) if at_end["k"] else None,
+            "das_testable": testable, "das_too_few_words": not enough_words, "das_k": k, "das_best": max(at_end["k"], key=lambda k: (k.get("train_iia", 0.0), -k["k"])) if at_end["k"] else None,  # chosen on training pairs
             "source": source, "source_k": next((s for s in source["k"] if k and s["k"] >= k["k"]), None) if source else None}  # a larger k bounds it
 
 
@@ -179,8 +184,9 @@ def keys(data: dict, task: str, heads: list[str]) -> dict | None:
 
 def das_status(interchange: dict | None) -> str | None:
     """The DAS column's state: found (a k whose intervals support it), not testable (held-out pairs
-    from fewer than MIN_CLUSTERS words), none (no k tested reaches the whole vector), or None where
-    END is not located."""
+    from fewer than MIN_CLUSTERS words, or so few effective pairs that even a perfect match's
+    paired interval would reach below -EQUIVALENCE_MARGIN), none (no k tested reaches the whole
+    vector), or None where END is not located."""
     if not interchange or not interchange["end_carries"]:
         return None
     if not interchange["das_testable"]:
@@ -204,7 +210,8 @@ def io_heads(data: dict, task: str) -> dict | None:
 
 def arrival(interchange: dict | None) -> dict | None:
     """How the source word's identity arrives at END's located point (interchange): END's point one
-    step earlier (after the previous layer, or before layer 0) with its IIA and interval, and whether
+    step earlier (after the previous layer; none before layer 0, where END holds the same token in
+    both prompts) with its IIA and interval, and whether
     that interval overlaps the located point's (where it also lies above one half, the two points
     are not separated); each head's output, attention output (all heads) or MLP output of the
     located layer or an earlier one that the sweep tested at END alone, with its IIA and interval,
@@ -214,8 +221,8 @@ def arrival(interchange: dict | None) -> dict | None:
         return None
     sweep, best = interchange["sweep"], interchange["sweep"]["best_end"]
     at_end = [loc for loc in sweep["locations"] if loc["position"] == "END"]
-    before = next((loc for loc in at_end if loc["kind"] == "resid_post" and loc["layer"] == best["layer"] - 1), None) \
-        or next((loc for loc in at_end if loc["kind"] == "resid_pre" and loc["layer"] == 0), None)
+    # END before layer 0 is the same token in base and source prompts: 0 by construction, not a contrast
+    before = next((loc for loc in at_end if loc["kind"] == "resid_post" and loc["layer"] == best["layer"] - 1), None)
     parts = [loc for loc in at_end if loc["kind"] in ("z", "attn_out", "mlp_out") and loc["layer"] <= best["layer"]]
     pick = lambda loc: {"label": loc["label"], "iia": loc["iia"], "iia_ci95": loc["iia_ci95"]}  # noqa: E731
     earlier = before if before and before is not best else None

@@ -19,7 +19,7 @@ from opposites.outline import Item, Outline
 from opposites.provenance import versions
 from opposites.summary import summarize
 from opposites import circuit_metrics, derived, findings, overlap, sharing
-from opposites.texutil import code, component_runs, fmt, fmt_ci, pct, tex_escape
+from opposites.texutil import code, component_runs, fmt, fmt_ci, fmt_ci_to, pct, tex_escape
 
 
 class LatexError(RuntimeError):
@@ -33,7 +33,7 @@ def environment(template_dir: str | Path) -> jinja2.Environment:
         block_end_string="%>", variable_start_string="<<", variable_end_string=">>",
         comment_start_string="<#", comment_end_string="#>", trim_blocks=True, lstrip_blocks=True,
         undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
-    env.filters |= {"fmt": fmt, "ci": fmt_ci, "pct": pct, "tex": tex_escape, "code": code, "runs": component_runs}
+    env.filters |= {"fmt": fmt, "ci": fmt_ci, "pct": pct, "tex": tex_escape, "code": code, "runs": component_runs, "cito": fmt_ci_to}
     return env
 
 

@@ -93,28 +93,32 @@ def overlap_support(pair: dict) -> str:
     composition-matched null, or where that null has no freedom (a circuit uses every head of its
     layers), the edge overlap against its null. 'not testable': even the largest overlap sets of
     these sizes can have would not reach SUPPORT_PERCENTILE of the null (few heads, circuits that
-    hold most of them), so the test could never support sharing here."""
+    hold most of them), so the test could never support sharing here. The head overlap must beat
+    both head nulls (where the uniform one is computed): random circuits of the same composition
+    spread over more heads than a real circuit that concentrates on a few layers, so against that
+    null alone a circuit holding most heads looks like sharing (an intersection-union test: each
+    null at the same level)."""
     heads, edges = pair.get("heads_jaccard_null"), pair.get("edges_jaccard_null")
     if heads and heads[0] != heads[2]:
-        what = "heads"
+        nulls = ["heads"] + (["heads_uniform"] if "heads_uniform_jaccard_percentile" in pair else [])
     elif edges and edges[0] != edges[2]:
-        what = "edges"
+        nulls = ["edges"]
     else:
         return "not measurable"
-    if pair.get(f"{what}_jaccard_reachable", 100.0) < SUPPORT_PERCENTILE:
+    if any(pair.get(f"{n}_jaccard_reachable", 100.0) < SUPPORT_PERCENTILE for n in nulls):
         return "not testable"
-    return "supports" if pair[f"{what}_jaccard_percentile"] >= SUPPORT_PERCENTILE else "chance"
+    return "supports" if all(pair[f"{n}_jaccard_percentile"] >= SUPPORT_PERCENTILE for n in nulls) else "chance"
 
 
 def overlap_p_value(pair: dict) -> float:
-    """One-sided p-value of the decisive overlap (overlap_support's: heads where that null has
-    freedom, else edges) against its null: the share of null draws above it, ties counted half
-    (1 - percentile / 100); NaN where the overlap is not testable or not measurable."""
+    """One-sided p-value of the decisive overlap (overlap_support's nulls) against its null: the
+    share of null draws above it, ties counted half (1 - percentile / 100), the largest over the
+    head nulls where both decide; NaN where the overlap is not testable or not measurable."""
     if overlap_support(pair) not in ("supports", "chance"):
         return math.nan
     heads = pair.get("heads_jaccard_null")
-    what = "heads" if heads and heads[0] != heads[2] else "edges"
-    return 1 - pair[f"{what}_jaccard_percentile"] / 100
+    nulls = ["heads", "heads_uniform"] if heads and heads[0] != heads[2] else ["edges"]
+    return max(1 - pair[f"{n}_jaccard_percentile"] / 100 for n in nulls if f"{n}_jaccard_percentile" in pair)
 
 
 TESTED = ("transfers", "does not transfer", "inconclusive")  # the location carries the word within both tasks

@@ -375,7 +375,8 @@ def sharing(data: dict, tasks: list[str]) -> str:
         t, rep = p["transfer"], p["replication"]
         o = p["overlap_pair"]
         overlap = f"{fmt(o['heads_jaccard'])} / {fmt(o['edges_jaccard'])}" + (
-            f" (pct. {fmt(o['heads_jaccard_percentile'], 0)} / {fmt(o['edges_jaccard_percentile'], 0)})"
+            f" (pct. {fmt(o['heads_jaccard_percentile'], 0)} / {fmt(o['edges_jaccard_percentile'], 0)}"
+            + (f"; unif. {fmt(o['heads_uniform_jaccard_percentile'], 0)}" if "heads_uniform_jaccard_percentile" in o else "") + ")"
             if "heads_jaccard_percentile" in o else "") + f": {p['overlap']}" + (
             f" ($p = {fmt(p['overlap_p'], 3)}$, Holm over {p['overlap_n_tested']})" if p.get("overlap_n_tested") and p["overlap_p"] == p["overlap_p"] else "")
         held = [r["component"] for r in t.get("rows", []) if r["verdict"] == "inconclusive after Holm"]
@@ -432,10 +433,14 @@ def glance(data: dict, tasks: list[str]) -> str:
     rows = []
     for task in tasks:
         g = mechanism_glance(data, task, interchange_facts(data, task))
-        located = (f"END {tex_escape(g['located'])}: {fmt_ci(g['iia'], g['iia_ci95'])}" if g["located"] else "not located")
+        before = (g["arrival"] or {}).get("before")
+        located = (f"END {tex_escape(g['located'])}: {fmt_ci(g['iia'], g['iia_ci95'])}" if g["located"] else "not located") + (
+            f" ({tex_escape(before['label'])}: {fmt_ci(before['iia'], before['iia_ci95'])}, not separated)"
+            if g["located_not_separated"] and before else "")
         das = {"found": lambda: f"$k = {g['das_k']}$ of {g['n_candidates']} answers: {fmt_ci(g['das_iia'], g['das_iia_ci95'])}"
                                 + (f" (train {fmt(g['das_train_iia'])})" if g.get("das_train_iia") is not None else ""),
-               "not testable": lambda: "not testable (too few held-out words)",
+               "not testable": lambda: ("not testable (too few held-out words)" if g["das_too_few_words"]
+                                        else "not testable (a perfect match could not pass)"),
                "none": lambda: "no tested $k$ is shown equivalent", None: lambda: "--"}[g["das_status"]]()
         carried = (f"{g['circuit_edges']} edges: {fmt_ci(g['share_carried'], g['share_carried_ci95'])}"
                    if g["share_carried"] is not None else
@@ -458,11 +463,10 @@ def glance(data: dict, tasks: list[str]) -> str:
 
 @table
 def movers_shift(data: dict, tasks: list[str]) -> str:
-    """What the named heads key on (analysis shift): per head (movers, heads tied on the stated path,
-    IOI's heads under the IO-changing corruption), the role it attends to most from END and, per
-    shift of that role's word, END's attention to the word's new position minus its old one with its
-    interval, and the verdict; per task, a row of the task's logit difference change under each
-    shift."""
+    """What the named heads key on (analysis shift): per head (movers, heads tied on the stated
+    path), the role it attends to most from END and, per shift of that role's word, END's attention
+    to the word's new position minus its old one with its interval, and the verdict; per task, a
+    row of the task's logit difference change under each shift."""
     from opposites.findings import glance as mechanism_glance, interchange_facts
 
     shifts = ("before", "after", "swap")

@@ -50,6 +50,15 @@ def fmt_ci(value: float, ci: list[float] | None, digits: int = 2) -> str:
     return f"{shown} [{fmt(ci[0], places, exact=True)}, {fmt(ci[1], places, exact=True)}]"
 
 
+def fmt_ci_to(value: float, ci: list[float], digits: int = 2) -> str:
+    """'value, CI low to high' for a sentence, the bounds with the estimate's decimals (fmt_ci)."""
+    cell = fmt_ci(value, ci, digits)
+    if cell.endswith("[n too small]") or "[" not in cell:
+        return cell.replace(" [n too small]", ", n too small for an interval")
+    low, high = cell.split(" [", 1)[1].rstrip("]").split(", ")
+    return f"{fmt(value, digits)}, CI {low} to {high}"
+
+
 def pct(x: float | None) -> str:
     """A share as a percentage for the text ('n/a' when undefined)."""
     return "n/a" if x is None else f"{100 * x:.0f}\\%"

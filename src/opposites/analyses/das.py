@@ -189,7 +189,11 @@ def das_at(model, train: list[PairBatch], test: list[PairBatch], ids: Tensor, si
         per_k.append({"k": k, **iia(learned, clusters, seed), "train_iia": hits(basis, train).double().mean().item(),
                       "minus_full": paired(learned, full, clusters, seed),
                       "random_iia_mean": sum(draws) / len(draws), "random_iia_max": max(draws)})
-    return {"site": site, "position": position, "layer": where.layer, "d": d, "full": iia(full, clusters, seed),
+    # the paired interval a perfect match (DAS's hits equal to the whole vector's) would get: the
+    # equivalence test can pass only where its lower end is within the margin
+    best_case = newcombe_paired(full, full, clusters)
+    return {"site": site, "position": position, "layer": where.layer, "d": d,
+            "full": {**iia(full, clusters, seed), "perfect_match95": best_case},
             "steps": len(trace), "max_steps": steps, "capped": steps < STEPS and len(trace) == steps, "k": per_k}
 
 

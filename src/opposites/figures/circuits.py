@@ -44,6 +44,8 @@ def circuit_graph(data: dict, tasks: list[str], max_edges: int = 60):
         held = paper_circuit_row(c)["held_out"]["recovered"]
         ax.set(title=f"{task}: {c['n_edges']} edges\nheld out {held:.2f}", ylabel="layer")
         ax.set(xlim=(-0.8, n_heads + 1.3), ylim=(-1.6, top + 0.6))  # texts do not widen the limits
+        layers = sorted({int(x.layer) for x in shown if x.layer is not None})
+        ax.set_yticks([-1.0, *layers, top], ["E", *map(str, layers), "L"])  # embedding, layers (heads), logits
         ax.set_xticks([])
         ax.grid(False)
 

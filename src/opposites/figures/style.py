@@ -133,4 +133,4 @@ def role_heatmap(ax, df, title: str, by_construction: pd.Series | None = None) -
     ax.set_xticks(range(len(roles)), roles, rotation=90)
     ax.set(title=title, ylabel="layer")
     ax.grid(False)
-    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03).set_label("normalised LD")

@@ -208,16 +208,14 @@ def path_to_receivers(pair: Pair, sender: tuple[int, int], layers: list[int] | N
 
 def path_to_mlps(pair: Pair, sender: tuple[int, int], layers: list[int] | None = None) -> Tensor:
     """(layer + 1, batch) path patching: row l < n_layers, the sender head's source-run output
-    reaches only MLP l's input (from the sender's own layer on) and that MLP's change flows on; the
-    last row, it reaches only the logits (its direct path). Rows before the sender's layer, and
-    those outside `layers` where given (the logits' row is n_layers), are NaN."""
+    reaches only MLP l's input (from the sender's own layer on) and that MLP's change flows on; row
+    n_layers, only the logits (its direct path). Rows before the sender's, or not in `layers`, are NaN."""
     ls, hs = sender
     L = pair.weights.n_layers
     out = torch.full((L + 1, pair.n), float("nan"), dtype=pair.base_ld.dtype, device=pair.base_ld.device)
     write = head_writes(pair, ls, pair.src[f"z.{ls}"])[hs]  # (batch, pos, d_model)
     for lr in (l for l in range(ls, L) if layers is None or l in layers):
-        moved = engine.mlp(pair.weights, lr, pair.base[f"resid_mid.{lr}"] + write)  # (batch, pos, d_model)
-        change = moved - pair.base[f"mlp_out.{lr}"]
+        change = engine.mlp(pair.weights, lr, pair.base[f"resid_mid.{lr}"] + write) - pair.base[f"mlp_out.{lr}"]  # (batch, pos, d_model)
         out[lr] = sweep(pair, lr + 1, "pre", 1, lambda variants: change[None])[0]
     if layers is None or L in layers:
         out[L] = sweep(pair, L, "pre", 1, lambda variants: write[None])[0]
