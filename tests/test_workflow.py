@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -207,6 +208,30 @@ def test_trained_model_paper_builds_offline(tmp_path, trained_dir):
     assert references <= 10 and len([p for p in pages if p.strip()]) <= 20, \
         f"page budget: main text at most 10 pages (references on p. {references}), at most 20 in all ({len(pages)})"
     assert not words_outside_the_text_block(pdf)
+    cited, missing = tables_cited_for_tasks(work / "results/trained")
+    assert cited and not missing, missing  # a task's paragraph cites only tables that hold that task's rows
+
+
+def tables_cited_for_tasks(results: Path, tasks=("ioi", "size", "antonym", "isa")) -> tuple[int, list]:
+    """In the rendered paper.tex, per section: the tasks it gives a paragraph (opened by
+    \\textbf{task.}) and the tables on the pages it cites (\\ref{tab:id}); how many (task, table)
+    pairs there are, and those whose table names tasks in its rows but not this one (the text
+    citing, for a task, a table that lacks its rows)."""
+    tex = (results / "paper/paper.tex").read_text()
+    off_pages = set(re.findall(r"refstepcounter\{reporttable\}\\label\{tab:(\w+)\}", tex))  # in the HTML report only
+    count, missing = 0, []
+    for section in re.split(r"\\(?:sub)?section\{", tex):
+        described = set(re.findall(r"\\textbf\{([a-z]+)\.\}", section)) & set(tasks)
+        for table in sorted(set(re.findall(r"\\ref\{tab:(\w+)\}", section))):
+            path = results / "tables" / f"{table}.tex"
+            if table in off_pages or not path.exists():
+                continue
+            named = [t for t in tasks if re.search(rf"(^|\n){t} ", path.read_text())]
+            for task in sorted(described):
+                count += 1
+                if named and task not in named:
+                    missing.append((task, table, named))
+    return count, missing
 
 
 def test_archive_round_trip_builds_the_paper_offline_and_refuses_tampering(built, tmp_path):
