@@ -262,6 +262,8 @@ def test_table_and_prose_facts_follow_the_intervals(located):
                      and k["minus_full"]["ci95"][0] >= -EQUIVALENCE_MARGIN]  # within the margin of the whole vector
         assert facts["das_k"] == (supported[0] if supported and testable else None), (task, facts["das_k"])
     assert table(data, list(located)).count(located["size"][0]["best_end"]["label"]) >= 1
+    # the table flags exactly the rows the text makes no DAS claim for (one test, findings.interchange_facts)
+    assert table(data, list(located)).count("not testable") == sum(not interchange_facts(data, t)["das_testable"] for t in located)
     weak = {**located["size"][0], "best_end": {**located["size"][0]["best_end"], "iia": 0.5, "iia_ci95": [0.38, 0.62]}}
     facts = interchange_facts({"interchange": {"size": weak}, "das": {"size": located["size"][1]}}, "size")
     assert not facts["end_carries"]  # an interval reaching 1/2: no claim that END carries the value

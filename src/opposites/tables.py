@@ -7,7 +7,7 @@ from typing import Callable
 
 import pandas as pd
 
-from opposites.derived import (CLASSES, MIN_CLUSTERS, classify_components, end_attention_to_roles, ioi_head_classes, largest_abs,
+from opposites.derived import (CLASSES, classify_components, end_attention_to_roles, ioi_head_classes, largest_abs,
                                matched_control, opposite_tasks, role_preferences)
 from opposites.derived import head_routes as derived_head_routes  # the table of the same name is below
 from opposites.overlap import compare, gpt2_classes, graph_of
@@ -333,16 +333,19 @@ def interchange(data: dict, tasks: list[str]) -> str:
     word's own position at that point, and DAS on held-out words against random subspaces, DAS at
     the source word's position after the same layer, and the full interchange; the number of
     candidate answers beside k."""
+    from opposites.findings import interchange_facts
+
     rows = []
     for task in tasks:
-        sweep, das = data["interchange"][task], data["das"][task]
+        facts, das = interchange_facts(data, task), data["das"][task]  # what the text claims, from the same test
+        sweep, at_end = facts["sweep"], facts["das"]
         end, role = sweep["best_end"], sweep["role_at_best_end"]
-        at_end = next(loc for loc in das["locations"] if loc["site"] == end["site"] and loc["position"] == "END")
         source = {k["k"]: k for loc in das["locations"] if loc.get("point") == "source" for k in loc["k"]}
         ks = "; ".join(f"{k['k']}: {fmt(k['iia'])} ({fmt(k['train_iia']) if 'train_iia' in k else '--'}; {fmt(k['random_iia_mean'])}"
                        + (f"; {fmt(source[k['k']]['iia'])}" if k["k"] in source else "") + ")" for k in at_end["k"])
-        if at_end["k"] and at_end["k"][0]["n_clusters"] < MIN_CLUSTERS:  # as findings.interchange_facts: no claim
-            ks = f"not testable (held out from {at_end['k'][0]['n_clusters']} words): " + ks
+        if at_end["k"] and not facts["das_testable"]:  # no claim, and why
+            ks = (f"not testable (held out from {at_end['k'][0]['n_clusters']} words): " if facts["das_too_few_words"]
+                  else "not testable (a perfect match could not pass): ") + ks
         rows.append([tex_escape(task), str(sweep["n_pairs"]), tex_escape(end["label"]), fmt_ci(end["iia"], end["iia_ci95"]),
                      f"{tex_escape(sweep['role'])}: {fmt_ci(role['iia'], role['iia_ci95'])}",
                      f"{das['n_test']} ({at_end['full']['n_clusters']}) / {das['n_train']}", str(das["n_candidates"]), ks,
