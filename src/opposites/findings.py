@@ -53,11 +53,12 @@ def glance(data: dict, task: str, interchange: dict | None) -> dict:
     movers = [m["head"] for m in data["movers"][task]["movers"]] if task in data.get("movers", {}) else []
     second = io_heads(data, task)
     named = movers + [h for s in sets or [] for h in s["tied"]]  # the heads Table movers_shift lists for every task
+    arrived = arrival(interchange)
     return {"task": task, "does_task": base["does_task"], "accuracy": base["accuracy"],
             "head_sets": sets, "keyed": keys(data, task, named), "io_heads": second, "das_status": das_status(interchange),
             "das_too_few_words": interchange.get("das_too_few_words") if interchange else None,
-            "arrival": arrival(interchange),
-            "located_not_separated": bool((arrival(interchange) or {}).get("before_overlaps")),  # from the point before it
+            "arrival": arrived,
+            "located_not_separated": bool((arrived or {}).get("before_overlaps")),  # from the point before it
             "accuracy_ci95": base["accuracy_ci95"], "n_prompts": base["n_prompts"],
             "path": path[0] if path and supported else None, "path_weakest_score": path[1] if path and supported else None,
             "path_edges": path_edges, "path_n_prompts": paths["n_prompts"] if path_edges else None,

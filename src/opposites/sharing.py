@@ -88,6 +88,15 @@ def disjoint_transfer(transfer: dict[str, dict], a: str, b: str, where: list[str
             for c in where if c in into_b and c in into_a]
 
 
+def deciding_nulls(pair: dict) -> list[str]:
+    """The nulls an overlap is tested against: both head nulls (the uniform one where computed)
+    where the composition-matched head null has freedom, else the edge null where it has, else none."""
+    heads, edges = pair.get("heads_jaccard_null"), pair.get("edges_jaccard_null")
+    if heads and heads[0] != heads[2]:
+        return ["heads"] + (["heads_uniform"] if "heads_uniform_jaccard_percentile" in pair else [])
+    return ["edges"] if edges and edges[0] != edges[2] else []
+
+
 def overlap_support(pair: dict) -> str:
     """'supports', 'chance', 'not testable' or 'not measurable': the head overlap against the
     composition-matched null, or where that null has no freedom (a circuit uses every head of its
@@ -98,12 +107,8 @@ def overlap_support(pair: dict) -> str:
     spread over more heads than a real circuit that concentrates on a few layers, so against that
     null alone a circuit holding most heads looks like sharing (an intersection-union test: each
     null at the same level)."""
-    heads, edges = pair.get("heads_jaccard_null"), pair.get("edges_jaccard_null")
-    if heads and heads[0] != heads[2]:
-        nulls = ["heads"] + (["heads_uniform"] if "heads_uniform_jaccard_percentile" in pair else [])
-    elif edges and edges[0] != edges[2]:
-        nulls = ["edges"]
-    else:
+    nulls = deciding_nulls(pair)
+    if not nulls:
         return "not measurable"
     if any(pair.get(f"{n}_jaccard_reachable", 100.0) < SUPPORT_PERCENTILE for n in nulls):
         return "not testable"
@@ -116,9 +121,7 @@ def overlap_p_value(pair: dict) -> float:
     head nulls where both decide; NaN where the overlap is not testable or not measurable."""
     if overlap_support(pair) not in ("supports", "chance"):
         return math.nan
-    heads = pair.get("heads_jaccard_null")
-    nulls = ["heads", "heads_uniform"] if heads and heads[0] != heads[2] else ["edges"]
-    return max(1 - pair[f"{n}_jaccard_percentile"] / 100 for n in nulls if f"{n}_jaccard_percentile" in pair)
+    return max(1 - pair[f"{n}_jaccard_percentile"] / 100 for n in deciding_nulls(pair))
 
 
 TESTED = ("transfers", "does not transfer", "inconclusive")  # the location carries the word within both tasks
@@ -173,11 +176,12 @@ def replication_support(replication: dict[str, dict] | None, a: str, b: str, sha
     for s in ra["seeds"]:
         ha, hb = set(ra["seeds"][s]["heads"]), set(rb["seeds"][s]["heads"])
         jac.append(len(ha & hb) / len(ha | hb) if ha | hb else 0.0)
+    beyond = set(ra.get("beyond_chance", [])) & set(rb.get("beyond_chance", []))
+    recurring = set(ra["replicated"]) & set(rb["replicated"])
     return {"measured": True, "testable": ra.get("testable", True) and rb.get("testable", True),
             "n_seeds": ra["n_seeds"], "seeds": list(ra["seeds"]),
-            "replicated": [c for c in shared if c in ra.get("beyond_chance", []) and c in rb.get("beyond_chance", [])],
-            "by_default": [c for c in shared if c in ra["replicated"] and c in rb["replicated"]
-                           and not (c in ra.get("beyond_chance", []) and c in rb.get("beyond_chance", []))],
+            "replicated": [c for c in shared if c in beyond],
+            "by_default": [c for c in shared if c in recurring - beyond],
             "heads_jaccard": {"mean": sum(jac) / len(jac), "min": min(jac), "max": max(jac)}}
 
 

@@ -38,25 +38,31 @@ def fmt(x: float, digits: int = 2, exact: bool = False) -> str:
     return s.replace("-", "$-$", 1) if s.startswith("-") else s
 
 
+def _interval(value: float, ci: list[float], digits: int) -> tuple[str, str, str] | None:
+    """(estimate, low, high) as text, the bounds with the estimate's decimals (one format per
+    interval); None where the interval is NaN for lack of clusters and the value is not."""
+    shown = fmt(value, digits)
+    if all(isinstance(x, float) and math.isnan(x) for x in ci) and shown != "n/a":
+        return None
+    places = len(shown.rsplit(".", 1)[1]) if "." in shown else digits
+    return shown, fmt(ci[0], places, exact=True), fmt(ci[1], places, exact=True)
+
+
 def fmt_ci(value: float, ci: list[float] | None, digits: int = 2) -> str:
     """'value [low, high]' for a table cell or sentence; 'value [n too small]' where the interval is
     NaN for lack of clusters (circuits.clustered_interval) and the value is not."""
     if ci is None:
         return fmt(value, digits)
-    if all(isinstance(x, float) and math.isnan(x) for x in ci) and fmt(value, digits) != "n/a":
-        return f"{fmt(value, digits)} [n too small]"
-    shown = fmt(value, digits)  # the bounds get the estimate's decimals: one format per interval
-    places = len(shown.rsplit(".", 1)[1]) if "." in shown else digits
-    return f"{shown} [{fmt(ci[0], places, exact=True)}, {fmt(ci[1], places, exact=True)}]"
+    parts = _interval(value, ci, digits)
+    return f"{fmt(value, digits)} [n too small]" if parts is None else "{} [{}, {}]".format(*parts)
 
 
-def fmt_ci_to(value: float, ci: list[float], digits: int = 2) -> str:
+def fmt_ci_to(value: float, ci: list[float] | None, digits: int = 2) -> str:
     """'value, CI low to high' for a sentence, the bounds with the estimate's decimals (fmt_ci)."""
-    cell = fmt_ci(value, ci, digits)
-    if cell.endswith("[n too small]") or "[" not in cell:
-        return cell.replace(" [n too small]", ", n too small for an interval")
-    low, high = cell.split(" [", 1)[1].rstrip("]").split(", ")
-    return f"{fmt(value, digits)}, CI {low} to {high}"
+    if ci is None:
+        return fmt(value, digits)
+    parts = _interval(value, ci, digits)
+    return f"{fmt(value, digits)}, n too small for an interval" if parts is None else "{}, CI {} to {}".format(*parts)
 
 
 def pct(x: float | None) -> str:

@@ -45,7 +45,7 @@ def replication(model, rows: list[dict], batch_size: int, seed: int, circuit: di
     every = [set(s["components"]) for s in per_seed.values()]
     order = per_seed[str(seed)]["components"]
     replicated = [x for x in order if all(x in e for e in every)]
-    others = [summary(c)["components"] for _, c in sorted(seeds.items())]
+    others = [s["components"] for name, s in per_seed.items() if name != str(seed)]
     chance = {x: composition_chance(x, others, model.cfg.n_heads) for x in replicated}
     return {"task": rows[0]["task"], "measured": bool(seeds), "n_seeds": len(per_seed), "seeds": per_seed,
             "testable": bool(seeds) and model.cfg.n_heads ** -len(seeds) < ALPHA, "heads_per_layer": model.cfg.n_heads,
