@@ -3,13 +3,19 @@ import re
 import pytest
 
 from opposites import outline, paper
-from opposites.texutil import fmt, tex_escape
+from opposites.texutil import fmt, fmt_ci, fmt_ci_to, tex_escape
 
 
 def test_fmt_and_escape():
     assert fmt(1.234) == "1.23" and fmt(-0.5) == "$-$0.50" and fmt(0.00123) == "0.0012"
     assert fmt(float("nan")) == "n/a" and fmt(0.0) == "0.00"
     assert fmt(-6.9e-05) == "$-$0.000069" and fmt(-6.4e-09) == "0.00"  # no exponent; float noise is 0
+    # an interval's bounds take its estimate's decimals, in a cell and in a sentence alike
+    assert fmt_ci(0.0037, [0.0011, 0.01]) == "0.0037 [0.0011, 0.0100]"
+    assert fmt_ci(0.01, [-6.9e-05, 0.02]) == "0.01 [$-$0.00, 0.02]"  # not [-0.000069, 0.02]
+    assert fmt_ci_to(0.0037, [0.0011, 0.01]) == "0.0037, CI 0.0011 to 0.0100"
+    nan = float("nan")
+    assert fmt_ci(0.5, [nan, nan]) == "0.50 [n too small]" and fmt_ci_to(0.5, [nan, nan]) == "0.50, n too small for an interval"
     assert tex_escape("a_b & 50% {x}") == r"a\_b \& 50\% \{x\}"
     assert tex_escape("ab\ufffd\u00e9") == "ab??"
 
