@@ -264,9 +264,33 @@ def test_table_and_prose_facts_follow_the_intervals(located):
     assert table(data, list(located)).count(located["size"][0]["best_end"]["label"]) >= 1
     # the table flags exactly the rows the text makes no DAS claim for (one test, findings.interchange_facts)
     assert table(data, list(located)).count("not testable") == sum(not interchange_facts(data, t)["das_testable"] for t in located)
+    for task in located:  # the DAS cell states the verdict, then the largest k the figure shows last
+        facts = interchange_facts(data, task)
+        cell = next(line for line in table(data, [task]).splitlines() if line.startswith(task)).split(" & ")[7]
+        verdict = f"$k = {facts['das_k']['k']}$" if facts["das_k"] else ("not testable" if not facts["das_testable"] else "no $k$")
+        assert cell.startswith(verdict) and f"$k = {facts['das']['k'][-1]['k']}$:" in cell, (task, cell)
     weak = {**located["size"][0], "best_end": {**located["size"][0]["best_end"], "iia": 0.5, "iia_ci95": [0.38, 0.62]}}
     facts = interchange_facts({"interchange": {"size": weak}, "das": {"size": located["size"][1]}}, "size")
     assert not facts["end_carries"]  # an interval reaching 1/2: no claim that END carries the value
+
+
+def test_das_figure_draws_every_k_and_says_which_tasks_are_testable(located):
+    """Figure das_curve: per task one held-out IIA point per k (with its interval), the training and
+    random curves beside it, and a title that says "not testable" exactly where the table does."""
+    import matplotlib.pyplot as plt
+
+    from opposites.figures.mechanism import das_curve
+    from opposites.findings import interchange_facts
+
+    data = {"interchange": {t: located[t][0] for t in located}, "das": {t: located[t][1] for t in located}}
+    fig = das_curve(data, list(located))
+    for ax, task in zip(fig.axes, located):
+        facts = interchange_facts(data, task)
+        ks = [k["k"] for k in facts["das"]["k"]]
+        held = next(c for c in ax.containers if c.get_label() == "DAS, held out").lines[0]  # the errorbar's data line
+        assert list(held.get_xdata()) == ks and list(held.get_ydata()) == [k["iia"] for k in facts["das"]["k"]]
+        assert ("not testable" in ax.get_title()) == (not facts["das_testable"]), ax.get_title()
+    plt.close(fig)
 
 
 def test_das_stops_when_the_loss_stops_falling():

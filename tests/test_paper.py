@@ -11,9 +11,14 @@ def test_fmt_and_escape():
     assert fmt(float("nan")) == "n/a" and fmt(0.0) == "0.00"
     assert fmt(-6.9e-05) == "$-$0.000069" and fmt(-6.4e-09) == "0.00"  # no exponent; float noise is 0
     # an interval's bounds take its estimate's decimals, in a cell and in a sentence alike
-    assert fmt_ci(0.0037, [0.0011, 0.01]) == "0.0037 [0.0011, 0.0100]"
-    assert fmt_ci(0.01, [-6.9e-05, 0.02]) == "0.01 [$-$0.00, 0.02]"  # not [-0.000069, 0.02]
-    assert fmt_ci_to(0.0037, [0.0011, 0.01]) == "0.0037, CI 0.0011 to 0.0100"
+    # (the bracket never breaks across lines; a sentence's interval breaks only before "to")
+    assert fmt_ci(0.0037, [0.0011, 0.01]) == "0.0037 [0.0011,~0.0100]"
+    assert fmt_ci(0.01, [-6.9e-05, 0.02]) == "0.01 [0.00,~0.02]"  # not [-0.000069, 0.02], nor -0.00
+    assert fmt_ci(-0.01, [-0.02, 0.004]) == "$-$0.01 [$-$0.02,~0.00]"
+    # a small estimate keeps significant digits only where its interval resolves them
+    assert fmt_ci(-0.0027, [-0.0239, 0.0132]) == "0.00 [$-$0.02,~0.01]"
+    assert fmt(-0.3, 0) == "0" and fmt(-0.004, 2, exact=True) == "0.00"
+    assert fmt_ci_to(0.0037, [0.0011, 0.01]) == "0.0037, CI~0.0011 to~0.0100"
     nan = float("nan")
     assert fmt_ci(0.5, [nan, nan]) == "0.50 [n too small]" and fmt_ci_to(0.5, [nan, nan]) == "0.50, n too small for an interval"
     assert tex_escape("a_b & 50% {x}") == r"a\_b \& 50\% \{x\}"
@@ -97,6 +102,14 @@ def test_bad_outline_rejected(tmp_path, item, match):
 
 def test_escaped_specials_math_and_template_expressions_are_accepted():
     outline.check_latex(r"50\% of $W_U$, << (config.circuit_share * 100) | fmt(0) >>\% and \& more", "x")
+    outline.check_latex(r"every $k$ is in Figure~\ref{fig:das_curve}", "x")  # a label's _ is not text
+    with pytest.raises(outline.OutlineError, match="its '_' near"):
+        outline.check_latex(r"Figure~\ref{fig:das_curve} of das_curve", "x")
+
+
+def test_report_captions_name_cross_referenced_items_by_id():
+    item = outline.Item("x", "figure", "s", [], ["ioi"], r"As Figure~\ref{fig:das_curve} and Section~\ref{sec:sharing}.")
+    assert paper.caption_text(item, {}) == "As Figure 'das\\_curve' and Section 'sharing'."
 
 
 def test_compile_error_shows_log_lines(tmp_path):

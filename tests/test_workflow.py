@@ -78,9 +78,21 @@ def words_outside_the_text_block(pdf) -> list[str]:
     return out
 
 
+def typesetting_defects(pdf) -> list[str]:
+    """An interval's bracket split across lines ("[0.86," ending one line, "1.00]" opening the next,
+    in a narrow table cell) and a zero printed with a minus sign ("-0.00")."""
+    xml = subprocess.run(["pdftotext", "-bbox", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    words = [(m[3], float(m[2])) for m in re.finditer(r'xMin="([\d.]+)" yMin="([\d.]+)" xMax="[\d.]+" yMax="[\d.]+">(.*)</word>', xml)]
+    out = [f"split interval: {a} / {b}" for (a, ya), (b, yb) in zip(words, words[1:])
+           if re.fullmatch(r"\[[^\]]*,", a) and abs(ya - yb) > 2]
+    return out + [f"signed zero: {w}" for w, _ in words if re.search(r"\u2212(?:0\.0+|0)(?![\d.])", w)]
+
+
 def test_no_text_runs_into_the_margins(built):
-    """A formula, a config line or a figure wider than the text once ran past the right margin."""
+    """A formula, a config line or a figure wider than the text once ran past the right margin; an
+    interval once broke across the lines of a narrow table cell."""
     assert not words_outside_the_text_block(built / "results/toy/paper/paper.pdf")
+    assert not typesetting_defects(built / "results/toy/paper/paper.pdf")
 
 
 def pdf_pages(pdf) -> list[str]:
@@ -207,7 +219,7 @@ def test_trained_model_paper_builds_offline(tmp_path, trained_dir):
     references = next(i for i, p in enumerate(pages, 1) if re.search(r"^\s*References\s*$", p, re.M))
     assert references <= 10 and len([p for p in pages if p.strip()]) <= 20, \
         f"page budget: main text at most 10 pages (references on p. {references}), at most 20 in all ({len(pages)})"
-    assert not words_outside_the_text_block(pdf)
+    assert not words_outside_the_text_block(pdf) and not typesetting_defects(pdf)
     cited, missing = tables_cited_for_tasks(work / "results/trained")
     assert cited and not missing, missing  # a task's paragraph cites only tables that hold that task's rows
 

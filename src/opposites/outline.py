@@ -11,6 +11,7 @@ import re
 import yaml
 
 MATH = re.compile(r"\$[^$]*\$")  # inline math, where _ and ^ are fine
+LABEL = re.compile(r"\\(?:ref|label)\{[^}]*\}")  # a cross-reference's label, where _ is fine
 BARE = re.compile(r"(?<!\\)[%&#_^]")  # LaTeX specials not escaped with a backslash
 JINJA = re.compile(r"<<.*?>>|<%.*?%>", re.S)  # template expressions, filled before LaTeX sees them
 
@@ -18,7 +19,7 @@ JINJA = re.compile(r"<<.*?>>|<%.*?%>", re.S)  # template expressions, filled bef
 def check_latex(text: str, where: str) -> None:
     """Captions and titles are LaTeX: a bare %, &, #, _ or ^ (outside $...$) would break the build
     with an error pointing at the generated paper.tex; name the item and the fix instead."""
-    plain = MATH.sub("", JINJA.sub("", text))
+    plain = LABEL.sub("", MATH.sub("", JINJA.sub("", text)))
     bad = BARE.search(plain)
     if bad:
         start = max(0, bad.start() - 30)

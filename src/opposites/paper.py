@@ -37,7 +37,7 @@ def environment(template_dir: str | Path) -> jinja2.Environment:
     return env
 
 
-LATEX_TEXT = [(r"\\%", "%"), (r"\\&", "&"), (r"\\_", "_"), (r"\\to\b", "→"), (r"\\rho\b", "ρ"),
+LATEX_TEXT = [(r"\\ref\{(?:fig|tab|sec|app):([^}]*)\}", r"'\1'"), (r"\\%", "%"), (r"\\&", "&"), (r"\\_", "_"), (r"\\to\b", "→"), (r"\\rho\b", "ρ"),
               (r"\\(?:emph|textbf|texttt|textit)\{([^}]*)\}", r"\1"), (r"~", " "), (r"\$", "")]
 
 

@@ -23,9 +23,9 @@ def table(fn: Callable) -> Callable:
 
 
 def tabular(columns: str, header: list[str], rows: list[list[str]]) -> str:
-    """A booktabs tabular; paragraph (p{...}) columns are set ragged right, so a narrow cell never
-    stretches its words apart."""
-    columns = re.sub(r"(?<![>}])p\{", r">{\\raggedright\\arraybackslash}p{", columns)
+    """A booktabs tabular; paragraph (p{...}) columns are set ragged right and unhyphenated, so a
+    narrow cell never stretches its words apart nor splits one across lines."""
+    columns = re.sub(r"(?<![>}])p\{", r">{\\raggedright\\arraybackslash\\hyphenpenalty=10000}p{", columns)
     lines = [f"\\begin{{tabular}}{{{columns}}}", "\\toprule", " & ".join(header) + r" \\", "\\midrule"]
     lines += [" & ".join(r) + r" \\" for r in rows]
     return "\n".join(lines + ["\\bottomrule", "\\end{tabular}", ""])
@@ -43,10 +43,14 @@ def datasets(data: dict, tasks: list[str]) -> str:
                      tex_escape(spec["corruption"]) + "; contrast: " + tex_escape(spec["contrast"]),
                      f"{base['n_prompts']} ({base['n_words']} {CLUSTER_UNIT[spec['family']]})", fmt_ci(base["logit_diff_mean"], base["logit_diff_mean_ci95"]),
                      fmt_ci(base["accuracy"], base["accuracy_ci95"]),
-                     " / ".join(fmt(base[k]) for k in ("top1", "top1_wrong", "top1_other")), own])
-    return tabular(r"l p{3.2cm} p{3.8cm} p{1.4cm} p{2.0cm} p{1.6cm} p{1.6cm} p{1.6cm}",
+                     *(fmt(base[k]) for k in ("top1", "top1_wrong", "top1_other")), own])
+    return tabular(r"l p{2.8cm} p{3.3cm} p{1.7cm} p{2.0cm} p{1.8cm} p{1.0cm} p{1.0cm} p{1.0cm} p{1.8cm}",
                    ["task", "example", "corruption; contrast", "$n$ (distinct words)", "logit diff [95\\% CI]",
-                    "answer beats wrong [95\\% CI]", "top-1: answer / wrong / other", "corrupted: own answer wins"], rows)
+                    "answer beats wrong [95\\% CI]", "top-1: answer", "top-1: wrong", "top-1: other",
+                    "corrupted: own answer wins"], rows)
+
+
+COMPONENT_NAME = {"attn": "attention", "mlp": "MLP"}
 
 
 @table
@@ -54,10 +58,10 @@ def followup(data: dict, tasks: list[str]) -> str:
     rows = []
     for task in tasks:
         sel = data["patch_followup"][task]["selection"]
-        layer = lambda s: f"{s['component']} {s['layer']} ({fmt_ci(s['direct'], s['direct_ci95'])}; {fmt(s['step'])})"  # noqa: E731
-        layers = ", ".join(layer(s) for s in sel["layers"])
-        by_step = ", ".join(f"{s['component']} {s['layer']}" for s in sel.get("layers_by_step", []))
-        heads = ", ".join(f"{h['label']} ({fmt(h['dla'])})" for h in sel["heads"])
+        name = lambda s: f"{COMPONENT_NAME[s['component']]} {s['layer']}"  # noqa: E731
+        layers = ", ".join(f"{name(s)} ({fmt_ci(s['direct'], s['direct_ci95'])}; {fmt(s['step'])})" for s in sel["layers"])
+        by_step = ", ".join(name(s) for s in sel.get("layers_by_step", []))
+        heads = ", ".join(f"{h['label']}~({fmt(h['dla'])})" for h in sel["heads"])
         rows.append([tex_escape(task), layers, by_step, heads])
     return tabular(r"l p{5.0cm} p{2.4cm} p{4.0cm}", ["task", "layers (direct contribution; logit-lens step)",
                                                      "largest steps", "heads (DLA)"], rows)
@@ -258,7 +262,9 @@ def circuit_compare(data: dict, tasks: list[str]) -> str:
         c = data["circuit"][task]
         for r in c["at_size"]:
             held, paper = r["held_out"], (r["method"], r["how"]) == (c["method"], c["how"])
-            rows.append([tex_escape(task), tex_escape(f"{r['method']} ({r['how']})") + (" $\\star$" if paper else ""),
+            # the how in one word (a ranking's "top", EAP-IG's "refined"); ACDC's and the hybrid's are their names
+            how = f" ({r['how']})" if r["how"] != r["method"] and " " not in r["how"] else ""
+            rows.append([tex_escape(task), tex_escape(r["method"] + how) + (" $\\star$" if paper else ""),
                          str(r["n_edges"]), fmt(r["recovered"]), fmt_ci(held["recovered"], held["recovered_ci95"]),
                          lost_without(held),
                          fmt_ci(r["cpr"], r["cpr_ci95"]) if "cpr" in r else "--",
@@ -266,7 +272,7 @@ def circuit_compare(data: dict, tasks: list[str]) -> str:
         if "ACDC" not in c["methods"]:
             rows.append([tex_escape(task), r"\multicolumn{8}{l}{ACDC not run: " + f"{c['total_edges']:,}"
                          + " edges, above the " + f"{c['acdc_max_edges']:,}" + " it runs on (one exact forward per edge and threshold)}"])
-    return tabular(r"l p{4.2cm} r r r r r r r", ["task", "method (circuit)", "edges", "rec. (sel.)", "recovered (held out)",
+    return tabular(r"l p{3.0cm} r r r r r r r", ["task", "method (circuit)", "edges", "rec. (sel.)", "recovered (held out)",
                                                 "lost w/o / emb.", "CPR", "CMD", "CPU s"], rows)
 
 
@@ -330,9 +336,10 @@ def mechanism(data: dict, tasks: list[str]) -> str:
 @table
 def interchange(data: dict, tasks: list[str]) -> str:
     """Per task: where END first carries the source word's value (interchange IIA), the source
-    word's own position at that point, and DAS on held-out words against random subspaces, DAS at
-    the source word's position after the same layer, and the full interchange; the number of
-    candidate answers beside k."""
+    word's own position at that point, the number of candidate answers, DAS's verdict (the smallest k
+    within the margin of the whole vector, or why none is claimed) with the largest k's held-out IIA
+    beside random subspaces and DAS at the source word, and the full interchange. Every k is in the
+    figure das_curve."""
     from opposites.findings import interchange_facts
 
     rows = []
@@ -340,20 +347,30 @@ def interchange(data: dict, tasks: list[str]) -> str:
         facts, das = interchange_facts(data, task), data["das"][task]  # what the text claims, from the same test
         sweep, at_end = facts["sweep"], facts["das"]
         end, role = sweep["best_end"], sweep["role_at_best_end"]
-        source = {k["k"]: k for loc in das["locations"] if loc.get("point") == "source" for k in loc["k"]}
-        ks = "; ".join(f"{k['k']}: {fmt(k['iia'])} ({fmt(k['train_iia']) if 'train_iia' in k else '--'}; {fmt(k['random_iia_mean'])}"
-                       + (f"; {fmt(source[k['k']]['iia'])}" if k["k"] in source else "") + ")" for k in at_end["k"])
-        if at_end["k"] and not facts["das_testable"]:  # no claim, and why
-            ks = (f"not testable (held out from {at_end['k'][0]['n_clusters']} words): " if facts["das_too_few_words"]
-                  else "not testable (a perfect match could not pass): ") + ks
         rows.append([tex_escape(task), str(sweep["n_pairs"]), tex_escape(end["label"]), fmt_ci(end["iia"], end["iia_ci95"]),
                      f"{tex_escape(sweep['role'])}: {fmt_ci(role['iia'], role['iia_ci95'])}",
-                     f"{das['n_test']} ({at_end['full']['n_clusters']}) / {das['n_train']}", str(das["n_candidates"]), ks,
-                     fmt_ci(at_end["full"]["iia"], at_end["full"]["iia_ci95"])])
-    return tabular(r"l r l p{2.2cm} p{2.6cm} r r p{4.4cm} p{2.2cm}",
+                     f"{das['n_test']} ({at_end['full']['n_clusters']}) / {das['n_train']}", str(das["n_candidates"]),
+                     _das_cell(facts), fmt_ci(at_end["full"]["iia"], at_end["full"]["iia_ci95"])])
+    return tabular(r"l r p{1.5cm} p{2.0cm} p{2.3cm} p{1.6cm} r p{5.2cm} p{2.0cm}",
                    ["task", "pairs", "END located", "IIA [95\\% CI]", "source word there", "held out (clusters) / train",
-                    "answers", "DAS held-out IIA by $k$ (train; random; source word)", "full"], rows)
+                    "answers", "DAS: verdict; the largest $k$'s held-out IIA", "full"], rows)
 
+
+def _das_cell(facts: dict) -> str:
+    """The DAS verdict the text states, then the largest k's held-out IIA, the random subspaces'
+    mean and DAS at the source word's position (run at the largest k of the grid only)."""
+    at_end, source = facts["das"], facts["source"]
+    if not at_end["k"]:
+        return "--"
+    if not facts["das_testable"]:
+        verdict = (f"not testable (held out from {at_end['k'][0]['n_clusters']} words)" if facts["das_too_few_words"]
+                   else "not testable (a perfect match could not pass)")
+    else:
+        verdict = f"$k = {facts['das_k']['k']}$" if facts["das_k"] else "no $k$ within the margin"
+    top = at_end["k"][-1]
+    at_source = next((s for s in source["k"] if s["k"] >= top["k"]), None) if source else None  # a larger k bounds it
+    return (f"{verdict}; $k = {top['k']}$: {fmt_ci(top['iia'], top['iia_ci95'])} (random {fmt(top['random_iia_mean'])}"
+            + (f"; source word, $k = {at_source['k']}$: {fmt(at_source['iia'])}" if at_source else "") + ")")
 
 
 def _sharing(data: dict, tasks: list[str]) -> list[dict]:

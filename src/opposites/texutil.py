@@ -27,7 +27,8 @@ TINY = 1e-6  # below this a number prints as 0 (float noise: a patched cell's -6
 def fmt(x: float, digits: int = 2, exact: bool = False) -> str:
     """A number for the text: `digits` decimals, or (unless `exact`) two significant digits when
     that would print 0.00 for a value of at least TINY, never in exponent notation (0.000069, not
-    6.9e-05); a real minus sign; 'n/a' for NaN."""
+    6.9e-05); a real minus sign, never on a number that prints as zero ("0.00", not "-0.00");
+    'n/a' for NaN."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
     if abs(x) < TINY:
@@ -35,13 +36,19 @@ def fmt(x: float, digits: int = 2, exact: bool = False) -> str:
     s = f"{x:.{digits}f}"
     if x != 0 and float(s) == 0 and digits > 0 and not exact:
         s = f"{x:.{1 - math.floor(math.log10(abs(x)))}f}"
+    if float(s) == 0:
+        s = s.lstrip("-")
     return s.replace("-", "$-$", 1) if s.startswith("-") else s
 
 
 def _interval(value: float, ci: list[float], digits: int) -> tuple[str, str, str] | None:
     """(estimate, low, high) as text, the bounds with the estimate's decimals (one format per
-    interval); None where the interval is NaN for lack of clusters and the value is not."""
-    shown = fmt(value, digits)
+    interval): `digits` decimals unless the interval is narrower than their last place, so a small
+    estimate gets fmt's significant digits only where its interval resolves them ("0.00 [-0.02,
+    0.01]", not "-0.0027 [-0.0239, 0.0132]"); None where the interval is NaN for lack of clusters
+    and the value is not."""
+    wide = all(isinstance(x, (int, float)) and not math.isnan(x) for x in ci) and ci[1] - ci[0] >= 10 ** -digits
+    shown = fmt(value, digits, exact=wide)
     if all(isinstance(x, float) and math.isnan(x) for x in ci) and shown != "n/a":
         return None
     places = len(shown.rsplit(".", 1)[1]) if "." in shown else digits
@@ -49,20 +56,22 @@ def _interval(value: float, ci: list[float], digits: int) -> tuple[str, str, str
 
 
 def fmt_ci(value: float, ci: list[float] | None, digits: int = 2) -> str:
-    """'value [low, high]' for a table cell or sentence; 'value [n too small]' where the interval is
-    NaN for lack of clusters (circuits.clustered_interval) and the value is not."""
+    """'value [low, high]' for a table cell or sentence, the bracket unbreakable (a narrow cell breaks
+    before it, never inside it); 'value [n too small]' where the interval is NaN for lack of clusters
+    (circuits.clustered_interval) and the value is not."""
     if ci is None:
         return fmt(value, digits)
     parts = _interval(value, ci, digits)
-    return f"{fmt(value, digits)} [n too small]" if parts is None else "{} [{}, {}]".format(*parts)
+    return f"{fmt(value, digits)} [n too small]" if parts is None else "{} [{},~{}]".format(*parts)
 
 
 def fmt_ci_to(value: float, ci: list[float] | None, digits: int = 2) -> str:
-    """'value, CI low to high' for a sentence, the bounds with the estimate's decimals (fmt_ci)."""
+    """'value, CI low to high' for a sentence, the bounds with the estimate's decimals (fmt_ci); a
+    line may break before 'to', never after 'CI' or 'to'."""
     if ci is None:
         return fmt(value, digits)
     parts = _interval(value, ci, digits)
-    return f"{fmt(value, digits)}, n too small for an interval" if parts is None else "{}, CI {} to {}".format(*parts)
+    return f"{fmt(value, digits)}, n too small for an interval" if parts is None else "{}, CI~{} to~{}".format(*parts)
 
 
 def pct(x: float | None) -> str:

@@ -37,10 +37,10 @@ def circuit_graph(data: dict, tasks: list[str], max_edges: int = 60):
             ax.annotate("", (x1, y1), (x0, y0), arrowprops=dict(
                 arrowstyle="-|>", lw=0.3 + 1.5 * abs(e.score) / lim, alpha=0.7,
                 color="#b2182b" if e.score > 0 else "#2166ac", shrinkA=4, shrinkB=4))
-        for x, (px, py) in xy.items():  # the circle is the label's own box, so the label never spills out
+        for x, (px, py) in xy.items():  # the box is the label's own, so the label never spills out
             label = str(x.head) if x.is_head else str(x).replace("MLP ", "M").replace("embed", "E").replace("logits", "L")
-            ax.text(px, py, label, ha="center",
-                    va="center", fontsize=6, zorder=4, bbox=dict(boxstyle="circle,pad=0.1", fc="white", lw=0.6))
+            box = "circle,pad=0.1" if len(label) == 1 else "round,pad=0.15"  # a circle round "M0" would touch it
+            ax.text(px, py, label, ha="center", va="center", fontsize=6, zorder=4, bbox=dict(boxstyle=box, fc="white", lw=0.6))
         held = paper_circuit_row(c)["held_out"]["recovered"]
         ax.set(title=f"{task}: {c['n_edges']} edges\nheld out {held:.2f}", ylabel="layer")
         ax.set(xlim=(-0.8, n_heads + 1.3), ylim=(-1.6, top + 0.6))  # texts do not widen the limits

@@ -11,7 +11,7 @@ from opposites.figures.style import color, figure, per_task
 
 @figure
 def logit_lens(data: dict, tasks: list[str]):
-    fig, ax = plt.subplots()
+    fig, ax = plt.subplots(figsize=(6.0, 2.0))
     for task in tasks:
         df = accumulated_lens(data["logit_lens"][task])
         ax.plot(df.x, df.value, marker="o", ms=2.5, label=task, color=color(task))
