@@ -120,7 +120,7 @@ def test_head_overlap_must_beat_the_uniform_head_null_too():
     """Trained ioi-size: head Jaccard 0.29, the largest possible (size's 4 heads inside ioi's 14),
     at percentile 99 of the composition-matched null (its random circuits spread over more heads)
     but near the middle of the uniform head null: not support for sharing."""
-    from opposites.sharing import overlap_p_value, overlap_support
+    from opposites.sharing import overlap_p_value, overlap_support, unreachable_null
 
     pair = {"heads_jaccard_null": [0.1, 0.2, 0.27], "heads_jaccard_percentile": 99.3, "heads_jaccard_reachable": 99.3,
             "edges_jaccard_null": [0.2, 0.27, 0.33], "edges_jaccard_percentile": 49.0,
@@ -128,3 +128,6 @@ def test_head_overlap_must_beat_the_uniform_head_null_too():
     assert overlap_support(pair) == "chance" and overlap_p_value(pair) == pytest.approx(0.38)
     assert overlap_support({**pair, "heads_uniform_jaccard_percentile": 98.0}) == "supports"
     assert overlap_support({**pair, "heads_uniform_jaccard_reachable": 90.0}) == "not testable"
+    # the text names the null that cannot be reached, not the composition-matched one (reachable at 99.3)
+    assert unreachable_null(pair) is None
+    assert unreachable_null({**pair, "heads_uniform_jaccard_reachable": 90.0}) == ("heads_uniform", 90.0)

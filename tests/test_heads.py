@@ -273,6 +273,32 @@ def test_components_are_classified_by_the_paired_difference():
                    "both": "answer-over-repeat", "pair": "pair", "low": "pair"}
 
 
+def test_class_table_keeps_only_the_difference_where_the_reference_is_unknown_words():
+    """Table component_classes: with unrelated adjectives the model knows, a row per class and the
+    pair direction; where they are out of distribution (control not measurable) the classes and r
+    rest on that reference, so only the paired difference is listed (components above 0)."""
+    import pandas as pd
+
+    from opposites.tables import component_classes
+
+    def rows(comp, ans, wrong, diff, half=0.1):
+        return [{"component": comp, "layer": 0, "head": 0, "target": t, "value": v, "ci_low": v - half, "ci_high": v + half}
+                for t, v in (("answer", ans), ("wrong", wrong), ("difference", diff))]
+
+    df = pd.DataFrame(rows("up", 3.0, 1.0, 2.0) + rows("pair", 3.0, 2.9, 0.1) + rows("down", 0.2, 1.0, -0.8))
+    known = {"measurable": True, "n": 8, "pair_direction": {"n_components": 3, "r": 0.9, "r_ci95": [0.5, 0.99]},
+             "answer_rel_clean": 1.0, "answer_rel_clean_ci95": [0.5, 1.5], "answer_rel_control": 0.2,
+             "answer_rel_control_ci95": [0.0, 0.4], "answer_rel_drop": 0.8, "answer_rel_drop_ci95": [0.4, 1.2]}
+    unknown = {**known, "measurable": False,
+               "unrelated_check": {"out": ["a", "b"], "words": ["a", "b", "c"], "fences": [1.0, 1.3]}}
+    measured = component_classes({"head_logits": {"size": df}, "control": {"size": known}}, ["size"])
+    assert "pair direction" in measured and "copy-like" in measured
+    table = component_classes({"head_logits": {"size": df}, "control": {"size": unknown}}, ["size"])
+    line = next(x for x in table.splitlines() if "above 0" in x)
+    assert line.split(" & ")[2] == "1" and "up" in line and "pair" not in line  # only "up"'s interval is above 0
+    assert "copy-like" not in table and "$r$" not in table and "not measurable: 2 of 3" in table
+
+
 def test_head_logits_difference_and_pair_direction(toy, rows):
     """head_logits' difference is answer - repeated paired by prompt (mean of differences = difference
     of means; its interval holds it); the pair direction's r is Pearson's r across components of the

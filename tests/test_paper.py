@@ -3,7 +3,7 @@ import re
 import pytest
 
 from opposites import outline, paper
-from opposites.texutil import fmt, fmt_ci, fmt_ci_to, tex_escape
+from opposites.texutil import and_join, fmt, fmt_ci, fmt_ci_to, tex_escape
 
 
 def test_fmt_and_escape():
@@ -11,16 +11,17 @@ def test_fmt_and_escape():
     assert fmt(float("nan")) == "n/a" and fmt(0.0) == "0.00"
     assert fmt(-6.9e-05) == "$-$0.000069" and fmt(-6.4e-09) == "0.00"  # no exponent; float noise is 0
     # an interval's bounds take its estimate's decimals, in a cell and in a sentence alike
-    # (the bracket never breaks across lines; a sentence's interval breaks only before "to")
-    assert fmt_ci(0.0037, [0.0011, 0.01]) == "0.0037 [0.0011,~0.0100]"
-    assert fmt_ci(0.01, [-6.9e-05, 0.02]) == "0.01 [0.00,~0.02]"  # not [-0.000069, 0.02], nor -0.00
-    assert fmt_ci(-0.01, [-0.02, 0.004]) == "$-$0.01 [$-$0.02,~0.00]"
+    # (a bracket breaks only where it cannot fit, \cisep; a sentence's interval breaks only before "to")
+    assert fmt_ci(0.0037, [0.0011, 0.01]) == r"0.0037 [0.0011\cisep 0.0100]"
+    assert fmt_ci(0.01, [-6.9e-05, 0.02]) == r"0.01 [0.00\cisep 0.02]"  # not [-0.000069, 0.02], nor -0.00
+    assert fmt_ci(-0.01, [-0.02, 0.004]) == r"$-$0.01 [$-$0.02\cisep 0.00]"
     # a small estimate keeps significant digits only where its interval resolves them
-    assert fmt_ci(-0.0027, [-0.0239, 0.0132]) == "0.00 [$-$0.02,~0.01]"
+    assert fmt_ci(-0.0027, [-0.0239, 0.0132]) == r"0.00 [$-$0.02\cisep 0.01]"
     assert fmt(-0.3, 0) == "0" and fmt(-0.004, 2, exact=True) == "0.00"
     assert fmt_ci_to(0.0037, [0.0011, 0.01]) == "0.0037, CI~0.0011 to~0.0100"
     nan = float("nan")
     assert fmt_ci(0.5, [nan, nan]) == "0.50 [n too small]" and fmt_ci_to(0.5, [nan, nan]) == "0.50, n too small for an interval"
+    assert [and_join(x) for x in ([], ["a"], ["a", "b"], ["a", "b", "c"])] == ["", "a", "a and b", "a, b and c"]
     assert tex_escape("a_b & 50% {x}") == r"a\_b \& 50\% \{x\}"
     assert tex_escape("ab\ufffd\u00e9") == "ab??"
 
@@ -54,7 +55,10 @@ def test_repo_outline_is_valid_and_drives_targets():
 
 
 def test_report_list_leads_stop_at_a_clause_and_never_inside_math_or_braces():
-    assert paper.first_sentence("Transfer matrices: at each component") == "Transfer matrices."
+    long_label = "Transfer matrices between the tasks' circuits: at each component"
+    assert paper.first_sentence(long_label) == "Transfer matrices between the tasks' circuits."
+    # a short label's colon does not end the lead ("Per prompt." said nothing)
+    assert paper.first_sentence("Per prompt: the head's contribution; more") == "Per prompt: the head's contribution; more"
     assert paper.first_sentence("Pull $a: b$ and {x; y} here. Then more") == "Pull $a: b$ and {x; y} here."
     long = "word " * 40 + "(a b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f g h i j k l m n o p)"
     cut = paper.first_sentence(long)

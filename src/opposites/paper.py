@@ -19,7 +19,7 @@ from opposites.outline import Item, Outline
 from opposites.provenance import versions
 from opposites.summary import summarize
 from opposites import circuit_metrics, derived, findings, overlap, sharing
-from opposites.texutil import code, component_runs, fmt, fmt_ci, fmt_ci_to, pct, tex_escape
+from opposites.texutil import and_join, code, component_runs, fmt, fmt_ci, fmt_ci_to, pct, tex_escape
 
 
 class LatexError(RuntimeError):
@@ -33,7 +33,8 @@ def environment(template_dir: str | Path) -> jinja2.Environment:
         block_end_string="%>", variable_start_string="<<", variable_end_string=">>",
         comment_start_string="<#", comment_end_string="#>", trim_blocks=True, lstrip_blocks=True,
         undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
-    env.filters |= {"fmt": fmt, "ci": fmt_ci, "pct": pct, "tex": tex_escape, "code": code, "runs": component_runs, "cito": fmt_ci_to}
+    env.filters |= {"fmt": fmt, "ci": fmt_ci, "pct": pct, "tex": tex_escape, "code": code, "runs": component_runs, "cito": fmt_ci_to, "andjoin": and_join,
+                    "codes": lambda xs: and_join(f"\\texttt{{{tex_escape(x)}}}" for x in xs)}
     return env
 
 
@@ -110,10 +111,13 @@ def model_name(model: str) -> str:
     return GPT2_NAMES.get(Path(model).name.removeprefix("openai-community/"), Path(model).name)
 
 
+MIN_LEAD = 40  # a colon or semicolon this early closes a label ("Per prompt:"), not a lead
+
+
 def first_sentence(text: str, limit: int = 150) -> str:
     """A caption's lead, for the appendix's list: up to its first sentence's end or first colon or
-    semicolon, cut at a word boundary after `limit` characters (with an ellipsis); never inside
-    braces or $...$, so the LaTeX stays balanced."""
+    semicolon after MIN_LEAD characters, cut at a word boundary after `limit` characters (with an
+    ellipsis); never inside braces or $...$, so the LaTeX stays balanced."""
     depth, math, last_space = 0, False, None
     for i, ch in enumerate(text):
         if ch == "$" and (i == 0 or text[i - 1] != "\\"):
@@ -124,7 +128,7 @@ def first_sentence(text: str, limit: int = 150) -> str:
             depth -= 1
         if depth or math:
             continue
-        if ch in ":;" or (ch == "." and re.match(r"\.\s+[A-Z]", text[i:i + 3])):
+        if (ch in ":;" and i >= MIN_LEAD) or (ch == "." and re.match(r"\.\s+[A-Z]", text[i:i + 3])):
             return text[:i] + "."
         if ch == " ":
             if i > limit and last_space is not None:

@@ -97,6 +97,18 @@ def deciding_nulls(pair: dict) -> list[str]:
     return ["edges"] if edges and edges[0] != edges[2] else []
 
 
+NULL_NAMES = {"heads": "composition-matched head null", "heads_uniform": "uniform head null", "edges": "edge null"}
+
+
+def unreachable_null(pair: dict) -> tuple[str, float] | None:
+    """The first deciding null (deciding_nulls) that even the largest overlap of these sizes would
+    not beat, with the percentile that overlap would reach; None where every one is reachable."""
+    for n in deciding_nulls(pair):
+        if pair.get(f"{n}_jaccard_reachable", 100.0) < SUPPORT_PERCENTILE:
+            return n, pair[f"{n}_jaccard_reachable"]
+    return None
+
+
 def overlap_support(pair: dict) -> str:
     """'supports', 'chance', 'not testable' or 'not measurable': the head overlap against the
     composition-matched null, or where that null has no freedom (a circuit uses every head of its
@@ -110,7 +122,7 @@ def overlap_support(pair: dict) -> str:
     nulls = deciding_nulls(pair)
     if not nulls:
         return "not measurable"
-    if any(pair.get(f"{n}_jaccard_reachable", 100.0) < SUPPORT_PERCENTILE for n in nulls):
+    if unreachable_null(pair):
         return "not testable"
     return "supports" if all(pair[f"{n}_jaccard_percentile"] >= SUPPORT_PERCENTILE for n in nulls) else "chance"
 

@@ -115,6 +115,7 @@ def summarize(data: dict, tasks: list[str]) -> dict:
     for t in opposite_tasks(tasks):
         classes = classify_components(data["head_logits"][t])
         per_task[t]["classes"] = {"counts": {c: int((classes.cls == c).sum()) for c in CLASSES},
+                                  "difference_above_0": int((classes.ci_low_difference > 0).sum()), "n": len(classes),
                                   "control": data["control"][t]}
     for t in tasks:  # does the circuit replicate across training seeds (None: one model)
         per_task[t]["seed_replication"] = seed_replication(data.get("replication", {}).get(t), data["circuit"][t])

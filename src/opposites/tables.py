@@ -282,23 +282,26 @@ def component_classes(data: dict, tasks: list[str]) -> str:
     for task in tasks:
         df = classify_components(data["head_logits"][task])
         df = df.assign(size=df.answer.abs() + df.wrong.abs())
+        c = data["control"][task]
+        if c.get("measurable") is False:  # the reference is unknown words: only the paired difference is measured
+            check, up = c["unrelated_check"], df[df.ci_low_difference > 0]
+            cells = ", ".join(f"{tex_escape(r.component)} ({fmt_ci(r.difference, [r.ci_low_difference, r.ci_high_difference])})"
+                              for r in up.nlargest(5, "difference").itertuples()) or "none"
+            rows.append([tex_escape(task), "answer $-$ repeated above 0", str(len(up)), cells])
+            rows.append([tex_escape(task), "classes, pair direction, control", "--",
+                         f"not measurable: {len(check['out'])} of {len(check['words'])} unrelated adjectives out of "
+                         f"distribution (unembedding norm outside [{fmt(check['fences'][0])}, {fmt(check['fences'][1])}])"])
+            continue
         for cls in CLASSES:
             part = df[df.cls == cls].nlargest(5, "size")
             cells = ", ".join(f"{tex_escape(r.component)} ({fmt(r.answer)}, {fmt(r.wrong)}; "
                               f"{fmt_ci(r.difference, [r.ci_low_difference, r.ci_high_difference])})"
                               for r in part.itertuples()) or "none"
             rows.append([tex_escape(task), cls, str(int((df.cls == cls).sum())), cells])  # fmt writes LaTeX: not escaped
-        c = data["control"][task]
         if "pair_direction" in c:
             p = c["pair_direction"]
             rows.append([tex_escape(task), "pair direction", str(p["n_components"]),
                          f"$r$(answer, repeated) across components {fmt_ci(p['r'], p['r_ci95'])}"])
-        if c.get("measurable") is False:
-            check = c["unrelated_check"]
-            rows.append([tex_escape(task), "control", str(c["n"]),
-                         f"not measurable: {len(check['out'])} of {len(check['words'])} unrelated adjectives out of "
-                         f"distribution (unembedding norm outside [{fmt(check['fences'][0])}, {fmt(check['fences'][1])}])"])
-            continue
         rows.append([tex_escape(task), "control", str(c["n"]),
                      f"answer vs unrelated: clean {fmt_ci(c['answer_rel_clean'], c['answer_rel_clean_ci95'])}, "
                      f"ADJ1 unrelated {fmt_ci(c['answer_rel_control'], c['answer_rel_control_ci95'])}, "
@@ -347,7 +350,7 @@ def interchange(data: dict, tasks: list[str]) -> str:
         facts, das = interchange_facts(data, task), data["das"][task]  # what the text claims, from the same test
         sweep, at_end = facts["sweep"], facts["das"]
         end, role = sweep["best_end"], sweep["role_at_best_end"]
-        rows.append([tex_escape(task), str(sweep["n_pairs"]), tex_escape(end["label"]), fmt_ci(end["iia"], end["iia_ci95"]),
+        rows.append([tex_escape(task), str(sweep["n_pairs"]), _layer(end["label"]), fmt_ci(end["iia"], end["iia_ci95"]),
                      f"{tex_escape(sweep['role'])}: {fmt_ci(role['iia'], role['iia_ci95'])}",
                      f"{das['n_test']} ({at_end['full']['n_clusters']}) / {das['n_train']}", str(das["n_candidates"]),
                      _das_cell(facts), fmt_ci(at_end["full"]["iia"], at_end["full"]["iia_ci95"])])
@@ -386,6 +389,17 @@ def _iia(x: dict) -> str:
     return fmt_ci(x["iia"], x["iia_ci95"])
 
 
+def _layer(label: str) -> str:
+    """A location's label for a cell, its layer number kept with the word ("after layer~1")."""
+    return tex_escape(label).replace("layer ", "layer~")
+
+
+def _point(located: dict) -> str:
+    """A transfer location in words: END's residual after a layer, or the component's name."""
+    c = located["component"]
+    return f"END after layer~{c.split()[-1]}" if c.startswith("resid after") else tex_escape(c)
+
+
 @table
 def sharing(data: dict, tasks: list[str]) -> str:
     """Per pair of tasks: shared components, head overlap against its null, functional transfer,
@@ -403,9 +417,11 @@ def sharing(data: dict, tasks: list[str]) -> str:
         transfer = (("not measurable (task families differ)" if "families differ" in t["reason"] else tex_escape(t["reason"]))
                     if not t["measurable"] else
                     f"not after Holm over {t['n_tested']} pairs ($p = {fmt(t['p_value'], 3)}$)" if t.get("holm_failed") else
+                    f"transfers at {_point(t['located'])} (primary), then at " + ", ".join(t["transferring"])
+                    if t["transferring"] and t["located"] else
                     "transfers: " + ", ".join(t["transferring"]) if t["transferring"] else
-                    f"transfers at {t['located']['component']}" if t["transfers"] else
-                    f"{t['located']['verdict']} at {t['located']['component']} (the primary point)" if t["located"] else
+                    f"transfers at {_point(t['located'])}" if t["transfers"] else
+                    f"{t['located']['verdict']} at {_point(t['located'])} (the primary point)" if t["located"] else
                     f"inconclusive after Holm over the locations ({len(held)} clear 0.5 alone)" if held else
                     "does not transfer: " + ", ".join(t["failing"]) if t["failing"] else
                     "no location carries the word within both tasks")
@@ -454,8 +470,8 @@ def glance(data: dict, tasks: list[str]) -> str:
     for task in tasks:
         g = mechanism_glance(data, task, interchange_facts(data, task))
         before = (g["arrival"] or {}).get("before")
-        located = (f"END {tex_escape(g['located'])}: {fmt_ci(g['iia'], g['iia_ci95'])}" if g["located"] else "not located") + (
-            f" ({tex_escape(before['label'])}: {fmt_ci(before['iia'], before['iia_ci95'])}, not separated)"
+        located = (f"END {_layer(g['located'])}: {fmt_ci(g['iia'], g['iia_ci95'])}" if g["located"] else "not located") + (
+            f" ({_layer(before['label'])}: {fmt_ci(before['iia'], before['iia_ci95'])}, not separated)"
             if g["located_not_separated"] and before else "")
         das = {"found": lambda: f"$k = {g['das_k']}$ of {g['n_candidates']} answers: {fmt_ci(g['das_iia'], g['das_iia_ci95'])}"
                                 + (f" (train {fmt(g['das_train_iia'])})" if g.get("das_train_iia") is not None else ""),

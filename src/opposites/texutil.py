@@ -56,13 +56,14 @@ def _interval(value: float, ci: list[float], digits: int) -> tuple[str, str, str
 
 
 def fmt_ci(value: float, ci: list[float] | None, digits: int = 2) -> str:
-    """'value [low, high]' for a table cell or sentence, the bracket unbreakable (a narrow cell breaks
-    before it, never inside it); 'value [n too small]' where the interval is NaN for lack of clusters
+    """'value [low, high]' for a table cell or sentence; a line breaks before the bracket, inside it
+    (\\cisep, paper.tex: a comma and a near-forbidden break) only where the bracket is wider than
+    its column; 'value [n too small]' where the interval is NaN for lack of clusters
     (circuits.clustered_interval) and the value is not."""
     if ci is None:
         return fmt(value, digits)
     parts = _interval(value, ci, digits)
-    return f"{fmt(value, digits)} [n too small]" if parts is None else "{} [{},~{}]".format(*parts)
+    return f"{fmt(value, digits)} [n too small]" if parts is None else "{} [{}\\cisep {}]".format(*parts)
 
 
 def fmt_ci_to(value: float, ci: list[float] | None, digits: int = 2) -> str:
@@ -81,8 +82,8 @@ def pct(x: float | None) -> str:
 
 def component_runs(components: list[str]) -> str:
     """Components as runs: heads of one layer with consecutive indices as "0.0--0.3", MLPs of
-    consecutive layers as "MLP 0--3", in the order given otherwise ("0.0, 0.1, 0.2, MLP 1" ->
-    "0.0--0.2, MLP 1")."""
+    consecutive layers as "MLP~0--3" (never broken after "MLP"), in the order given otherwise
+    ("0.0, 0.1, 0.2, MLP 1" -> "0.0--0.2, MLP~1")."""
     runs: list[list] = []  # [kind, layer, first, last]
     for c in components:
         n = Node.parse(c)
@@ -91,5 +92,11 @@ def component_runs(components: list[str]) -> str:
             runs[-1][2] = index
         else:
             runs.append([key, index, index])
-    label = lambda key, i: f"{key[1]}.{i}" if key[0] == "head" else f"MLP {i}"  # noqa: E731
+    label = lambda key, i: f"{key[1]}.{i}" if key[0] == "head" else f"MLP~{i}"  # noqa: E731
     return ", ".join(label(k, a) if a == b else f"{label(k, a)}--{b if k[0] == 'mlp' else label(k, b)}" for k, a, b in runs)
+
+
+def and_join(items) -> str:
+    """A list for a sentence: "a", "a and b", "a, b and c"."""
+    items = [str(x) for x in items]
+    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)

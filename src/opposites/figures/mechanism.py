@@ -17,8 +17,8 @@ def das_curve(data: dict, tasks: list[str]):
         at_end, das = facts["das"], data["das"][task]
         ks = [k["k"] for k in at_end["k"]]
         full = at_end["full"]
-        ax.axhspan(*full["iia_ci95"], color="0.85", lw=0)
-        ax.axhline(full["iia"], color="k", lw=0.8, label="whole vector")
+        ax.axhspan(*full["iia_ci95"], color="0.88", lw=0)
+        ax.axhline(full["iia"], color="0.35", lw=2.2, zorder=1, label="whole vector")
         low = [k["iia"] - k["iia_ci95"][0] for k in at_end["k"]]
         high = [k["iia_ci95"][1] - k["iia"] for k in at_end["k"]]
         ax.errorbar(ks, [k["iia"] for k in at_end["k"]], yerr=[low, high], color=color(task), marker="o", ms=3,
@@ -34,13 +34,15 @@ def das_curve(data: dict, tasks: list[str]):
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.minorticks_off()
-        ax.set_ylim(-0.05, 1.05)
-        verdict = "testable" if facts["das_testable"] else "not testable"
+        ax.set_ylim(-0.05, 1.08)
+        verdict = ("testable" if facts["das_testable"] else
+                   f"not testable: {at_end['k'][0]['n_clusters']} words" if facts["das_too_few_words"] else
+                   f"not testable: bound {full['perfect_match95'][0]:.2f}".replace("-", "\u2212"))
         ax.set(xlabel="$k$ (dimensions)", title=f"{task}: END {facts['sweep']['best_end']['label']}\n{verdict}")
         if task == tasks[0]:
             ax.set_ylabel("IIA")
 
-    fig = task_row(tasks, draw, height=1.8)
+    fig = task_row(tasks, draw, height=1.55)
     handles, labels = fig.axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=5, frameon=False)
     return fig

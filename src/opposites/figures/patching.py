@@ -40,7 +40,7 @@ def patch_heads(data: dict, tasks: list[str]):
         if not z.normaliser_ok.all():
             not_meaningful(ax, task)
             return
-        heatmap(ax, z, title=task)
+        heatmap(ax, z, title=task, label="share restored")
         mark_significant(ax, z, "layer", "head")
 
     return task_row(tasks, draw)

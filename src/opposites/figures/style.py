@@ -79,8 +79,9 @@ def task_columns(tasks: list[str], n_rows: int, draw_col: Callable, height: floa
     return fig
 
 
-def heatmap(ax, df, title: str, value: str = "value"):
-    """Layer x head grid of `value`, diverging around 0, each panel on its own symmetric scale."""
+def heatmap(ax, df, title: str, value: str = "value", label: str | None = None):
+    """Layer x head grid of `value`, diverging around 0, each panel on its own symmetric scale; the
+    colour bar labelled `label`."""
     grid = df.pivot(index="layer", columns="head", values=value).to_numpy()  # (layer, head)
     lim = max(float(np.abs(grid).max()), 1e-9)
     im = ax.imshow(grid, cmap="RdBu", norm=TwoSlopeNorm(0, -lim, lim), aspect="auto", origin="lower")
@@ -88,7 +89,7 @@ def heatmap(ax, df, title: str, value: str = "value"):
     for axis in (ax.xaxis, ax.yaxis):  # integer ticks, thinned where they would overlap (GPT-2: 12 heads)
         axis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(False)
-    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label=label)
 
 
 def not_meaningful(ax, title: str) -> bool:
