@@ -19,6 +19,7 @@ def test_fmt_and_escape():
     assert fmt_ci(-0.0027, [-0.0239, 0.0132]) == r"0.00 [$-$0.02\cisep 0.01]"
     assert fmt(-0.3, 0) == "0" and fmt(-0.004, 2, exact=True) == "0.00"
     assert fmt_ci_to(0.0037, [0.0011, 0.01]) == "0.0037, CI~0.0011 to~0.0100"
+    assert fmt_ci_to(0.0037, [0.0011, 0.01], 2, exact=True) == "0.00, CI~0.00 to~0.01"  # beside 2-decimal numbers
     nan = float("nan")
     assert fmt_ci(0.5, [nan, nan]) == "0.50 [n too small]" and fmt_ci_to(0.5, [nan, nan]) == "0.50, n too small for an interval"
     assert [and_join(x) for x in ([], ["a"], ["a", "b"], ["a", "b", "c"])] == ["", "a", "a and b", "a, b and c"]

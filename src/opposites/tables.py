@@ -43,8 +43,8 @@ def datasets(data: dict, tasks: list[str]) -> str:
                      tex_escape(spec["corruption"]) + "; contrast: " + tex_escape(spec["contrast"]),
                      f"{base['n_prompts']} ({base['n_words']} {CLUSTER_UNIT[spec['family']]})", fmt_ci(base["logit_diff_mean"], base["logit_diff_mean_ci95"]),
                      fmt_ci(base["accuracy"], base["accuracy_ci95"]),
-                     *(fmt(base[k]) for k in ("top1", "top1_wrong", "top1_other")), own])
-    return tabular(r"l p{2.8cm} p{3.3cm} p{1.7cm} p{2.0cm} p{1.8cm} p{1.0cm} p{1.0cm} p{1.0cm} p{1.8cm}",
+                     *(fmt_ci(base[k], base.get(f"{k}_ci95")) for k in ("top1", "top1_wrong", "top1_other")), own])
+    return tabular(r"l p{2.6cm} p{3.1cm} p{1.6cm} p{1.9cm} p{1.8cm} p{1.8cm} p{1.8cm} p{1.8cm} p{1.8cm}",
                    ["task", "example", "corruption; contrast", "$n$ (distinct words)", "logit diff [95\\% CI]",
                     "answer beats wrong [95\\% CI]", "top-1: answer", "top-1: wrong", "top-1: other",
                     "corrupted: own answer wins"], rows)
@@ -306,7 +306,7 @@ def component_classes(data: dict, tasks: list[str]) -> str:
                      f"answer vs unrelated: clean {fmt_ci(c['answer_rel_clean'], c['answer_rel_clean_ci95'])}, "
                      f"ADJ1 unrelated {fmt_ci(c['answer_rel_control'], c['answer_rel_control_ci95'])}, "
                      f"drop {fmt_ci(c['answer_rel_drop'], c['answer_rel_drop_ci95'])}"])
-    return tabular(r"l l r p{9.5cm}", ["task", "class", "count", "components (answer, repeated; answer $-$ repeated) / control"], rows)
+    return tabular(r"l l r p{9.5cm}", ["task", "class", "count", "components (answer, repeated; answer $-$ repeated; not measurable: answer $-$ repeated) / control"], rows)
 
 
 @table
@@ -389,6 +389,15 @@ def _iia(x: dict) -> str:
     return fmt_ci(x["iia"], x["iia_ci95"])
 
 
+def _claim(pair: dict) -> str:
+    """Whether sharing is claimed: yes (all three tests support it), no (one tested and failed), or
+    not testable (none failed, but one could not be run on this model)."""
+    t, rep = pair["transfer"], pair["replication"]
+    failed = (pair["overlap"] in ("chance", "chance after Holm") or (t["measurable"] and not t["transfers"])
+              or (rep["measured"] and rep["testable"] and not rep["replicated"]))
+    return "yes" if pair["claim"] else "no" if failed else "not testable"
+
+
 def _layer(label: str) -> str:
     """A location's label for a cell, its layer number kept with the word ("after layer~1")."""
     return tex_escape(label).replace("layer ", "layer~")
@@ -432,7 +441,7 @@ def sharing(data: dict, tasks: list[str]) -> str:
                        + (f" ({len(rep['by_default'])} by default)" if rep.get("by_default") else "")
                        + f"; {fmt(j['mean'])} ({fmt(j['min'])}--{fmt(j['max'])})")
         rows.append([f"{tex_escape(p['a'])}--{tex_escape(p['b'])}", component_runs(p["shared"]) or "--",
-                     overlap, transfer, replication, "yes" if p["claim"] else "no"])
+                     overlap, transfer, replication, _claim(p)])
     return tabular(r"l p{2.6cm} p{3.8cm} p{3.6cm} p{3.0cm} l",
                    ["tasks", "shared components", "Jaccard heads / edges vs null", "transfer",
                     "in every seed beyond composition; head Jaccard", "shared?"], rows)

@@ -41,13 +41,14 @@ def fmt(x: float, digits: int = 2, exact: bool = False) -> str:
     return s.replace("-", "$-$", 1) if s.startswith("-") else s
 
 
-def _interval(value: float, ci: list[float], digits: int) -> tuple[str, str, str] | None:
+def _interval(value: float, ci: list[float], digits: int, exact: bool = False) -> tuple[str, str, str] | None:
     """(estimate, low, high) as text, the bounds with the estimate's decimals (one format per
     interval): `digits` decimals unless the interval is narrower than their last place, so a small
     estimate gets fmt's significant digits only where its interval resolves them ("0.00 [-0.02,
     0.01]", not "-0.0027 [-0.0239, 0.0132]"); None where the interval is NaN for lack of clusters
-    and the value is not."""
-    wide = all(isinstance(x, (int, float)) and not math.isnan(x) for x in ci) and ci[1] - ci[0] >= 10 ** -digits
+    and the value is not. `exact`: `digits` decimals whatever the interval (numbers compared in
+    one sentence)."""
+    wide = exact or all(isinstance(x, (int, float)) and not math.isnan(x) for x in ci) and ci[1] - ci[0] >= 10 ** -digits
     shown = fmt(value, digits, exact=wide)
     if all(isinstance(x, float) and math.isnan(x) for x in ci) and shown != "n/a":
         return None
@@ -66,12 +67,12 @@ def fmt_ci(value: float, ci: list[float] | None, digits: int = 2) -> str:
     return f"{fmt(value, digits)} [n too small]" if parts is None else "{} [{}\\cisep {}]".format(*parts)
 
 
-def fmt_ci_to(value: float, ci: list[float] | None, digits: int = 2) -> str:
+def fmt_ci_to(value: float, ci: list[float] | None, digits: int = 2, exact: bool = False) -> str:
     """'value, CI low to high' for a sentence, the bounds with the estimate's decimals (fmt_ci); a
     line may break before 'to', never after 'CI' or 'to'."""
     if ci is None:
         return fmt(value, digits)
-    parts = _interval(value, ci, digits)
+    parts = _interval(value, ci, digits, exact)
     return f"{fmt(value, digits)}, n too small for an interval" if parts is None else "{}, CI~{} to~{}".format(*parts)
 
 

@@ -38,7 +38,7 @@ def das_curve(data: dict, tasks: list[str]):
         verdict = ("testable" if facts["das_testable"] else
                    f"not testable: {at_end['k'][0]['n_clusters']} words" if facts["das_too_few_words"] else
                    f"not testable: bound {full['perfect_match95'][0]:.2f}".replace("-", "\u2212"))
-        ax.set(xlabel="$k$ (dimensions)", title=f"{task}: END {facts['sweep']['best_end']['label']}\n{verdict}")
+        ax.set(xlabel="$k$ (dimensions)", title=f"{task}, {facts['sweep']['best_end']['label']}\n{verdict}")
         if task == tasks[0]:
             ax.set_ylabel("IIA")
 
