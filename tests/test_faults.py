@@ -44,7 +44,7 @@ def test_a_failed_or_interrupted_latex_run_leaves_nothing_that_breaks_the_rerun(
         (paper / name).write_text("\\relax \\newlabel{broken\n")
     proc = snakemake(copy, "--cores", "1", "paper", "--forcerun", "paper_pdf", *TOY, check=False,
                      env={"PATH": f"{fake}:{os.environ['PATH']}"})
-    assert proc.returncode != 0 and "latexmk failed on results/toy/paper/paper.tex" in output(proc)
+    assert proc.returncode != 0 and "latexmk failed on results/toy/paper/paper.tex" in output(proc), output(proc)[-6000:]
     assert not list((copy / "results/toy").glob(".paper-build-*"))  # the scratch folder is gone
     snakemake(copy, "--cores", "1", "paper", *TOY)
     assert (paper / "paper.tex").read_bytes() == before_tex and pdf_text(paper / "paper.pdf") == before_text
