@@ -38,7 +38,7 @@ def test_a_failed_or_interrupted_latex_run_leaves_nothing_that_breaks_the_rerun(
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "latexmk").write_text("#!/bin/sh\necho '\\relax \\newlabel{x' > paper.aux\n"
-                                  "echo '# Fdb version 4' > paper.fdb_latexmk\nkill -INT $$\n")
+                                  "echo '# Fdb version 4' > paper.fdb_latexmk\nkill -INT $$\n")  # exits 0 where SIGINT is ignored
     (fake / "latexmk").chmod(0o755)
     for name in ("paper.aux", "paper.fdb_latexmk"):  # stale state beside the paper too, as a killed old build left it
         (paper / name).write_text("\\relax \\newlabel{broken\n")

@@ -225,6 +225,9 @@ def compile_pdf(tex: str | Path, out_pdf: str | Path) -> None:
             errors = latex_errors(text, tex.read_text(errors="replace").splitlines())
             raise LatexError(f"latexmk failed on {tex} (exit {proc.returncode}). From {tex.with_suffix('.log')}:\n{errors}")
         built = build / f"{tex.stem}.pdf"
+        if not built.exists():  # exit 0 and no PDF: a latexmk stopped by a signal its parent ignores, or a broken one
+            raise LatexError(f"latexmk failed on {tex}: it exited without writing {tex.stem}.pdf; rerun the build, "
+                             f"and if it recurs run `latexmk -pdf {tex.name}` in {tex.parent} to see why.")
         os.chmod(built, 0o666 & ~current_umask())
         os.replace(built, out_pdf)
     finally:
