@@ -178,6 +178,13 @@ def test_sharing_is_claimed_only_where_overlap_transfer_and_replication_agree():
     assert pair_verdicts([fixed], res, shared, replicated)[0]["overlap"] == "not measurable"
     capped = {**pair, "heads_jaccard_reachable": 90.0}  # even the largest overlap would not reach 97.5
     assert pair_verdicts([capped], res, shared, replicated)[0]["overlap"] == "not testable"
+    # the verdict Table 4 prints: yes, no where a test ran and fails, not testable where none failed
+    assert pair_verdicts([pair], res, shared, replicated)[0]["verdict"] == "yes"
+    assert pair_verdicts([chance], res, shared, replicated)[0]["verdict"] == "no"
+    assert pair_verdicts([capped], res, shared, replicated)[0]["verdict"] == "not testable"
+    untestable = {t: {**r, "testable": False} for t, r in lost.items()}  # replication cannot be tested on this model
+    assert pair_verdicts([capped], res, shared, untestable)[0]["verdict"] == "not testable"
+    assert pair_verdicts([capped], res, shared, lost)[0]["verdict"] == "no"  # replication tested: not in every seed
     assert not pair_verdicts([capped], res, shared, replicated)[0]["claim"]
     assert np.isfinite(pair["heads_jaccard_percentile"])
 

@@ -17,6 +17,7 @@ from opposites.prompts import load_spec
 LENS_ORDER = {"resid_pre": 0, "resid_mid": 1, "resid_post": 2}
 
 
+COMPONENT_NAME = {"attn": "attention", "mlp": "MLP"}  # a layer component in words
 MIN_CLUSTERS = 5  # a cluster bootstrap over fewer words has too few distinct resamples to test anything
 FDR_Q = 0.05  # Benjamini-Hochberg false discovery rate of the dots on a heatmap panel
 EFFECT_FLOOR = 0.05  # ... and a dot's |effect| must reach this fraction of the panel's largest |effect|

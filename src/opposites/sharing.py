@@ -136,6 +136,12 @@ def overlap_p_value(pair: dict) -> float:
     return max(1 - pair[f"{n}_jaccard_percentile"] / 100 for n in deciding_nulls(pair))
 
 
+def point_name(component: str) -> str:
+    """A transfer location in words: END's residual after a layer ("resid after 0", transfer.label),
+    or the component's own name."""
+    return f"END's residual after layer {component.split()[-1]}" if component.startswith("resid after") else component
+
+
 TESTED = ("transfers", "does not transfer", "inconclusive")  # the location carries the word within both tasks
 
 
@@ -200,7 +206,9 @@ def replication_support(replication: dict[str, dict] | None, a: str, b: str, sha
 def pair_verdicts(pairs: list[dict], transfer: dict[str, dict], shared: dict[tuple[str, str], list[str]],
                   replication: dict[str, dict] | None = None) -> list[dict]:
     """Per pair of tasks (overlap.compare's pairs): overlap against its null, transfer and
-    replication, and the claim: sharing only where all three support it."""
+    replication, and the claim: sharing only where all three support it; the verdict: yes (the
+    claim), no (a test ran and does not support it) or not testable (none failed, but one cannot
+    be run on this model)."""
     transfers = [pair_transfer(transfer, p["a"], p["b"], shared[(p["a"], p["b"])]) for p in pairs]
     overlap_p, transfer_p = [overlap_p_value(p) for p in pairs], [transfer_p_value(t) for t in transfers]
     overlap_holm, transfer_holm = holm(overlap_p, ALPHA), holm(transfer_p, ALPHA)
@@ -215,9 +223,13 @@ def pair_verdicts(pairs: list[dict], transfer: dict[str, dict], shared: dict[tup
             t = {**t, "transfers": False, "holm_failed": True}
         t = {**t, "p_value": transfer_p[i], "n_tested": int((~np.isnan(transfer_p)).sum())}
         functional = t.get("transfers", False) and rep["measured"] and bool(rep["replicated"])  # transfer and replication
+        claim = ov == "supports" and functional
+        failed = (ov in ("chance", "chance after Holm") or (t["measurable"] and not t["transfers"])
+                  or (rep["measured"] and rep["testable"] and not rep["replicated"]))  # a test ran and does not support it
         out.append({"a": a, "b": b, "overlap": ov, "overlap_pair": p, "overlap_p": overlap_p[i],
                     "overlap_n_tested": int((~np.isnan(overlap_p)).sum()), "transfer": t, "replication": rep,
-                    "shared": shared[(a, b)], "functional": functional, "claim": ov == "supports" and functional})
+                    "shared": shared[(a, b)], "functional": functional, "claim": claim,
+                    "verdict": "yes" if claim else "no" if failed else "not testable"})
     return out
 
 

@@ -7,7 +7,7 @@ from typing import Callable
 
 import pandas as pd
 
-from opposites.derived import (CLASSES, classify_components, end_attention_to_roles, ioi_head_classes, largest_abs,
+from opposites.derived import (CLASSES, COMPONENT_NAME, classify_components, end_attention_to_roles, ioi_head_classes, largest_abs,
                                matched_control, opposite_tasks, role_preferences)
 from opposites.derived import head_routes as derived_head_routes  # the table of the same name is below
 from opposites.overlap import compare, gpt2_classes, graph_of
@@ -48,9 +48,6 @@ def datasets(data: dict, tasks: list[str]) -> str:
                    ["task", "example", "corruption; contrast", "$n$ (distinct words)", "logit diff [95\\% CI]",
                     "answer beats wrong [95\\% CI]", "top-1: answer", "top-1: wrong", "top-1: other",
                     "corrupted: own answer wins"], rows)
-
-
-COMPONENT_NAME = {"attn": "attention", "mlp": "MLP"}
 
 
 @table
@@ -389,24 +386,16 @@ def _iia(x: dict) -> str:
     return fmt_ci(x["iia"], x["iia_ci95"])
 
 
-def _claim(pair: dict) -> str:
-    """Whether sharing is claimed: yes (all three tests support it), no (one tested and failed), or
-    not testable (none failed, but one could not be run on this model)."""
-    t, rep = pair["transfer"], pair["replication"]
-    failed = (pair["overlap"] in ("chance", "chance after Holm") or (t["measurable"] and not t["transfers"])
-              or (rep["measured"] and rep["testable"] and not rep["replicated"]))
-    return "yes" if pair["claim"] else "no" if failed else "not testable"
-
-
 def _layer(label: str) -> str:
     """A location's label for a cell, its layer number kept with the word ("after layer~1")."""
     return tex_escape(label).replace("layer ", "layer~")
 
 
 def _point(located: dict) -> str:
-    """A transfer location in words: END's residual after a layer, or the component's name."""
-    c = located["component"]
-    return f"END after layer~{c.split()[-1]}" if c.startswith("resid after") else tex_escape(c)
+    """A transfer location in words (sharing.point_name), its layer number kept with the word."""
+    from opposites.sharing import point_name
+
+    return _layer(point_name(located["component"]))
 
 
 @table
@@ -426,9 +415,9 @@ def sharing(data: dict, tasks: list[str]) -> str:
         transfer = (("not measurable (task families differ)" if "families differ" in t["reason"] else tex_escape(t["reason"]))
                     if not t["measurable"] else
                     f"not after Holm over {t['n_tested']} pairs ($p = {fmt(t['p_value'], 3)}$)" if t.get("holm_failed") else
-                    f"transfers at {_point(t['located'])} (primary), then at " + ", ".join(t["transferring"])
+                    f"transfers at {_point(t['located'])} (primary), then at " + component_runs(t["transferring"])
                     if t["transferring"] and t["located"] else
-                    "transfers: " + ", ".join(t["transferring"]) if t["transferring"] else
+                    "transfers: " + component_runs(t["transferring"]) if t["transferring"] else
                     f"transfers at {_point(t['located'])}" if t["transfers"] else
                     f"{t['located']['verdict']} at {_point(t['located'])} (the primary point)" if t["located"] else
                     f"inconclusive after Holm over the locations ({len(held)} clear 0.5 alone)" if held else
@@ -441,7 +430,7 @@ def sharing(data: dict, tasks: list[str]) -> str:
                        + (f" ({len(rep['by_default'])} by default)" if rep.get("by_default") else "")
                        + f"; {fmt(j['mean'])} ({fmt(j['min'])}--{fmt(j['max'])})")
         rows.append([f"{tex_escape(p['a'])}--{tex_escape(p['b'])}", component_runs(p["shared"]) or "--",
-                     overlap, transfer, replication, _claim(p)])
+                     overlap, transfer, replication, p["verdict"]])
     return tabular(r"l p{2.6cm} p{3.8cm} p{3.6cm} p{3.0cm} l",
                    ["tasks", "shared components", "Jaccard heads / edges vs null", "transfer",
                     "in every seed beyond composition; head Jaccard", "shared?"], rows)

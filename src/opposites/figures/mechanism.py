@@ -14,7 +14,7 @@ def das_curve(data: dict, tasks: list[str]):
 
     def draw(ax, task):
         facts = interchange_facts(data, task)
-        at_end, das = facts["das"], data["das"][task]
+        at_end, source = facts["das"], facts["source"]
         ks = [k["k"] for k in at_end["k"]]
         full = at_end["full"]
         ax.axhspan(*full["iia_ci95"], color="0.88", lw=0)
@@ -27,7 +27,6 @@ def das_curve(data: dict, tasks: list[str]):
                 label="DAS, training pairs")
         ax.plot(ks, [k["random_iia_mean"] for k in at_end["k"]], color="0.5", ls=":", marker="s", ms=2.5,
                 label="random subspaces (mean)")
-        source = next((loc for loc in das["locations"] if loc.get("point") == "source"), None)
         if source and source["k"]:
             s = source["k"][-1]
             ax.plot([s["k"]], [s["iia"]], color="k", marker="x", ms=5, ls="none", label="DAS at the source word")
